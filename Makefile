@@ -1,0 +1,46 @@
+# The README's commands. Everything runs from a virtual environment this Makefile creates (.venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# constraints.txt pins the exact versions tested here (torch: the CPU build, found on this machine's disk).
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install test lint typecheck pytest demo protos bench-train clean
+
+help:
+	@echo "make demo      train, export, serve and classify the digits end to end (< 5 min)"
+	@echo "make test      install the dev dependencies, then ruff, mypy and pytest"
+	@echo "make protos    regenerate the gRPC code from protos/*.proto"
+	@echo "make clean     remove the virtual environment and artifacts/"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[dev]'
+	# tensorrt-stubs declares a dependency on tensorrt, which cannot be installed here: stubs only.
+	$(PIP) --no-deps tensorrt-stubs
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/resnet-serve demo
+
+protos: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash protos/generate.sh
+
+clean:
+	rm -rf $(VENV) artifacts build *.egg-info
