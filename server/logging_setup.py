@@ -1,0 +1,187 @@
+"""Structured logging: text or JSON lines, a per-request id on every record, and a DEBUG-only access log.
+
+The request id lives in a ContextVar, so every log line emitted while a request is handled carries it
+without being passed around: the services call `request_scope(...)` around a request, and the logging
+filter copies the current id onto each record. ContextVars follow asyncio tasks and `asyncio.to_thread`,
+but not `loop.run_in_executor` or plain threads: code that hands work to those must carry the id itself
+(`contextvars.copy_context().run`, or `request_scope(id)` again in the worker).
+
+At the default level (INFO) nothing is logged per request; `access_log` writes one line per finished
+request only when the `resnet_serve.access` logger is enabled for DEBUG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, TextIO
+
+REQUEST_ID_METADATA: Final = "x-request-id"  # gRPC metadata key, lower case as gRPC requires
+MAX_REQUEST_ID_LEN: Final = 128
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+ACCESS_LOGGER: Final = "resnet_serve.access"
+
+_NO_REQUEST: Final = "-"
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default=_NO_REQUEST)
+
+_access = logging.getLogger(ACCESS_LOGGER)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is emitted as a field.
+_RECORD_ATTRS: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "request_id"}
+)
+
+
+def _acceptable(request_id: str) -> bool:
+    # Client ids end up in logs and response metadata: printable ASCII only, so no log injection.
+    return 0 < len(request_id) <= MAX_REQUEST_ID_LEN and request_id.isascii() and request_id.isprintable()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def resolve_request_id(*candidates: str | None) -> str:
+    """The first acceptable client-supplied id (metadata, then the request field, say), else a new one."""
+    for candidate in candidates:
+        if candidate and _acceptable(candidate):
+            return candidate
+    return new_request_id()
+
+
+def request_id_from_metadata(metadata: Any) -> str | None:
+    """The x-request-id value from gRPC invocation metadata (a sequence of (key, value) pairs), if any."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_METADATA:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def current_request_id() -> str | None:
+    value = request_id_var.get()
+    return None if value == _NO_REQUEST else value
+
+
+@contextmanager
+def request_scope(request_id: str) -> Iterator[str]:
+    """Make `request_id` the current request id for the log records emitted inside the block."""
+    token = request_id_var.set(request_id)
+    try:
+        yield request_id
+    finally:
+        request_id_var.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id (or "-") on every record as `record.request_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, request_id (when set), extra fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", _NO_REQUEST)
+        if request_id != _NO_REQUEST:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines; extra fields are appended as key=value so the text log loses nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(
+            f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_ATTRS and v is not None
+        )
+        return f"{line} {extras}" if extras else line
+
+
+def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Route all logging to one stderr handler in the chosen format; replaces handlers set up before."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
+    if level.lower() not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # grpc's own loggers are chatty at DEBUG and say nothing about our requests.
+    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, defaulting to $RESNET_SERVE_LOG_FORMAT / $RESNET_SERVE_LOG_LEVEL."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("RESNET_SERVE_LOG_FORMAT", "text"),
+        help="text for people, json (one object per line, with request_id) for log collectors "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default=os.environ.get("RESNET_SERVE_LOG_LEVEL", "info"),
+        help="debug adds one access-log line per request; info logs nothing per request "
+        "(default: %(default)s)",
+    )
+
+
+def access_log(
+    model: str,
+    version: str,
+    outcome: str,
+    total_s: float,
+    batch_size: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """One line per finished request at DEBUG; costs one level check when DEBUG is off."""
+    if not _access.isEnabledFor(logging.DEBUG):
+        return
+    # The fields travel as extras: JSON logs get them as keys, text logs as key=value after "request".
+    _access.debug(
+        "request",
+        extra={
+            "model": model,
+            "version": version,
+            "outcome": outcome,
+            "duration_ms": round(total_s * 1000.0, 3),
+            "batch_size": batch_size,
+            "detail": detail,
+        },
+    )
