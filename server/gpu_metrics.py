@@ -81,32 +81,31 @@ class NvmlCollector(Collector):
         )
 
 
-def _load_nvml() -> ModuleType | None:
+def _import_nvml() -> ModuleType | None:
     try:
-        import pynvml as nvml
+        import pynvml
     except ImportError:
         log.debug("nvidia-ml-py is not installed: no GPU metrics")
         return None
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        log.debug("NVML unavailable (%s): no GPU metrics", exc)
-        return None
-    module: ModuleType = nvml
+    module: ModuleType = pynvml
     return module
 
 
 def register_gpu_collector(
     registry: CollectorRegistry, nvml: ModuleType | None = None
 ) -> NvmlCollector | None:
-    """Register the NVML collector on `registry` if there is at least one GPU; return it, or None."""
-    nvml = nvml if nvml is not None else _load_nvml()
+    """Register the NVML collector on `registry` if there is at least one GPU; return it, or None.
+
+    `nvml` stands in for the pynvml module (tests pass a fake).
+    """
+    nvml = nvml if nvml is not None else _import_nvml()
     if nvml is None:
         return None
     try:
+        nvml.nvmlInit()
         collector = NvmlCollector(nvml)
     except nvml.NVMLError as exc:
-        log.debug("NVML device enumeration failed (%s): no GPU metrics", exc)
+        log.debug("NVML unavailable (%s): no GPU metrics", exc)
         return None
     if collector.device_count == 0:
         return None

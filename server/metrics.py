@@ -231,7 +231,6 @@ class ModelMetrics:
     def __init__(self, name: str, version: str, families: _Families) -> None:
         self.name = name
         self.version = version
-        self._lock = threading.Lock()
         lv = (name, version)
         self._h_request = families.request.labels(*lv)
         self._h_queue = families.queue.labels(*lv)
@@ -248,7 +247,10 @@ class ModelMetrics:
         self._g_ready = families.ready.labels(*lv)
         self._g_load = families.load_time.labels(*lv)
         self._in_flight = _InFlight(families.in_flight.labels(*lv))
+        self._init_statistics()
 
+    def _init_statistics(self) -> None:
+        self._lock = threading.Lock()
         self._success = _Phase()
         self._fail = _Phase()
         self._queue = _Phase()
@@ -347,45 +349,22 @@ class ModelMetrics:
             )
 
 
+def _ignore(*args: object, **kwargs: object) -> None:
+    return None
+
+
 class _DisabledModelMetrics(ModelMetrics):
     """What `ServerMetrics(enabled=False)` hands out: every method returns at once."""
 
     def __init__(self, name: str, version: str) -> None:  # no super(): there are no families to label
         self.name = name
         self.version = version
+        self._init_statistics()
 
-    def request_done(
-        self,
-        outcome: str,
-        total_s: float,
-        queue_s: float | None = None,
-        preprocess_s: float | None = None,
-        compute_s: float | None = None,
-        inferences: int = 1,
-    ) -> None:
-        return None
-
-    def batch_executed(self, batch_size: int, compute_s: float) -> None:
-        return None
-
-    def set_queue_depth(self, n: int) -> None:
-        return None
+    request_done = batch_executed = set_queue_depth = set_ready = set_load_time = _ignore
 
     def in_flight(self) -> AbstractContextManager[None]:
         return _NOTHING
-
-    def set_ready(self, ready: bool) -> None:
-        return None
-
-    def set_load_time(self, seconds: float) -> None:
-        return None
-
-    def statistics(self) -> ModelStatistics:
-        zero = StatDuration()
-        return ModelStatistics(
-            self.name, self.version, 0, 0, 0, zero, zero, zero, zero, zero, zero,
-            dict.fromkeys(FAILURE_OUTCOMES, 0), (),
-        )  # fmt: skip
 
 
 class ServerMetrics:
