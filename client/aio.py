@@ -1,0 +1,205 @@
+"""The asyncio client for the image API; same calls as `client.sync.Client`, awaited.
+
+    async with AsyncClient("localhost:8001") as c:
+        results = await asyncio.gather(*(c.classify(p) for p in paths))
+
+Create it inside the running event loop that will use it (gRPC binds the channel to that loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+
+import grpc
+import grpc.aio
+
+from client import wire
+from client.channel import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    USE_DEFAULT,
+    RetryPolicy,
+    TLSConfig,
+    UseDefault,
+    channel_options,
+)
+from client.images import ImageLike, encode_image
+from client.results import Classification, ClassifyError, ModelInfo
+from protos import classifier_pb2 as pb
+from protos import classifier_pb2_grpc as pb_grpc
+
+
+class AsyncClient:
+    """A connection to one server for asyncio code; see `client.sync.Client` for the arguments."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
+        tls: TLSConfig | None = None,
+        options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        opts = channel_options(retry, tls, options)
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=opts)
+        self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
+        self.target = target
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+
+    async def classify(
+        self,
+        image: ImageLike,
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> Classification:
+        """Classify one image. Raises ClassifyError on failure."""
+        rid = request_id or wire.new_request_id()
+        request = pb.ClassifyRequest(
+            model=self.model if model is None else model,
+            version=self.version if version is None else version,
+            image=encode_image(image),
+            top_k=top_k,
+            request_id=rid,
+        )
+        start = time.perf_counter()
+        try:
+            response = await self._stub.Classify(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc, rid) from None
+        return wire.classification(response, time.perf_counter() - start)
+
+    async def classify_batch(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> list[Classification | ClassifyError]:
+        """One result or error per image, in order; raises ClassifyError only when the whole call fails."""
+        request = pb.ClassifyBatchRequest(
+            model=self.model if model is None else model,
+            version=self.version if version is None else version,
+            images=[encode_image(image) for image in images],
+            top_k=top_k,
+            request_id=request_id or wire.new_request_id(),
+        )
+        start = time.perf_counter()
+        try:
+            response = await self._stub.ClassifyBatch(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc, request.request_id) from None
+        return wire.batch_results(response, len(request.images), time.perf_counter() - start)
+
+    async def classify_stream(
+        self,
+        images: Iterable[ImageLike] | AsyncIterable[ImageLike],
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[int, Classification | ClassifyError]]:
+        """Yield (input index, result) over one bidirectional stream as results arrive (maybe out of order).
+
+        Images that cannot be read or encoded yield a ClassifyError (INVALID_ARGUMENT) locally.
+        """
+        model_name = self.model if model is None else model
+        model_version = self.version if version is None else version
+        prefix = wire.new_request_id()[:12]
+        index_of: dict[str, int] = {}
+        sent_at: dict[str, float] = {}
+        local_errors: list[tuple[int, ClassifyError]] = []
+
+        def request(i: int, image: ImageLike) -> pb.ClassifyRequest | None:
+            rid = f"{prefix}-{i}"
+            try:
+                data = encode_image(image)
+            except (OSError, TypeError, ValueError) as exc:
+                local_errors.append((i, ClassifyError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), rid)))
+                return None
+            index_of[rid] = i
+            sent_at[rid] = time.perf_counter()
+            return pb.ClassifyRequest(
+                model=model_name, version=model_version, image=data, top_k=top_k, request_id=rid
+            )
+
+        async def requests() -> AsyncIterator[pb.ClassifyRequest]:
+            if isinstance(images, AsyncIterable):
+                i = 0
+                async for image in images:
+                    if (msg := request(i, image)) is not None:
+                        yield msg
+                    i += 1
+            else:
+                for i, image in enumerate(images):
+                    if (msg := request(i, image)) is not None:
+                        yield msg
+
+        call = self._stub.ClassifyStream(requests(), timeout=timeout)
+        try:
+            async for msg in call:
+                while local_errors:
+                    yield local_errors.pop(0)
+                result = wire.stream_result(msg, 0.0)
+                rid = result.request_id
+                latency = time.perf_counter() - sent_at.pop(rid, time.perf_counter())
+                if isinstance(result, Classification):
+                    result = Classification(
+                        result.model, result.version, result.predictions, result.timing, rid, latency
+                    )
+                yield index_of.pop(rid, -1), result
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+        finally:
+            call.cancel()
+        while local_errors:
+            yield local_errors.pop(0)
+
+    async def list_models(self, *, timeout: float | UseDefault | None = USE_DEFAULT) -> list[ModelInfo]:
+        try:
+            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+        return wire.models(response)
+
+    async def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds."""
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise ClassifyError(
+                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.target} within {timeout:g}s"
+            ) from None
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _timeout(self, timeout: float | UseDefault | None) -> float | None:
+        return self.timeout if isinstance(timeout, UseDefault) else timeout

@@ -1,0 +1,198 @@
+"""The blocking client for the image API.
+
+with Client("localhost:8001") as c:
+    result = c.classify("cat.jpg", top_k=3)
+    print(result.top.label, result.top.score)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+
+import grpc
+
+from client import wire
+from client.channel import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT_S,
+    USE_DEFAULT,
+    RetryPolicy,
+    TLSConfig,
+    UseDefault,
+    channel_options,
+)
+from client.images import ImageLike, encode_image
+from client.results import Classification, ClassifyError, ModelInfo
+from protos import classifier_pb2 as pb
+from protos import classifier_pb2_grpc as pb_grpc
+
+
+class Client:
+    """A connection to one server. Thread-safe; reuse one per process rather than one per call.
+
+    `timeout` is the default deadline in seconds for single and batch calls (None: no deadline); each call
+    may override it. `retry` retries UNAVAILABLE with exponential backoff (None disables retries). `tls`
+    switches to a TLS channel (`TLSConfig()` for the system's trust store).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        model: str = "",
+        version: str = "",
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
+        tls: TLSConfig | None = None,
+        options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        opts = channel_options(retry, tls, options)
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=opts)
+        self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
+        self.target = target
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+
+    def classify(
+        self,
+        image: ImageLike,
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> Classification:
+        """Classify one image. Raises ClassifyError on failure."""
+        rid = request_id or wire.new_request_id()
+        request = pb.ClassifyRequest(
+            model=self.model if model is None else model,
+            version=self.version if version is None else version,
+            image=encode_image(image),
+            top_k=top_k,
+            request_id=rid,
+        )
+        start = time.perf_counter()
+        try:
+            response = self._stub.Classify(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc, rid) from None
+        return wire.classification(response, time.perf_counter() - start)
+
+    def classify_batch(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> list[Classification | ClassifyError]:
+        """Classify several images in one call: one result or error per image, in order.
+
+        Raises ClassifyError only when the whole call fails.
+        """
+        request = pb.ClassifyBatchRequest(
+            model=self.model if model is None else model,
+            version=self.version if version is None else version,
+            images=[encode_image(image) for image in images],
+            top_k=top_k,
+            request_id=request_id or wire.new_request_id(),
+        )
+        start = time.perf_counter()
+        try:
+            response = self._stub.ClassifyBatch(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc, request.request_id) from None
+        return wire.batch_results(response, len(request.images), time.perf_counter() - start)
+
+    def classify_stream(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[int, Classification | ClassifyError]]:
+        """Classify images over one bidirectional stream, yielding (input index, result) as results arrive.
+
+        Results may come back out of order; the index says which input each belongs to. `images` is consumed
+        lazily, so it may be a generator. `timeout` bounds the whole stream (default: none). An image that
+        cannot be read or encoded yields a ClassifyError (INVALID_ARGUMENT) without reaching the server.
+        """
+        model_name = self.model if model is None else model
+        model_version = self.version if version is None else version
+        prefix = wire.new_request_id()[:12]
+        index_of: dict[str, int] = {}
+        sent_at: dict[str, float] = {}
+        local_errors: list[tuple[int, ClassifyError]] = []
+
+        def requests() -> Iterator[pb.ClassifyRequest]:
+            for i, image in enumerate(images):
+                rid = f"{prefix}-{i}"
+                try:
+                    data = encode_image(image)
+                except (OSError, TypeError, ValueError) as exc:
+                    local_errors.append((i, ClassifyError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), rid)))
+                    continue
+                index_of[rid] = i
+                sent_at[rid] = time.perf_counter()
+                yield pb.ClassifyRequest(
+                    model=model_name, version=model_version, image=data, top_k=top_k, request_id=rid
+                )
+
+        try:
+            for msg in self._stub.ClassifyStream(requests(), timeout=timeout):
+                while local_errors:
+                    yield local_errors.pop(0)
+                result = wire.stream_result(msg, 0.0)
+                rid = result.request_id
+                latency = time.perf_counter() - sent_at.pop(rid, time.perf_counter())
+                if isinstance(result, Classification):
+                    result = Classification(
+                        result.model, result.version, result.predictions, result.timing, rid, latency
+                    )
+                yield index_of.pop(rid, -1), result
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+        while local_errors:
+            yield local_errors.pop(0)
+
+    def list_models(self, *, timeout: float | UseDefault | None = USE_DEFAULT) -> list[ModelInfo]:
+        """The models the server serves, with their versions' states."""
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+        return wire.models(response)
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ClassifyError(
+                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.target} within {timeout:g}s"
+            ) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _timeout(self, timeout: float | UseDefault | None) -> float | None:
+        return self.timeout if isinstance(timeout, UseDefault) else timeout

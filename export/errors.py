@@ -1,0 +1,7 @@
+"""The one error type of the export stage: its message is shown to the user as a single line."""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Bad input or a failed check in export/quantize/verify/package; `str()` is a one-line message."""

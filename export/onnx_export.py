@@ -1,0 +1,188 @@
+"""Fold BatchNorm and export a resnet-serve checkpoint, or torchvision-format weights, to one ONNX file.
+
+The file is self-contained (weights inside, no external data), has input `input` (batch, C, H, W) float32 and
+output `logits` (batch, classes) with a dynamic batch dimension, and carries the resnet_serve.* metadata the
+server needs (labels, preprocessing, architecture, source hash, tool versions). Before it is written it must
+pass onnx's full checker, contain no BatchNormalization node, and match PyTorch on real images in ONNX
+Runtime (relative error ≤ --tolerance, at batch 1 and at the full batch).
+
+examples:
+  resnet-serve export --checkpoint artifacts/digits/model.pt --out artifacts/digits/model.onnx
+  resnet-serve export --arch resnet50 --weights resnet50-11ad3fa6.pth --out resnet50.onnx \\
+      --labels imagenet_classes.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from export.errors import ExportError
+from export.files import write_bytes_atomic
+from export.fold import FoldError, fold_batchnorm
+from export.metadata import write
+from export.samples import evaluation_batch
+from export.sources import Source, add_source_arguments, load_source
+
+# Opset 18: QDQ with per-channel axes (≥13) and ReduceMean with axes as an input (18) are all we need; it is
+# the newest opset that TensorRT 8.6+, ONNX Runtime ≥ 1.14 and onnxruntime.quantization all fully support,
+# and the dynamo exporter translates to it natively. See docs/export.md.
+OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def relative_error(actual: NDArray[np.floating], reference: NDArray[np.floating]) -> float:
+    """max |actual − reference| / max |reference|: scale-aware, and defined when single logits are ~0."""
+    scale = float(np.max(np.abs(reference)))
+    diff = float(np.max(np.abs(actual.astype(np.float64) - reference.astype(np.float64))))
+    return diff / scale if scale > 0 else diff
+
+
+def torch_logits(model: nn.Module, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x))
+    return np.asarray(out.detach().numpy(), dtype=np.float32)
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> onnx.ModelProto:
+    """Trace `model` with the dynamo exporter into an in-memory ModelProto (weights inline, dynamic batch).
+
+    The TorchScript exporter (dynamo=False) is deprecated in this torch; the dynamo exporter is kept in
+    memory (f=None) so external data never arises and the file is written once, atomically, by us.
+    """
+    if example.shape[0] < 2:
+        raise ValueError("export with a batch of at least 2, else torch.export specialises the batch to 1")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; the first line says which op failed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"ONNX export failed: {first}") from exc
+    assert program is not None
+    return program.model_proto
+
+
+def check_graph(model: onnx.ModelProto, folded: bool) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        first = (str(exc).strip().splitlines() or ["invalid model"])[0]
+        raise ExportError(f"exported model fails the ONNX checker: {first}") from None
+    if folded:
+        bn = [n.name or n.op_type for n in model.graph.node if n.op_type == "BatchNormalization"]
+        if bn:
+            raise ExportError(f"BatchNorm folding left {len(bn)} BatchNormalization node(s), e.g. {bn[0]}")
+
+
+def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> object:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session: object, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out = session.run([OUTPUT_NAME], {INPUT_NAME: x})  # type: ignore[attr-defined]
+    return np.asarray(out[0], dtype=np.float32)
+
+
+def export_source(source: Source, inputs: NDArray[np.float32], fold: bool = True, opset: int = OPSET,
+                  tolerance: float = DEFAULT_TOLERANCE, log: bool = True) -> tuple[onnx.ModelProto, float]:
+    """Fold, export, check and compare; returns the model (metadata set) and the ORT-vs-PyTorch rel error.
+
+    The reference is the original, unfolded model: the check covers folding and export together.
+    """
+    say = print if log else (lambda *_a, **_k: None)
+    model = source.model
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if fold:
+        try:
+            model = fold_batchnorm(source.model)
+        except FoldError as exc:
+            raise ExportError(str(exc)) from None
+        say(f"  folded {n_bn} BatchNorm layer(s) into the convolutions before them")
+    example = torch.from_numpy(inputs[: max(2, min(len(inputs), 4))])
+    if example.shape[0] < 2:
+        example = torch.cat([example, example])
+    proto = to_onnx(model, example, opset)
+    write(proto, source.meta)
+    proto.doc_string = f"resnet-serve export of {source.meta.arch} from sha256 {source.meta.source_sha256}"
+    check_graph(proto, folded=fold)
+    session = ort_session(proto)
+    reference = torch_logits(source.model, inputs)
+    full = ort_logits(session, inputs)
+    single = ort_logits(session, inputs[:1])
+    rel = max(relative_error(full, reference), relative_error(single, reference[:1]))
+    say(f"  ONNX Runtime vs PyTorch on {len(inputs)} real image(s): relative error {rel:.2e} "
+        f"(tolerance {tolerance:.0e}), top-1 agreement "
+        f"{np.mean(full.argmax(1) == reference.argmax(1)) * 100:.1f} %")
+    if not rel <= tolerance:
+        raise ExportError(
+            f"ONNX Runtime logits differ from PyTorch: relative error {rel:.2e} > {tolerance:.0e}"
+        )
+    return proto, rel
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_source_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (atomically)")
+    parser.add_argument("--no-fold", dest="fold", action="store_false",
+                        help="keep BatchNormalization nodes (for debugging; serving wants folded models)")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (see docs/export.md)")
+    parser.add_argument("--images", type=Path,
+                        help="folder of images to compare on (default: digits held-out split for digits "
+                             "models, else scikit-learn's sample photos)")
+    parser.add_argument("--num-images", type=int, default=16, help="how many images to compare on")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="largest allowed relative error of ONNX Runtime vs PyTorch logits")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    try:
+        source = load_source(args)
+        inputs, _ = evaluation_batch(source.meta.preprocess, source.dataset, args.images, args.num_images)
+        print(f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "
+              f"{tuple(inputs.shape[1:])}, opset {args.opset})")
+        proto, rel = export_source(source, inputs, args.fold, args.opset, args.tolerance)
+        data = proto.SerializeToString()
+        write_bytes_atomic(args.out, data)
+    except ExportError as exc:
+        print(f"resnet-serve export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, precision fp32, "
+          f"rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s")
+    return 0
+

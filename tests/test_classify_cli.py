@@ -1,0 +1,117 @@
+"""`resnet-serve classify` against an in-process fake server: formats, folders, globs and failures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench.fake_server import FakeServer
+from cli.main import main
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as s:
+        yield s
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """dark.png (class 0), sub/bright.png (class 9), corrupt.png, and notes.txt (not an image)."""
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (8, 8), 0).save(tmp_path / "dark.png")
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "sub" / "bright.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG but not really")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def classify(server: FakeServer, *args: str) -> list[str]:
+    return ["classify", "--server", server.target, *args]
+
+
+def test_good_images_print_their_labels_and_exit_zero(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        classify(server, "--top-k", "2", str(images / "dark.png"), str(images / "sub" / "bright.png"))
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{images / 'dark.png'}: 0 (91.0%)  ")
+    assert lines[1].startswith(f"{images / 'sub' / 'bright.png'}: 9 (91.0%)  ")
+    assert "2 images" in err and "2 ok, 0 failed" in err and "p99" in err
+
+
+def test_a_folder_is_walked_and_failures_are_reported_after_finishing_the_rest(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(images / "missing.png")
+    code = main(classify(server, "--format", "json", str(images), missing))
+    out, err = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    by_name = {Path(r["path"]).name: r for r in records}
+    # Sorted walk of the folder (notes.txt skipped), then the missing file, in argument order.
+    assert [Path(r["path"]).name for r in records] == ["corrupt.png", "dark.png", "bright.png", "missing.png"]
+    assert by_name["corrupt.png"]["error"]["code"] == "INVALID_ARGUMENT"
+    assert by_name["missing.png"]["error"] == {"code": "NOT_FOUND", "message": "no such file"}
+    assert by_name["bright.png"]["predictions"][0]["label"] == "9"
+    assert (
+        by_name["dark.png"]["model"] == "fake" and by_name["dark.png"]["server_timing_us"]["batch_size"] == 1
+    )
+    assert "2 ok, 2 failed" in err and "INVALID_ARGUMENT 1" in err and "NOT_FOUND 1" in err
+
+
+def test_globs_and_csv_give_one_row_per_prediction(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(classify(server, "--format", "csv", "--top-k", "3", str(images / "**" / "*ight.png")))
+    out, _ = capsys.readouterr()
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["rank"], r["label"]) for r in rows][:1] == [("1", "9")]
+    assert len(rows) == 3 and all(Path(r["path"]).name == "bright.png" and not r["error"] for r in rows)
+
+
+def test_a_glob_that_matches_nothing_is_a_failure(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(classify(server, str(images / "*.jpeg"))) == 1
+    assert "the pattern matches no files" in capsys.readouterr().err
+
+
+def test_many_images_with_concurrency_keep_input_order(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(30):
+        Image.new("L", (4, 4), i * 8).save(tmp_path / f"{i:02d}.png")
+    assert (
+        main(classify(server, "--concurrency", "7", "--format", "json", "--top-k", "1", str(tmp_path))) == 0
+    )
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in records] == [f"{i:02d}.png" for i in range(30)]
+    assert [r["predictions"][0]["label"] for r in records] == [
+        str(min(int(i * 8 / 25.6), 9)) for i in range(30)
+    ]
+
+
+def test_an_unreachable_server_is_one_clear_line(images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["classify", "--server", "127.0.0.1:1", "--timeout", "0.3", str(images / "dark.png")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == "error: no server answered at 127.0.0.1:1 within 0.3s"
+
+
+def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["classify", "--top-k", "0", "x.png"])
+    assert info.value.code == 2
+    assert "at least 1" in capsys.readouterr().err

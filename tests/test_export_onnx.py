@@ -1,0 +1,129 @@
+"""`resnet-serve export`: one self-contained, checked ONNX file with our metadata, or a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from cli.main import main
+from export.metadata import PREFIX, read
+from models import registry
+from models.checkpoint import save_checkpoint
+from models.datasets import DIGITS_PREPROCESS
+
+
+def _digits_checkpoint(path: Path, arch: str = "resnet20", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = registry.build(arch, num_classes=10, in_chans=1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(path, {
+        "format": "resnet-serve/1", "arch": arch, "model_config": {"num_classes": 10, "in_chans": 1},
+        "state_dict": model.state_dict(), "labels": [str(d) for d in range(10)],
+        "preprocess": {**DIGITS_PREPROCESS, "mean": [0.2], "std": [0.3]}, "dataset": "digits",
+        "epoch": 0, "metrics": {},
+    })
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = _digits_checkpoint(tmp / "model.pt")
+    out = tmp / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    return ckpt, out
+
+
+def test_export_writes_one_checked_file_with_named_dynamic_io(digits_onnx: tuple[Path, Path]) -> None:
+    _, out = digits_onnx
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.pt"]  # no external data
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+
+
+def test_export_metadata_describes_the_checkpoint(digits_onnx: tuple[Path, Path]) -> None:
+    import hashlib
+
+    ckpt, out = digits_onnx
+    meta = read(out)
+    assert meta.arch == "resnet20"
+    assert meta.labels == [str(d) for d in range(10)]
+    assert meta.preprocess["color"] == "L" and meta.preprocess["crop"] == 32
+    assert meta.preprocess["mean"] == [0.2]
+    assert meta.source_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta.precision == "fp32"
+    assert {"torch", "onnx", "onnxruntime", "resnet-serve"} <= meta.versions.keys()
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props[PREFIX + "labels"]) == meta.labels
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_exported_digits_model_matches_pytorch_at_any_batch(
+        digits_onnx: tuple[Path, Path], batch: int) -> None:
+    from models.checkpoint import load_model
+
+    ckpt, out = digits_onnx
+    model, _ = load_model(ckpt)
+    x = np.random.default_rng(batch).standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
+    assert got.shape == (batch, 10)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def _assert_one_line_error(capsys: pytest.CaptureFixture[str], rc: int, out: Path, needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1, err
+    assert needle in err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*"))  # no temp file left either
+
+
+def test_export_of_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)])
+    _assert_one_line_error(capsys, rc, out, "nope.pt")
+
+
+def test_export_of_a_checkpoint_for_another_arch_is_a_one_line_error(
+        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, _ = digits_onnx
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--checkpoint", str(ckpt), "--arch", "resnet56", "--out", str(out)])
+    _assert_one_line_error(capsys, rc, out, "resnet20")
+
+
+def test_export_of_weights_for_another_arch_is_a_one_line_error(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "r18.pth"
+    torch.save(registry.build("resnet18", num_classes=4).state_dict(), weights)
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--arch", "resnet34", "--weights", str(weights), "--out", str(out)])
+    _assert_one_line_error(capsys, rc, out, "do not match --arch resnet34")
+
+
+def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "junk.pth"
+    weights.write_bytes(b"not a zip file")
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--arch", "resnet18", "--weights", str(weights), "--out", str(out)])
+    _assert_one_line_error(capsys, rc, out, "junk.pth")
