@@ -25,7 +25,7 @@ from client.channel import (
     UseDefault,
     channel_options,
 )
-from client.images import ImageLike, encode_image
+from client.images import ImageLike
 from client.results import Classification, ClassifyError, ModelInfo
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
@@ -68,13 +68,7 @@ class AsyncClient:
     ) -> Classification:
         """Classify one image. Raises ClassifyError on failure."""
         rid = request_id or wire.new_request_id()
-        request = pb.ClassifyRequest(
-            model=self.model if model is None else model,
-            version=self.version if version is None else version,
-            image=encode_image(image),
-            top_k=top_k,
-            request_id=rid,
-        )
+        request = wire.classify_request(self._model(model), self._version(version), image, top_k, rid)
         start = time.perf_counter()
         try:
             response = await self._stub.Classify(request, timeout=self._timeout(timeout))
@@ -93,18 +87,13 @@ class AsyncClient:
         timeout: float | UseDefault | None = USE_DEFAULT,
     ) -> list[Classification | ClassifyError]:
         """One result or error per image, in order; raises ClassifyError only when the whole call fails."""
-        request = pb.ClassifyBatchRequest(
-            model=self.model if model is None else model,
-            version=self.version if version is None else version,
-            images=[encode_image(image) for image in images],
-            top_k=top_k,
-            request_id=request_id or wire.new_request_id(),
-        )
+        rid = request_id or wire.new_request_id()
+        request = wire.batch_request(self._model(model), self._version(version), images, top_k, rid)
         start = time.perf_counter()
         try:
             response = await self._stub.ClassifyBatch(request, timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
-            raise wire.rpc_error(exc, request.request_id) from None
+            raise wire.rpc_error(exc, rid) from None
         return wire.batch_results(response, len(request.images), time.perf_counter() - start)
 
     async def classify_stream(
@@ -120,57 +109,32 @@ class AsyncClient:
 
         Images that cannot be read or encoded yield a ClassifyError (INVALID_ARGUMENT) locally.
         """
-        model_name = self.model if model is None else model
-        model_version = self.version if version is None else version
-        prefix = wire.new_request_id()[:12]
-        index_of: dict[str, int] = {}
-        sent_at: dict[str, float] = {}
-        local_errors: list[tuple[int, ClassifyError]] = []
-
-        def request(i: int, image: ImageLike) -> pb.ClassifyRequest | None:
-            rid = f"{prefix}-{i}"
-            try:
-                data = encode_image(image)
-            except (OSError, TypeError, ValueError) as exc:
-                local_errors.append((i, ClassifyError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), rid)))
-                return None
-            index_of[rid] = i
-            sent_at[rid] = time.perf_counter()
-            return pb.ClassifyRequest(
-                model=model_name, version=model_version, image=data, top_k=top_k, request_id=rid
-            )
+        ledger = wire.StreamLedger(self._model(model), self._version(version), top_k)
 
         async def requests() -> AsyncIterator[pb.ClassifyRequest]:
             if isinstance(images, AsyncIterable):
                 i = 0
                 async for image in images:
-                    if (msg := request(i, image)) is not None:
+                    if (msg := ledger.request(i, image)) is not None:
                         yield msg
                     i += 1
             else:
                 for i, image in enumerate(images):
-                    if (msg := request(i, image)) is not None:
+                    if (msg := ledger.request(i, image)) is not None:
                         yield msg
 
         call = self._stub.ClassifyStream(requests(), timeout=timeout)
         try:
             async for msg in call:
-                while local_errors:
-                    yield local_errors.pop(0)
-                result = wire.stream_result(msg, 0.0)
-                rid = result.request_id
-                latency = time.perf_counter() - sent_at.pop(rid, time.perf_counter())
-                if isinstance(result, Classification):
-                    result = Classification(
-                        result.model, result.version, result.predictions, result.timing, rid, latency
-                    )
-                yield index_of.pop(rid, -1), result
+                while ledger.local_errors:
+                    yield ledger.local_errors.pop(0)
+                yield ledger.result(msg)
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc) from None
         finally:
             call.cancel()
-        while local_errors:
-            yield local_errors.pop(0)
+        while ledger.local_errors:
+            yield ledger.local_errors.pop(0)
 
     async def list_models(self, *, timeout: float | UseDefault | None = USE_DEFAULT) -> list[ModelInfo]:
         try:
@@ -200,6 +164,12 @@ class AsyncClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def _model(self, model: str | None) -> str:
+        return self.model if model is None else model
+
+    def _version(self, version: str | None) -> str:
+        return self.version if version is None else version
 
     def _timeout(self, timeout: float | UseDefault | None) -> float | None:
         return self.timeout if isinstance(timeout, UseDefault) else timeout

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
+from collections.abc import Sequence
 
 import grpc
 
+from client.images import ImageLike, encode_image
 from client.results import Classification, ClassifyError, ModelInfo, ModelVersion, Prediction, Timing
 from protos import classifier_pb2 as pb
 
@@ -62,14 +66,9 @@ def batch_results(
 
 
 def stream_result(msg: pb.ClassifyStreamResponse, latency_s: float) -> Classification | ClassifyError:
+    # The stream matches results by the envelope's id, whatever the inner response says.
     if msg.WhichOneof("result") == "response":
-        result = classification(msg.response, latency_s)
-        if not result.request_id:
-            # The stream matches results by id; the id lives on the envelope even if the response omits it.
-            return Classification(
-                result.model, result.version, result.predictions, result.timing, msg.request_id, latency_s
-            )
-        return result
+        return dataclasses.replace(classification(msg.response, latency_s), request_id=msg.request_id)
     return error(msg.error, msg.request_id)
 
 
@@ -86,3 +85,57 @@ def models(msg: pb.ListModelsResponse) -> list[ModelInfo]:
         )
         for m in msg.models
     ]
+
+
+def classify_request(
+    model: str, version: str, image: ImageLike, top_k: int, request_id: str
+) -> pb.ClassifyRequest:
+    return pb.ClassifyRequest(
+        model=model, version=version, image=encode_image(image), top_k=top_k, request_id=request_id
+    )
+
+
+def batch_request(
+    model: str, version: str, images: Sequence[ImageLike], top_k: int, request_id: str
+) -> pb.ClassifyBatchRequest:
+    return pb.ClassifyBatchRequest(
+        model=model,
+        version=version,
+        images=[encode_image(image) for image in images],
+        top_k=top_k,
+        request_id=request_id,
+    )
+
+
+class StreamLedger:
+    """Bookkeeping for one ClassifyStream call: which input each request id is, and when it was sent.
+
+    Inputs that cannot be encoded never reach the server; their errors wait in `local_errors` until the
+    caller's loop hands them out.
+    """
+
+    def __init__(self, model: str, version: str, top_k: int) -> None:
+        self._model, self._version, self._top_k = model, version, top_k
+        self._prefix = new_request_id()[:12]
+        self._index_of: dict[str, int] = {}
+        self._sent_at: dict[str, float] = {}
+        self.local_errors: list[tuple[int, ClassifyError]] = []
+
+    def request(self, i: int, image: ImageLike) -> pb.ClassifyRequest | None:
+        rid = f"{self._prefix}-{i}"
+        try:
+            msg = classify_request(self._model, self._version, image, self._top_k, rid)
+        except (OSError, TypeError, ValueError) as exc:
+            self.local_errors.append((i, ClassifyError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), rid)))
+            return None
+        self._index_of[rid] = i
+        self._sent_at[rid] = time.perf_counter()
+        return msg
+
+    def result(self, msg: pb.ClassifyStreamResponse) -> tuple[int, Classification | ClassifyError]:
+        result = stream_result(msg, 0.0)
+        rid = result.request_id
+        now = time.perf_counter()
+        if isinstance(result, Classification):
+            result = dataclasses.replace(result, request_id=rid, latency_s=now - self._sent_at.pop(rid, now))
+        return self._index_of.pop(rid, -1), result
