@@ -1,0 +1,429 @@
+"""`resnet-serve build-engine`: compile an ONNX model to a serialized TensorRT engine, with a sidecar JSON.
+
+Precision follows TensorRT's strongly typed model (the only one TensorRT 11 has): the network runs in the
+types the ONNX graph declares. FP32 is the exported model as is; FP16 is an FP16 ONNX (`export.fp16`, made
+on the fly from an FP32 model when asked); INT8 is our symmetric QDQ ONNX (explicit quantization). Builder
+precision flags (weak typing) are used only on TensorRT 10 when asked for, or when the installed TensorRT
+has no strongly typed networks; implicit INT8 calibration is never used (TensorRT 11 removed it).
+
+An engine only runs on the TensorRT version and GPU architecture it was built with. The sidecar
+(`ENGINE.json`) records both, so the server refuses a mismatched engine with a "rebuild" message before
+TensorRT ever sees it. Everything except `build()` is pure Python and tested without TensorRT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
+
+SIDECAR_FORMAT = "resnet-serve-engine/1"
+PRECISION_KEY = "resnet_serve.precision"
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# What each requested precision needs the ONNX to be, by its `resnet_serve.precision` metadata.
+_SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}
+MIN_TRT_MAJOR = 10
+
+
+class EngineError(ValueError):
+    """A build cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The optimization profile's batch sizes: the engine accepts min..max, and is tuned for opt."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if self.min < 1:
+            raise EngineError(f"--min-batch must be at least 1, got {self.min}")
+        if not self.min <= self.opt <= self.max:
+            raise EngineError(
+                "batch sizes must satisfy min <= opt <= max, "
+                f"got min={self.min} opt={self.opt} max={self.max}"
+            )
+
+    def shapes(self, sample_shape: tuple[int, ...]) -> dict[str, list[int]]:
+        """Full input shapes (N, C, H, W) for each of min/opt/max."""
+        sizes = {"min": self.min, "opt": self.opt, "max": self.max}
+        return {name: [n, *sample_shape] for name, n in sizes.items()}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    sample_shape: tuple[int, ...]  # the shape of one sample: every dim after the batch dim
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """How to create the network and configure the builder for one precision on one TensorRT version."""
+
+    strongly_typed: bool
+    builder_flags: tuple[str, ...] = ()  # names of trt.BuilderFlag members to set
+    clear_flags: tuple[str, ...] = ()  # names of trt.BuilderFlag members to clear
+
+
+@dataclass
+class Sidecar:
+    """What an engine was built from and for; written next to the engine as ENGINE.json."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    input_name: str
+    profile: dict[str, list[int]]
+    source_onnx: str
+    source_sha256: str
+    engine_sha256: str
+    built_at: str
+    build_seconds: float
+    strongly_typed: bool
+    builder_flags: list[str]
+    workspace_bytes: int
+    metadata: dict[str, str] = field(default_factory=dict)  # the source ONNX's metadata_props
+    format: str = SIDECAR_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'10.13.0.35' -> (10, 13, 0, 35); anything unparsable is an EngineError."""
+    match = re.match(r"^(\d+(?:\.\d+)*)", text.strip())
+    if not match:
+        raise EngineError(f"cannot parse TensorRT version {text!r}")
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+def network_plan(
+    trt_version: str,
+    precision: str,
+    *,
+    has_strongly_typed: bool,
+    weak_typing: bool = False,
+    tf32: bool = False,
+) -> NetworkPlan:
+    """Strongly typed wherever TensorRT offers it; builder precision flags only on TensorRT 10, when the
+    caller asks for weak typing or the installed TensorRT lacks strongly typed networks."""
+    major = parse_version(trt_version)[0]
+    if major < MIN_TRT_MAJOR:
+        raise EngineError(f"TensorRT {MIN_TRT_MAJOR} or newer is required, found {trt_version}")
+    if precision not in _SOURCE_FOR:
+        raise EngineError(f"unknown precision {precision!r}; choose one of: {', '.join(_SOURCE_FOR)}")
+    # TF32 is a math mode, not a type: it stays on (TensorRT's default) unless the engine is meant to be
+    # FP32 to the bit-level tolerance the parity check holds it to.
+    clear = () if tf32 or precision != "fp32" else ("TF32",)
+    strongly_typed = has_strongly_typed and not weak_typing
+    if strongly_typed:
+        return NetworkPlan(strongly_typed=True, clear_flags=clear)
+    if major >= 11:
+        raise EngineError(
+            f"TensorRT {trt_version} builds strongly typed networks only (it removed the precision flags): "
+            "drop --weak-typing and build from an FP16 or QDQ ONNX"
+        )
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
+    return NetworkPlan(strongly_typed=False, builder_flags=flags, clear_flags=clear)
+
+
+def resolve_precision(requested: str, source_precision: str, *, strongly_typed: bool) -> tuple[str, bool]:
+    """(engine precision, whether to convert the ONNX to FP16 first) for a requested precision and the
+    precision the ONNX was exported in."""
+    if requested not in PRECISIONS:
+        raise EngineError(f"unknown precision {requested!r}; choose one of: {', '.join(PRECISIONS)}")
+    by_source = {v: k for k, v in _SOURCE_FOR.items()}
+    if source_precision == "int8-qdq-ort":
+        raise EngineError(
+            "this ONNX is quantized for ONNX Runtime (int8-qdq-ort); TensorRT needs the symmetric variant: "
+            "run `resnet-serve quantize --target tensorrt`"
+        )
+    if source_precision not in by_source:
+        raise EngineError(f"unknown model precision {source_precision!r} in the ONNX metadata")
+    engine = by_source[source_precision] if requested == "auto" else requested
+    if engine == by_source[source_precision]:
+        return engine, False
+    if engine == "fp16" and source_precision == "fp32":
+        # Strongly typed: make the FP16 graph. Weakly typed: the FP16 builder flag does the job.
+        return engine, strongly_typed
+    if engine == "int8":
+        raise EngineError(
+            "an INT8 engine is built from a QDQ ONNX (explicit quantization): run `resnet-serve quantize` "
+            "and build from its output; TensorRT's implicit calibration is not supported"
+        )
+    raise EngineError(f"cannot build a {engine} engine from a {source_precision} ONNX; export it again")
+
+
+def model_input(model: onnx.ModelProto) -> ModelInput:
+    """The single image input, with a dynamic batch dim and a static sample shape."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise EngineError(f"expected one model input, found {len(inputs)}: {[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    sample: list[int] = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value"):
+            raise EngineError(f"input {inputs[0].name!r} has a dynamic dim other than the batch dim")
+        sample.append(d.dim_value)
+    if len(dims) < 2:
+        raise EngineError(f"input {inputs[0].name!r} has no sample dims")
+    return ModelInput(inputs[0].name, tuple(sample))
+
+
+def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_cudart() -> Any | None:
+    """cuda-python's runtime module (`cuda.bindings.runtime` since 12.6, `cuda.cudart` before), or None."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart
+
+        return cudart
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def gpu_identity(device: int = 0) -> GpuIdentity:
+    """The GPU an engine is built on: through cuda-python when installed, else nvidia-smi."""
+    cudart = load_cudart()
+    if cudart is not None:
+        err, prop = cudart.cudaGetDeviceProperties(device)
+        if int(err) == 0:
+            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            return GpuIdentity(name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}")
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        raise EngineError("cannot identify the GPU: install cuda-python or put nvidia-smi on PATH") from None
+    name, _, cc = out.strip().partition(",")
+    return GpuIdentity(name.strip(), cc.strip())
+
+
+def require_tensorrt() -> None:
+    """An EngineError unless TensorRT is importable. tensorrt-stubs installs a `tensorrt` namespace
+    package with no code in it, so a successful import alone does not mean TensorRT is there."""
+    try:
+        import tensorrt  # type: ignore[import-untyped]
+    except ImportError:
+        raise EngineError("TensorRT is not installed (pip install tensorrt on a GPU node)") from None
+    if not hasattr(tensorrt, "Builder"):
+        raise EngineError(
+            "TensorRT is not installed (only its type stubs are): pip install tensorrt on a GPU node"
+        )
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    onnx_path: Path
+    engine_path: Path
+    profile: BatchProfile
+    precision: str = "auto"
+    workspace_mib: int = 4096
+    timing_cache: Path | None = None
+    weak_typing: bool = False
+    tf32: bool = False
+    device: int = 0
+
+
+def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
+    """Build, serialize and write the engine and its sidecar. Needs TensorRT and a GPU."""
+    require_tensorrt()
+    # tensorrt-stubs 10.13 cannot be read by mypy as installed (no py.typed, syntax errors); docs/gpu.md
+    # shows how to type-check this module against a patched copy.
+    import tensorrt as trt  # type: ignore[import-untyped]
+
+    try:
+        source_bytes = req.onnx_path.read_bytes()
+        model = onnx.load_from_string(source_bytes)
+    except (OSError, DecodeError, ValueError) as err:
+        raise EngineError(f"cannot read ONNX model {req.onnx_path}: {err}") from None
+    metadata = metadata_of(model)
+    inp = model_input(model)
+    has_st = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    precision, convert = resolve_precision(
+        req.precision, metadata.get(PRECISION_KEY, "fp32"), strongly_typed=has_st and not req.weak_typing
+    )
+    plan = network_plan(
+        trt.__version__, precision, has_strongly_typed=has_st, weak_typing=req.weak_typing, tf32=req.tf32
+    )
+    if convert:
+        from export.fp16 import to_fp16
+
+        model = to_fp16(model)
+        metadata = metadata_of(model)
+    if plan.builder_flags:  # weakly typed: the graph stays FP32 and the flags lower it
+        metadata[PRECISION_KEY] = precision
+    gpu = gpu_identity(req.device)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # The path lets the parser find external weights stored next to a large model.
+    if not parser.parse(model.SerializeToString(), str(req.onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT's ONNX parser rejected {req.onnx_path}: {errors or 'no detail given'}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, req.workspace_mib << 20)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.clear_flags:
+        if hasattr(trt.BuilderFlag, name):
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+    shapes = req.profile.shapes(inp.sample_shape)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
+    config.add_optimization_profile(profile)
+
+    cache_bytes = b""
+    if req.timing_cache is not None and req.timing_cache.is_file():
+        cache_bytes = req.timing_cache.read_bytes()
+    cache = config.create_timing_cache(cache_bytes)
+    # ignore_mismatch=False: a cache from another GPU or TensorRT version is dropped rather than trusted.
+    config.set_timing_cache(cache, False)
+
+    if progress:
+        print(f"building {precision} engine from {req.onnx_path} (batch {req.profile.min}..{req.profile.max})"
+              f" on {gpu.name}; this takes a few minutes", file=sys.stderr)
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        raise EngineError("TensorRT failed to build the engine; its log above says why")
+    engine_bytes = bytes(serialized)
+
+    if req.timing_cache is not None:
+        write_atomic(req.timing_cache, bytes(config.get_timing_cache().serialize()))
+    sidecar = Sidecar(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=precision,
+        input_name=inp.name,
+        profile=shapes,
+        source_onnx=str(req.onnx_path),
+        source_sha256=sha256_of(source_bytes),
+        engine_sha256=sha256_of(engine_bytes),
+        built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        build_seconds=round(seconds, 2),
+        strongly_typed=plan.strongly_typed,
+        builder_flags=list(plan.builder_flags),
+        workspace_bytes=req.workspace_mib << 20,
+        metadata=metadata,
+    )
+    # Engine first, sidecar second: a crash in between leaves a sidecar whose engine_sha256 no longer
+    # matches, which the server refuses, rather than a new sidecar vouching for an old engine.
+    write_atomic(req.engine_path, engine_bytes)
+    write_atomic(sidecar_path(req.engine_path), sidecar.to_json().encode())
+    return sidecar
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Compile an ONNX model from `resnet-serve export` (or `quantize`) into a TensorRT engine for this "
+        "GPU, and write ENGINE.json beside it (TensorRT version, GPU, profile, precision, source hash). The "
+        "engine runs only with the same TensorRT version on the same GPU architecture; the server checks "
+        "the sidecar and asks for a rebuild otherwise."
+    )
+    parser.epilog = (
+        "precision: the engine runs in the types of the ONNX graph (strongly typed). --precision fp16 "
+        "converts an FP32 ONNX to FP16 first (float32 I/O kept); int8 needs the QDQ ONNX from "
+        "`resnet-serve quantize`. example:\n"
+        "  resnet-serve build-engine model.onnx --out model.plan --precision fp16 --max-batch 128"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("onnx", type=Path, help="ONNX model (FP32, FP16 or INT8 QDQ from our export)")
+    parser.add_argument("--out", type=Path, required=True, help="engine file to write (e.g. model.plan)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: the ONNX's own precision (default); fp16 converts an FP32 ONNX first")
+    parser.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts (1)")
+    parser.add_argument("--opt-batch", type=int, default=32, help="batch size TensorRT tunes for (32)")
+    parser.add_argument("--max-batch", type=int, default=128,
+                        help="largest batch (128); the server splits larger batches")
+    parser.add_argument("--workspace-mib", type=int, default=4096,
+                        help="builder workspace limit in MiB (4096)")
+    parser.add_argument("--timing-cache", type=Path, default=None,
+                        help="persistent timing cache file: read if present, updated after the build; "
+                             "makes rebuilds on the same GPU much faster")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 math in FP32 engines (faster on Ampere+, ~1e-3 relative error)")
+    parser.add_argument("--weak-typing", action="store_true",
+                        help="TensorRT 10 only: use the FP16/INT8 builder flags instead of a typed ONNX")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device index (0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.workspace_mib < 1:
+            raise EngineError(f"--workspace-mib must be positive, got {args.workspace_mib}")
+        if not args.onnx.is_file():
+            raise EngineError(f"no such ONNX file: {args.onnx}")
+        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+        require_tensorrt()
+        sidecar = build(BuildRequest(
+            onnx_path=args.onnx, engine_path=args.out, profile=profile, precision=args.precision,
+            workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, weak_typing=args.weak_typing,
+            tf32=args.tf32, device=args.device,
+        ))
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
+          f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "
+          f"built in {sidecar.build_seconds:.0f} s) and {sidecar_path(args.out).name}")
+    return 0
