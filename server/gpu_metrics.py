@@ -26,6 +26,22 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def gpu_metric_families() -> tuple[
+    GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+]:
+    """Fresh, empty families of every GPU metric (the collector fills them per scrape)."""
+    return (
+        GaugeMetricFamily(
+            f"{PREFIX}_utilization_ratio",
+            "Fraction of the last sample period the GPU was executing kernels (NVML).",
+            labels=_LABELS,
+        ),
+        GaugeMetricFamily(f"{PREFIX}_memory_used_bytes", "GPU memory in use (NVML).", labels=_LABELS),
+        GaugeMetricFamily(f"{PREFIX}_memory_total_bytes", "GPU memory installed (NVML).", labels=_LABELS),
+        GaugeMetricFamily(f"{PREFIX}_power_watts", "GPU power draw (NVML).", labels=_LABELS),
+    )
+
+
 class NvmlCollector(Collector):
     """One gauge family per quantity, one series per device, read fresh on every scrape."""
 
@@ -46,10 +62,10 @@ class NvmlCollector(Collector):
         return len(self._devices)
 
     def describe(self) -> list[Metric]:
-        return list(self._families())
+        return list(gpu_metric_families())
 
     def collect(self) -> Iterator[Metric]:
-        util, used, total, power = self._families()
+        util, used, total, power = gpu_metric_families()
         for handle, labels in self._devices:
             self._sample(
                 util, labels, lambda h: self._nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0, handle
@@ -66,19 +82,6 @@ class NvmlCollector(Collector):
             family.add_metric(labels, read(handle))
         except self._nvml.NVMLError as exc:  # e.g. power readings unsupported on this board
             log.debug("NVML query for %s failed on gpu %s: %s", family.name, labels[0], exc)
-
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily(
-                f"{PREFIX}_utilization_ratio",
-                "Fraction of the last sample period the GPU was executing kernels (NVML).",
-                labels=_LABELS,
-            ),
-            GaugeMetricFamily(f"{PREFIX}_memory_used_bytes", "GPU memory in use (NVML).", labels=_LABELS),
-            GaugeMetricFamily(f"{PREFIX}_memory_total_bytes", "GPU memory installed (NVML).", labels=_LABELS),
-            GaugeMetricFamily(f"{PREFIX}_power_watts", "GPU power draw (NVML).", labels=_LABELS),
-        )
 
 
 def _import_nvml() -> ModuleType | None:
