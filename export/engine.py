@@ -25,7 +25,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -211,22 +210,6 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def load_cudart() -> Any | None:
-    """cuda-python's runtime module (`cuda.bindings.runtime` since 12.6, `cuda.cudart` before), or None."""
-    try:
-        from cuda.bindings import runtime
-
-        return runtime
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart
-
-        return cudart
-    except ImportError:
-        return None
-
-
 @dataclass(frozen=True)
 class GpuIdentity:
     name: str
@@ -234,20 +217,24 @@ class GpuIdentity:
 
 
 def gpu_identity(device: int = 0) -> GpuIdentity:
-    """The GPU an engine is built on: through cuda-python when installed, else nvidia-smi."""
-    cudart = load_cudart()
-    if cudart is not None:
-        err, prop = cudart.cudaGetDeviceProperties(device)
-        if int(err) == 0:
-            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-            return GpuIdentity(name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}")
+    """The GPU an engine is built on, as CUDA numbers devices: through torch when the export stage has
+    it, else nvidia-smi (whose numbering ignores CUDA_VISIBLE_DEVICES, hence second choice)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(device)
+            return GpuIdentity(torch.cuda.get_device_name(device), f"{major}.{minor}")
+    except ImportError:
+        pass
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        raise EngineError("cannot identify the GPU: install cuda-python or put nvidia-smi on PATH") from None
+        problem = "cannot identify the GPU: no CUDA device visible to torch and no nvidia-smi"
+        raise EngineError(problem) from None
     name, _, cc = out.strip().partition(",")
     return GpuIdentity(name.strip(), cc.strip())
 
