@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +25,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# --- server: a tiny ONNX classifier with our metadata_props, built without torch -------------------------
+
+TINY_PREPROCESS = {
+    "color": "L",
+    "resize": 8,
+    "crop": 8,
+    "interpolation": "bilinear",
+    "mean": [0.5],
+    "std": [0.25],
+}
+TINY_LABELS = [f"class-{i}" for i in range(10)]
+
+
+def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10) -> Path:
+    """conv 3x3 (4 filters) → relu → flatten → gemm: (N, 1, 8, 8) float32 "input" → (N, classes) "logits"."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w_conv = rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32)
+    b_conv = rng.normal(0, 0.1, (4,)).astype(np.float32)
+    w_fc = rng.normal(0, 0.2, (classes, 4 * 8 * 8)).astype(np.float32)
+    b_fc = rng.normal(0, 0.1, (classes,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w_conv", "b_conv"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Flatten", ["relu"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w_fc", "b_fc"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w_conv, "w_conv"), (b_conv, "b_conv"), (w_fc, "w_fc"), (b_fc, "b_fc"))
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    labels = TINY_LABELS if classes == 10 else [str(i) for i in range(classes)]
+    for key, value in {
+        "resnet_serve.labels": json.dumps(labels),
+        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
+        "resnet_serve.arch": "tiny",
+        "resnet_serve.source_sha256": "0" * 64,
+        "resnet_serve.versions": json.dumps({"onnx": onnx.__version__}),
+        "resnet_serve.precision": "fp32",
+    }.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 10-class ONNX classifier of 8x8 grayscale images, with resnet_serve metadata."""
+    return write_tiny_onnx(tmp_path_factory.mktemp("tiny") / "model.onnx")

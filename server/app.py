@@ -1,0 +1,169 @@
+"""The gRPC server: our image API, KServe v2 (server/kserve.py, when present), health and reflection on one
+grpc.aio server, with Prometheus metrics on their own HTTP port.
+
+Shutdown (SIGTERM/SIGINT, or `stop()`): health turns NOT_SERVING and every new request is refused with
+UNAVAILABLE, requests already accepted complete within the grace period, then the batchers drain and the
+backends are released.
+
+server/kserve.py is imported only here and only when the server starts, so a process that imports
+tritonclient (benchmarks, tests) can still import the rest of `server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import classifier_pb2, classifier_pb2_grpc
+from server.backends.onnxruntime import default_threads
+from server.config import ServerConfig
+from server.context import ServerContext
+from server.image_service import ImageClassifierService
+from server.metrics import ServerMetrics
+from server.model_manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+IMAGE_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
+KSERVE_MODULE = "server.kserve"
+_MB = 1024 * 1024
+
+
+class StartupError(RuntimeError):
+    """The server could not start (port taken, model failed to load, ...); the message says why."""
+
+
+class InferenceServer:
+    """One running server. `await start()`, then `await wait_for_shutdown()` or `await stop()`."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or ServerMetrics(enabled=config.metrics)
+        self.manager = ModelManager(config, self.metrics)
+        threads = config.preprocess_threads or default_threads()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="preprocess")
+        self.ctx = ServerContext(config, self.manager, self.metrics, self.pool)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.services: list[str] = []
+        self.grpc_port = 0
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        try:
+            await self.manager.start()
+        except Exception as exc:
+            await self.manager.close(0)
+            raise StartupError(str(getattr(exc, "message", exc))) from None
+        limit = max(64 * _MB, config.max_image_bytes + _MB)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        classifier_pb2_grpc.add_ImageClassifierServicer_to_server(  # type: ignore[no-untyped-call]
+            ImageClassifierService(self.manager, self.pool), server
+        )
+        self.services = [IMAGE_SERVICE]
+        self.services.extend(self._register_optional(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{config.host}:{config.grpc_port}"
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if self.grpc_port == 0:
+            raise StartupError(f"cannot listen on {address} (port in use?)")
+        await server.start()
+        self._server = server
+        if config.metrics_port >= 0:
+            try:
+                self.metrics_port = self.metrics.start_http_server(config.host, config.metrics_port)
+            except OSError as exc:
+                await server.stop(0)
+                raise StartupError(
+                    f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
+                ) from None
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _register_optional(self, server: grpc.aio.Server) -> list[str]:
+        try:
+            module = importlib.import_module(KSERVE_MODULE)
+        except ModuleNotFoundError as exc:
+            if exc.name != KSERVE_MODULE:
+                raise
+            log.warning("KServe v2 API not available (%s is missing)", KSERVE_MODULE)
+            return []
+        name: str = module.register(server, self.ctx)
+        return [name]
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service in ("", *self.services):
+            await self.health.set(service, status)
+
+    def summary(self) -> str:
+        host = self.config.host
+        models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
+        metrics = f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port is not None else "off"
+        return f"ready: grpc={host}:{self.grpc_port} metrics={metrics} models: {models}"
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+
+    async def wait_for_shutdown(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new requests, let accepted ones finish (up to the grace period), release everything."""
+        grace = self.config.grace_period_s if grace_s is None else grace_s
+        self.ctx.shutting_down = True
+        self.manager.stop_accepting()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace)  # new RPCs are refused; in-flight ones get up to `grace`
+        await self.manager.close(max(0.0, grace - (loop.time() - start)))
+        self.metrics.stop_http_server()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+        self._stopped.set()
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 1 when start-up fails."""
+    server = InferenceServer(config)
+    try:
+        await server.start()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    server.install_signal_handlers()
+    log.info(server.summary())
+    await server.wait_for_shutdown()
+    return 0

@@ -1,0 +1,445 @@
+"""Server configuration: one TOML file, overridden by environment variables, overridden by flags.
+
+Precedence, lowest first: built-in defaults < the TOML file's `[server]` and `[model_defaults]` tables <
+`RESNET_SERVE_<OPTION>` environment variables < command-line flags. A model's own `[models.NAME]` table
+overrides the model defaults for that model only, because it is the more specific statement.
+
+    [server]
+    grpc_port = 8001
+    model_repository = "artifacts/repository"
+
+    [model_defaults]
+    max_batch_size = 32
+    max_queue_delay_ms = 2.0
+
+    [models.digits]
+    path = "artifacts/digits/model.onnx"
+    instances = 2
+
+Every option is described once in `OPTIONS`; the flags, their `--help` text and the env variables all come
+from that table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RESNET_SERVE_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the option and what it expects."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one model's dynamic batcher forms batches (docs/server.md, "Batching")."""
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    timeout_ms: float = 0.0  # 0: no server-side timeout (a client's gRPC deadline still applies)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model: where it lives, which versions to serve, and how to run it."""
+
+    name: str
+    path: str = ""  # an .onnx file (served as version "1"), or a directory of numbered versions
+    backend: str = "auto"  # auto: by file extension (.onnx → onnxruntime, .plan/.engine → tensorrt)
+    device: str = "cpu"
+    instances: int = 1
+    intra_op_threads: int = 0  # 0: the machine's cores divided among the instances
+    version_policy: str = "latest"  # latest | all | specific
+    versions: tuple[int, ...] = ()  # for version_policy = "specific"
+    warmup: bool = True
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `resnet-serve serve` needs; built by `load_config`."""
+
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_port: int = 8002  # -1: no metrics endpoint
+    metrics: bool = True
+    model_repository: str = ""
+    models: tuple[ModelConfig, ...] = ()
+    # The settings a model found in the repository (at start-up or by an explicit load) is served with.
+    model_defaults: ModelConfig = field(default_factory=lambda: ModelConfig(name=""))
+    default_model: str = ""
+    preprocess_threads: int = 0  # 0: one per core
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    jpeg_draft: bool = True
+    grace_period_s: float = 15.0
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[str], Any]
+    help: str
+    scope: str  # "server" or "model"
+    metavar: str = ""
+
+    @property
+    def default(self) -> Any:
+        if self.scope == "server":
+            return getattr(ServerConfig(), self.key)
+        target: Any = BatchingConfig() if self.key in _BATCHING_KEYS else ModelConfig(name="")
+        return getattr(target, self.key)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+_BATCHING_KEYS = {f.name for f in dataclasses.fields(BatchingConfig)}
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "address to listen on", "server", "ADDR"),
+    Option(
+        "grpc_port",
+        int,
+        "gRPC port: image API, KServe v2, health and reflection (0: a free port)",
+        "server",
+        "PORT",
+    ),
+    Option(
+        "metrics_port", int, "Prometheus /metrics port (0: a free port, -1: no endpoint)", "server", "PORT"
+    ),
+    Option(
+        "metrics", _bool, "record metrics at all (false makes every metric call a no-op)", "server", "BOOL"
+    ),
+    Option(
+        "model_repository",
+        str,
+        "serve every model in this repository directory (numbered versions)",
+        "server",
+        "DIR",
+    ),
+    Option(
+        "default_model",
+        str,
+        "model used when a request names none (default: the only or first model)",
+        "server",
+        "NAME",
+    ),
+    Option("preprocess_threads", int, "image decoding threads (0: one per core)", "server", "N"),
+    Option("max_image_bytes", int, "largest encoded image accepted, in bytes", "server", "BYTES"),
+    Option(
+        "max_image_pixels",
+        int,
+        "largest decoded image accepted (width × height), checked before decoding",
+        "server",
+        "PIXELS",
+    ),
+    Option(
+        "jpeg_draft",
+        _bool,
+        "decode large JPEGs at reduced size (DCT scaling) when the model's input is much smaller",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "grace_period_s",
+        float,
+        "on SIGTERM/SIGINT, time allowed for accepted requests to finish",
+        "server",
+        "SECONDS",
+    ),
+    Option(
+        "backend",
+        str,
+        "inference backend: auto (by file extension), onnxruntime, tensorrt or torch",
+        "model",
+        "NAME",
+    ),
+    Option("device", str, "ONNX Runtime execution provider: cpu, cuda, tensorrt or auto", "model", "DEVICE"),
+    Option(
+        "instances",
+        int,
+        "execution instances per model version (each its own session and thread)",
+        "model",
+        "N",
+    ),
+    Option(
+        "intra_op_threads",
+        int,
+        "ONNX Runtime intra-op threads per instance (0: cores / instances)",
+        "model",
+        "N",
+    ),
+    Option(
+        "version_policy", str, "which numbered versions to serve: latest, all or specific", "model", "POLICY"
+    ),
+    Option(
+        "versions",
+        _int_list,
+        "versions to serve with version_policy=specific, comma-separated",
+        "model",
+        "LIST",
+    ),
+    Option(
+        "warmup",
+        _bool,
+        "run zero batches at every batch size before a model is marked ready",
+        "model",
+        "BOOL",
+    ),
+    Option("max_batch_size", int, "largest batch (in rows) the batcher forms", "model", "N"),
+    Option(
+        "max_queue_delay_ms",
+        float,
+        "longest time the oldest queued request waits for a batch to fill "
+        "(0: run whatever is queued as soon as an instance is free)",
+        "model",
+        "MS",
+    ),
+    Option(
+        "preferred_batch_sizes",
+        _int_list,
+        "batch sizes dispatched at once when the queue can form them, comma-separated",
+        "model",
+        "LIST",
+    ),
+    Option(
+        "max_queue_size",
+        int,
+        "queued requests per model version; beyond it requests fail at once with UNAVAILABLE",
+        "model",
+        "N",
+    ),
+    Option(
+        "timeout_ms",
+        float,
+        "server-side queueing timeout per request (0: none; gRPC deadlines still apply)",
+        "model",
+        "MS",
+    ),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+_MODEL_TABLE_KEYS = {o.key for o in OPTIONS if o.scope == "model"} | {"path"}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add `--config`, `--model` and one flag per option; defaults and env names appear in `--help`."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"TOML configuration file (env {ENV_PREFIX}CONFIG)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME=PATH",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="serve an .onnx file (version 1) or a directory of numbered versions under NAME; repeatable",
+    )
+    groups = {
+        "server": parser.add_argument_group("server"),
+        "model": parser.add_argument_group("models (defaults for every model; [models.NAME] overrides)"),
+    }
+    for opt in OPTIONS:
+        default = opt.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = str(shown).lower() if isinstance(shown, bool) else shown
+        groups[opt.scope].add_argument(
+            opt.flag,
+            dest=opt.key,
+            metavar=opt.metavar or None,
+            type=_flag_type(opt),
+            default=argparse.SUPPRESS,
+            help=f"{opt.help} (default: {shown if shown != '' else 'none'}; env {opt.env})",
+        )
+
+
+def _flag_type(opt: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return opt.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{opt.flag}: {exc}") from None
+
+    return parse
+
+
+def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Merge defaults, the TOML file, env vars and flags into a validated ServerConfig."""
+    env = os.environ if env is None else env
+    flags = vars(args) if args is not None else {}
+    config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG", "")
+    toml: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
+
+    server_values: dict[str, Any] = {}
+    model_defaults: dict[str, Any] = {}
+    for section, target in (("server", server_values), ("model_defaults", model_defaults)):
+        table = toml.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in table.items():
+            opt = _BY_KEY.get(key)
+            if opt is None or opt.scope != ("server" if section == "server" else "model"):
+                raise ConfigError(f"unknown option {key!r} in [{section}] of {config_path}")
+            target[key] = _coerce(opt, value, f"[{section}] {key}")
+    for opt in OPTIONS:
+        target = server_values if opt.scope == "server" else model_defaults
+        if opt.env in env:
+            try:
+                target[opt.key] = opt.parse(env[opt.env])
+            except ValueError as exc:
+                raise ConfigError(f"{opt.env}: {exc}") from None
+        if opt.key in flags:
+            target[opt.key] = flags[opt.key]
+
+    models: dict[str, dict[str, Any]] = {}
+    tables = toml.get("models", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("[models] must hold one table per model, e.g. [models.digits]")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[models.{name}] must be a table")
+        unknown = set(table) - _MODEL_TABLE_KEYS
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} in [models.{name}]")
+        models[name] = {
+            k: (v if k == "path" else _coerce(_BY_KEY[k], v, f"[models.{name}] {k}"))
+            for k, v in table.items()
+        }
+    specs = list(flags.get("model", []))
+    if env.get(ENV_PREFIX + "MODEL"):
+        specs = [s for s in env[ENV_PREFIX + "MODEL"].split(",") if s] + specs
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--model expects NAME=PATH, got {spec!r}")
+        models.setdefault(name, {})["path"] = path
+    for name, values in models.items():
+        if not values.get("path"):
+            raise ConfigError(
+                f"model {name!r} has no path (set path in [models.{name}] or --model {name}=PATH)"
+            )
+
+    built = tuple(_model_config(name, {**model_defaults, **values}) for name, values in models.items())
+    config = ServerConfig(**server_values, models=built, model_defaults=_model_config("", model_defaults))
+    return validate(config)
+
+
+def _model_config(name: str, values: Mapping[str, Any]) -> ModelConfig:
+    batching = {k: v for k, v in values.items() if k in _BATCHING_KEYS}
+    rest = {k: v for k, v in values.items() if k not in _BATCHING_KEYS}
+    return _validate_model(ModelConfig(name=name, batching=BatchingConfig(**batching), **rest))
+
+
+def _coerce(opt: Option, value: Any, where: str) -> Any:
+    default = opt.default
+    try:
+        if isinstance(value, str) and not isinstance(default, str):
+            return opt.parse(value)
+        if isinstance(default, tuple):
+            if isinstance(value, int):
+                value = [value]
+            return tuple(int(v) for v in value)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value
+        if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(default, str) and isinstance(value, str):
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _validate_model(m: ModelConfig) -> ModelConfig:
+    b = m.batching
+    where = f"model {m.name!r}" if m.name else "model defaults"
+    if b.max_batch_size < 1:
+        raise ConfigError(f"{where}: max_batch_size must be >= 1, got {b.max_batch_size}")
+    if b.max_queue_delay_ms < 0:
+        raise ConfigError(f"{where}: max_queue_delay_ms must be >= 0, got {b.max_queue_delay_ms}")
+    if b.max_queue_size < 1:
+        raise ConfigError(f"{where}: max_queue_size must be >= 1, got {b.max_queue_size}")
+    if b.timeout_ms < 0:
+        raise ConfigError(f"{where}: timeout_ms must be >= 0, got {b.timeout_ms}")
+    bad = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
+    if bad:
+        raise ConfigError(f"{where}: preferred_batch_sizes must lie in 1..{b.max_batch_size}, got {bad}")
+    if m.instances < 1:
+        raise ConfigError(f"{where}: instances must be >= 1, got {m.instances}")
+    if m.intra_op_threads < 0:
+        raise ConfigError(f"{where}: intra_op_threads must be >= 0, got {m.intra_op_threads}")
+    if m.version_policy not in ("latest", "all", "specific"):
+        raise ConfigError(
+            f"{where}: version_policy must be latest, all or specific, got {m.version_policy!r}"
+        )
+    if m.version_policy == "specific" and not m.versions:
+        raise ConfigError(f"{where}: version_policy=specific needs versions, e.g. versions = [1, 3]")
+    return m
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    """Check server-wide values (model values are checked as each ModelConfig is built)."""
+    for key in ("grpc_port", "metrics_port"):
+        port = getattr(config, key)
+        low = -1 if key == "metrics_port" else 0
+        if not low <= port <= 65535:
+            raise ConfigError(f"{key} must be in {low}..65535, got {port}")
+    for key in ("max_image_bytes", "max_image_pixels"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    if config.preprocess_threads < 0:
+        raise ConfigError(f"preprocess_threads must be >= 0, got {config.preprocess_threads}")
+    if config.grace_period_s < 0:
+        raise ConfigError(f"grace_period_s must be >= 0, got {config.grace_period_s}")
+    if not config.models and not config.model_repository:
+        raise ConfigError(
+            "no models to serve: pass --model NAME=PATH, --model-repository DIR or a config file"
+        )
+    return config

@@ -1,0 +1,35 @@
+"""What every servicer on the gRPC server shares: config, models, metrics and the preprocessing pool.
+
+`server.app` builds one `ServerContext` and hands it to each API it registers (our image API, KServe v2).
+An optional API module registers itself with `register(server: grpc.aio.Server, ctx: ServerContext) -> str`,
+returning the full name of the gRPC service it added (for reflection and health).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from server.config import ServerConfig
+from server.metrics import ServerMetrics
+from server.model_manager import ModelManager
+
+
+@dataclass
+class ServerContext:
+    config: ServerConfig
+    manager: ModelManager
+    metrics: ServerMetrics
+    pool: Executor  # image decoding and other CPU work that must stay off the event loop
+    shutting_down: bool = False
+
+    def live(self) -> bool:
+        """The process is up and answering (also while it drains)."""
+        return True
+
+    def ready(self) -> bool:
+        """Accepting requests, and every model the server serves has a ready version."""
+        if self.shutting_down or not self.manager.accepting:
+            return False
+        names = self.manager.names()
+        return bool(names) and all(self.manager.is_ready(name) for name in names)

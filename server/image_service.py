@@ -1,0 +1,281 @@
+"""Our image API (protos/classifier.proto): encoded images in, top-k labels with softmax scores out.
+
+Decoding runs on a thread pool, inference on the model's batcher; the event loop only routes. Every failure
+leaves here as a gRPC status (unary RPCs) or an Error entry (batch and stream), so no request is ever left
+without an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+
+import grpc
+import numpy as np
+
+from protos import classifier_pb2 as pb
+from protos import classifier_pb2_grpc as pb_grpc
+from server.batcher import BatchResult
+from server.errors import ServeError, invalid_argument, outcome_of
+from server.logging_setup import access_log, request_id_from_metadata, resolve_request_id
+from server.model_manager import ModelManager, ServedModel
+
+DEFAULT_TOP_K = 5
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * 1e6))
+
+
+def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most probable classes of one row of logits, by softmax probability, ties by lower index."""
+    z = logits.astype(np.float64)
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(int(i), float(p[i])) for i in order]
+
+
+class ImageClassifierService(pb_grpc.ImageClassifierServicer):
+    def __init__(self, manager: ModelManager, pool: Executor) -> None:
+        self._manager = manager
+        self._pool = pool
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        model = self._manager.get(name, version)
+        if model.preprocessor is None:
+            raise ServeError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {model.name!r} has no preprocessing metadata; send tensors with the KServe API",
+            )
+        return model
+
+    @staticmethod
+    def _k(model: ServedModel, requested: int) -> int:
+        classes = len(model.labels)
+        if requested == 0:
+            return min(DEFAULT_TOP_K, classes)
+        if requested > classes:
+            raise invalid_argument(
+                f"top_k must be between 1 and {classes} (the number of classes of {model.name!r}), "
+                f"or 0 for {min(DEFAULT_TOP_K, classes)}; got {requested}"
+            )
+        return requested
+
+    @staticmethod
+    def _timeout(context: Context) -> float | None:
+        remaining: float | None = context.time_remaining()
+        return remaining
+
+    def _response(
+        self, model: ServedModel, logits: np.ndarray, k: int, request_id: str, timing: pb.Timing
+    ) -> pb.ClassifyResponse:
+        predictions = [
+            pb.Prediction(index=i, label=model.labels[i], score=score) for i, score in top_k(logits, k)
+        ]
+        return pb.ClassifyResponse(
+            model=model.name,
+            version=model.version,
+            predictions=predictions,
+            timing=timing,
+            request_id=request_id,
+        )
+
+    async def _classify(
+        self, request: pb.ClassifyRequest, context: Context, request_id: str
+    ) -> pb.ClassifyResponse:
+        """One image, start to finish; raises ServeError (metrics are recorded here either way)."""
+        start = time.perf_counter()
+        model = self._model(request.model, request.version)
+        metrics = model.metrics
+        with metrics.in_flight():
+            preprocess_s: float | None = None
+            try:
+                k = self._k(model, request.top_k)
+                loop = asyncio.get_running_loop()
+                assert model.preprocessor is not None
+                x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
+                preprocess_s = time.perf_counter() - start
+                result: BatchResult = await model.infer(
+                    {model.info.inputs[0].name: x[None]}, self._timeout(context)
+                )
+                logits = result.outputs[model.info.outputs[0].name][0]
+                total = time.perf_counter() - start
+                timing = pb.Timing(
+                    queue_us=_us(result.queue_s),
+                    preprocess_us=_us(preprocess_s),
+                    compute_us=_us(result.compute_s),
+                    total_us=_us(total),
+                    batch_size=result.batch_size,
+                )
+                response = self._response(model, logits, k, request_id, timing)
+            except BaseException as exc:
+                total = time.perf_counter() - start
+                outcome = outcome_of(exc)
+                metrics.request_done(outcome, total, preprocess_s=preprocess_s)
+                access_log(model.name, model.version, outcome, total, detail=getattr(exc, "message", None))
+                raise
+            metrics.request_done("success", total, result.queue_s, preprocess_s, result.compute_s)
+            access_log(model.name, model.version, "success", total, result.batch_size)
+            return response
+
+    # ---------------------------------------------------------------------------------------------- RPCs
+
+    async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
+        request_id = resolve_request_id(
+            request_id_from_metadata(context.invocation_metadata()), request.request_id
+        )
+        try:
+            return await self._classify(request, context, request_id)
+        except ServeError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    async def ClassifyBatch(
+        self, request: pb.ClassifyBatchRequest, context: Context
+    ) -> pb.ClassifyBatchResponse:
+        request_id = resolve_request_id(
+            request_id_from_metadata(context.invocation_metadata()), request.request_id
+        )
+        try:
+            model = self._model(request.model, request.version)
+            k = self._k(model, request.top_k)
+            if not request.images:
+                raise invalid_argument("ClassifyBatch needs at least one image")
+        except ServeError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+        with model.metrics.in_flight():
+            results = await self._classify_batch(model, k, list(request.images), context, request_id)
+        return pb.ClassifyBatchResponse(results=results)
+
+    async def _classify_batch(
+        self, model: ServedModel, k: int, images: Sequence[bytes], context: Context, request_id: str
+    ) -> list[pb.ClassifyResult]:
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        assert model.preprocessor is not None
+        preprocessor = model.preprocessor
+
+        async def prepare(data: bytes) -> tuple[np.ndarray | ServeError, float]:
+            try:
+                x = await loop.run_in_executor(self._pool, preprocessor, data)
+            except ServeError as exc:
+                return exc, time.perf_counter() - start
+            return x, time.perf_counter() - start
+
+        prepared = await asyncio.gather(*(prepare(data) for data in images))
+        results: list[pb.ClassifyResult | None] = [None] * len(images)
+        good = [i for i, (x, _) in enumerate(prepared) if not isinstance(x, ServeError)]
+        for i, (x, pre_s) in enumerate(prepared):
+            if isinstance(x, ServeError):
+                results[i] = pb.ClassifyResult(
+                    error=pb.Error(code=x.code.value[0], message=f"image {i}: {x.message}")
+                )
+                model.metrics.request_done(x.outcome, pre_s, preprocess_s=pre_s)
+        # Valid images go as requests of up to max_batch_size rows each, so one call can batch with others.
+        step = model.batcher.max_batch_size
+        chunks = [good[i : i + step] for i in range(0, len(good), step)]
+
+        async def run(chunk: list[int]) -> None:
+            rows = np.stack([prepared[i][0] for i in chunk])  # type: ignore[misc]
+            pre_s = max(prepared[i][1] for i in chunk)
+            try:
+                result = await model.infer({model.info.inputs[0].name: rows}, self._timeout(context))
+            except ServeError as exc:
+                model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
+                for i in chunk:
+                    results[i] = pb.ClassifyResult(
+                        error=pb.Error(code=exc.code.value[0], message=exc.message)
+                    )
+                return
+            total = time.perf_counter() - start
+            model.metrics.request_done(
+                "success", total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
+            )
+            logits = result.outputs[model.info.outputs[0].name]
+            for row, i in enumerate(chunk):
+                timing = pb.Timing(
+                    queue_us=_us(result.queue_s),
+                    preprocess_us=_us(prepared[i][1]),
+                    compute_us=_us(result.compute_s),
+                    total_us=_us(total),
+                    batch_size=result.batch_size,
+                )
+                response = self._response(model, logits[row], k, f"{request_id}/{i}", timing)
+                results[i] = pb.ClassifyResult(response=response)
+
+        await asyncio.gather(*(run(chunk) for chunk in chunks))
+        return [r if r is not None else pb.ClassifyResult() for r in results]
+
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: Context
+    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        out: asyncio.Queue[pb.ClassifyStreamResponse | BaseException | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ClassifyRequest) -> None:
+            request_id = resolve_request_id(request.request_id)
+            try:
+                response = await self._classify(request, context, request_id)
+            except ServeError as exc:
+                error = pb.Error(code=exc.code.value[0], message=exc.message)
+                await out.put(pb.ClassifyStreamResponse(request_id=request_id, error=error))
+            else:
+                await out.put(pb.ClassifyStreamResponse(request_id=request_id, response=response))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                await out.put(None)
+            except BaseException as exc:  # the stream broke: let the writer end the RPC
+                await out.put(exc)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    if isinstance(item, asyncio.CancelledError):
+                        return
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        manager = self._manager
+        by_name: dict[str, list[pb.ModelVersionInfo]] = {}
+        for status in manager.statuses():
+            by_name.setdefault(status.name, []).append(
+                pb.ModelVersionInfo(version=status.version, state=str(status.state), reason=status.reason)
+            )
+        models = []
+        default = manager.default_model
+        for name, versions in by_name.items():
+            info = pb.ModelInfo(name=name, versions=versions, is_default=name == default)
+            loaded = manager.versions(name) if name in manager.names() else []
+            if loaded:
+                latest = loaded[-1]
+                info.labels.extend(latest.labels)
+                info.platform = latest.info.platform
+                info.max_batch_size = latest.batcher.max_batch_size
+                if latest.info.inputs:
+                    info.input_shape.extend(latest.info.inputs[0].shape[1:])
+            models.append(info)
+        return pb.ListModelsResponse(models=models)

@@ -1,0 +1,36 @@
+"""Run the gRPC inference server: our image API and KServe v2 on one port, with dynamic batching and
+Prometheus metrics.
+
+Options come from a TOML file (--config), RESNET_SERVE_* environment variables and flags, in increasing
+precedence; see docs/server.md. Example:
+
+  resnet-serve serve --model digits=artifacts/digits/model.onnx --grpc-port 8001 --metrics-port 8002
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from server.config import ConfigError, configure_parser, load_config
+from server.logging_setup import add_logging_arguments, configure_logging
+
+log = logging.getLogger("resnet_serve.server")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    configure_parser(parser)
+    add_logging_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    from server.app import serve  # imports onnxruntime and grpc: only once the config is known to be valid
+
+    return asyncio.run(serve(config))
