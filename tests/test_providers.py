@@ -9,6 +9,7 @@ from server.backends.providers import (
     CPU,
     CUDA,
     TENSORRT,
+    cuda_index,
     device_of,
     ort_providers,
     provider_name,
@@ -79,3 +80,16 @@ def test_defaults_to_what_the_installed_onnxruntime_offers() -> None:
     if CUDA not in onnxruntime.get_available_providers():
         with pytest.raises(BackendError):
             ort_providers("cuda")
+
+
+@pytest.mark.parametrize(
+    ("device", "index"), [("cpu", 0), ("auto", 0), ("cuda", 0), ("cuda:3", 3), ("CUDA:1", 1)]
+)
+def test_gpu_backends_read_the_device_index(device: str, index: int) -> None:
+    assert cuda_index(device) == index
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "rocm:0", "cuda:-1"])
+def test_unreadable_device_is_a_clear_error(device: str) -> None:
+    with pytest.raises(BackendError, match="expected cuda:N"):
+        cuda_index(device)

@@ -107,3 +107,16 @@ def provider_options(spec: ProviderSpec) -> dict[str, Any]:
 def device_of(specs: Sequence[ProviderSpec]) -> str:
     """The device name a backend reports for the first (preferred) provider: "cpu" or "cuda"."""
     return "cpu" if provider_name(specs[0]) == CPU else "cuda"
+
+
+def cuda_index(device: str) -> int:
+    """The CUDA device a GPU-only backend (TensorRT, PyTorch) uses for the server's `device` setting.
+
+    That setting names ORT providers ("cpu", "cuda", "tensorrt", "auto"); a GPU-only backend has no CPU
+    mode, so any of those means GPU 0, and only "cuda:N" picks another GPU."""
+    name, _, index = device.strip().lower().partition(":")
+    if not index:
+        return 0
+    if name != "cuda" or not index.isdigit():
+        raise BackendError(f"cannot read device {device!r}: expected cuda:N (e.g. cuda:1)")
+    return int(index)

@@ -380,3 +380,10 @@ class TensorRTBackend(Backend):
             self._stream = None
         self._context = None
         self._engine = None
+
+
+def create_backend(path: Path, device: str) -> TensorRTBackend:
+    """The factory hook (server/backends/factory.py): `device` is the server's setting, see cuda_index."""
+    from server.backends.providers import cuda_index
+
+    return TensorRTBackend(path, device=cuda_index(device))
