@@ -1,0 +1,69 @@
+"""The in-process baseline: the server's own backend class called directly, with no gRPC, no decoding,
+no preprocessing and no batching queue, at the batch sizes the server actually ran.
+
+Dividing the server's latency by this one shows what serving costs on top of the model itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.stats import LatencySummary
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    batch_size: int
+    runs: int
+    latency: LatencySummary  # per batch, ms
+    throughput: float  # inferences per second, one batch at a time
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "batch_size": self.batch_size,
+            "runs": self.runs,
+            "throughput": self.throughput,
+            "latency_ms": self.latency.as_dict(),
+        }
+
+
+def measure(
+    model: Path, batch_sizes: list[int], seconds: float = 2.0, device: str = "cpu"
+) -> list[BaselineResult]:
+    """Time `model` at each batch size for about `seconds` (at least 5 runs each), after one warm-up run."""
+    from server.backends.base import BackendError
+    from server.backends.factory import backend_for, create_backend
+
+    if not model.is_file():
+        raise FileNotFoundError(f"--baseline {model}: no such model file")
+    try:
+        backend = create_backend(model, backend_for(model, "auto"), device, 0)
+    except BackendError as exc:
+        raise ValueError(f"--baseline {model}: {exc}") from None
+    results = []
+    try:
+        rng = np.random.default_rng(0)
+        spec = backend.info.inputs[0]
+        for n in sorted(set(batch_sizes)):
+            shape = (n, *spec.shape[1:]) if backend.info.max_batch_size > 0 else spec.shape
+            feeds = {spec.name: rng.standard_normal(shape).astype(spec.dtype)}
+            backend.infer(feeds)
+            times: list[float] = []
+            deadline = time.perf_counter() + seconds
+            while len(times) < 5 or time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                backend.infer(feeds)
+                times.append(time.perf_counter() - t0)
+            real_batch = shape[0] if backend.info.max_batch_size > 0 else 1
+            results.append(
+                BaselineResult(
+                    real_batch, len(times), LatencySummary.of(times), real_batch * len(times) / sum(times)
+                )
+            )
+    finally:
+        backend.close()
+    return results

@@ -1,0 +1,279 @@
+"""The load generator: closed loop (fixed concurrency) and open loop (Poisson arrivals at a fixed rate).
+
+Closed loop: `concurrency` workers, each sending its next request when the last one returns.
+Open loop: requests are sent on a schedule that does not wait for the server. Each request's latency is
+measured from its *scheduled* send time, not from when it was actually sent: if the server (or this
+process) falls behind, the delay shows up in the latencies and in the backlog instead of being hidden
+("coordinated omission").
+
+A step runs warm-up, then fixed measurement windows until three consecutive windows agree (bench.stats)
+or the step's time limit; its result covers the last three windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.senders import OK, Sender, ServerSplit
+from bench.stats import LatencySummary, Window, stable
+
+WINDOWS_KEPT = 3
+
+
+@dataclass(frozen=True)
+class Closed:
+    concurrency: int
+
+    @property
+    def label(self) -> str:
+        return f"concurrency {self.concurrency}"
+
+
+@dataclass(frozen=True)
+class Open:
+    rate: float  # requests per second
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"rate {self.rate:g}/s"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a step measures: `warmup_s`, then windows of `window_s` until stable or `max_s` has passed."""
+
+    warmup_s: float = 2.0
+    window_s: float = 2.0
+    max_s: float = 30.0
+    tolerance: float = 0.10
+    drain_s: float = 5.0  # how long to wait for requests in flight once a step ends
+
+
+@dataclass(frozen=True)
+class Record:
+    start: float  # open loop: the scheduled send time; closed loop: the send time
+    end: float
+    code: str
+    server: ServerSplit | None
+
+
+@dataclass
+class StepResult:
+    load: Closed | Open
+    batch_size: int
+    duration_s: float  # of the kept windows
+    requests: int  # successful requests in the kept windows
+    throughput: float  # successful inferences per second
+    latency: LatencySummary
+    errors: dict[str, int]
+    server: dict[str, float] | None  # mean queue/preprocess/compute ms and batch size, when reported
+    stable: bool
+    windows: int
+    offered_rate: float | None = None  # open loop: requests scheduled per second while measuring
+    sent_rate: float | None = None  # open loop: requests actually sent per second while measuring
+    backlog: int | None = None  # open loop: scheduled but unanswered when measuring stopped
+    backlog_growth: float | None = None  # open loop: change of that count per second over the kept windows
+    max_send_lag_ms: float | None = None  # open loop: the latest a request left after its scheduled time
+    latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    phase: str = "sweep"
+
+    @property
+    def kept_up(self) -> bool | None:
+        """Open loop: answered within 5 % of the target rate, with no backlog growing by more than that.
+
+        Requests in flight are not a backlog by themselves (Little's law: rate × latency are always in
+        flight); a server that falls behind shows as a count that keeps growing.
+        """
+        if not isinstance(self.load, Open):
+            return None
+        growth = self.backlog_growth or 0.0
+        return self.throughput >= 0.95 * self.load.rate * self.batch_size and growth <= 0.05 * self.load.rate
+
+
+def poisson_schedule(rate: float, start: float, seed: int) -> Iterator[float]:
+    """Send times of a Poisson process at `rate`, conditioned on exactly rate×block arrivals per block.
+
+    Given its count, a Poisson process's arrivals in an interval are uniform order statistics; fixing the
+    count per short block (a quarter second, or 20 arrivals) keeps the bursts of Poisson traffic within
+    the block while making the offered rate exact over it, so a short benchmark offers what was asked
+    rather than a random amount near it.
+    """
+    rng = np.random.default_rng(seed)
+    block = max(0.25, 20.0 / rate)
+    per_block = round(rate * block)
+    t0 = start
+    while True:
+        for offset in np.sort(rng.uniform(0.0, block, per_block)):
+            yield t0 + float(offset)
+        t0 += block
+
+
+class _Run:
+    """The requests of one step in progress."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.records: list[Record] = []
+        self.stopping = False
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.scheduled: list[float] = []
+        self.sent: list[float] = []
+        self.max_lag = 0.0
+
+    async def one(self, start: float) -> None:
+        self.sent.append(time.perf_counter())
+        reply = await self.sender.send()
+        self.records.append(Record(start, time.perf_counter(), reply.code, reply.server))
+
+    async def closed_worker(self) -> None:
+        while not self.stopping:
+            await self.one(time.perf_counter())
+
+    async def open_scheduler(self, load: Open) -> None:
+        for when in poisson_schedule(load.rate, time.perf_counter(), load.seed):
+            delay = when - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            self.scheduled.append(when)
+            self.max_lag = max(self.max_lag, time.perf_counter() - when)
+            task = asyncio.create_task(self.one(when))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+
+
+async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepResult:
+    """Run one load level until stable (or timing.max_s) and summarise the last three windows."""
+    run = _Run(sender)
+    if isinstance(load, Closed):
+        drivers = [asyncio.create_task(run.closed_worker()) for _ in range(load.concurrency)]
+    else:
+        drivers = [asyncio.create_task(run.open_scheduler(load))]
+    try:
+        await asyncio.sleep(timing.warmup_s)
+        windows: list[Window] = []
+        in_flight_at = [len(run.in_flight)]  # at each window boundary
+        measure_start = time.perf_counter()
+        seen = len(run.records)
+        while True:
+            w_start = time.perf_counter()
+            await asyncio.sleep(timing.window_s)
+            w_end = time.perf_counter()
+            fresh = run.records[seen:]
+            seen = len(run.records)
+            windows.append(_window(fresh, w_start, w_end, sender.batch_size))
+            in_flight_at.append(len(run.in_flight))
+            if stable(windows, timing.tolerance) or w_end - measure_start >= timing.max_s:
+                break
+        kept_from = max(0, len(windows) - WINDOWS_KEPT)
+        backlog = (in_flight_at[kept_from], in_flight_at[-1]) if isinstance(load, Open) else None
+        run.stopping = True
+    finally:
+        run.stopping = True
+        await _finish(drivers, run, timing.drain_s)
+    kept = windows[-WINDOWS_KEPT:]
+    return _summarise(
+        run, load, sender.batch_size, kept, backlog, stable(windows, timing.tolerance), len(windows)
+    )
+
+
+def _window(records: list[Record], start: float, end: float, batch_size: int) -> Window:
+    ok = [r for r in records if r.code == OK]
+    mean = sum(r.end - r.start for r in ok) / len(ok) if ok else 0.0
+    return Window(start, end, len(ok), len(ok) * batch_size, mean)
+
+
+async def _finish(drivers: list[asyncio.Task[None]], run: _Run, drain_s: float) -> None:
+    """Let requests in flight finish (up to drain_s), then cancel what is left."""
+    pending = [*drivers, *run.in_flight]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=drain_s)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still)
+
+
+def _summarise(
+    run: _Run,
+    load: Closed | Open,
+    batch_size: int,
+    kept: list[Window],
+    backlog: tuple[int, int] | None,
+    is_stable: bool,
+    n_windows: int,
+) -> StepResult:
+    start, end = kept[0].start, kept[-1].end
+    duration = end - start
+    inside = [r for r in run.records if start <= r.end < end]
+    ok = [r for r in inside if r.code == OK]
+    errors = Counter(r.code for r in inside if r.code != OK)
+    latencies = np.array([r.end - r.start for r in ok])
+    result = StepResult(
+        load=load,
+        batch_size=batch_size,
+        duration_s=duration,
+        requests=len(ok),
+        throughput=len(ok) * batch_size / duration if duration > 0 else 0.0,
+        latency=LatencySummary.of(latencies),
+        errors=dict(errors),
+        server=_server_split([r.server for r in ok if r.server is not None]),
+        stable=is_stable,
+        windows=n_windows,
+        latencies_s=latencies,
+    )
+    if isinstance(load, Open):
+        result.offered_rate = sum(1 for t in run.scheduled if start <= t < end) / duration
+        result.sent_rate = sum(1 for t in run.sent if start <= t < end) / duration
+        if backlog is not None:
+            result.backlog = backlog[1]
+            result.backlog_growth = (backlog[1] - backlog[0]) / duration if duration > 0 else 0.0
+        result.max_send_lag_ms = run.max_lag * 1e3
+    return result
+
+
+def _server_split(splits: list[ServerSplit]) -> dict[str, float] | None:
+    if not splits:
+        return None
+    n = len(splits)
+    return {
+        "queue_ms": sum(s.queue_s for s in splits) / n * 1e3,
+        "preprocess_ms": sum(s.preprocess_s for s in splits) / n * 1e3,
+        "compute_ms": sum(s.compute_s for s in splits) / n * 1e3,
+        "batch_size": sum(s.batch_size for s in splits) / n,
+    }
+
+
+def parse_concurrency(text: str) -> list[int]:
+    """ "1,2,4" → [1, 2, 4]; "1:64" → powers of two from 1 to 64."""
+    try:
+        if ":" in text:
+            lo, hi = (int(x) for x in text.split(":", 1))
+            if lo < 1 or hi < lo:
+                raise ValueError
+            return [2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1) if lo <= 2**k <= hi]
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--concurrency {text!r}: expected e.g. 1,2,4 or 1:64 (powers of two)") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--concurrency {text!r}: every level must be at least 1")
+    return values
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--rate {text!r}: expected requests per second, e.g. 100 or 50,100,200") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"--rate {text!r}: every rate must be above 0")
+    return values

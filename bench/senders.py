@@ -1,0 +1,210 @@
+"""One request of each protocol, timed by the load generator: the image API or the KServe v2 tensor API.
+
+A sender knows its payloads and returns a Reply (status, and the server's own time split when the protocol
+reports one); it never raises for a failed request, because errors are part of what a benchmark measures.
+KServe requests go through the real tritonclient (a different client than ours, exactly what users run).
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from bench.workload import random_tensors
+from client.aio import AsyncClient
+from client.channel import TLSConfig
+from client.results import Classification, ClassifyError
+
+OK = "OK"
+
+
+@dataclass(frozen=True)
+class ServerSplit:
+    """Where a request's time went on the server, in seconds (mean over a batch request's images)."""
+
+    queue_s: float
+    preprocess_s: float
+    compute_s: float
+    batch_size: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: str  # "OK" or the gRPC status name
+    server: ServerSplit | None = None
+
+
+class Sender(abc.ABC):
+    """Sends requests of one shape, cycling through its payloads."""
+
+    batch_size: int = 1  # inferences per request
+    description: str = ""
+
+    @abc.abstractmethod
+    async def send(self) -> Reply: ...
+
+    async def close(self) -> None:  # noqa: B027 - nothing to release by default
+        pass
+
+
+class ImageSender(Sender):
+    """Classify (or ClassifyBatch for batch_size > 1) with pre-encoded images, top-1, no retries."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        images: list[bytes],
+        batch_size: int = 1,
+        timeout_s: float = 10.0,
+        description: str = "",
+    ) -> None:
+        self._client = client
+        self._images = itertools.cycle(images)
+        self.batch_size = batch_size
+        self._timeout = timeout_s
+        self.description = description
+
+    async def send(self) -> Reply:
+        try:
+            if self.batch_size == 1:
+                result = await self._client.classify(next(self._images), top_k=1, timeout=self._timeout)
+                return Reply(OK, _split([result]))
+            images = [next(self._images) for _ in range(self.batch_size)]
+            results = await self._client.classify_batch(images, top_k=1, timeout=self._timeout)
+        except ClassifyError as exc:
+            return Reply(exc.code.name)
+        failed = [r for r in results if isinstance(r, ClassifyError)]
+        if failed:
+            return Reply(failed[0].code.name)
+        return Reply(OK, _split([r for r in results if isinstance(r, Classification)]))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _split(results: list[Classification]) -> ServerSplit:
+    n = len(results)
+    return ServerSplit(
+        queue_s=sum(r.timing.queue_us for r in results) / n / 1e6,
+        preprocess_s=sum(r.timing.preprocess_us for r in results) / n / 1e6,
+        compute_s=sum(r.timing.compute_us for r in results) / n / 1e6,
+        batch_size=sum(r.timing.batch_size for r in results) / n,
+    )
+
+
+@dataclass(frozen=True)
+class TensorModel:
+    """What ModelMetadata/ModelConfig say about a KServe model's first input and output."""
+
+    name: str
+    input_name: str
+    datatype: str
+    shape: tuple[int, ...]  # without the batch dimension when the model batches
+    batches: bool
+    output_name: str
+
+
+class KServeSender(Sender):
+    """ModelInfer through tritonclient.grpc.aio with tensors of the model's input shape and datatype."""
+
+    def __init__(self, triton: Any, model: TensorModel, batch_size: int = 1, timeout_s: float = 10.0) -> None:
+        from tritonclient.grpc import aio as triton_aio
+
+        self._triton = triton
+        self._model = model
+        self.model_name = model.name
+        self.batch_size = batch_size
+        self._timeout = timeout_s
+        shape = (batch_size, *model.shape) if model.batches else model.shape
+        self._inputs = []
+        for tensor in random_tensors(shape, model.datatype):
+            tensor_input = triton_aio.InferInput(model.input_name, list(shape), model.datatype)
+            tensor_input.set_data_from_numpy(tensor)
+            self._inputs.append(tensor_input)
+        self._cycle = itertools.cycle(self._inputs)
+        self._outputs = [triton_aio.InferRequestedOutput(model.output_name)]
+        self.description = f"{model.datatype} tensors of shape {list(shape)} via tritonclient"
+
+    async def send(self) -> Reply:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            await self._triton.infer(
+                self._model.name,
+                inputs=[next(self._cycle)],
+                outputs=self._outputs,
+                client_timeout=self._timeout,
+            )
+        except InferenceServerException as exc:
+            return Reply(_status_name(exc.status()))
+        return Reply(OK)
+
+    async def close(self) -> None:
+        await self._triton.close()
+
+
+def _status_name(status: str | None) -> str:
+    # tritonclient reports gRPC failures as "StatusCode.UNAVAILABLE".
+    if not status:
+        return "UNKNOWN"
+    return status.removeprefix("StatusCode.")
+
+
+async def kserve_sender(
+    target: str,
+    model: str,
+    tls: TLSConfig | None,
+    batch_size: int,
+    timeout_s: float,
+) -> KServeSender:
+    """Connect with tritonclient, read the model's input from ModelMetadata and ModelConfig."""
+    from tritonclient.grpc import aio as triton_aio
+    from tritonclient.utils import InferenceServerException
+
+    triton = _triton_client(triton_aio, target, tls)
+    try:
+        if not model:
+            index = await triton.get_model_repository_index(as_json=True)
+            ready = [m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"]
+            if not ready:
+                raise InferenceServerException("the server lists no READY model; pass --model")
+            model = ready[0]
+        meta = await triton.get_model_metadata(model, as_json=True)
+        config = await triton.get_model_config(model, as_json=True)
+    except InferenceServerException as exc:
+        await triton.close()
+        raise ConnectionError(f"KServe metadata from {target}: {exc}") from None
+    first_in, first_out = meta["inputs"][0], meta["outputs"][0]
+    dims = tuple(int(d) for d in first_in["shape"])
+    batches = int(config.get("config", {}).get("max_batch_size", 0) or 0) > 0 or (
+        bool(dims) and dims[0] == -1
+    )
+    shape = dims[1:] if batches else dims
+    if any(d < 0 for d in shape):
+        await triton.close()
+        raise ConnectionError(f"model {model}'s input {first_in['name']} has a dynamic shape {list(dims)}")
+    tensor_model = TensorModel(
+        model, first_in["name"], first_in["datatype"], shape, batches, first_out["name"]
+    )
+    return KServeSender(triton, tensor_model, batch_size if batches else 1, timeout_s)
+
+
+def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
+    if tls is None:
+        return triton_aio.InferenceServerClient(url=target)
+    # tritonclient reads PEM files by path.
+    args = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else None
+    return triton_aio.InferenceServerClient(
+        url=target,
+        ssl=True,
+        root_certificates=_path(tls.root_certs),
+        private_key=_path(tls.client_key),
+        certificate_chain=_path(tls.client_cert),
+        channel_args=args,
+    )
+
+
+def _path(value: object) -> str | None:
+    return None if value is None else str(value)
