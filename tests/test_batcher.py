@@ -1,0 +1,344 @@
+"""The dynamic batcher: batch formation, delays, queue bound, deadlines, cancellation, failures, instances."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from server.backends.base import Backend, BackendInfo, TensorSpec
+from server.batcher import BatchResult, DynamicBatcher
+from server.config import BatchingConfig
+from server.errors import ServeError
+from server.metrics import ServerMetrics
+
+T = TypeVar("T")
+F32 = np.dtype(np.float32)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class FakeBackend(Backend):
+    """y = 2x + 1 row by row; records every batch; can be slowed, gated or made to fail."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None, fail: bool = False) -> None:
+        self.info = BackendInfo(
+            platform="fake",
+            inputs=[TensorSpec("x", F32, (-1, 2))],
+            outputs=[TensorSpec("y", F32, (-1, 2))],
+            max_batch_size=64,
+        )
+        self.delay_s = delay_s
+        self.gate = gate
+        self.fail = fail
+        self.batches: list[np.ndarray] = []
+        self.started = threading.Event()
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("device on fire")
+        return {"y": x * 2 + 1}
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+
+def make(backends: list[FakeBackend] | FakeBackend, **config: Any) -> DynamicBatcher:
+    metrics = ServerMetrics(registry=CollectorRegistry()).model("m", "1")
+    listed = backends if isinstance(backends, list) else [backends]
+    return DynamicBatcher("m", "1", listed, BatchingConfig(**config), metrics)
+
+
+def rows(value: float, n: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 2), value, dtype=np.float32)}
+
+
+async def wait_started(backend: FakeBackend) -> None:
+    while not backend.started.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_concurrent_requests_form_batches_no_larger_than_max_batch_size() -> None:
+    backend = FakeBackend(delay_s=0.01)
+    batcher = make(backend, max_batch_size=4, max_queue_delay_ms=5)
+
+    async def main() -> list[BatchResult]:
+        return await asyncio.gather(*(batcher.submit(rows(i)) for i in range(20)))
+
+    results = run(main())
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 2 * i + 1, dtype=np.float32))
+    assert sum(backend.sizes) == 20
+    assert max(backend.sizes) > 1
+    assert max(backend.sizes) <= 4
+    assert {r.batch_size for r in results} <= set(backend.sizes)
+    batcher.close()
+
+
+def test_batched_answers_equal_unbatched_answers(tiny_onnx: Path) -> None:
+    from server.backends.onnxruntime import OrtBackend
+
+    x = np.random.default_rng(1).normal(size=(24, 1, 8, 8)).astype(np.float32)
+    metrics = ServerMetrics(registry=CollectorRegistry()).model("tiny", "1")
+    batcher = DynamicBatcher(
+        "tiny", "1", [OrtBackend(tiny_onnx)], BatchingConfig(max_batch_size=8, max_queue_delay_ms=20), metrics
+    )
+
+    async def main() -> tuple[list[BatchResult], list[BatchResult]]:
+        alone = [await batcher.submit({"input": x[i : i + 1]}) for i in range(len(x))]
+        together = await asyncio.gather(*(batcher.submit({"input": x[i : i + 1]}) for i in range(len(x))))
+        return alone, list(together)
+
+    alone, together = run(main())
+    assert all(r.batch_size == 1 for r in alone)
+    assert max(r.batch_size for r in together) > 1
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a.outputs["logits"], t.outputs["logits"])
+    batcher.close()
+
+
+def test_no_request_waits_longer_than_the_delay_plus_one_batch() -> None:
+    delay_s = 0.03
+    backend = FakeBackend(delay_s=0.01)
+    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=delay_s * 1000)
+
+    async def client(i: int) -> list[BatchResult]:
+        out = []
+        for j in range(4):
+            await asyncio.sleep(0.003 * ((i + j) % 3))
+            out.append(await batcher.submit(rows(i)))
+        return out
+
+    async def main() -> list[BatchResult]:
+        lone = await batcher.submit(rows(0))
+        assert lone.queue_s >= delay_s * 0.9  # a lone request waits for company, up to the delay
+        per_client = await asyncio.gather(*(client(i) for i in range(6)))
+        return [r for results in per_client for r in results]
+
+    results = run(main())
+    longest_compute = max(r.compute_s for r in results)
+    jitter = 0.03  # thread wake-ups on a busy 2-core machine
+    assert max(r.queue_s for r in results) <= delay_s + longest_compute + jitter
+    assert max(backend.sizes) > 1
+    batcher.close()
+
+
+def test_preferred_batch_size_dispatches_without_waiting_for_the_delay() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=2000, preferred_batch_sizes=(4,))
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(4)))
+        return time.perf_counter() - start
+
+    assert run(main()) < 1.0
+    assert backend.sizes == [4]
+    batcher.close()
+
+
+def test_zero_delay_runs_a_lone_request_immediately() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_queue_delay_ms=0)
+    result = run(batcher.submit(rows(3)))
+    assert result.batch_size == 1
+    assert result.queue_s < 0.05
+    batcher.close()
+
+
+def test_full_queue_answers_unavailable_at_once() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=1, max_queue_size=2)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await wait_started(backend)  # the first request is computing; the queue is empty
+        queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        with pytest.raises(ServeError) as info:
+            await batcher.submit(rows(3))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "max_queue_size=2" in info.value.message
+        assert time.perf_counter() - start < 0.05
+        gate.set()
+        await asyncio.gather(first, *queued)
+
+    run(main())
+    assert backend.sizes == [1, 1, 1]
+    batcher.close()
+
+
+def test_deadline_passing_in_the_queue_drops_the_request_before_compute() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=4)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await wait_started(backend)
+        start = time.perf_counter()
+        with pytest.raises(ServeError) as info:
+            await batcher.submit(rows(7), timeout_s=0.05)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.perf_counter() - start < 1.0  # answered at its deadline, not when the backend frees up
+        gate.set()
+        await first
+        await batcher.submit(rows(2))
+
+    run(main())
+    computed = np.concatenate(backend.batches)[:, 0].tolist()
+    assert 7.0 not in computed
+    assert computed == [1.0, 2.0]
+    batcher.close()
+
+
+def test_configured_timeout_applies_without_a_client_deadline() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=1, timeout_ms=30)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await wait_started(backend)
+        with pytest.raises(ServeError) as info:
+            await batcher.submit(rows(5))
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        gate.set()
+        await first  # taken into compute before its deadline: it completes although compute took longer
+
+    run(main())
+    assert backend.sizes == [1]
+    batcher.close()
+
+
+def test_cancelled_request_costs_no_compute() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=4)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await wait_started(backend)
+        doomed = asyncio.ensure_future(batcher.submit(rows(9)))
+        await asyncio.sleep(0.01)
+        assert batcher.queue_depth == 1
+        doomed.cancel()
+        await asyncio.sleep(0.01)
+        assert batcher.queue_depth == 0
+        gate.set()
+        await first
+        await batcher.submit(rows(2))
+
+    run(main())
+    assert np.concatenate(backend.batches)[:, 0].tolist() == [1.0, 2.0]
+    batcher.close()
+
+
+def test_backend_exception_fails_its_batch_with_internal_and_serving_goes_on() -> None:
+    backend = FakeBackend(fail=True)
+    batcher = make(backend)
+
+    async def main() -> None:
+        with pytest.raises(ServeError) as info:
+            await batcher.submit(rows(1))
+        assert info.value.code == grpc.StatusCode.INTERNAL
+        assert "device on fire" in info.value.message
+        backend.fail = False
+        result = await batcher.submit(rows(2))
+        assert result.outputs["y"][0, 0] == 5.0
+
+    run(main())
+    batcher.close()
+
+
+def test_instances_run_batches_concurrently() -> None:
+    backends = [FakeBackend(delay_s=0.3), FakeBackend(delay_s=0.3)]
+    batcher = make(backends, max_batch_size=1)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(2)))
+        return time.perf_counter() - start
+
+    assert run(main()) < 0.55  # one instance would need 0.6 s
+    assert [b.sizes for b in backends] == [[1], [1]]
+    batcher.close()
+
+
+def test_multi_row_requests_are_never_split() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=4)
+
+    async def main() -> list[BatchResult]:
+        blocker = asyncio.ensure_future(batcher.submit(rows(0)))
+        await wait_started(backend)
+        pending = [asyncio.ensure_future(batcher.submit(rows(v, 3))) for v in (1, 2)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*pending))
+
+    first, second = run(main())
+    assert backend.sizes == [1, 3, 3]
+    np.testing.assert_array_equal(first.outputs["y"], np.full((3, 2), 3.0, dtype=np.float32))
+    np.testing.assert_array_equal(second.outputs["y"], np.full((3, 2), 5.0, dtype=np.float32))
+    with pytest.raises(ServeError) as info:
+        run(batcher.submit(rows(1, 5)))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_batch_size=4" in info.value.message
+    batcher.close()
+
+
+def test_inputs_that_do_not_fit_the_model_are_invalid_argument() -> None:
+    batcher = make(FakeBackend())
+    bad_inputs: list[dict[str, np.ndarray]] = [
+        {"z": np.zeros((1, 2), np.float32)},
+        {"x": np.zeros((1, 3), np.float32)},
+        {"x": np.zeros((1, 2), np.float64)},
+        {"x": np.zeros((0, 2), np.float32)},
+    ]
+    for inputs in bad_inputs:
+        with pytest.raises(ServeError) as info:
+            run(batcher.submit(inputs))
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    batcher.close()
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=1, max_queue_delay_ms=1000)
+
+    async def main() -> None:
+        accepted = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(3)]
+        await wait_started(backend)
+        batcher.close()
+        with pytest.raises(ServeError) as info:
+            await batcher.submit(rows(9))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        gate.set()
+        await asyncio.gather(*accepted)
+
+    run(main())
+    assert batcher.join(5)
+    assert backend.sizes == [1, 1, 1]
