@@ -1,0 +1,117 @@
+"""A real `resnet-serve serve` process for the KServe v2 tests, driven by the real tritonclient.
+
+The server runs as a subprocess (started the way users start it), serving a repository with the tiny
+classifier from conftest.py: `tiny` versions 1 and 2 (different weights, version policy "all") and `spare`
+(for load/unload). Expected outputs come from running the same ONNX files with ONNX Runtime in the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+_READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics")
+START_TIMEOUT_S = 60.0
+
+__all__ = ["TINY_LABELS", "TINY_PREPROCESS", "KServeServer", "reference_logits", "start_server"]
+
+
+@dataclass
+class KServeServer:
+    url: str
+    metrics_url: str
+    repository: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def model_file(self, name: str, version: str) -> Path:
+        return self.repository / name / version / "model.onnx"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the server's Prometheus exposition (0 when the series does not exist)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def reference_logits(model_file: Path, x: np.ndarray) -> np.ndarray:
+    """The model's output computed in-process with ONNX Runtime: the oracle the server must match."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(["logits"], {"input": x})[0]
+    return out
+
+
+def start_server(tmp: Path, *extra: str) -> KServeServer:
+    repository = tmp / "repository"
+    write_tiny_onnx(repository / "tiny" / "1" / "model.onnx", seed=0)
+    write_tiny_onnx(repository / "tiny" / "2" / "model.onnx", seed=1)
+    write_tiny_onnx(repository / "spare" / "1" / "model.onnx", seed=2)
+    log_path = tmp / "server.log"
+    args = [
+        sys.executable, "-m", "cli.main", "serve", "--model-repository", str(repository),
+        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--version-policy", "all",
+        "--max-queue-delay-ms", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = _READY.search(log_path.read_text(errors="replace"))
+        if found:
+            return KServeServer(
+                f"127.0.0.1:{found.group(1)}",
+                f"http://{found.group(2)}/metrics",
+                repository,
+                process,
+                log_path,
+            )
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"server did not start:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_server(server: KServeServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def kserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
+    server = start_server(tmp_path_factory.mktemp("kserve"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
