@@ -30,6 +30,8 @@ from server.model_manager import ServedModel
 from server.tensors import BYTES, from_contents, from_raw, join_bytes, top_k_strings
 
 UINT8: Final = "UINT8"
+SHARED_MEMORY: Final = "shared_memory_region"
+_NO_SHARED_MEMORY: Final = "shared memory is not supported; send tensors in raw_input_contents"
 _US: Final = 1e-6
 
 
@@ -67,6 +69,8 @@ async def prepare(
             )
         if tensor.name in arrays:
             raise invalid_argument(f"input '{tensor.name}' is given twice")
+        if SHARED_MEMORY in tensor.parameters:
+            raise invalid_argument(_NO_SHARED_MEMORY)
         shape = tuple(tensor.shape)
         if raw:
             array = from_raw(tensor.name, tensor.datatype, shape, raw[i])
@@ -178,6 +182,8 @@ def _requested_outputs(model: ServedModel, request: Any) -> list[tuple[str, int]
         return [(name, 0) for name in names]
     out: list[tuple[str, int]] = []
     for requested in request.outputs:
+        if SHARED_MEMORY in requested.parameters:
+            raise invalid_argument(_NO_SHARED_MEMORY)
         if requested.name not in names:
             raise invalid_argument(
                 f"unknown output '{requested.name}' for model '{model.name}'; expected one of {names}"

@@ -90,7 +90,10 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: Any)
         )
     if datatype == BYTES:
         return _as_object_array(name, list(values), shape, count)
-    return np.array(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
+    try:
+        return np.array(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
+    except OverflowError:
+        raise invalid_argument(f"input '{name}': a value in {field} is out of range for {datatype}") from None
 
 
 def split_bytes(name: str, raw: bytes) -> list[bytes]:

@@ -242,6 +242,13 @@ def test_undecodable_image_and_unknown_output_are_invalid_argument(client: tc.In
     assert status == "StatusCode.INVALID_ARGUMENT" and "logits" in message
 
 
+def test_shared_memory_tensors_are_refused_with_invalid_argument(client: tc.InferenceServerClient) -> None:
+    tensor = tc.InferInput("input", [1, *SHAPE], "FP32")
+    tensor.set_shared_memory("region", 256)
+    status, message = status_of(lambda: client.infer("tiny", [tensor]))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "shared memory" in message
+
+
 def test_batch_larger_than_max_batch_size_is_invalid_argument(client: tc.InferenceServerClient) -> None:
     config = client.get_model_config("tiny").config
     status, message = status_of(lambda: client.infer("tiny", [fp32_input(batch(config.max_batch_size + 1))]))

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.errors import ServeError
-from server.tensors import from_raw, join_bytes, split_bytes, top_k_strings
+from server.tensors import from_contents, from_raw, join_bytes, split_bytes, top_k_strings
 
 
 def _fields(file: FileDescriptor) -> set[tuple[Any, ...]]:
@@ -100,3 +100,14 @@ def test_classification_orders_by_value_then_index_and_formats_like_std_to_strin
     ]
     # k beyond the classes is capped; indices without a label have no label part, as in Triton.
     assert top_k_strings(scores, 9, []) == [b"2.000000:1", b"0.500000:0", b"0.500000:2", b"-1.250000:3"]
+
+
+def test_typed_contents_fill_the_shape_and_reject_out_of_range_values() -> None:
+    from tritonclient.grpc import service_pb2
+
+    contents = service_pb2.InferTensorContents(uint_contents=[0, 255, 7, 9])
+    np.testing.assert_array_equal(from_contents("x", "UINT8", (2, 2), contents), [[0, 255], [7, 9]])
+    with pytest.raises(ServeError, match="expected 6 values"):
+        from_contents("x", "UINT8", (2, 3), contents)
+    with pytest.raises(ServeError, match="out of range for UINT8"):
+        from_contents("x", "UINT8", (1, 1), service_pb2.InferTensorContents(uint_contents=[256]))
