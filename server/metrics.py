@@ -1,20 +1,23 @@
-"""Prometheus metrics and Triton-style model statistics, updated by the same call so they always agree.
+"""Prometheus metrics and Triton-style model statistics, from one set of counters so they always agree.
 
 The batcher and the services report each finished request (`ModelMetrics.request_done`) and each executed
-batch (`ModelMetrics.batch_executed`); this module turns them into Prometheus series (served on their own
-port) and into the cumulative counts and nanoseconds that the KServe `ModelStatistics` RPC returns.
+batch (`ModelMetrics.batch_executed`). Those calls only add to plain Python counters under one lock per
+model version; a custom collector turns the counters into Prometheus histograms, counters and gauges when
+/metrics is scraped, and `statistics()` turns the same counters into the cumulative counts and nanoseconds
+of the KServe `ModelStatistics` RPC. One source for both means they cannot drift apart, and a request
+costs about a microsecond instead of a dozen lock round trips through prometheus_client's metric objects.
 
 Every `ServerMetrics` has its own `CollectorRegistry`, so tests and benchmarks can build several side by
-side. Label children are resolved once per model, so a request costs a few lock-protected additions and no
-label lookups. The metric names, buckets and the mapping to Triton's `nv_inference_*` names are documented
-in docs/metrics.md.
+side. Metric names, buckets and the mapping to Triton's `nv_inference_*` names are in docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,14 +25,18 @@ from typing import Final
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -104,38 +111,189 @@ class ModelStatistics:
     batch_stats: tuple[BatchStatistics, ...]  # ascending batch size
 
 
-class _Phase:
-    """A plain count and nanosecond sum, updated under the owning ModelMetrics' lock."""
+class _Histogram:
+    """Per-bucket counts and a nanosecond sum; cumulated into Prometheus' `le` buckets only when scraped."""
 
-    __slots__ = ("count", "ns")
+    __slots__ = ("bounds", "count", "counts", "le", "sum")
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.le = [repr(float(b)) for b in bounds] + ["+Inf"]  # Prometheus' spelling: 4.0, 0.0005, +Inf
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.count = 0
-        self.ns = 0
+        self.sum = 0  # ns for durations, rows for batch sizes
 
-    def add(self, seconds: float) -> None:
+    def add(self, value: float, scaled: int) -> None:
+        # bisect_left finds the first bound >= value: Prometheus buckets are "less than or equal".
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.count += 1
-        self.ns += int(seconds * _NS_PER_S)
+        self.sum += scaled
 
-    def snapshot(self) -> StatDuration:
-        return StatDuration(self.count, self.ns)
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for le, n in zip(self.le, self.counts, strict=True):
+            acc += n
+            out.append((le, float(acc)))
+        return out
+
+
+class _Snapshot:
+    """Everything one scrape exports for a model version, copied under its lock."""
+
+    __slots__ = (
+        "batch", "executions", "failed_ns", "in_flight", "inferences", "labels", "load_s", "outcomes",
+        "phases", "queue_depth", "ready",
+    )  # fmt: skip
+
+    def __init__(self, m: ModelMetrics) -> None:
+        self.labels = [m.name, m.version]
+        self.phases = {k: (h.cumulative(), h.sum / _NS_PER_S) for k, h in m._phases.items()}
+        self.batch = (m._batch.cumulative(), float(m._batch.sum))
+        self.outcomes = dict(m._outcomes)
+        self.failed_ns = m._failed_ns
+        self.inferences = m._inference_count
+        self.executions = m._execution_count
+        self.queue_depth = m._queue_depth
+        self.in_flight = m._in_flight_n
+        self.ready = m._ready
+        self.load_s = m._load_s
+
+
+class ModelMetrics:
+    """Metrics of one model version. Thread-safe: called from gRPC handlers and batcher workers."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.name = name
+        self.version = version
+        self._lock = threading.Lock()
+        # Phase histograms in seconds, keyed by the metric name's middle part.
+        self._request = _Histogram(LATENCY_BUCKETS_S)
+        self._queue = _Histogram(LATENCY_BUCKETS_S)
+        self._preprocess = _Histogram(LATENCY_BUCKETS_S)
+        self._compute = _Histogram(LATENCY_BUCKETS_S)
+        self._phases = {
+            "request": self._request,
+            "queue": self._queue,
+            "preprocess": self._preprocess,
+            "compute": self._compute,
+        }
+        self._batch = _Histogram(BATCH_SIZE_BUCKETS)
+        # Every outcome is there from the start, so each series reads 0 before its first event and
+        # rate()/increase() see the first one.
+        self._outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._failed_ns = 0
+        self._inference_count = 0
+        self._execution_count = 0
+        self._last_inference_ms = 0
+        self._batches: dict[int, list[int]] = {}  # batch size → [executions, compute ns]
+        self._queue_depth = 0
+        self._in_flight_n = 0
+        self._ready = False
+        self._load_s = 0.0
+        self._in_flight = _InFlight(self)
+
+    def request_done(
+        self,
+        outcome: str,
+        total_s: float,
+        queue_s: float | None = None,
+        preprocess_s: float | None = None,
+        compute_s: float | None = None,
+        inferences: int = 1,
+    ) -> None:
+        """Record one finished request. Phases that did not happen (or were not measured) are None.
+
+        Phase histograms and durations take successful requests only (as Triton's statistics do), so that
+        fast failures do not pull latency quantiles down; failures are counted by outcome instead.
+        """
+        if outcome not in self._outcomes:
+            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            self._outcomes[outcome] += 1
+            self._last_inference_ms = now_ms
+            if outcome != SUCCESS:
+                self._failed_ns += int(total_s * _NS_PER_S)
+                return
+            self._inference_count += inferences
+            self._request.add(total_s, int(total_s * _NS_PER_S))
+            if queue_s is not None:
+                self._queue.add(queue_s, int(queue_s * _NS_PER_S))
+            if preprocess_s is not None:
+                self._preprocess.add(preprocess_s, int(preprocess_s * _NS_PER_S))
+            if compute_s is not None:
+                self._compute.add(compute_s, int(compute_s * _NS_PER_S))
+
+    def batch_executed(self, batch_size: int, compute_s: float) -> None:
+        """Record one successful backend execution of `batch_size` inferences."""
+        ns = int(compute_s * _NS_PER_S)
+        with self._lock:
+            self._execution_count += 1
+            self._batch.add(batch_size, batch_size)
+            per_size = self._batches.get(batch_size)
+            if per_size is None:
+                self._batches[batch_size] = [1, ns]
+            else:
+                per_size[0] += 1
+                per_size[1] += ns
+
+    def set_queue_depth(self, n: int) -> None:
+        self._queue_depth = n  # a single store: atomic under the GIL, no lock needed
+
+    def in_flight(self) -> AbstractContextManager[None]:
+        return self._in_flight
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def set_load_time(self, seconds: float) -> None:
+        self._load_s = seconds
+
+    def statistics(self) -> ModelStatistics:
+        zero = StatDuration()
+        with self._lock:
+            failures = {o: self._outcomes[o] for o in FAILURE_OUTCOMES}
+            return ModelStatistics(
+                name=self.name,
+                version=self.version,
+                last_inference_ms=self._last_inference_ms,
+                inference_count=self._inference_count,
+                execution_count=self._execution_count,
+                success=StatDuration(self._request.count, self._request.sum),
+                fail=StatDuration(sum(failures.values()), self._failed_ns),
+                queue=StatDuration(self._queue.count, self._queue.sum),
+                compute_input=StatDuration(self._preprocess.count, self._preprocess.sum),
+                compute_infer=StatDuration(self._compute.count, self._compute.sum),
+                compute_output=zero,
+                failures=failures,
+                batch_stats=tuple(
+                    BatchStatistics(size, zero, StatDuration(n, ns), zero)
+                    for size, (n, ns) in sorted(self._batches.items())
+                ),
+            )
+
+    def _snapshot(self) -> _Snapshot:
+        with self._lock:
+            return _Snapshot(self)
 
 
 class _InFlight(AbstractContextManager[None]):
-    """Stateless, so one instance serves every request and `in_flight()` allocates nothing."""
+    """Holds no per-request state: one instance serves every request, so `in_flight()` allocates nothing."""
 
-    __slots__ = ("_gauge",)
+    __slots__ = ("_model",)
 
-    def __init__(self, gauge: Gauge) -> None:
-        self._gauge = gauge
+    def __init__(self, model: ModelMetrics) -> None:
+        self._model = model
 
     def __enter__(self) -> None:
-        self._gauge.inc()
+        with self._model._lock:
+            self._model._in_flight_n += 1
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._gauge.dec()
+        with self._model._lock:
+            self._model._in_flight_n -= 1
 
 
 class _Nothing(AbstractContextManager[None]):
@@ -150,205 +308,6 @@ class _Nothing(AbstractContextManager[None]):
 _NOTHING: Final = _Nothing()
 
 
-class _Families:
-    """The metric families of one registry; ModelMetrics holds their per-model children."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("model", "version")
-
-        def histogram(name: str, doc: str) -> Histogram:
-            return Histogram(f"{PREFIX}_{name}", doc, labels, registry=registry, buckets=LATENCY_BUCKETS_S)
-
-        self.request = histogram(
-            "request_duration_seconds", "End-to-end time of successful requests, arrival to response."
-        )
-        self.queue = histogram(
-            "queue_duration_seconds", "Time successful requests waited in the batcher's queue."
-        )
-        self.preprocess = histogram(
-            "preprocess_duration_seconds",
-            "Time successful requests spent decoding and preprocessing their input.",
-        )
-        self.compute = histogram(
-            "compute_duration_seconds",
-            "Backend execution time of the batch each successful request was computed in.",
-        )
-        self.batch_size = Histogram(
-            f"{PREFIX}_batch_size",
-            "Number of inferences in each executed batch.",
-            labels,
-            registry=registry,
-            buckets=BATCH_SIZE_BUCKETS,
-        )
-        self.requests = Counter(
-            f"{PREFIX}_requests",
-            "Finished requests by outcome (success or the failure reason).",
-            (*labels, "outcome"),
-            registry=registry,
-        )
-        self.failed_duration = Counter(
-            f"{PREFIX}_failed_request_duration_seconds",
-            "Cumulative end-to-end time of failed requests.",
-            labels,
-            registry=registry,
-        )
-        self.inferences = Counter(
-            f"{PREFIX}_inferences",
-            "Inferences in successful requests (a request of n images counts n).",
-            labels,
-            registry=registry,
-        )
-        self.executions = Counter(
-            f"{PREFIX}_executions",
-            "Batches executed by the backend; inferences / executions is the average batch size.",
-            labels,
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Requests waiting in the batcher's queue.", labels, registry=registry
-        )
-        self.in_flight = Gauge(
-            f"{PREFIX}_requests_in_flight",
-            "Requests received and not yet answered.",
-            labels,
-            registry=registry,
-        )
-        self.ready = Gauge(
-            f"{PREFIX}_model_ready", "1 when the model version is ready to serve, else 0.", labels,
-            registry=registry,
-        )  # fmt: skip
-        self.load_time = Gauge(
-            f"{PREFIX}_model_load_duration_seconds",
-            "Time the model version took to load and warm up.",
-            labels,
-            registry=registry,
-        )
-
-
-class ModelMetrics:
-    """Metrics of one model version. Thread-safe: called from gRPC handlers and batcher workers."""
-
-    def __init__(self, name: str, version: str, families: _Families) -> None:
-        self.name = name
-        self.version = version
-        lv = (name, version)
-        self._h_request = families.request.labels(*lv)
-        self._h_queue = families.queue.labels(*lv)
-        self._h_preprocess = families.preprocess.labels(*lv)
-        self._h_compute = families.compute.labels(*lv)
-        self._h_batch = families.batch_size.labels(*lv)
-        # Every outcome's child exists from the start, so each series reads 0 before its first event and
-        # rate()/increase() see the first one.
-        self._c_outcome = {o: families.requests.labels(name, version, o) for o in OUTCOMES}
-        self._c_failed_s = families.failed_duration.labels(*lv)
-        self._c_inferences = families.inferences.labels(*lv)
-        self._c_executions = families.executions.labels(*lv)
-        self._g_queue_depth = families.queue_depth.labels(*lv)
-        self._g_ready = families.ready.labels(*lv)
-        self._g_load = families.load_time.labels(*lv)
-        self._in_flight = _InFlight(families.in_flight.labels(*lv))
-        self._init_statistics()
-
-    def _init_statistics(self) -> None:
-        self._lock = threading.Lock()
-        self._success = _Phase()
-        self._fail = _Phase()
-        self._queue = _Phase()
-        self._compute_input = _Phase()
-        self._compute_infer = _Phase()
-        self._failures = dict.fromkeys(FAILURE_OUTCOMES, 0)
-        self._inference_count = 0
-        self._execution_count = 0
-        self._last_inference_ms = 0
-        self._batches: dict[int, _Phase] = {}
-
-    def request_done(
-        self,
-        outcome: str,
-        total_s: float,
-        queue_s: float | None = None,
-        preprocess_s: float | None = None,
-        compute_s: float | None = None,
-        inferences: int = 1,
-    ) -> None:
-        """Record one finished request. Phases that did not happen (or were not measured) are None."""
-        counter = self._c_outcome.get(outcome)
-        if counter is None:
-            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
-        now_ms = int(time.time() * 1000)
-        with self._lock:
-            self._last_inference_ms = now_ms
-            if outcome == SUCCESS:
-                self._success.add(total_s)
-                self._inference_count += inferences
-                if queue_s is not None:
-                    self._queue.add(queue_s)
-                if preprocess_s is not None:
-                    self._compute_input.add(preprocess_s)
-                if compute_s is not None:
-                    self._compute_infer.add(compute_s)
-            else:
-                self._fail.add(total_s)
-                self._failures[outcome] += 1
-        counter.inc()
-        if outcome == SUCCESS:
-            self._h_request.observe(total_s)
-            self._c_inferences.inc(inferences)
-            if queue_s is not None:
-                self._h_queue.observe(queue_s)
-            if preprocess_s is not None:
-                self._h_preprocess.observe(preprocess_s)
-            if compute_s is not None:
-                self._h_compute.observe(compute_s)
-        else:
-            self._c_failed_s.inc(total_s)
-
-    def batch_executed(self, batch_size: int, compute_s: float) -> None:
-        """Record one successful backend execution of `batch_size` inferences."""
-        with self._lock:
-            self._execution_count += 1
-            phase = self._batches.get(batch_size)
-            if phase is None:
-                phase = self._batches[batch_size] = _Phase()
-            phase.add(compute_s)
-        self._c_executions.inc()
-        self._h_batch.observe(batch_size)
-
-    def set_queue_depth(self, n: int) -> None:
-        self._g_queue_depth.set(n)
-
-    def in_flight(self) -> AbstractContextManager[None]:
-        return self._in_flight
-
-    def set_ready(self, ready: bool) -> None:
-        self._g_ready.set(1 if ready else 0)
-
-    def set_load_time(self, seconds: float) -> None:
-        self._g_load.set(seconds)
-
-    def statistics(self) -> ModelStatistics:
-        zero = StatDuration()
-        with self._lock:
-            return ModelStatistics(
-                name=self.name,
-                version=self.version,
-                last_inference_ms=self._last_inference_ms,
-                inference_count=self._inference_count,
-                execution_count=self._execution_count,
-                success=self._success.snapshot(),
-                fail=self._fail.snapshot(),
-                queue=self._queue.snapshot(),
-                compute_input=self._compute_input.snapshot(),
-                compute_infer=self._compute_infer.snapshot(),
-                compute_output=zero,
-                failures=dict(self._failures),
-                batch_stats=tuple(
-                    BatchStatistics(size, zero, phase.snapshot(), zero)
-                    for size, phase in sorted(self._batches.items())
-                ),
-            )
-
-
 def _ignore(*args: object, **kwargs: object) -> None:
     return None
 
@@ -356,15 +315,93 @@ def _ignore(*args: object, **kwargs: object) -> None:
 class _DisabledModelMetrics(ModelMetrics):
     """What `ServerMetrics(enabled=False)` hands out: every method returns at once."""
 
-    def __init__(self, name: str, version: str) -> None:  # no super(): there are no families to label
-        self.name = name
-        self.version = version
-        self._init_statistics()
-
     request_done = batch_executed = set_queue_depth = set_ready = set_load_time = _ignore
 
     def in_flight(self) -> AbstractContextManager[None]:
         return _NOTHING
+
+
+_LABELS: Final = ("model", "version")
+_PHASE_HELP: Final = {
+    "request": "End-to-end time of successful requests, arrival to response.",
+    "queue": "Time successful requests waited in the batcher's queue.",
+    "preprocess": "Time successful requests spent decoding and preprocessing their input.",
+    "compute": "Backend execution time of the batch each successful request was computed in.",
+}
+
+
+class _ModelsCollector(Collector):
+    """Exports every ModelMetrics of one ServerMetrics, from snapshots taken at scrape time."""
+
+    def __init__(self, owner: ServerMetrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> list[Metric]:
+        return list(self._families([], 0))
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = [m._snapshot() for m in self._owner.models()]
+        yield from self._families(snapshots, self._owner.unknown_model_count)
+
+    @staticmethod
+    def _families(snapshots: Iterable[_Snapshot], unknown: int) -> Iterator[Metric]:
+        snapshots = list(snapshots)
+        for phase, help_text in _PHASE_HELP.items():
+            family = HistogramMetricFamily(f"{PREFIX}_{phase}_duration_seconds", help_text, labels=_LABELS)
+            for s in snapshots:
+                buckets, total = s.phases[phase]
+                family.add_metric(s.labels, buckets, total)
+            yield family
+        batch = HistogramMetricFamily(
+            f"{PREFIX}_batch_size", "Number of inferences in each executed batch.", labels=_LABELS
+        )
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests",
+            "Finished requests by outcome (success or the failure reason); not_found under model _unknown.",
+            labels=(*_LABELS, "outcome"),
+        )
+        failed = CounterMetricFamily(
+            f"{PREFIX}_failed_request_duration_seconds",
+            "Cumulative end-to-end time of failed requests.",
+            labels=_LABELS,
+        )
+        inferences = CounterMetricFamily(
+            f"{PREFIX}_inferences",
+            "Inferences in successful requests (a request of n images counts n).",
+            labels=_LABELS,
+        )
+        executions = CounterMetricFamily(
+            f"{PREFIX}_executions",
+            "Batches executed by the backend; inferences / executions is the average batch size.",
+            labels=_LABELS,
+        )
+        queue_depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Requests waiting in the batcher's queue.", labels=_LABELS
+        )
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_requests_in_flight", "Requests received and not yet answered.", labels=_LABELS
+        )
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_model_ready", "1 when the model version is ready to serve, else 0.", labels=_LABELS
+        )
+        load = GaugeMetricFamily(
+            f"{PREFIX}_model_load_duration_seconds",
+            "Time the model version took to load and warm up.",
+            labels=_LABELS,
+        )
+        for s in snapshots:
+            batch.add_metric(s.labels, *s.batch)
+            for outcome, n in s.outcomes.items():
+                requests.add_metric([*s.labels, outcome], n)
+            failed.add_metric(s.labels, s.failed_ns / _NS_PER_S)
+            inferences.add_metric(s.labels, s.inferences)
+            executions.add_metric(s.labels, s.executions)
+            queue_depth.add_metric(s.labels, s.queue_depth)
+            in_flight.add_metric(s.labels, s.in_flight)
+            ready.add_metric(s.labels, 1.0 if s.ready else 0.0)
+            load.add_metric(s.labels, s.load_s)
+        requests.add_metric([UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, NOT_FOUND], unknown)
+        yield from (batch, requests, failed, inferences, executions, queue_depth, in_flight, ready, load)
 
 
 class ServerMetrics:
@@ -379,10 +416,7 @@ class ServerMetrics:
         self._unknown = 0
         if not enabled:
             return
-        self._families = _Families(self.registry)
-        self._c_not_found = self._families.requests.labels(
-            UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, NOT_FOUND
-        )
+        self.registry.register(_ModelsCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         from server.gpu_metrics import register_gpu_collector
@@ -398,11 +432,7 @@ class ServerMetrics:
         with self._lock:
             found = self._models.get(key)
             if found is None:
-                found = (
-                    ModelMetrics(name, version, self._families)
-                    if self.enabled
-                    else _DisabledModelMetrics(name, version)
-                )
+                found = (ModelMetrics if self.enabled else _DisabledModelMetrics)(name, version)
                 self._models[key] = found
             return found
 
@@ -416,7 +446,6 @@ class ServerMetrics:
             return
         with self._lock:
             self._unknown += 1
-        self._c_not_found.inc()
         log.debug("request for unknown model %.200r", requested)
 
     @property

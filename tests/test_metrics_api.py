@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import threading
 import urllib.request
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from server.metrics import (
@@ -231,3 +234,56 @@ def test_http_endpoint_on_a_free_port_serves_the_registry() -> None:
         assert 'resnet_serve_requests_total{model="resnet20",outcome="success",version="1"} 1.0' in body
     finally:
         metrics.stop_http_server()
+
+
+events = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(OUTCOMES),
+            st.floats(0, 20),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.integers(1, 8),
+        ),
+        st.tuples(st.just("batch"), st.floats(0, 1), st.integers(1, 300)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_prometheus_and_statistics_report_the_same_numbers(history: list[tuple[Any, ...]]) -> None:
+    metrics = ServerMetrics()
+    model = metrics.model("resnet20", "1")
+    for event in history:
+        if event[0] == "batch":
+            model.batch_executed(event[2], event[1])
+        else:
+            outcome, total, queue, compute, rows = event
+            model.request_done(outcome, total, queue_s=queue, compute_s=compute, inferences=rows)
+    stats = model.statistics()
+
+    def value(name: str, **labels: str) -> float:
+        found = sample(metrics, name, **LABELS, **labels)
+        assert found is not None, name
+        return found
+
+    for phase, stat in (("request", stats.success), ("queue", stats.queue), ("compute", stats.compute_infer)):
+        assert value(f"resnet_serve_{phase}_duration_seconds_count") == stat.count
+        assert value(f"resnet_serve_{phase}_duration_seconds_sum") == stat.ns / 1e9
+        assert value(f"resnet_serve_{phase}_duration_seconds_bucket", le="+Inf") == stat.count
+    assert value("resnet_serve_requests_total", outcome="success") == stats.success.count
+    for outcome, n in stats.failures.items():
+        assert value("resnet_serve_requests_total", outcome=outcome) == n
+    assert value("resnet_serve_failed_request_duration_seconds_total") == stats.fail.ns / 1e9
+    assert value("resnet_serve_inferences_total") == stats.inference_count
+    assert value("resnet_serve_executions_total") == stats.execution_count
+    assert value("resnet_serve_batch_size_count") == stats.execution_count
+    assert value("resnet_serve_batch_size_sum") == sum(
+        b.batch_size * b.compute_infer.count for b in stats.batch_stats
+    )
+    # A value above the last bucket bound lands only in +Inf.
+    assert value("resnet_serve_batch_size_bucket", le="256.0") == sum(
+        b.compute_infer.count for b in stats.batch_stats if b.batch_size <= 256
+    )
