@@ -13,6 +13,7 @@ or the step's time limit; its result covers the last three windows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import Counter
@@ -98,22 +99,31 @@ class StepResult:
         return self.throughput >= 0.95 * self.load.rate * self.batch_size and growth <= 0.05 * self.load.rate
 
 
-def poisson_schedule(rate: float, start: float, seed: int) -> Iterator[float]:
-    """Send times of a Poisson process at `rate`, conditioned on exactly rate×block arrivals per block.
+def poisson_schedule(rate: float, start: float, seed: int, block_s: float) -> Iterator[float]:
+    """Send times of a Poisson process at `rate`, conditioned on its count in each block of `block_s`.
 
-    Given its count, a Poisson process's arrivals in an interval are uniform order statistics; fixing the
-    count per short block (a quarter second, or 20 arrivals) keeps the bursts of Poisson traffic within
-    the block while making the offered rate exact over it, so a short benchmark offers what was asked
-    rather than a random amount near it.
+    Given its count, a Poisson process's arrivals in an interval are uniform order statistics. Fixing the
+    count per block (rate × block_s, with the fractions carried over) keeps the bursts of Poisson traffic
+    within a block while making the offered rate exact over every whole block, so a short measurement
+    offers what was asked rather than a random amount near it.
     """
     rng = np.random.default_rng(seed)
-    block = max(0.25, 20.0 / rate)
-    per_block = round(rate * block)
-    t0 = start
+    k = 0
     while True:
-        for offset in np.sort(rng.uniform(0.0, block, per_block)):
+        count = _arrivals_before(rate * block_s * (k + 1)) - _arrivals_before(rate * block_s * k)
+        t0 = start + k * block_s
+        for offset in np.sort(rng.uniform(0.0, block_s, count)):
             yield t0 + float(offset)
-        t0 += block
+        k += 1
+
+
+def _arrivals_before(expected: float) -> int:
+    return math.floor(expected + 1e-9)  # the epsilon keeps 0.4 × 1.25 × 2 from flooring to 0
+
+
+def block_length(rate: float, window_s: float) -> float:
+    """Blocks that tile each measurement window exactly, holding about 20 arrivals (at most one window)."""
+    return window_s / max(1, math.floor(window_s * rate / 20.0))
 
 
 class _Run:
@@ -137,11 +147,9 @@ class _Run:
         while not self.stopping:
             await self.one(time.perf_counter())
 
-    async def open_scheduler(self, load: Open) -> None:
-        for when in poisson_schedule(load.rate, time.perf_counter(), load.seed):
-            delay = when - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async def open_scheduler(self, load: Open, start: float, block_s: float) -> None:
+        for when in poisson_schedule(load.rate, start, load.seed, block_s):
+            await _sleep_until(when)
             if self.stopping:
                 return
             self.scheduled.append(when)
@@ -154,22 +162,27 @@ class _Run:
 async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepResult:
     """Run one load level until stable (or timing.max_s) and summarise the last three windows."""
     run = _Run(sender)
+    start = time.perf_counter()
     if isinstance(load, Closed):
         drivers = [asyncio.create_task(run.closed_worker()) for _ in range(load.concurrency)]
+        measure_start = start + timing.warmup_s
     else:
-        drivers = [asyncio.create_task(run.open_scheduler(load))]
+        # Windows start on block boundaries, so each window is offered exactly rate × window requests.
+        block = block_length(load.rate, timing.window_s)
+        drivers = [asyncio.create_task(run.open_scheduler(load, start, block))]
+        measure_start = start + math.ceil(timing.warmup_s / block - 1e-9) * block
     try:
-        await asyncio.sleep(timing.warmup_s)
+        await _sleep_until(measure_start)
         windows: list[Window] = []
         in_flight_at = [len(run.in_flight)]  # at each window boundary
-        measure_start = time.perf_counter()
         seen = len(run.records)
         while True:
-            w_start = time.perf_counter()
-            await asyncio.sleep(timing.window_s)
-            w_end = time.perf_counter()
-            fresh = run.records[seen:]
-            seen = len(run.records)
+            w_start = measure_start + len(windows) * timing.window_s
+            w_end = w_start + timing.window_s
+            await _sleep_until(w_end)
+            # Records are appended as they complete, so those of this window are a prefix of the rest.
+            fresh = _completed_before(run.records, seen, w_end)
+            seen += len(fresh)
             windows.append(_window(fresh, w_start, w_end, sender.batch_size))
             in_flight_at.append(len(run.in_flight))
             if stable(windows, timing.tolerance) or w_end - measure_start >= timing.max_s:
@@ -184,6 +197,16 @@ async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepR
     return _summarise(
         run, load, sender.batch_size, kept, backlog, stable(windows, timing.tolerance), len(windows)
     )
+
+
+def _completed_before(records: list[Record], first: int, end: float) -> list[Record]:
+    return list(itertools.takewhile(lambda r: r.end < end, records[first:]))
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def _window(records: list[Record], start: float, end: float, batch_size: int) -> Window:

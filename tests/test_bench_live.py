@@ -1,0 +1,87 @@
+"""`resnet-serve bench` for a few seconds per mode against a real `resnet-serve serve` process."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kserve_fixtures import KServeServer, start_server, stop_server
+
+from cli.main import main
+
+pytestmark = pytest.mark.slow
+
+# Each step: 0.2 s warm-up, then 0.4 s windows for at most 1.2 s.
+QUICK = ["--warmup", "0.2", "--window", "0.4", "--max-step-time", "1.2"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
+    running = start_server(tmp_path_factory.mktemp("bench-live"))
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def bench(server: KServeServer, out: Path, *args: str) -> dict[str, Any]:
+    assert main(["bench", "--server", server.url, "--out", str(out), *QUICK, *args]) == 0
+    for png in ("latency_throughput.png", "latency_cdf.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    doc: dict[str, Any] = json.loads((out / "bench.json").read_text())
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert len(rows) == len(doc["steps"])
+    return doc
+
+
+def test_closed_loop_sweep_on_the_image_api_with_the_baseline(
+    server: KServeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = server.model_file("tiny", "2")
+    doc = bench(server, tmp_path, "--model", "tiny", "--concurrency", "1,2", "--baseline", str(model),
+                "--baseline-time", "0.3")  # fmt: skip
+    assert doc["format"] == "resnet-serve-bench/1"
+    assert doc["config"]["protocol"] == "image" and doc["config"]["mode"] == "closed"
+    assert [s["concurrency"] for s in doc["steps"]] == [1, 2]
+    for step in doc["steps"]:
+        assert step["throughput"] > 0 and step["requests"] > 0 and step["error_count"] == 0
+        latency = step["latency_ms"]
+        assert latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"] <= latency["p99.9"]
+        assert set(step["server_ms"]) == {"queue_ms", "preprocess_ms", "compute_ms", "batch_size"}
+        # gRPC, decoding and queueing can only add to the bare model's time.
+        assert step["overhead_p50"] > 1.0
+    assert doc["baseline"][0]["batch_size"] == 1 and doc["baseline"][0]["throughput"] > 0
+    assert doc["overhead"]["latency_ratio_p50_at_lightest_load"] > 1.0
+    assert "c=1" in capsys.readouterr().out
+
+
+def test_open_loop_with_slo_search_on_the_image_api(server: KServeServer, tmp_path: Path) -> None:
+    doc = bench(server, tmp_path, "--model", "tiny", "--rate", "40", "--slo-p99-ms", "2000")
+    (step,) = doc["steps"]
+    assert step["mode"] == "open" and step["target_rate"] == 40
+    assert step["offered_rate"] == pytest.approx(40, rel=0.05)
+    assert step["kept_up"] is True and step["backlog"] is not None
+    assert doc["slo"]["best"] == "rate 40/s" and doc["slo"]["method"] == "bisection"
+
+
+def test_closed_loop_on_the_kserve_api_through_tritonclient(server: KServeServer, tmp_path: Path) -> None:
+    doc = bench(server, tmp_path, "--protocol", "kserve", "--model", "tiny", "--batch-size", "2",
+                "--concurrency", "2")  # fmt: skip
+    (step,) = doc["steps"]
+    assert doc["config"]["protocol"] == "kserve" and doc["config"]["batch_size"] == 2
+    assert "FP32" in doc["config"]["workload"] and "[2, 1, 8, 8]" in doc["config"]["workload"]
+    assert step["requests"] > 0 and step["error_count"] == 0
+    assert step["throughput"] == pytest.approx(2 * step["requests"] / step["duration_s"])
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "--server", "127.0.0.1:1", "--timeout", "0.3", "--out", str(tmp_path), *QUICK])
+    assert code == 1
+    assert capsys.readouterr().err.strip().startswith("error: no server answered at 127.0.0.1:1")
