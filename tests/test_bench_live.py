@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kserve_fixtures import KServeServer, start_server, stop_server
+from kserve_fixtures import KServeServer, kserve_server
 
 from cli.main import main
 
 pytestmark = pytest.mark.slow
+__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
 
 # Each step: 0.2 s warm-up, then 0.4 s windows for at most 1.2 s.
 QUICK = ["--warmup", "0.2", "--window", "0.4", "--max-step-time", "1.2"]
@@ -21,12 +21,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
-    running = start_server(tmp_path_factory.mktemp("bench-live"))
-    try:
-        yield running
-    finally:
-        stop_server(running)
+def server(kserve_server: KServeServer) -> KServeServer:
+    """A real server (one per module) with the tiny classifier as `tiny` (versions 1 and 2)."""
+    return kserve_server
 
 
 def bench(server: KServeServer, out: Path, *args: str) -> dict[str, Any]:

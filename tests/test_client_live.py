@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from kserve_fixtures import TINY_LABELS, KServeServer, start_server, stop_server
+from kserve_fixtures import TINY_LABELS, KServeServer, kserve_server
 from PIL import Image
 
 from cli.main import main
 from client import AsyncClient, Classification, ClassifyError, Client
 
 pytestmark = pytest.mark.slow
+__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
-    running = start_server(tmp_path_factory.mktemp("client-live"))
-    try:
-        yield running
-    finally:
-        stop_server(running)
+def server(kserve_server: KServeServer) -> KServeServer:
+    """A real server (one per module) with the tiny classifier as `tiny` (versions 1 and 2)."""
+    return kserve_server
 
 
 def digits(n: int) -> list[Image.Image]:
