@@ -40,8 +40,12 @@ TINY_PREPROCESS = {
 TINY_LABELS = [f"class-{i}" for i in range(10)]
 
 
-def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10) -> Path:
-    """conv 3x3 (4 filters) → relu → flatten → gemm: (N, 1, 8, 8) float32 "input" → (N, classes) "logits"."""
+def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10, slow_layers: int = 0) -> Path:
+    """conv 3x3 (4 filters) → relu → flatten → gemm: (N, 1, 8, 8) float32 "input" → (N, classes) "logits".
+
+    `slow_layers` > 0 inserts that many 1024x1024 matmuls (sharing one weight, so the file stays small):
+    about 1M multiply-adds per row each, to make compute slow enough to observe queues.
+    """
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -55,8 +59,22 @@ def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10) -> Path:
         helper.make_node("Conv", ["input", "w_conv", "b_conv"], ["conv"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv"], ["relu"]),
         helper.make_node("Flatten", ["relu"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "w_fc", "b_fc"], ["logits"], transB=1),
     ]
+    extra: list[onnx.TensorProto] = []
+    features = "flat"
+    if slow_layers:
+        w_in = rng.normal(0, 0.1, (4 * 8 * 8, 1024)).astype(np.float32)
+        w_hidden = (np.eye(1024) + rng.normal(0, 0.01, (1024, 1024))).astype(np.float32)
+        w_out = rng.normal(0, 0.05, (1024, 4 * 8 * 8)).astype(np.float32)
+        extra = [
+            numpy_helper.from_array(a, n) for a, n in ((w_in, "w_in"), (w_hidden, "w_h"), (w_out, "w_out"))
+        ]
+        nodes.append(helper.make_node("MatMul", ["flat", "w_in"], ["h0"]))
+        for i in range(slow_layers):
+            nodes.append(helper.make_node("MatMul", [f"h{i}", "w_h"], [f"h{i + 1}"]))
+        nodes.append(helper.make_node("MatMul", [f"h{slow_layers}", "w_out"], ["slow_out"]))
+        features = "slow_out"
+    nodes.append(helper.make_node("Gemm", [features, "w_fc", "b_fc"], ["logits"], transB=1))
     graph = helper.make_graph(
         nodes,
         "tiny",
@@ -65,7 +83,8 @@ def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10) -> Path:
         [
             numpy_helper.from_array(a, n)
             for a, n in ((w_conv, "w_conv"), (b_conv, "b_conv"), (w_fc, "w_fc"), (b_fc, "b_fc"))
-        ],
+        ]
+        + extra,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
