@@ -1,8 +1,9 @@
 """A real `resnet-serve serve` process for the KServe v2 tests, driven by the real tritonclient.
 
 The server runs as a subprocess (started the way users start it), serving a repository with the tiny
-classifier from conftest.py: `tiny` versions 1 and 2 (different weights, version policy "all") and `spare`
-(for load/unload). Expected outputs come from running the same ONNX files with ONNX Runtime in the test.
+classifier from conftest.py: `tiny` versions 1 and 2 (different weights, version policy "all"), `spare`
+(for load/unload) and `half`, an FP16 model. Expected outputs come from running the same ONNX files with
+ONNX Runtime in the test.
 """
 
 from __future__ import annotations
@@ -61,13 +62,54 @@ def reference_logits(model_file: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    if session.get_inputs()[0].type == "tensor(float16)":
+        x = x.astype(np.float16)
     out: np.ndarray = session.run(["logits"], {"input": x})[0]
     return out
+
+
+def write_half_onnx(path: Path) -> Path:
+    """An FP16-in, FP16-out classifier (N, 1, 8, 8) → (N, 10): casts around a float32 Gemm, so ORT's CPU
+    kernels run it; it stands for the FP16 models `export` writes."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.2, (10, 64)).astype(np.float32)
+    b = rng.normal(0, 0.1, (10,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x32"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["x32"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["y32"], transB=1),
+        helper.make_node("Cast", ["y32"], ["logits"], to=TensorProto.FLOAT16),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "half",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {
+        "resnet_serve.labels": json.dumps(TINY_LABELS),
+        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
+        "resnet_serve.precision": "fp16",
+    }.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
 
 
 def start_server(tmp: Path, *extra: str) -> KServeServer:
     repository = tmp / "repository"
     write_tiny_onnx(repository / "tiny" / "1" / "model.onnx", seed=0)
+    write_half_onnx(repository / "half" / "1" / "model.onnx")
     write_tiny_onnx(repository / "tiny" / "2" / "model.onnx", seed=1)
     write_tiny_onnx(repository / "spare" / "1" / "model.onnx", seed=2)
     log_path = tmp / "server.log"

@@ -110,12 +110,18 @@ def test_statistics_match_the_prometheus_metrics(
 
 def test_statistics_without_a_name_cover_every_loaded_version(client: tc.InferenceServerClient) -> None:
     stats = client.get_inference_statistics(as_json=True)["model_stats"]
-    assert {(s["name"], s["version"]) for s in stats} == {("tiny", "1"), ("tiny", "2"), ("spare", "1")}
+    assert {(s["name"], s["version"]) for s in stats} == {
+        ("tiny", "1"),
+        ("tiny", "2"),
+        ("spare", "1"),
+        ("half", "1"),
+    }
 
 
 def test_repository_unload_and_load_change_what_is_served(client: tc.InferenceServerClient) -> None:
     index = client.get_model_repository_index(as_json=True)["models"]
     assert {(m["name"], m.get("version"), m["state"]) for m in index} == {
+        ("half", "1", "READY"),
         ("spare", "1", "READY"),
         ("tiny", "1", "READY"),
         ("tiny", "2", "READY"),

@@ -190,6 +190,27 @@ def test_stream_answers_each_request_and_reports_errors_in_stream(
         np.testing.assert_allclose(results[request_id], reference_logits(reference, x), rtol=1e-5, atol=1e-5)
 
 
+def test_fp16_model_takes_fp16_fp32_and_uint8_and_answers_fp16(
+    client: tc.InferenceServerClient, kserve_server: KServeServer
+) -> None:
+    metadata = client.get_model_metadata("half", as_json=True)
+    assert metadata["inputs"][0]["datatype"] == "FP16" and metadata["outputs"][0]["datatype"] == "FP16"
+    x = batch(2, seed=6)
+    expected = reference_logits(kserve_server.model_file("half", "1"), x)
+    half = tc.InferInput("input", [2, *SHAPE], "FP16")
+    half.set_data_from_numpy(x.astype(np.float16))
+    pixels = np.random.default_rng(7).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
+    uint8 = tc.InferInput("input", [2, *SHAPE], "UINT8")
+    uint8.set_data_from_numpy(pixels)
+    for tensor in (half, fp32_input(x)):
+        got = client.infer("half", [tensor]).as_numpy("logits")
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, expected)
+    got = client.infer("half", [uint8]).as_numpy("logits")
+    expected_pixels = reference_logits(kserve_server.model_file("half", "1"), normalise(pixels))
+    np.testing.assert_array_equal(got, expected_pixels)
+
+
 # --------------------------------------------------------------------------------------------- errors
 
 
