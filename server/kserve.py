@@ -28,6 +28,7 @@ from server.backends.factory import backend_for
 from server.context import ServerContext
 from server.errors import ServeError, abort_with, internal, invalid_argument
 from server.kserve_infer import prepare, respond
+from server.logging_setup import access_log, request_id_var, resolve_request_id
 from server.model_manager import ServedModel
 from server.tensors import BYTES
 
@@ -147,6 +148,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def _infer(self, request: Any, time_remaining: float | None) -> Any:
         """One request, start to finish; raises ServeError (metrics are recorded here either way)."""
         start = time.perf_counter()
+        # Each RPC (and each stream request) runs in its own task, so this tags only this request's logs.
+        request_id_var.set(resolve_request_id(request.id))
         model = self._manager.get(request.model_name, request.model_version)
         metrics = model.metrics
         with metrics.in_flight():
@@ -156,21 +159,31 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 preprocess_s = prepared.preprocess_s
                 result = await model.infer(prepared.inputs, prepared.timeout_s)
                 response = respond(model, request, prepared, result.outputs)
-            except BaseException as exc:
-                error = exc if isinstance(exc, ServeError) else None
-                if error is None and not isinstance(exc, asyncio.CancelledError):
-                    log.exception("KServe request to model %s failed", model.name)
-                    error = internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}")
-                outcome = error.outcome if error is not None else "cancelled"
-                metrics.request_done(outcome, time.perf_counter() - start, preprocess_s=preprocess_s)
-                if error is None:
-                    raise
+            except ServeError as exc:
+                self._failed(model, start, preprocess_s, exc.outcome, exc.message)
+                raise
+            except asyncio.CancelledError:
+                self._failed(model, start, preprocess_s, "cancelled", None)
+                raise
+            except Exception as exc:
+                log.exception("KServe request to model %s failed", model.name)
+                error = internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}")
+                self._failed(model, start, preprocess_s, error.outcome, error.message)
                 raise error from None
+            total = time.perf_counter() - start
             metrics.request_done(
-                "success", time.perf_counter() - start, result.queue_s, preprocess_s, result.compute_s,
-                inferences=prepared.rows,
-            )  # fmt: skip
+                "success", total, result.queue_s, preprocess_s, result.compute_s, inferences=prepared.rows
+            )
+            access_log(model.name, model.version, "success", total, result.batch_size)
             return response
+
+    @staticmethod
+    def _failed(
+        model: ServedModel, start: float, preprocess_s: float | None, outcome: str, detail: str | None
+    ) -> None:
+        total = time.perf_counter() - start
+        model.metrics.request_done(outcome, total, preprocess_s=preprocess_s)
+        access_log(model.name, model.version, outcome, total, detail=detail)
 
     # ------------------------------------------------------------------------------------------ statistics
 
