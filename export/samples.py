@@ -79,6 +79,36 @@ def digits_held_out(preprocess: dict[str, Any], limit: int | None = None,
     return preprocess_images(list(images), preprocess), np.asarray(labels, dtype=np.int64)
 
 
+def is_digits(labels: list[str], preprocess: dict[str, Any]) -> bool:
+    """Our ONNX metadata does not name the data set: a grey "0".."9" classifier is the digits model."""
+    return preprocess.get("color") == "L" and labels == [str(d) for d in range(10)]
+
+
+def digits_training(preprocess: dict[str, Any], limit: int | None = None) -> NDArray[np.float32]:
+    """The digits training split, preprocessed: what calibration should see (never the held-out images)."""
+    from models.datasets import load_digits_split
+
+    pixels = load_digits_split().train_pixels.numpy()
+    crop = int(preprocess["crop"])
+    top = (pixels.shape[-2] - crop) // 2
+    left = (pixels.shape[-1] - crop) // 2
+    pixels = pixels[..., top:top + crop, left:left + crop]
+    if limit is not None:
+        # A stride through the whole split rather than its first rows keeps every class represented.
+        pixels = pixels[:: max(1, len(pixels) // limit)][:limit]
+    return normalize_array(np.ascontiguousarray(pixels), preprocess)
+
+
+def calibration_batch(labels: list[str], preprocess: dict[str, Any], images_dir: Path | None,
+                      limit: int) -> NDArray[np.float32]:
+    """Calibration inputs: the named folder, else the digits training split for the digits model."""
+    if images_dir is not None:
+        return preprocess_images(folder_images(images_dir, limit), preprocess)
+    if is_digits(labels, preprocess):
+        return digits_training(preprocess, limit)
+    raise ExportError("calibration needs real training images of this model: pass --images DIR")
+
+
 def evaluation_batch(preprocess: dict[str, Any], dataset: str | None, images_dir: Path | None,
                      limit: int) -> tuple[NDArray[np.float32], NDArray[np.int64] | None]:
     """Inputs (and labels, where known) to compare stages on: the folder, the digits split, or the photos."""

@@ -17,6 +17,7 @@ from torch import nn
 from export.errors import ExportError
 from export.files import sha256_file
 from export.metadata import ModelMetadata, tool_versions, validate_preprocess
+from export.samples import is_digits
 
 IMAGENET_PREPROCESS: dict[str, Any] = {
     "color": "RGB",
@@ -112,15 +113,10 @@ def from_checkpoint(path: Path, arch: str | None = None) -> Source:
 
 def _dataset_of(meta: dict[str, Any], labels: list[str]) -> str | None:
     """Which data set the checkpoint was trained on, to compare on its held-out split."""
-    name = meta.get("dataset")
-    if isinstance(name, dict):
-        name = name.get("name")
+    name = meta.get("dataset") or (meta.get("train_config") or {}).get("dataset")
     if isinstance(name, str):
         return name
-    # Checkpoints that do not record it: a grey 10-class "0".."9" model is the digits model.
-    if meta.get("preprocess", {}).get("color") == "L" and labels == [str(d) for d in range(10)]:
-        return "digits"
-    return None
+    return "digits" if is_digits(labels, meta.get("preprocess") or {}) else None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,194 @@
+"""INT8 post-training quantization (static, QDQ) of an FP32 model from `resnet-serve export`.
+
+Calibrates activation ranges on real training images (the digits training split for the digits model, or
+--images DIR), quantizes weights per output channel, and writes a QDQ model in one of two flavours:
+
+  trt  symmetric signed INT8 activations and weights, every zero point 0, float bias: what TensorRT's explicit
+       quantization accepts (precision "int8-qdq-trt").
+  ort  unsigned INT8 activations with zero points, signed INT8 weights (U8S8): what ONNX Runtime's CPU
+       kernels run fastest (precision "int8-qdq-ort").
+
+All other resnet_serve metadata is kept. Quantize the folded FP32 model (the default export).
+
+examples:
+  resnet-serve quantize artifacts/digits/model.onnx --out artifacts/digits/model.int8.onnx
+  resnet-serve quantize resnet50.onnx --images calib/ --variant both --method entropy --out resnet50.int8.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import numpy_helper
+from tqdm import tqdm
+
+from export.errors import ExportError
+from export.files import write_bytes_atomic
+from export.metadata import ModelMetadata, from_props, props_of, write
+from export.samples import calibration_batch
+
+METHODS = ("minmax", "entropy", "percentile")
+VARIANTS = ("trt", "ort")
+PRECISION = {"trt": "int8-qdq-trt", "ort": "int8-qdq-ort"}
+CALIBRATION_BATCH = 16
+
+
+def _calibration_reader(data: NDArray[np.float32], input_name: str) -> object:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._batches: Iterator[NDArray[np.float32]] = iter(
+                tqdm([data[i:i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH)],
+                     desc="calibrating", unit="batch", leave=False)
+            )
+
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()
+
+
+def _quant_settings(variant: str) -> dict[str, object]:
+    from onnxruntime.quantization import QuantType
+
+    if variant == "trt":
+        return {
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            # TensorRT: symmetric INT8 only (zero point 0), and it quantizes bias itself from float.
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        }
+    return {
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True},
+    }
+
+
+def _strip_unused_domains(model: onnx.ModelProto) -> None:
+    """quant_pre_process declares every ORT domain; an engine builder should see only what the graph uses."""
+    used = {n.domain for n in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def check_trt_compatible(model: onnx.ModelProto) -> None:
+    """Every Q/DQ is INT8 with zero point 0, as TensorRT's explicit quantization requires."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) < 3 or node.input[2] not in inits:
+            raise ExportError(f"{node.name}: Q/DQ without a constant zero point")
+        zp = numpy_helper.to_array(inits[node.input[2]])
+        if zp.dtype != np.int8 or np.any(zp != 0):
+            raise ExportError(f"{node.name}: zero point {zp.dtype} not all 0; TensorRT needs symmetric INT8")
+
+
+def quantize(fp32: onnx.ModelProto, meta: ModelMetadata, data: NDArray[np.float32], variant: str,
+             method: str = "minmax") -> onnx.ModelProto:
+    """The INT8 QDQ model of `fp32` calibrated on preprocessed `data`, with the metadata carried over."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quant_pre_process, quantize_static
+
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    input_name = fp32.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-quant-") as tmp:
+        src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        onnx.save(fp32, str(src))
+        # Shape inference (symbolic, for the dynamic batch) lets the quantizer see every tensor it must cover.
+        quant_pre_process(str(src), str(pre), skip_optimization=False)
+        settings = _quant_settings(variant)
+        extra = dict(settings.pop("extra_options"))  # type: ignore[call-overload]
+        if method != "minmax":
+            # Histogram calibrators otherwise collect a histogram per tensor per batch in memory.
+            extra["CalibMaxIntermediateOutputs"] = 8
+        quantize_static(
+            str(pre), str(out), _calibration_reader(data, input_name), quant_format=QuantFormat.QDQ,
+            per_channel=True, calibrate_method=calibrate, extra_options=extra, **settings,
+        )
+        model = onnx.load(str(out))
+    _strip_unused_domains(model)
+    write(model, ModelMetadata(meta.arch, meta.labels, meta.preprocess, meta.source_sha256, meta.versions,
+                               PRECISION[variant]))
+    model.doc_string = f"{fp32.doc_string} | INT8 QDQ ({variant}, {method} calibration on {len(data)} images)"
+    if variant == "trt":
+        check_trt_compatible(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"quantized model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def load_fp32(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
+    if not path.is_file():
+        raise ExportError(f"no such ONNX file: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends: not an ONNX file
+        raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    meta = from_props(props_of(model), str(path))
+    if meta.precision != "fp32":
+        raise ExportError(
+            f"{path} is already {meta.precision}; quantize the FP32 model from `resnet-serve export`"
+        )
+    return model, meta
+
+
+def output_paths(out: Path, variant: str) -> dict[str, Path]:
+    """One variant goes to --out; both go beside it as NAME-trt.onnx and NAME-ort.onnx."""
+    if variant != "both":
+        return {variant: out}
+    return {v: out.with_name(f"{out.stem}-{v}{out.suffix or '.onnx'}") for v in VARIANTS}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx")
+    parser.add_argument("--variant", choices=[*VARIANTS, "both"], default="ort",
+                        help="trt: symmetric S8S8 for TensorRT; ort: U8S8, fastest on ONNX Runtime CPU")
+    parser.add_argument("--method", choices=METHODS, default="minmax",
+                        help="activation range calibration: min/max, KL entropy, or percentile histogram")
+    parser.add_argument("--images", type=Path,
+                        help="folder of training images to calibrate on (default for the digits model: "
+                             "its training split)")
+    parser.add_argument("--num-calibration", type=int, default=256, help="calibration images to use")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    try:
+        if args.num_calibration < 1:
+            raise ExportError("--num-calibration must be at least 1")
+        fp32, meta = load_fp32(args.onnx)
+        data = calibration_batch(meta.labels, meta.preprocess, args.images, args.num_calibration)
+        print(f"quantizing {meta.arch} to INT8 QDQ: {args.method} calibration on {len(data)} images")
+        written = []
+        for variant, path in output_paths(args.out, args.variant).items():
+            model = quantize(fp32, meta, data, variant, args.method)
+            payload = model.SerializeToString()
+            write_bytes_atomic(path, payload)
+            written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
+    except ExportError as exc:
+        print(f"resnet-serve quantize: error: {exc}", file=sys.stderr)
+        return 1
+    for line in written:
+        print(f"wrote {line}")
+    print(f"done in {time.perf_counter() - start:.1f} s; check it with `resnet-serve verify`")
+    return 0

@@ -1,0 +1,205 @@
+"""Parity report: the same held-out images through every stage, each compared with the PyTorch model.
+
+Stages: PyTorch (the reference), folded PyTorch, and every model file given with --onnx (FP32, FP16 or INT8,
+told apart by their resnet_serve.precision metadata) in ONNX Runtime, plus TensorRT engines given with
+--engine where TensorRT is installed. Per stage it prints the max abs and relative error of the logits
+(max |x − ref| / max |ref|), top-1 agreement with PyTorch and accuracy (when the images have labels), and it
+exits 1 when a stage breaks its tolerance:
+  fp32 and folded: relative error ≤ --fp32-tol;  fp16: relative error ≤ --fp16-tol;
+  int8: top-1 agreement ≥ --int8-agreement and accuracy drop ≤ --int8-acc-drop points (when labelled).
+
+examples:
+  resnet-serve verify --checkpoint artifacts/digits/model.pt --onnx artifacts/digits/model.onnx \\
+      --onnx artifacts/digits/model.int8.onnx --json artifacts/digits/verify.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from export.errors import ExportError
+from export.files import write_bytes_atomic
+from export.metadata import ModelMetadata, read
+from export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
+from export.samples import evaluation_batch
+from export.sources import Source, add_source_arguments, load_source
+
+CHUNK = 32
+Runner = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    file: str | None
+    precision: str
+    max_abs_error: float | None
+    rel_error: float | None
+    top1_agreement: float | None
+    accuracy: float | None
+    ok: bool
+    reason: str  # the tolerance it was held to, or why it failed / was skipped
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    fp32_rel: float = 1e-4
+    fp16_rel: float = 1e-2
+    int8_agreement: float = 0.99
+    int8_acc_drop: float = 0.005  # as a fraction: 0.5 percentage points
+
+
+def _chunked(run: Runner, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.concatenate([run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
+
+
+def _accuracy(logits: NDArray[np.float32], labels: NDArray[np.int64] | None) -> float | None:
+    return None if labels is None else float(np.mean(logits.argmax(1) == labels))
+
+
+def judge(stage: str, file: str | None, precision: str, logits: NDArray[np.float32],
+          ref: NDArray[np.float32], labels: NDArray[np.int64] | None, tol: Tolerances) -> StageResult:
+    """Compare one stage's logits with the reference and hold them to the tolerance for their precision."""
+    max_abs = float(np.max(np.abs(logits.astype(np.float64) - ref)))
+    rel = relative_error(logits, ref)
+    agreement = float(np.mean(logits.argmax(1) == ref.argmax(1)))
+    acc, ref_acc = _accuracy(logits, labels), _accuracy(ref, labels)
+    if precision.startswith("int8"):
+        drop = (ref_acc - acc) if acc is not None and ref_acc is not None else None
+        ok = agreement >= tol.int8_agreement and (drop is None or drop <= tol.int8_acc_drop + 1e-12)
+        reason = f"top-1 agreement ≥ {tol.int8_agreement:.1%}" + (
+            f", accuracy drop ≤ {tol.int8_acc_drop * 100:.2g} pt (drop {drop * 100:.2f} pt)"
+            if drop is not None else " (no labels: accuracy not checked)")
+    else:
+        limit = tol.fp16_rel if precision == "fp16" else tol.fp32_rel
+        ok = rel <= limit
+        reason = f"relative error ≤ {limit:.0e}"
+    return StageResult(stage, file, precision, max_abs, rel, agreement, acc, ok, reason)
+
+
+def _engine_runner(path: Path) -> Runner | None:
+    """The TensorRT hook: export.engine may provide `engine_logits(path, inputs) -> logits` (GPU nodes)."""
+    try:
+        from export import engine
+    except ImportError:
+        return None
+    fn = getattr(engine, "engine_logits", None)
+    if fn is None:
+        return None
+    return lambda x: np.asarray(fn(path, x), dtype=np.float32)
+
+
+def _check_same_source(meta: ModelMetadata, source: Source | None, path: Path) -> None:
+    if source is not None and meta.source_sha256 != source.meta.source_sha256:
+        raise ExportError(
+            f"{path} was exported from another source (sha256 {meta.source_sha256[:12]}…, "
+            f"not {source.meta.source_sha256[:12]}…): export it again from this checkpoint"
+        )
+
+
+def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], images_dir: Path | None,
+           limit: int, tol: Tolerances) -> tuple[list[StageResult], int]:
+    """Run every stage on the same images; returns the results and how many images were used."""
+    metas = [(p, read(p)) for p in onnx_files]
+    for p, m in metas:
+        _check_same_source(m, source, p)
+    if source is None and not metas:
+        raise ExportError("nothing to verify: give --checkpoint (or --arch/--weights) and/or --onnx files")
+    base = source.meta if source is not None else metas[0][1]
+    dataset = source.dataset if source is not None else None
+    x, labels = evaluation_batch(base.preprocess, dataset, images_dir, limit)
+    if labels is None and source is None and images_dir is None:
+        from export.samples import is_digits
+
+        if is_digits(base.labels, base.preprocess):
+            x, labels = evaluation_batch(base.preprocess, "digits", None, limit)
+
+    results: list[StageResult] = []
+    if source is not None:
+        from export.fold import fold_batchnorm
+
+        ref = _chunked(lambda b: torch_logits(source.model, b), x)
+        results.append(judge("pytorch", None, "fp32", ref, ref, labels, tol))
+        folded = fold_batchnorm(source.model)
+        results.append(judge("pytorch folded", None, "fp32", _chunked(lambda b: torch_logits(folded, b), x),
+                             ref, labels, tol))
+    else:
+        first = ort_session(str(metas[0][0]))
+        ref = _chunked(lambda b: ort_logits(first, b), x)
+    for path, meta in metas:
+        session = ort_session(str(path))
+        logits = _chunked(lambda b, s=session: ort_logits(s, b), x)  # type: ignore[misc]
+        results.append(
+            judge(f"onnxruntime {meta.precision}", str(path), meta.precision, logits, ref, labels, tol))
+    for path in engines:
+        runner = _engine_runner(path)
+        if runner is None:
+            results.append(StageResult("tensorrt", str(path), "?", None, None, None, None, True,
+                                       "skipped: TensorRT not available here"))
+            continue
+        results.append(judge("tensorrt", str(path), "engine", _chunked(runner, x), ref, labels,
+                             Tolerances(fp32_rel=tol.fp16_rel, int8_agreement=tol.int8_agreement)))
+    return results, len(x)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(results: list[StageResult], n: int) -> None:
+    print(f"{n} images; reference: {results[0].stage if results else '-'}")
+    print(f"{'stage':<28}{'max abs':>10}{'rel err':>10}{'top-1 agr':>11}{'accuracy':>10}  result")
+    for r in results:
+        verdict = "ok" if r.ok else "FAIL"
+        print(f"{r.stage:<28}{_fmt(r.max_abs_error, '.2e'):>10}{_fmt(r.rel_error, '.2e'):>10}"
+              f"{_fmt(None if r.top1_agreement is None else r.top1_agreement * 100, '.2f'):>10}%"
+              f"{_fmt(None if r.accuracy is None else r.accuracy * 100, '.2f'):>9}%  {verdict} ({r.reason})")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_source_arguments(parser)
+    parser.add_argument("--onnx", type=Path, action="append", default=[],
+                        help="an ONNX model from export/quantize (repeatable)")
+    parser.add_argument("--engine", type=Path, action="append", default=[],
+                        help="a TensorRT engine from build-engine (repeatable; skipped without TensorRT)")
+    parser.add_argument("--images", type=Path, help="image folder to compare on (default: digits held-out "
+                        "split for digits models, else scikit-learn's sample photos)")
+    parser.add_argument("--num-images", type=int, default=512, help="at most this many images")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--fp32-tol", type=float, default=Tolerances.fp32_rel, help="FP32 relative error")
+    parser.add_argument("--fp16-tol", type=float, default=Tolerances.fp16_rel, help="FP16 relative error")
+    parser.add_argument("--int8-agreement", type=float, default=Tolerances.int8_agreement,
+                        help="INT8 minimum top-1 agreement with PyTorch (fraction)")
+    parser.add_argument("--int8-acc-drop", type=float, default=Tolerances.int8_acc_drop,
+                        help="INT8 largest accuracy drop (fraction: 0.005 = 0.5 points)")
+
+
+def run(args: argparse.Namespace) -> int:
+    tol = Tolerances(args.fp32_tol, args.fp16_tol, args.int8_agreement, args.int8_acc_drop)
+    try:
+        has_source = args.checkpoint is not None or args.weights is not None
+        source = load_source(args) if has_source else None
+        results, n = verify(source, list(args.onnx), list(args.engine), args.images, args.num_images, tol)
+        if args.json is not None:
+            payload = {"images": n, "tolerances": asdict(tol), "stages": [asdict(r) for r in results],
+                       "ok": all(r.ok for r in results)}
+            write_bytes_atomic(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+    except ExportError as exc:
+        print(f"resnet-serve verify: error: {exc}", file=sys.stderr)
+        return 1
+    print_table(results, n)
+    failed = [r.stage for r in results if not r.ok]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("all stages within tolerance")
+    return 0
