@@ -3,17 +3,24 @@ TensorRT sees it, and the split of batches into profile-sized runs."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import json
+import sys
+import types
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from export.engine import EngineError, Sidecar, require_tensorrt
+from server.backends import tensorrt as trt_backend
 from server.backends.base import BackendError
 from server.backends.tensorrt import (
     Chunk,
@@ -165,3 +172,193 @@ def test_chunks_cover_every_row_once_within_the_profile(batch: int, lo: int, ext
     assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
     assert all(lo <= c.run_size <= hi and c.run_size >= c.stop - c.start for c in chunks)
     assert len(chunks) == -(-batch // hi)
+
+
+# ---- the buffer and stream logic, against a fake TensorRT and CUDA runtime ----
+# TensorRT and a GPU are absent here; these fakes follow the real APIs' call shapes (tuples of (error,
+# value) from cuda-python, name-based tensors in TensorRT 10/11) so the backend's own arithmetic —
+# buffer sizes, pointer copies, padding, splitting, freeing — runs for real. The GPU tests cover the rest.
+
+
+class FakeCudart:
+    class cudaMemcpyKind:  # cuda-python's names
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self) -> None:
+        self.live: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self.copies: list[int] = []
+
+    def _alloc(self, nbytes: int) -> tuple[int, int]:
+        buf = ctypes.create_string_buffer(nbytes)
+        self.live[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    def _free(self, ptr: int) -> tuple[int]:
+        del self.live[ptr]
+        return (0,)
+
+    cudaMalloc = cudaMallocHost = _alloc
+    cudaFree = cudaFreeHost = _free
+
+    def cudaSetDevice(self, device: int) -> tuple[int]:
+        return (0,)
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:
+        return 0, types.SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\x00\x00", major=9, minor=0)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:
+        return 0, 77
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: int, stream: int) -> tuple[int]:
+        assert stream == 77
+        ctypes.memmove(dst, src, count)
+        self.copies.append(count)
+        return (0,)
+
+    def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:
+        return 0, b"fake error"
+
+
+WEIGHTS = np.random.default_rng(5).normal(size=(3 * 2 * 2, 4)).astype(np.float32)
+
+
+def fake_tensorrt(profile: tuple[int, int]) -> types.ModuleType:
+    """An engine computing logits = flatten(input) @ WEIGHTS for batch sizes within `profile`."""
+    lo, hi = profile
+    trt = types.ModuleType("tensorrt")
+
+    class Context:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            if name != "input" or not lo <= shape[0] <= hi or tuple(shape[1:]) != (3, 2, 2):
+                return False
+            self.shapes["input"] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            n = self.shapes["input"][0]
+            return self.shapes["input"] if name == "input" else (n, 4)
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            self.addresses[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            n = self.shapes["input"][0]
+            src = (ctypes.c_float * (n * 12)).from_address(self.addresses["input"])
+            x = np.ctypeslib.as_array(src).reshape(n, 12)
+            y = np.ascontiguousarray(x @ WEIGHTS, dtype=np.float32)
+            ctypes.memmove(self.addresses["logits"], y.ctypes.data, y.nbytes)
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i: int) -> str:
+            return ["input", "logits"][i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "IN" if name == "input" else "OUT"
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+            return [(lo, 3, 2, 2), (hi, 3, 2, 2), (hi, 3, 2, 2)]
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return types.SimpleNamespace(name="FLOAT")
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+            return Engine() if data == b"serialized plan" else None
+
+    trt.__version__ = TRT  # type: ignore[attr-defined]
+    trt.Runtime = Runtime  # type: ignore[attr-defined]
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            pass
+
+    trt.Logger = Logger  # type: ignore[attr-defined]
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="IN", OUTPUT="OUT")  # type: ignore[attr-defined]
+    return trt
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Callable[[tuple[int, int]], FakeCudart]:
+    def install(profile: tuple[int, int]) -> FakeCudart:
+        cudart = FakeCudart()
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(profile))
+        monkeypatch.setattr(trt_backend, "_import_cudart", lambda: cudart)
+        return cudart
+
+    return install
+
+
+def profile_sidecar(lo: int, hi: int) -> dict[str, list[int]]:
+    return {"min": [lo, 3, 2, 2], "opt": [hi, 3, 2, 2], "max": [hi, 3, 2, 2]}
+
+
+def test_oversized_and_undersized_batches_run_through_pinned_buffers(
+    tmp_path: Path, fake_gpu: Callable[[tuple[int, int]], FakeCudart]
+) -> None:
+    cudart = fake_gpu((4, 16))
+    backend = TensorRTBackend(write_engine(tmp_path, profile=profile_sidecar(4, 16)))
+    assert backend.info.max_batch_size == 16 and backend.info.device == "cuda:0"
+    assert [(s.name, s.shape) for s in backend.info.inputs] == [("input", (-1, 3, 2, 2))]
+    assert [(s.name, s.shape) for s in backend.info.outputs] == [("logits", (-1, 4))]
+    assert backend.info.metadata["resnet_serve.labels"] == '["cat", "dog"]'
+    for n in (1, 3, 16, 37):  # padded to the minimum 4; exact; split 16 + 16 + 5
+        x = np.random.default_rng(n).normal(size=(n, 3, 2, 2)).astype(np.float32)
+        out = backend.infer({"input": x})["logits"]
+        np.testing.assert_allclose(out, x.reshape(n, 12) @ WEIGHTS, rtol=1e-5, atol=1e-5)
+    assert max(cudart.copies) == 16 * 12 * 4  # never more than the max batch in flight
+    backend.close()
+    assert cudart.live == {}  # every host and device buffer freed
+
+
+def test_inputs_with_the_wrong_shape_or_name_are_refused(
+    tmp_path: Path, fake_gpu: Callable[[tuple[int, int]], FakeCudart]
+) -> None:
+    fake_gpu((1, 8))
+    backend = TensorRTBackend(write_engine(tmp_path, profile=profile_sidecar(1, 8)))
+    with pytest.raises(BackendError, match=r"shape \(N, 3, 2, 2\)"):
+        backend.infer({"input": np.zeros((2, 3, 4, 4), np.float32)})
+    with pytest.raises(BackendError, match="expected inputs"):
+        backend.infer({"image": np.zeros((2, 3, 2, 2), np.float32)})
+    backend.close()
+
+
+def test_engine_from_another_gpu_is_refused_before_deserializing(
+    tmp_path: Path, fake_gpu: Callable[[tuple[int, int]], FakeCudart], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_gpu((1, 8))
+    plan = write_engine(tmp_path, profile=profile_sidecar(1, 8), compute_capability="8.0", gpu_name="A100")
+    runtime = sys.modules["tensorrt"].Runtime  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "deserialize_cuda_engine", lambda *_: pytest.fail("deserialized"))
+    with pytest.raises(BackendError, match=r"built for A100 \(compute capability 8\.0\).*rebuild"):
+        TensorRTBackend(plan)
+
+
+def test_unreadable_plan_asks_for_a_rebuild(
+    tmp_path: Path, fake_gpu: Callable[[tuple[int, int]], FakeCudart]
+) -> None:
+    fake_gpu((1, 8))
+    plan = write_engine(tmp_path, data=b"corrupt plan", profile=profile_sidecar(1, 8))
+    with pytest.raises(BackendError, match=r"could not deserialize.*rebuild"):
+        TensorRTBackend(plan)
