@@ -139,10 +139,8 @@ class Preprocessor:
                 return self._to_color(img)
         except ServeError:
             raise
-        except Image.DecompressionBombError:
-            raise invalid_argument(
-                f"image exceeds the decoded pixel limit (max_image_pixels={limits.max_pixels})"
-            ) from None
+        except Image.DecompressionBombError as exc:  # PIL's own ceiling, checked inside open()
+            raise invalid_argument(f"image is too large to decode: {exc}") from None
         except UnidentifiedImageError:
             raise invalid_argument(
                 "image bytes are not a decodable image; expected a PNG, JPEG, WebP, BMP, GIF or TIFF file"

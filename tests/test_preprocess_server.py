@@ -1,0 +1,171 @@
+"""Server-side preprocessing: the training contract exactly, any colour mode, EXIF, limits, corrupt input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocess import eval_pixels, normalize_array
+from server.errors import ServeError
+from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+
+RGB_SPEC: dict[str, Any] = {
+    "color": "RGB", "resize": 36, "crop": 32, "interpolation": "bilinear",
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+}  # fmt: skip
+GRAY_SPEC: dict[str, Any] = {
+    "color": "L", "resize": 16, "crop": 16, "interpolation": "bicubic", "mean": [0.5], "std": [0.25],
+}  # fmt: skip
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(size: tuple[int, int] = (97, 61)) -> Image.Image:
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("china.jpg")).resize(size, Image.Resampling.BICUBIC)
+
+
+def contract(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """The training side's implementation of the contract (models/preprocess.py)."""
+    return np.asarray(normalize_array(eval_pixels(img, spec)[None], spec)[0])
+
+
+def preprocessor(spec: dict[str, Any], **limits: Any) -> Preprocessor:
+    return Preprocessor(PreprocessSpec.from_dict(spec), ImageLimits(**limits))
+
+
+@pytest.mark.parametrize("spec", [RGB_SPEC, GRAY_SPEC])
+@pytest.mark.parametrize("size", [(97, 61), (61, 97), (36, 36), (20, 300)])
+def test_png_matches_the_training_contract_exactly(spec: dict[str, Any], size: tuple[int, int]) -> None:
+    img = photo(size)
+    got = preprocessor(spec)(encode(img))
+    assert got.dtype == np.float32
+    assert got.shape == (len(spec["mean"]), spec["crop"], spec["crop"])
+    np.testing.assert_array_equal(got, contract(img, spec))
+
+
+def test_every_colour_mode_becomes_the_models_colour() -> None:
+    base = photo((40, 40))
+    images = {
+        "1": base.convert("1"),
+        "L": base.convert("L"),
+        "LA": base.convert("LA"),
+        "P": base.convert("P"),
+        "RGBA": base.convert("RGBA"),
+        "CMYK": base.convert("CMYK"),
+    }
+    transparent = base.convert("P")
+    transparent.info["transparency"] = 0
+    for spec in (RGB_SPEC, GRAY_SPEC):
+        pre = preprocessor(spec)
+        for mode, img in images.items():
+            fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "LA" else "PNG")
+            got = pre(encode(img, fmt))
+            assert got.shape == (len(spec["mean"]), spec["crop"], spec["crop"]), mode
+            assert np.isfinite(got).all(), mode
+        assert pre(encode(transparent, "PNG", transparency=0)).shape[0] == len(spec["mean"])
+    # A grey image becomes three equal channels for an RGB model.
+    rgb = preprocessor(RGB_SPEC).decode(encode(images["L"]))
+    r, g, b = (np.asarray(c) for c in rgb.split())
+    assert np.array_equal(r, g) and np.array_equal(g, b)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped() -> None:
+    ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+    img = Image.fromarray(ramp)
+    assert img.mode == "I;16"
+    decoded = np.asarray(preprocessor(GRAY_SPEC).decode(encode(img)))
+    np.testing.assert_array_equal(decoded, np.arange(256, dtype=np.uint8).reshape(16, 16))
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = photo((48, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    data = encode(img, "PNG", exif=exif)
+    upright = img.transpose(Image.Transpose.ROTATE_270)
+    np.testing.assert_array_equal(preprocessor(RGB_SPEC)(data), contract(upright, RGB_SPEC))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but which carries almost no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_refused_from_its_header() -> None:
+    # Were pixels decoded, this file would fail as truncated; the pixel limit answers first.
+    with pytest.raises(ServeError) as info:
+        preprocessor(RGB_SPEC, max_pixels=1_000_000)(png_header_only(12_000, 12_000))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "12000x12000" in info.value.message and "max_image_pixels=1000000" in info.value.message
+    with pytest.raises(ServeError) as info:  # beyond PIL's own bomb threshold, which refuses it at open
+        preprocessor(RGB_SPEC, max_pixels=10**12)(png_header_only(60_000, 60_000))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pixel" in info.value.message
+
+
+def test_encoded_size_limit_names_the_limit() -> None:
+    data = encode(photo())
+    with pytest.raises(ServeError) as info:
+        preprocessor(RGB_SPEC, max_bytes=len(data) - 1)(data)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"max_image_bytes={len(data) - 1}" in info.value.message
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_corrupt_and_truncated_images_are_invalid_argument(fmt: str) -> None:
+    data = encode(photo((200, 150)), fmt)
+    for bad in (data[: len(data) // 3], b"\x00" * 100, b""):
+        with pytest.raises(ServeError) as info:
+            preprocessor(RGB_SPEC)(bad)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_jpeg_draft_decodes_large_photos_smaller_and_stays_within_a_grey_level() -> None:
+    data = encode(photo((1600, 1200)), "JPEG", quality=92)
+    spec = {**RGB_SPEC, "resize": 64, "crop": 64}
+    fast, exact = preprocessor(spec, jpeg_draft=True), preprocessor(spec, jpeg_draft=False)
+    assert max(fast.decode(data).size) < 1600  # decoded at reduced size
+    assert exact.decode(data).size == (1600, 1200)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+    diff = np.abs(fast(data) - exact(data)) * std * 255  # back in grey levels
+    assert diff.mean() < 1.0
+    # A small target relative to the photo is where draft applies; a large one decodes in full.
+    big_target = {**RGB_SPEC, "resize": 512, "crop": 448}
+    assert preprocessor(big_target, jpeg_draft=True).decode(data).size == (1600, 1200)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"color": "CMYK"}, "color"),
+        ({"interpolation": "cubic-ish"}, "interpolation"),
+        ({"mean": [0.5, 0.5]}, "mean/std"),
+        ({"crop": 40}, "crop"),
+    ],
+)
+def test_bad_preprocess_metadata_is_rejected(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PreprocessSpec.from_dict({**RGB_SPEC, **change})
