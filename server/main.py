@@ -1,10 +1,7 @@
-"""Run the gRPC inference server: our image API and KServe v2 on one port, with dynamic batching and
-Prometheus metrics.
-
-Options come from a TOML file (--config), RESNET_SERVE_* environment variables and flags, in increasing
-precedence; see docs/server.md. Example:
-
-  resnet-serve serve --model digits=artifacts/digits/model.onnx --grpc-port 8001 --metrics-port 8002
+"""Run the gRPC inference server: our image API and KServe v2 on one port, with dynamic batching, health,
+reflection and Prometheus metrics. Options come from a TOML file (--config), RESNET_SERVE_* environment
+variables and flags, in increasing precedence; model options apply to every model unless the config file's
+[models.NAME] table says otherwise (docs/server.md).
 """
 
 from __future__ import annotations
