@@ -176,15 +176,13 @@ async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:
         slo_doc = None
         if args.slo_p99_ms is not None:
             if args.rate:
-                highest = max(steps, key=lambda s: s.load.rate if isinstance(s.load, Open) else 0.0)
-                high = highest.load.rate if isinstance(highest.load, Open) else 0.0
 
                 async def at(rate: float) -> StepResult:
                     step = await run_step(sender, Open(rate, args.seed), timing)
                     tqdm.write(_step_line(step, "slo-search"), file=sys.stderr)
                     return step
 
-                steps += await slo.bisect_rate(at, highest, high, args.slo_p99_ms, args.slo_iterations)
+                steps += await slo.bisect_rate(at, list(steps), args.slo_p99_ms, args.slo_iterations)
             slo_doc = slo.best(steps, args.slo_p99_ms, "bisection" if args.rate else "sweep")
     finally:
         progress.close()

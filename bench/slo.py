@@ -1,7 +1,7 @@
 """The SLO search: the highest throughput whose p99 latency stays within a limit.
 
-From a concurrency sweep it picks the best step; in open loop it bisects the offered rate below the
-highest rate asked for, since latency under Poisson load rises steeply but monotonically with the rate.
+From a concurrency sweep it picks the best step; in open loop it bisects the offered rate between the
+sweep's rates, since latency under Poisson load rises steeply but monotonically with the rate.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.loadgen import StepResult
+from bench.loadgen import Open, StepResult
 
 
 def meets(step: StepResult, p99_ms: float) -> bool:
@@ -33,17 +33,19 @@ def best(steps: list[StepResult], p99_ms: float, method: str) -> dict[str, Any]:
 
 
 async def bisect_rate(
-    run_at: Callable[[float], Awaitable[StepResult]],
-    highest: StepResult,
-    high: float,
-    p99_ms: float,
-    iterations: int,
+    run_at: Callable[[float], Awaitable[StepResult]], sweep: list[StepResult], p99_ms: float, iterations: int
 ) -> list[StepResult]:
-    """Steps run bisecting the open-loop rate in (0, high]; `highest` is the step already run at `high`."""
-    if meets(highest, p99_ms):
+    """Steps run while bisecting the open-loop rate between the sweep's best passing and worst failing rates.
+
+    Returns no steps when the highest rate of the sweep already meets the SLO (there is nothing to search
+    below it; ask for a higher --rate to search further).
+    """
+    rated = [(s.load.rate, meets(s, p99_ms)) for s in sweep if isinstance(s.load, Open)]
+    low = max((rate for rate, ok in rated if ok), default=0.0)
+    high = min((rate for rate, ok in rated if not ok and rate > low), default=None)
+    if high is None:
         return []
     steps: list[StepResult] = []
-    low = 0.0
     for _ in range(iterations):
         mid = (low + high) / 2
         step = await run_at(mid)
