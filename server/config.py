@@ -63,6 +63,9 @@ class ModelConfig:
     versions: tuple[int, ...] = ()  # for version_policy = "specific"
     warmup: bool = True
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # Keys the server config set for this model itself ([models.NAME]); they win over a repository
+    # model's config.json, which in turn wins over the server-wide model defaults.
+    explicit: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -352,15 +355,29 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
                 f"model {name!r} has no path (set path in [models.{name}] or --model {name}=PATH)"
             )
 
-    built = tuple(_model_config(name, {**model_defaults, **values}) for name, values in models.items())
+    built = tuple(
+        _model_config(name, {**model_defaults, **values}, frozenset(values) - {"path"})
+        for name, values in models.items()
+    )
     config = ServerConfig(**server_values, models=built, model_defaults=_model_config("", model_defaults))
     return validate(config)
 
 
-def _model_config(name: str, values: Mapping[str, Any]) -> ModelConfig:
+def _model_config(
+    name: str, values: Mapping[str, Any], explicit: frozenset[str] = frozenset()
+) -> ModelConfig:
     batching = {k: v for k, v in values.items() if k in _BATCHING_KEYS}
     rest = {k: v for k, v in values.items() if k not in _BATCHING_KEYS}
-    return _validate_model(ModelConfig(name=name, batching=BatchingConfig(**batching), **rest))
+    config = ModelConfig(name=name, batching=BatchingConfig(**batching), explicit=explicit, **rest)
+    return _validate_model(config)
+
+
+def with_values(config: ModelConfig, values: Mapping[str, Any]) -> ModelConfig:
+    """`config` with some model options replaced (flat keys, as in OPTIONS), validated again."""
+    batching = {k: v for k, v in values.items() if k in _BATCHING_KEYS}
+    rest = {k: v for k, v in values.items() if k not in _BATCHING_KEYS}
+    merged = dataclasses.replace(config, batching=dataclasses.replace(config.batching, **batching), **rest)
+    return _validate_model(merged)
 
 
 def _coerce(opt: Option, value: Any, where: str) -> Any:

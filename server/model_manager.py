@@ -9,8 +9,11 @@ Both APIs (our image API and KServe v2) go through one `ModelManager`:
   finishes every queued request before its backends are closed.
 * Every version is warmed up (a zero batch at each batch size it will see) before it is marked ready.
 
-A model's source is an .onnx file (served as version "1") or a directory of numbered versions
-(`NAME/1/model.onnx`, `NAME/2/model.onnx`, ...); `--model-repository DIR` serves every model directory in DIR.
+A model's source is an .onnx file (served as version "1"), a model directory packaged by `resnet-serve
+package` (export/repository.py: config.json + numbered versions), or a bare directory of numbered versions
+(`NAME/1/model.onnx`, ...); `--model-repository DIR` serves every model directory in DIR. A packaged model's
+config.json settings override the server-wide model defaults; the server config's own [models.NAME] keys
+override config.json.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from export.repository import CONFIG_NAME, RepositoryError, read_model
 from server.backends.base import Backend, BackendError, BackendInfo
 from server.backends.factory import backend_for, create_backend
 from server.backends.onnxruntime import default_threads
 from server.batcher import BatchResult, DynamicBatcher
-from server.config import ModelConfig, ServerConfig
+from server.config import ConfigError, ModelConfig, ServerConfig, with_values
 from server.errors import ServeError, not_found, unavailable
 from server.metrics import ModelMetrics, ServerMetrics
 from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
@@ -112,6 +117,37 @@ def discover_versions(path: Path) -> dict[str, Path]:
     return found
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model's path holds: its version files, and settings from a packaged config.json if any."""
+
+    versions: dict[str, Path]
+    config: ModelConfig  # the server's settings merged with config.json's
+    labels: list[str] = field(default_factory=list)
+    preprocess: dict[str, Any] | None = None
+
+
+def read_source(config: ModelConfig) -> ModelSource:
+    """Read a model's path: a file, a packaged model directory, or a directory of numbered versions."""
+    path = Path(config.path)
+    if not (path.is_dir() and (path / CONFIG_NAME).is_file()):
+        return ModelSource(discover_versions(path), config)
+    try:
+        packaged = read_model(path)
+        values: dict[str, Any] = {
+            "backend": packaged.backend,
+            "instances": packaged.instance_count,
+            "max_batch_size": max(1, packaged.max_batch_size),
+            "preferred_batch_sizes": tuple(packaged.dynamic_batching.preferred_batch_sizes),
+            "max_queue_delay_ms": packaged.dynamic_batching.max_queue_delay_us / 1000.0,
+        }
+        merged = with_values(config, {k: v for k, v in values.items() if k not in config.explicit})
+    except (RepositoryError, ConfigError) as exc:
+        raise BackendError(str(exc)) from None
+    versions = {str(v.version): packaged.version_path(v) for v in packaged.versions}
+    return ModelSource(versions, merged, list(packaged.labels), dict(packaged.preprocess))
+
+
 def select_versions(available: dict[str, Path], config: ModelConfig) -> dict[str, Path]:
     """Apply the version policy: latest (the highest number), all, or the specific versions listed."""
     ordered = sorted(available, key=version_key)
@@ -121,9 +157,7 @@ def select_versions(available: dict[str, Path], config: ModelConfig) -> dict[str
         wanted = [str(v) for v in config.versions]
         missing = [v for v in wanted if v not in available]
         if missing:
-            raise BackendError(
-                f"model {config.name!r}: versions {missing} not found (available: {', '.join(ordered)})"
-            )
+            raise BackendError(f"version(s) {', '.join(missing)} not found (available: {', '.join(ordered)})")
         chosen = wanted
     else:
         chosen = ordered[-1:]
@@ -216,10 +250,14 @@ class ModelManager:
         if not repo:
             return []
         root = Path(repo)
-        return (
-            sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-            if root.is_dir()
-            else []
+        if not root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and ((p / CONFIG_NAME).is_file() or any(c.name.isdigit() for c in p.iterdir()))
         )
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -256,7 +294,9 @@ class ModelManager:
             entry = self._entries.setdefault(name, _Entry(config))
             entry.config = config
             try:
-                wanted = select_versions(discover_versions(Path(config.path)), config)
+                source = read_source(config)
+                config = source.config
+                wanted = select_versions(source.versions, config)
             except BackendError as exc:
                 raise unavailable(f"cannot load model {name!r}: {exc}") from None
             for version in wanted:
@@ -264,7 +304,7 @@ class ModelManager:
             loaded: dict[str, ServedModel] = {}
             try:
                 for version, path in wanted.items():
-                    loaded[version] = await asyncio.to_thread(self._build, config, version, path)
+                    loaded[version] = await asyncio.to_thread(self._build, config, version, path, source)
             except (BackendError, OSError, ValueError) as exc:
                 for model in loaded.values():
                     await self._retire(model)
@@ -339,7 +379,7 @@ class ModelManager:
 
     # ------------------------------------------------------------------------------------------ building
 
-    def _build(self, config: ModelConfig, version: str, path: Path) -> ServedModel:
+    def _build(self, config: ModelConfig, version: str, path: Path, source: ModelSource) -> ServedModel:
         """Create the instances, warm them up and start the batcher (runs in a worker thread)."""
         start = time.perf_counter()
         backend_name = backend_for(path, config.backend)
@@ -349,7 +389,7 @@ class ModelManager:
             for _ in range(config.instances):
                 backends.append(create_backend(path, backend_name, config.device, threads))
             info = backends[0].info
-            labels, preprocessor = self._describe(config.name, info)
+            labels, preprocessor = self._describe(config.name, info, source)
             metrics = self.metrics.model(config.name, version)
             batcher = DynamicBatcher(config.name, version, backends, config.batching, metrics)
             if config.warmup:
@@ -387,7 +427,11 @@ class ModelManager:
             load_s=load_s,
         )
 
-    def _describe(self, name: str, info: BackendInfo) -> tuple[list[str], Preprocessor | None]:
+    def _describe(
+        self, name: str, info: BackendInfo, source: ModelSource
+    ) -> tuple[list[str], Preprocessor | None]:
+        # The model file's own metadata first; a packaged config.json fills in for files that carry none
+        # (TensorRT plans).
         classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else -1
         labels: list[str] = []
         raw_labels = info.metadata.get(LABELS_KEY)
@@ -398,12 +442,13 @@ class ModelManager:
                 raise ValueError(f"model {name!r}: {LABELS_KEY} is not a JSON list ({exc})") from None
         if classes > 0 and labels and len(labels) != classes:
             raise ValueError(f"model {name!r} has {classes} outputs but {len(labels)} labels")
+        labels = labels or source.labels
         if not labels and classes > 0:
             labels = [str(i) for i in range(classes)]
         preprocessor = None
         raw = info.metadata.get(PREPROCESS_KEY)
-        if raw:
-            spec = PreprocessSpec.from_json(raw)
+        if raw or source.preprocess:
+            spec = PreprocessSpec.from_json(raw) if raw else PreprocessSpec.from_dict(source.preprocess or {})
             expected = (spec.channels, spec.crop, spec.crop)
             actual = info.inputs[0].shape[1:] if info.inputs else ()
             if len(actual) == 3 and any(a not in (-1, e) for a, e in zip(actual, expected, strict=True)):

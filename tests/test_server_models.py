@@ -1,0 +1,182 @@
+"""The model manager: repositories, version policies, lookup errors, load/unload without dropping requests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+from conftest import write_tiny_onnx
+from prometheus_client import CollectorRegistry
+
+from export.repository import ServingSettings, package
+from server.config import ModelConfig, ServerConfig
+from server.errors import ServeError
+from server.metrics import ServerMetrics
+from server.model_manager import ModelManager, ModelState
+
+T = TypeVar("T")
+X = np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """Model "tiny" with versions 1 and 2 (different weights), packaged by `resnet-serve package`."""
+    root = tmp_path / "repo"
+    for seed in (1, 2):
+        onnx_file = write_tiny_onnx(tmp_path / f"v{seed}.onnx", seed=seed)
+        package(
+            onnx_file, root, "tiny", settings=ServingSettings(max_batch_size=6, preferred_batch_sizes=[2])
+        )
+    return root
+
+
+def manager_for(repo: Path, **model_defaults: Any) -> ModelManager:
+    defaults = dataclasses.replace(ModelConfig(name=""), **model_defaults)
+    config = ServerConfig(model_repository=str(repo), model_defaults=defaults)
+    return ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+
+async def logits(manager: ModelManager, version: str = "") -> np.ndarray:
+    result = await manager.get("tiny", version).infer({"input": X})
+    return np.asarray(result.outputs["logits"])
+
+
+def test_repository_serves_the_latest_version_with_its_packaged_settings(repo: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo)
+        await manager.start()
+        model = manager.get("tiny")
+        assert model.version == "2"
+        assert model.batcher.max_batch_size == 6
+        assert model.config.batching.preferred_batch_sizes == (2,)
+        assert [(s.version, s.state) for s in manager.statuses()] == [("2", ModelState.READY)]
+        with pytest.raises(ServeError) as info:
+            manager.get("tiny", "1")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        await manager.close(5)
+
+    run(main())
+
+
+def test_version_policy_all_serves_every_version_and_prefers_the_highest(repo: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo, version_policy="all")
+        await manager.start()
+        assert [m.version for m in manager.versions("tiny")] == ["1", "2"]
+        v1, v2, default = await logits(manager, "1"), await logits(manager, "2"), await logits(manager)
+        assert not np.allclose(v1, v2)
+        np.testing.assert_array_equal(default, v2)
+        await manager.close(5)
+
+    run(main())
+
+
+def test_specific_versions_and_missing_ones(repo: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo, version_policy="specific", versions=(1,))
+        await manager.start()
+        assert [m.version for m in manager.versions("tiny")] == ["1"]
+        await manager.close(5)
+        broken = manager_for(repo, version_policy="specific", versions=(3,))
+        with pytest.raises(ServeError) as info:
+            await broken.start()
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "version(s) 3 not found (available: 1, 2)" in info.value.message
+
+    run(main())
+
+
+def test_unknown_model_is_not_found_and_counted(repo: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo)
+        await manager.start()
+        with pytest.raises(ServeError) as info:
+            manager.get("nope")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        assert "tiny" in info.value.message  # names what is served
+        assert manager.metrics.unknown_model_count == 1
+        manager.stop_accepting()
+        with pytest.raises(ServeError) as info:
+            manager.get("tiny")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        await manager.close(5)
+
+    run(main())
+
+
+def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path: Path) -> None:
+    slow = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=20)
+    config = ServerConfig(models=(ModelConfig(name="tiny", path=str(slow)),))
+    config = dataclasses.replace(
+        config, models=(dataclasses.replace(config.models[0], batching=dataclasses.replace(
+            config.models[0].batching, max_batch_size=1)),)
+    )  # fmt: skip
+    manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+    async def main() -> None:
+        await manager.start()
+        model = manager.get("tiny")
+        queued = [asyncio.ensure_future(model.infer({"input": X})) for _ in range(12)]
+        await asyncio.sleep(0.01)
+        assert model.batcher.queue_depth > 0
+        await manager.unload("tiny")
+        results = await asyncio.gather(*queued)
+        assert len(results) == 12  # none dropped
+        assert not manager.is_ready("tiny")
+        assert [(s.state, s.reason) for s in manager.statuses()] == [(ModelState.UNAVAILABLE, "unloaded")]
+        with pytest.raises(ServeError) as info:
+            manager.get("tiny")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(ServeError) as info:
+            await model.infer({"input": X})
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        await manager.load("tiny")
+        assert manager.is_ready("tiny")
+        await logits(manager)
+        await manager.close(5)
+
+    run(main())
+
+
+def test_reload_picks_up_a_new_version_while_serving(repo: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo)
+        await manager.start()
+        old = manager.get("tiny")
+        in_flight = [asyncio.ensure_future(old.infer({"input": X})) for _ in range(8)]
+        package(write_tiny_onnx(tmp_path / "v3.onnx", seed=3), repo, "tiny")
+        await manager.load("tiny")
+        assert manager.get("tiny").version == "3"
+        assert len(await asyncio.gather(*in_flight)) == 8
+        states = {s.version: s.state for s in manager.statuses()}
+        assert states == {"2": ModelState.UNAVAILABLE, "3": ModelState.READY}
+        await manager.close(5)
+
+    run(main())
+
+
+def test_a_broken_model_file_fails_the_load_with_its_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad" / "1" / "model.onnx"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not onnx")
+    config = ServerConfig(models=(ModelConfig(name="bad", path=str(tmp_path / "bad")),))
+    manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+    async def main() -> None:
+        with pytest.raises(ServeError) as info:
+            await manager.start()
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "model.onnx" in info.value.message
+        assert manager.names() == []
+
+    run(main())
