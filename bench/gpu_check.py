@@ -809,7 +809,12 @@ def check(cfg: Settings) -> dict[str, Any]:
             if backend is not None and cand.server_args is not None and (name == "resnet50" or cfg.dry_run):
                 serve_row(cfg, model, cand, row, work)
             rows.append(row)
-    report = {
+            save(cfg.out, report_of(cfg, env, rows, skipped))  # a killed run still leaves its results
+    return report_of(cfg, env, rows, skipped)
+
+
+def report_of(cfg: Settings, env: dict[str, Any], rows: list[Row], skipped: list[str]) -> dict[str, Any]:
+    return {
         "environment": env,
         "dry_run": cfg.dry_run,
         "rows": [asdict(r) for r in rows],
@@ -817,7 +822,14 @@ def check(cfg: Settings) -> dict[str, Any]:
         "targets": [] if cfg.dry_run else targets(rows, cfg.batches, cfg.served_concurrency),
         "elapsed_s": round(time.perf_counter() - cfg.started, 1),
     }
-    return report
+
+
+def save(out: Path, report: dict[str, Any]) -> Path:
+    from export.files import write_bytes_atomic
+
+    path = out / "gpu_check.json"
+    write_bytes_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
+    return path
 
 
 def render(report: dict[str, Any], batches: tuple[int, ...], concurrency: tuple[int, ...]) -> str:
@@ -866,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--digits", type=Path, metavar="DIR", help="a --prepare bundle to use instead of training"
     )
+    parser.add_argument("--epochs", type=int, default=15, help="digits training epochs for --prepare (15)")
     parser.add_argument(
         "--no-resnet50", action="store_true", help="skip ResNet-50 (default: on, off in dry runs)"
     )
@@ -875,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.prepare is not None:
         try:
-            prepare_bundle(args.prepare, epochs=15)
+            prepare_bundle(args.prepare, epochs=args.epochs)
         except Skip as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -894,12 +907,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     report = check(cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
-    from export.files import write_bytes_atomic
-
-    write_bytes_atomic(args.out / "gpu_check.json", (json.dumps(report, indent=2) + "\n").encode())
+    path = save(args.out, report)
     print(render(report, cfg.batches, cfg.served_concurrency))
-    print(f"wrote {args.out / 'gpu_check.json'}")
+    print(f"wrote {path}")
     failed = [r for r in report["rows"] if r["parity"] == "FAIL"]
     return 1 if failed else 0
 
