@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
-from server.metrics import LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from server.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,3 +400,37 @@ def test_outcome_counters_equal_what_the_client_saw(server: Server) -> None:
     counted["backend_error"] = delta(MODEL, "1", "backend_error")
     expected = {o: float(seen[o]) for o in counted}
     assert counted == expected
+
+
+def test_kserve_model_statistics_report_the_numbers_prometheus_scrapes(server: Server) -> None:
+    tritonclient = pytest.importorskip("tritonclient.grpc")
+    # Some traffic of its own, so the comparison never rests on zeros whatever ran before.
+    assert all(r.code == grpc.StatusCode.OK for r in send_paced(server, n=8, concurrency=4))
+    client = tritonclient.InferenceServerClient(server.grpc_target)
+    try:
+        # Statistics first, scrape second: nothing runs in between, so both see the same counters.
+        stats = client.get_inference_statistics(MODEL, "1", as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    scraped = server.scrape()
+    labels = (("model", MODEL), ("version", "1"))
+
+    def value(name: str, *extra: tuple[str, str]) -> float:
+        return scraped[(name, tuple(sorted((*labels, *extra))))]
+
+    def ns(name: str) -> int:
+        return round(value(name) * 1e9)
+
+    inference = stats["inference_stats"]
+    assert int(stats["inference_count"]) == value("resnet_serve_inferences_total")
+    assert int(stats["execution_count"]) == value("resnet_serve_executions_total")
+    assert int(inference["success"]["count"]) == value("resnet_serve_requests_total", ("outcome", "success"))
+    assert int(inference["success"]["ns"]) == ns("resnet_serve_request_duration_seconds_sum")
+    assert int(inference["queue"]["ns"]) == ns("resnet_serve_queue_duration_seconds_sum")
+    assert int(inference["compute_input"]["ns"]) == ns("resnet_serve_preprocess_duration_seconds_sum")
+    assert int(inference["compute_infer"]["ns"]) == ns("resnet_serve_compute_duration_seconds_sum")
+    failed = sum(value("resnet_serve_requests_total", ("outcome", o)) for o in FAILURE_OUTCOMES)
+    assert int(inference.get("fail", {}).get("count", 0)) == failed
+    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+    assert sum(batches.values()) == value("resnet_serve_executions_total")
+    assert sum(size * n for size, n in batches.items()) == value("resnet_serve_batch_size_sum")
