@@ -28,6 +28,7 @@ from server.backends.factory import backend_for
 from server.context import ServerContext
 from server.errors import ServeError, abort_with, internal, invalid_argument
 from server.kserve_infer import prepare, respond
+from server.kserve_wire import InferRequest, parse_infer_request
 from server.logging_setup import access_log, request_id_var, resolve_request_id
 from server.model_manager import ServedModel
 from server.tensors import BYTES
@@ -48,8 +49,31 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def register(server: grpc.aio.Server, ctx: ServerContext) -> str:
     """Add the KServe v2 service to `server`; returns its full service name (for health and reflection)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(ctx), server)  # type: ignore[no-untyped-call]
+    handlers = method_handlers(KServeService(ctx))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
     return SERVICE
+
+
+def method_handlers(servicer: KServeService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The generated registration, except that inference requests use the zero-copy deserializer."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        infer = request_type is pb.ModelInferRequest
+        deserializer = parse_infer_request if infer else request_type.FromString
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=deserializer,
+            response_serializer=response_type.SerializeToString,
+        )
+    return handlers
 
 
 def _server_version() -> str:
@@ -97,14 +121,14 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------------------------------- inference
 
-    async def ModelInfer(self, request: Any, context: Context) -> Any:
+    async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
         try:
             return await self._infer(request, context.time_remaining())
         except ServeError as exc:
             await abort_with(context, exc)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: Context
+        self, request_iterator: AsyncIterator[InferRequest], context: Context
     ) -> AsyncIterator[Any]:
         # Requests on one stream run concurrently (so they can share a batch); each answer is written as it
         # completes. A failed request is answered in-stream with error_message, as Triton does, and the
@@ -112,14 +136,13 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         answers: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
 
-        async def one(request: Any) -> None:
+        async def one(request: InferRequest) -> None:
             try:
                 response = await self._infer(request, context.time_remaining())
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except ServeError as exc:
-                echo = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                )
+                m = request.message
+                echo = pb.ModelInferResponse(model_name=m.model_name, model_version=m.model_version, id=m.id)
                 answers.put_nowait(
                     pb.ModelStreamInferResponse(error_message=exc.message, infer_response=echo)
                 )
@@ -145,9 +168,10 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             for task in list(running):
                 task.cancel()
 
-    async def _infer(self, request: Any, time_remaining: float | None) -> Any:
+    async def _infer(self, incoming: InferRequest, time_remaining: float | None) -> Any:
         """One request, start to finish; raises ServeError (metrics are recorded here either way)."""
         start = time.perf_counter()
+        request = incoming.message
         # Each RPC (and each stream request) runs in its own task, so this tags only this request's logs.
         request_id_var.set(resolve_request_id(request.id))
         model = self._manager.get(request.model_name, request.model_version)
@@ -155,7 +179,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         with metrics.in_flight():
             preprocess_s: float | None = None
             try:
-                prepared = await prepare(model, request, time_remaining, self._ctx.pool)
+                prepared = await prepare(model, incoming, time_remaining, self._ctx.pool)
                 preprocess_s = prepared.preprocess_s
                 result = await model.infer(prepared.inputs, prepared.timeout_s)
                 response = respond(model, request, prepared, result.outputs)

@@ -8,8 +8,8 @@ What a request may send for a model input (docs/kserve.md):
   normalises them with the model's preprocess mean/std, exactly as the image pipeline does;
 * BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server.
 
-The hot path (raw FP32 in, raw FP32 out) views the request bytes with `np.frombuffer`, reshapes once, queues
-the array and serialises each output with one `tobytes`.
+The hot path (raw FP32 in, raw FP32 out) views the received bytes (server/kserve_wire.py, no copy) with
+`np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 from server.backends.base import TensorSpec, numpy_to_kserve
 from server.errors import ServeError, internal, invalid_argument
+from server.kserve_wire import InferRequest
 from server.model_manager import ServedModel
 from server.tensors import BYTES, from_contents, from_raw, join_bytes, top_k_strings
 
@@ -48,13 +49,14 @@ class Prepared:
 
 async def prepare(
     model: ServedModel,
-    request: Any,
+    incoming: InferRequest,
     time_remaining: float | None,
     executor: Executor | None,
 ) -> Prepared:
     """Validate and decode a ModelInferRequest for `model`; raises ServeError INVALID_ARGUMENT."""
     specs = {spec.name: spec for spec in model.info.inputs}
-    raw = request.raw_input_contents
+    request = incoming.message
+    raw = incoming.raw
     if raw and len(raw) != len(request.inputs):
         raise invalid_argument(
             f"expected {len(request.inputs)} raw_input_contents (one per input), got {len(raw)}"

@@ -61,7 +61,7 @@ def element_count(name: str, shape: Sequence[int]) -> int:
     return count
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """View raw little-endian bytes as an array of `shape` (BYTES: an object array of bytes elements)."""
     count = element_count(name, shape)
     if datatype == BYTES:
@@ -96,7 +96,7 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: Any)
         raise invalid_argument(f"input '{name}': a value in {field} is out of range for {datatype}") from None
 
 
-def split_bytes(name: str, raw: bytes) -> list[bytes]:
+def split_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
     """Split length-prefixed BYTES elements."""
     out: list[bytes] = []
     view = memoryview(raw)

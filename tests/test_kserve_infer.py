@@ -106,6 +106,27 @@ def test_bytes_input_carries_encoded_images_decoded_by_the_server(
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_large_request_takes_the_zero_copy_path_and_gives_the_same_answer(
+    client: tc.InferenceServerClient, kserve_server: KServeServer
+) -> None:
+    from server.kserve_wire import ZERO_COPY_MIN_BYTES
+    from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+
+    # A noisy 300x200 PNG is larger than the zero-copy threshold; the server resizes and crops it to 8x8.
+    noise = np.random.default_rng(8).integers(0, 256, (200, 300), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise, mode="L").save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert len(png) > ZERO_COPY_MIN_BYTES
+    tensor = tc.InferInput("input", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([png], dtype=np.object_))
+    got = client.infer("tiny", [tensor], model_version="1").as_numpy("logits")
+    x = Preprocessor(PreprocessSpec.from_dict(TINY_PREPROCESS), ImageLimits())(png)[None]
+    np.testing.assert_allclose(
+        got, reference_logits(kserve_server.model_file("tiny", "1"), x), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_classification_returns_triton_style_top_k_strings(
     client: tc.InferenceServerClient, kserve_server: KServeServer
 ) -> None:
