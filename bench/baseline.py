@@ -32,16 +32,19 @@ class BaselineResult:
 
 
 def measure(
-    model: Path, batch_sizes: list[int], seconds: float = 2.0, device: str = "cpu"
+    model: Path, batch_sizes: list[int], seconds: float = 2.0, device: str = "cpu", threads: int = 0
 ) -> list[BaselineResult]:
-    """Time `model` at each batch size for about `seconds` (at least 5 runs each), after one warm-up run."""
+    """Time `model` at each batch size for about `seconds` (at least 5 runs each), after one warm-up run.
+
+    `threads` is the intra-op thread count (0: all cores); match the server's --intra-op-threads.
+    """
     from server.backends.base import BackendError
     from server.backends.factory import backend_for, create_backend
 
     if not model.is_file():
         raise FileNotFoundError(f"--baseline {model}: no such model file")
     try:
-        backend = create_backend(model, backend_for(model, "auto"), device, 0)
+        backend = create_backend(model, backend_for(model, "auto"), device, threads)
     except BackendError as exc:
         raise ValueError(f"--baseline {model}: {exc}") from None
     results = []

@@ -123,6 +123,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds per batch size (default: 2)",
     )
     base.add_argument("--baseline-device", default="cpu", help="cpu, cuda or tensorrt (default: cpu)")
+    base.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="intra-op threads, as the server's --intra-op-threads (default: 0, all cores)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -197,6 +204,7 @@ async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:
             sorted(max(1, n) for n in sizes),
             args.baseline_time,
             args.baseline_device,
+            args.baseline_threads,
         )
 
     config = {
@@ -214,6 +222,7 @@ async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:
         "timeout_s": args.timeout,
         "seed": args.seed,
         "baseline_model": str(args.baseline) if args.baseline else None,
+        "baseline_threads": args.baseline_threads,
         "command": "resnet-serve bench "
         + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }
