@@ -66,6 +66,11 @@ def request_id_from_metadata(metadata: Any) -> str | None:
     return None
 
 
+def request_id_metadata(request_id: str) -> tuple[tuple[str, str]]:
+    """Response metadata echoing the id: `context.set_trailing_metadata(request_id_metadata(rid))`."""
+    return ((REQUEST_ID_METADATA, request_id),)
+
+
 def current_request_id() -> str | None:
     value = request_id_var.get()
     return None if value == _NO_REQUEST else value

@@ -18,6 +18,7 @@ from server.logging_setup import (
     configure_logging,
     current_request_id,
     request_id_from_metadata,
+    request_id_metadata,
     request_scope,
     resolve_request_id,
 )
@@ -103,11 +104,13 @@ def test_client_request_ids_are_used_when_printable_and_short_else_replaced() ->
     assert resolve_request_id() != resolve_request_id()
 
 
-def test_request_id_is_read_from_grpc_metadata() -> None:
+def test_request_id_is_read_from_and_written_to_grpc_metadata() -> None:
     assert request_id_from_metadata((("user-agent", "grpc"), ("x-request-id", "abc"))) == "abc"
     assert request_id_from_metadata((("x-request-id", b"bin"),)) == "bin"
     assert request_id_from_metadata(None) is None
     assert request_id_from_metadata((("user-agent", "grpc"),)) is None
+    # What the server sends back is what it would read from a client.
+    assert request_id_from_metadata(request_id_metadata("abc")) == "abc"
 
 
 def test_bad_format_or_level_is_refused_with_the_choices() -> None:
