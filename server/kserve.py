@@ -338,8 +338,9 @@ def _model_config(model: ServedModel) -> Any:
             for s in model.info.inputs
         ],
         output=[
-            mc.ModelOutput(name=s.name, data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID),
-                           dims=dims(s))
+            mc.ModelOutput(
+                name=s.name, data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID), dims=dims(s)
+            )
             for s in model.info.outputs
         ],
         instance_group=[
@@ -402,4 +403,3 @@ def _statistics(model: ServedModel) -> Any:
             for b in s.batch_stats
         ],
     )
-

@@ -90,8 +90,9 @@ async def prepare(
             f"missing input(s) {missing} for model '{model.name}'; expected {_describe(specs)}"
         )
     rows = next(iter(arrays.values())).shape[0] if arrays else 0
-    return Prepared(arrays, rows, _requested_outputs(model, request), _timeout(request, time_remaining),
-                    preprocess_s)
+    return Prepared(
+        arrays, rows, _requested_outputs(model, request), _timeout(request, time_remaining), preprocess_s
+    )
 
 
 def respond(model: ServedModel, request: Any, prepared: Prepared, outputs: dict[str, np.ndarray]) -> Any:
@@ -113,7 +114,10 @@ def respond(model: ServedModel, request: Any, prepared: Prepared, outputs: dict[
             )
             raws.append(array.tobytes())
     return pb.ModelInferResponse(
-        model_name=model.name, model_version=model.version, id=request.id, outputs=tensors,
+        model_name=model.name,
+        model_version=model.version,
+        id=request.id,
+        outputs=tensors,
         raw_output_contents=raws,
     )
 
@@ -152,8 +156,11 @@ def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: 
         return normalised.astype(spec.dtype, copy=False)
     raise invalid_argument(
         f"input '{spec.name}' of model '{model.name}' has datatype {datatype}; expected {expected}"
-        + (f", UINT8 pixels [N, {', '.join(map(str, spec.shape[1:]))}] or BYTES encoded images [N]"
-           if model.preprocessor is not None else "")
+        + (
+            f", UINT8 pixels [N, {', '.join(map(str, spec.shape[1:]))}] or BYTES encoded images [N]"
+            if model.preprocessor is not None
+            else ""
+        )
     )
 
 

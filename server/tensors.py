@@ -162,4 +162,3 @@ def _as_object_array(name: str, elements: list[bytes], shape: Sequence[int], cou
     array = np.empty(count, dtype=object)
     array[:] = elements
     return array.reshape(shape)
-
