@@ -44,6 +44,7 @@ def latency_throughput(doc: dict[str, Any], path: Path, title: str) -> Path:
     ax.set_xlabel("throughput (inferences/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -61,6 +62,7 @@ def latency_cdf(steps: list[StepResult], path: Path, title: str) -> Path:
         frac = np.arange(1, ms.size + 1) / ms.size
         ax.plot(ms, frac, label=f"{step.load.label} ({step.throughput:.0f}/s)", linewidth=1.2)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of requests ≤ latency")
     ax.set_ylim(0, 1.01)
@@ -68,6 +70,15 @@ def latency_cdf(steps: list[StepResult], path: Path, title: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, plt, path)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Label a log axis 0.5, 2, 10 rather than 5×10⁻¹, 2×10⁰, 10¹."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
