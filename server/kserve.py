@@ -5,8 +5,9 @@ Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata,
 ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload.
 Shared memory, trace and log settings answer UNIMPLEMENTED (the generated base class). Inference goes
 through the same model manager and dynamic batcher as our image API; the per-request work is in
-server/kserve_infer.py, the tensor encoding in server/tensors.py. docs/kserve.md has the conventions
-(UINT8 pixels, BYTES images, classification strings) and the differences from Triton.
+server/kserve_infer.py, the tensor encoding in server/tensors.py, and inference requests are deserialized
+without copying their tensor bytes by server/kserve_wire.py. docs/kserve.md has the conventions (UINT8
+pixels, BYTES images, classification strings) and the differences from Triton.
 """
 
 from __future__ import annotations

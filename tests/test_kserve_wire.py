@@ -50,7 +50,7 @@ def _top_level_fields(data: bytes) -> list[bytes]:
     return out
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(infer_requests(), st.booleans())
 def test_zero_copy_parse_equals_protobuf(data: bytes, zero_copy: bool) -> None:
     expected = pb.ModelInferRequest.FromString(data)
