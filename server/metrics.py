@@ -417,8 +417,11 @@ class ServerMetrics:
         if not enabled:
             return
         self.registry.register(_ModelsCollector(self))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        for collector in (ProcessCollector, PlatformCollector):
+            try:
+                collector(registry=self.registry)
+            except ValueError:  # a shared registry (prometheus_client.REGISTRY, say) already has them
+                log.debug("%s already registered", collector.__name__)
         from server.gpu_metrics import register_gpu_collector
 
         register_gpu_collector(self.registry)

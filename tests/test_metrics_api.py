@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from server.metrics import (
     FAILURE_OUTCOMES,
@@ -180,6 +180,17 @@ def test_process_metrics_are_on_the_server_registry() -> None:
     registry = CollectorRegistry()
     ServerMetrics(registry=registry)
     assert registry.get_sample_value("process_cpu_seconds_total") is not None
+
+
+def test_a_registry_that_already_has_process_metrics_can_be_shared() -> None:
+    registry = CollectorRegistry()
+    ServerMetrics(registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        ServerMetrics(registry=registry)  # the same models collector twice would export every series twice
+    other = CollectorRegistry()
+    ProcessCollector(registry=other)
+    ServerMetrics(registry=other).model("a", "1")
+    assert other.get_sample_value("process_cpu_seconds_total") is not None
 
 
 def test_disabled_metrics_register_nothing_and_record_nothing() -> None:
