@@ -58,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=positive_int,
         default=1,
+        metavar="N",
         help="images per ClassifyBatch / rows per KServe tensor (default: 1)",
     )
     load = parser.add_argument_group("load (one of)").add_mutually_exclusive_group()
@@ -77,6 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--slo-iterations",
         type=positive_int,
         default=4,
+        metavar="N",
         help="open-loop bisection steps for --slo-p99-ms (default: 4)",
     )
     timing = parser.add_argument_group("measurement")
@@ -105,7 +107,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="windows agree when within this fraction of their mean (default: 0.10)",
     )
     timing.add_argument(
-        "--timeout", type=positive_float, default=10.0, help="deadline per request (default: 10 s)"
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="deadline per request (default: 10 s)",
     )
     timing.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival times")
     base = parser.add_argument_group("in-process baseline")
@@ -122,7 +128,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds per batch size (default: 2)",
     )
-    base.add_argument("--baseline-device", default="cpu", help="cpu, cuda or tensorrt (default: cpu)")
+    base.add_argument(
+        "--baseline-device", default="cpu", metavar="DEVICE", help="cpu, cuda or tensorrt (default: cpu)"
+    )
     base.add_argument(
         "--baseline-threads",
         type=int,
@@ -135,6 +143,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=Path("artifacts/bench"),
+        metavar="DIR",
         help="folder for bench.json, bench.csv and the PNGs (default: artifacts/bench)",
     )
     out.add_argument("--title", default="", help="plot title (default: model, protocol and server)")
@@ -153,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
         if args.warmup < 0:
             raise ValueError("--warmup must be 0 or more seconds")
         return asyncio.run(_bench(args, loads))
-    except (WorkloadError, ValueError, ConnectionError, FileNotFoundError) as exc:
+    except (WorkloadError, ValueError, ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, ConnectionError) else 1
+        # An unreachable server is a failure (1); bad options or input files are usage errors (2).
+        return 1 if isinstance(exc, ConnectionError) else 2
 
 
 async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:

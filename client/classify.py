@@ -37,14 +37,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument("--model", default="", help="model name (default: the server's default model)")
-    parser.add_argument("--model-version", default="", metavar="VERSION", help="default: the latest ready")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="labels per image (default: 5)")
-    parser.add_argument("--format", choices=output.FORMATS, default="human", help="stdout format")
     parser.add_argument(
-        "--concurrency", type=positive_int, default=8, help="requests in flight at once (default: 8)"
+        "--model-version", default="", metavar="VERSION", help="model version (default: the latest ready)"
     )
     parser.add_argument(
-        "--timeout", type=positive_float, default=30.0, help="deadline per image in seconds (default: 30)"
+        "--top-k", type=positive_int, default=5, metavar="K", help="labels per image (default: 5)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=output.FORMATS,
+        default="human",
+        help="stdout: human lines, JSON lines or CSV (default: human)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="requests in flight at once (default: 8)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="deadline per image in seconds (default: 30)",
     )
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     add_connection_arguments(parser)
