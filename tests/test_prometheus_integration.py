@@ -434,3 +434,21 @@ def test_kserve_model_statistics_report_the_numbers_prometheus_scrapes(server: S
     batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
     assert sum(batches.values()) == value("resnet_serve_executions_total")
     assert sum(size * n for size, n in batches.items()) == value("resnet_serve_batch_size_sum")
+
+
+def test_every_dashboard_query_answers_from_a_live_server(server: Server, prometheus: Prometheus) -> None:
+    assert all(r.code == grpc.StatusCode.OK for r in send_paced(server, n=8, concurrency=4))
+    wait_for(
+        lambda: prometheus.scalar(f'sum(resnet_serve_executions_total{{model="{MODEL}"}})'),
+        30,
+        "executions to be scraped",
+    )
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/resnet-serve.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "resnet_serve_gpu_" in expr:
+                continue  # no GPU here: the collector exports nothing, by design
+            concrete = expr.replace("$__rate_interval", "1m").replace("$model", ".*").replace("$job", ".*")
+            values = [float(series["value"][1]) for series in prometheus.query(concrete)]
+            assert any(math.isfinite(v) for v in values), f"panel {panel['title']!r}: no data for {concrete}"
