@@ -155,7 +155,7 @@ def resolve_precision(requested: str, source_precision: str, *, strongly_typed: 
     if source_precision == "int8-qdq-ort":
         raise EngineError(
             "this ONNX is quantized for ONNX Runtime (int8-qdq-ort); TensorRT needs the symmetric variant: "
-            "run `resnet-serve quantize --target tensorrt`"
+            "run `resnet-serve quantize --variant trt`"
         )
     if source_precision not in by_source:
         raise EngineError(f"unknown model precision {source_precision!r} in the ONNX metadata")

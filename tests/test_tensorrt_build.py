@@ -135,7 +135,7 @@ def test_int8_without_a_qdq_model_points_to_quantize() -> None:
 
 
 def test_ort_flavoured_qdq_is_refused_for_tensorrt() -> None:
-    with pytest.raises(EngineError, match="int8-qdq-ort"):
+    with pytest.raises(EngineError, match=r"int8-qdq-ort.*quantize --variant trt"):
         resolve_precision("auto", "int8-qdq-ort", strongly_typed=True)
 
 
