@@ -4,3 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+# tritonclient registers the same `inference.*` symbols in protobuf's default pool; ours live in a private pool
+# (protos/kserve_pool.py) so the server and tritonclient can share one process.
+sed -i 's/_descriptor_pool\.Default()/__import__("protos.kserve_pool", fromlist=["POOL"]).POOL/' \
+  protos/grpc_service_pb2.py protos/model_config_pb2.py
