@@ -408,6 +408,7 @@ def candidates(
                 lambda: TorchCudaBackend(
                     model.checkpoint, TorchOptions(dtype="fp32", device="cpu", max_batch_size=32)
                 ),
+                ["--backend", "torch", "--device", "cpu"],
             )
         )
         if onnx32 is not None:
@@ -783,7 +784,7 @@ def check(cfg: Settings) -> dict[str, Any]:
     if cfg.resnet50:
         makers.append(("resnet50", lambda: resnet50_model(work, on_gpu)))
     else:
-        skipped.append("resnet50: skipped (--no-resnet50)")
+        skipped.append("resnet50: skipped (" + ("dry run" if cfg.dry_run else "--no-resnet50") + ")")
     for name, make in makers:
         try:
             cfg.require_time(60, name)

@@ -19,6 +19,7 @@ from server.backends.torch_cuda import (  # noqa: E402
     TorchOptions,
     bucket_for,
     buckets,
+    create_backend,
     input_shape,
 )
 
@@ -118,6 +119,16 @@ def test_cuda_request_without_a_gpu_is_refused(checkpoint: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(BackendError, match="sees none"):
         TorchCudaBackend(checkpoint)
+
+
+def test_server_factory_follows_the_device_setting(checkpoint: Path) -> None:
+    assert create_backend(checkpoint, "cpu").info.device == "cpu"
+    if torch.cuda.is_available():
+        assert create_backend(checkpoint, "cuda").info.metadata["resnet_serve.precision"] == "fp16"
+    else:
+        assert create_backend(checkpoint, "auto").info.device == "cpu"
+        with pytest.raises(BackendError, match="sees none"):
+            create_backend(checkpoint, "cuda:0")
 
 
 @pytest.mark.gpu

@@ -229,7 +229,14 @@ class TorchCudaBackend(Backend):
 
 
 def create_backend(path: Path, device: str) -> TorchCudaBackend:
-    """The factory hook (server/backends/factory.py): FP16, channels_last, CUDA graphs on `device`."""
+    """The factory hook (server/backends/factory.py). On a GPU (`cuda`, `cuda:N`, or `auto` when one is
+    visible): FP16, channels_last, CUDA graphs. `cpu` (the server's default device) runs FP32 on the CPU,
+    which serves tests and dry runs; say `--device cuda` to serve on the GPU."""
+    import torch
+
     from server.backends.providers import cuda_index
 
-    return TorchCudaBackend(path, TorchOptions(device=f"cuda:{cuda_index(device)}"))
+    name = device.strip().lower()
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return TorchCudaBackend(path, TorchOptions(dtype="fp32", device="cpu", cuda_graphs=False))
+    return TorchCudaBackend(path, TorchOptions(device=f"cuda:{cuda_index(name)}"))
