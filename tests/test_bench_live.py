@@ -59,11 +59,17 @@ def test_closed_loop_sweep_on_the_image_api_with_the_baseline(
 
 def test_open_loop_with_slo_search_on_the_image_api(server: KServeServer, tmp_path: Path) -> None:
     doc = bench(server, tmp_path, "--model", "tiny", "--rate", "40", "--slo-p99-ms", "2000")
-    (step,) = doc["steps"]
-    assert step["mode"] == "open" and step["target_rate"] == 40
-    assert step["offered_rate"] == pytest.approx(40, rel=0.05)
-    assert step["kept_up"] is True and step["backlog"] is not None
-    assert doc["slo"]["best"] == "rate 40/s" and doc["slo"]["method"] == "bisection"
+    step = doc["steps"][0]
+    assert step["mode"] == "open" and step["target_rate"] == 40 and step["phase"] == "sweep"
+    # The schedule is exact per window; whether a busy test machine kept up is not asserted here
+    # (tests/test_bench_loadgen.py pins that down against fakes with known speed).
+    assert step["offered_rate"] == pytest.approx(40, rel=0.01)
+    assert step["requests"] > 0 and step["error_count"] == 0
+    for key in ("sent_rate", "backlog", "backlog_growth_per_s", "max_send_lag_ms", "kept_up"):
+        assert step[key] is not None
+    assert doc["slo"]["method"] == "bisection" and doc["slo"]["p99_ms"] == 2000
+    assert doc["slo"]["candidates"] == len(doc["steps"])
+    assert doc["slo"]["best"] in {f"rate {s['target_rate']:g}/s" for s in doc["steps"]}
 
 
 def test_closed_loop_on_the_kserve_api_through_tritonclient(server: KServeServer, tmp_path: Path) -> None:
