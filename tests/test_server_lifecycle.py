@@ -87,23 +87,27 @@ def test_expired_and_cancelled_requests_cost_no_compute(slow_server: ServerProce
     try:
         with grpc.insecure_channel(slow_server.target) as channel:
             stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
-            blockers = [stub.Classify.future(request, timeout=120) for _ in range(40)]
-            wait_until(lambda: accepted(slow_server) == 40)
+            # About a second of queued compute ahead of the two requests below.
+            blockers = [stub.Classify.future(request, timeout=120) for _ in range(60)]
+            time.sleep(0.05)
             with pytest.raises(grpc.RpcError) as info:
                 stub.Classify(request, timeout=0.1)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             cancelled = stub.Classify.future(request, timeout=120)
             time.sleep(0.05)
-            cancelled.cancel()
+            assert cancelled.cancel()
             for f in blockers:
                 f.result()
             assert stub.Classify(request, timeout=10).predictions
         text = scrape(slow_server)
-        assert metric(text, "resnet_serve_requests_total", outcome="success") == 41
-        assert metric(text, "resnet_serve_executions_total") == 41  # nothing ran for the other two
+        # Every execution served a request that got its answer: none ran for the expired or cancelled one.
+        # (Either may also be dropped by gRPC before reaching the server's handler, so it is not always
+        # counted; the batcher tests pin the queue-side behaviour exactly.)
+        successes = metric(text, "resnet_serve_requests_total", outcome="success")
+        assert metric(text, "resnet_serve_executions_total") == successes >= 61
         failed = sum(
             metric(text, "resnet_serve_requests_total", outcome=o) for o in ("deadline_exceeded", "cancelled")
         )
-        assert failed == 2
+        assert successes + failed <= 63
     finally:
         assert stop_server(slow_server) == 0
