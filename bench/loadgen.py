@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.senders import OK, Sender, ServerSplit
+from bench.senders import OK, Sender, ServerSplit, split_from_counters
 from bench.stats import LatencySummary, Window, stable
 
 WINDOWS_KEPT = 3
@@ -175,6 +175,7 @@ async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepR
         await _sleep_until(measure_start)
         windows: list[Window] = []
         in_flight_at = [len(run.in_flight)]  # at each window boundary
+        counters_at = [await sender.counters()]
         seen = len(run.records)
         while True:
             w_start = measure_start + len(windows) * timing.window_s
@@ -185,18 +186,23 @@ async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepR
             seen += len(fresh)
             windows.append(_window(fresh, w_start, w_end, sender.batch_size))
             in_flight_at.append(len(run.in_flight))
+            counters_at.append(await sender.counters())
             if stable(windows, timing.tolerance) or w_end - measure_start >= timing.max_s:
                 break
         kept_from = max(0, len(windows) - WINDOWS_KEPT)
         backlog = (in_flight_at[kept_from], in_flight_at[-1]) if isinstance(load, Open) else None
+        counted_split = split_from_counters(counters_at[kept_from], counters_at[-1])
         run.stopping = True
     finally:
         run.stopping = True
         await _finish(drivers, run, timing.drain_s)
     kept = windows[-WINDOWS_KEPT:]
-    return _summarise(
+    result = _summarise(
         run, load, sender.batch_size, kept, backlog, stable(windows, timing.tolerance), len(windows)
     )
+    if result.server is None:
+        result.server = counted_split
+    return result
 
 
 def _completed_before(records: list[Record], first: int, end: float) -> list[Record]:

@@ -45,6 +45,10 @@ class Sender(abc.ABC):
     @abc.abstractmethod
     async def send(self) -> Reply: ...
 
+    async def counters(self) -> dict[str, float] | None:
+        """Cumulative server-side counters, for protocols whose replies carry no timing (else None)."""
+        return None
+
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         pass
 
@@ -141,8 +145,53 @@ class KServeSender(Sender):
             return Reply(_status_name(exc.status()))
         return Reply(OK)
 
+    async def counters(self) -> dict[str, float] | None:
+        """The model's ModelStatistics totals over all its versions (None if the server has none)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            stats = await self._triton.get_inference_statistics(
+                self._model.name, as_json=True, client_timeout=5
+            )
+        except InferenceServerException:
+            return None
+        totals: dict[str, float] = {}
+        for version in stats.get("model_stats", []):
+            phases = version.get("inference_stats", {})
+            for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+                entry = phases.get(phase, {})
+                totals[f"{phase}_count"] = totals.get(f"{phase}_count", 0.0) + float(entry.get("count", 0))
+                totals[f"{phase}_ns"] = totals.get(f"{phase}_ns", 0.0) + float(entry.get("ns", 0))
+            for key in ("inference_count", "execution_count"):
+                totals[key] = totals.get(key, 0.0) + float(version.get(key, 0))
+        return totals
+
     async def close(self) -> None:
         await self._triton.close()
+
+
+def split_from_counters(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float] | None:
+    """Mean queue / preprocess (compute_input) / compute (infer + output) ms and batch size between two
+    ModelStatistics snapshots, in the same units as the image API's per-response split."""
+    if not before or not after:
+        return None
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    requests = delta.get("queue_count", 0.0)
+    if requests <= 0:
+        return None
+
+    def mean_ms(*phases: str) -> float:
+        return sum(delta.get(f"{p}_ns", 0.0) / max(delta.get(f"{p}_count", 0.0), 1.0) for p in phases) / 1e6
+
+    executions = delta.get("execution_count", 0.0)
+    return {
+        "queue_ms": mean_ms("queue"),
+        "preprocess_ms": mean_ms("compute_input"),
+        "compute_ms": mean_ms("compute_infer", "compute_output"),
+        "batch_size": delta.get("inference_count", 0.0) / executions if executions > 0 else 0.0,
+    }
 
 
 def _status_name(status: str | None) -> str:

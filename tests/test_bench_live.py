@@ -80,6 +80,9 @@ def test_closed_loop_on_the_kserve_api_through_tritonclient(server: KServeServer
     assert "FP32" in doc["config"]["workload"] and "[2, 1, 8, 8]" in doc["config"]["workload"]
     assert step["requests"] > 0 and step["error_count"] == 0
     assert step["throughput"] == pytest.approx(2 * step["requests"] / step["duration_s"])
+    # KServe replies carry no timing: the split comes from ModelStatistics before and after the windows.
+    split = step["server_ms"]
+    assert split is not None and split["batch_size"] >= 2 and split["compute_ms"] > 0
 
 
 def test_an_unreachable_server_is_one_line_and_exit_1(
