@@ -260,8 +260,7 @@ class TensorRTBackend(Backend):
         self._context: trt.IExecutionContext | None = context
         self._stream = self._cuda.call("cudaStreamCreate")
         self._lock = threading.Lock()
-        self._min_batch = sidecar.min_shape[0]
-        self._max_batch = sidecar.max_shape[0]
+        self._min_batch = self._max_batch = 0  # the engine's own profile, read in _allocate
         self._buffers: list[_Buffer] = []  # every allocation, so close() frees even a half-built backend
         self._inputs: list[_Buffer] = []
         self._outputs: list[_Buffer] = []
@@ -285,9 +284,12 @@ class TensorRTBackend(Backend):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         for name in inputs:
-            _, _, max_shape = engine.get_tensor_profile_shape(name, 0)
-            if not ctx.set_input_shape(name, _dims(max_shape)):
-                raise BackendError(f"engine rejected its own max shape {_dims(max_shape)} for {name!r}")
+            min_shape, _, max_shape = (_dims(d) for d in engine.get_tensor_profile_shape(name, 0))
+            # The engine, not the sidecar, is the authority on what it accepts: buffers follow it.
+            self._min_batch = max(self._min_batch, min_shape[0])
+            self._max_batch = max_shape[0] if not self._max_batch else min(self._max_batch, max_shape[0])
+            if not ctx.set_input_shape(name, max_shape):
+                raise BackendError(f"engine rejected its own max shape {max_shape} for {name!r}")
         for name in names:
             shape = _dims(ctx.get_tensor_shape(name))  # resolved at the max batch set above
             sample = tuple(int(d) for d in shape[1:])
