@@ -4,6 +4,7 @@ FP16 ONNX conversion and the one-line refusal when TensorRT is missing."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,41 @@ def test_fp16_conversion_leaves_the_input_model_alone() -> None:
 def test_fp16_refuses_a_model_that_is_not_fp32() -> None:
     with pytest.raises(Fp16Error, match="starts from an fp32 model"):
         to_fp16(tiny_classifier(precision="int8-qdq-trt"))
+
+
+# ---- on a GPU node with TensorRT ----
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 2e-2)])
+def test_built_engine_serves_like_onnx_runtime(tmp_path: Path, precision: str, tolerance: float) -> None:
+    if not tensorrt_installed():
+        pytest.skip("needs TensorRT")
+
+    from server.backends.base import BackendError
+    from server.backends.tensorrt import TensorRTBackend
+
+    source = tmp_path / "tiny.onnx"
+    onnx.save(tiny_classifier(chans=3, size=16), str(source))
+    plan = tmp_path / f"tiny.{precision}.plan"
+    cache = tmp_path / "timing.cache"
+    request = engine.BuildRequest(
+        source, plan, BatchProfile(1, 4, 8), precision=precision, timing_cache=cache
+    )
+    sidecar = engine.build(request, progress=False)
+    assert sidecar.precision == precision and sidecar.strongly_typed and cache.stat().st_size > 0
+
+    x = np.random.default_rng(7).normal(size=(19, 3, 16, 16)).astype(np.float32)  # 8 + 8 + 3
+    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    ref = session.run(None, {"input": x})[0]
+    backend = TensorRTBackend(plan)
+    out = backend.infer({"input": x})["logits"]
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max()
+    backend.close()
+
+    side = engine.sidecar_path(plan)
+    fields = json.loads(side.read_text())
+    side.write_text(json.dumps({**fields, "tensorrt_version": "0.0.1"}))
+    with pytest.raises(BackendError, match="rebuild"):
+        TensorRTBackend(plan)
