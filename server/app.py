@@ -57,6 +57,7 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         config = self.config
@@ -100,6 +101,21 @@ class InferenceServer:
                     f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
                 ) from None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.manager.add_listener(self._readiness_changed)
+
+    def _readiness_changed(self) -> None:
+        # Health follows readiness (a model unloaded or failing to reload), so load balancers that probe
+        # grpc.health.v1 stop sending traffic the server cannot answer.
+        if self.ctx.shutting_down:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.ctx.ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _register_optional(self, server: grpc.aio.Server) -> list[str]:
         try:

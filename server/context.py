@@ -28,8 +28,5 @@ class ServerContext:
         return True
 
     def ready(self) -> bool:
-        """Accepting requests, and every model the server serves has a ready version."""
-        if self.shutting_down or not self.manager.accepting:
-            return False
-        names = self.manager.names()
-        return bool(names) and all(self.manager.is_ready(name) for name in names)
+        """Accepting requests, and every model meant to be served has a ready version (see all_ready)."""
+        return not self.shutting_down and self.manager.all_ready()

@@ -24,6 +24,7 @@ import enum
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
+UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 LABELS_KEY = "resnet_serve.labels"
 PREPROCESS_KEY = "resnet_serve.preprocess"
 MODEL_FILES = ("model.onnx", "model.plan", "model.engine", "model.pt")
@@ -174,6 +176,7 @@ class ModelManager:
         self._entries: dict[str, _Entry] = {}
         self._accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------------------------------- lookup
 
@@ -219,6 +222,29 @@ class ModelManager:
             return self.get(name, version).state is ModelState.READY
         except ServeError:
             return False
+
+    def all_ready(self) -> bool:
+        """Every model the server is meant to serve has a ready version (explicitly unloaded ones aside).
+
+        A model whose load failed counts as not ready, as in Triton, so a half-working server is not sent
+        traffic by a load balancer that checks readiness."""
+        if not self._accepting or not self._entries:
+            return False
+        for name, entry in self._entries.items():
+            unloaded = all(s.reason == UNLOADED for s in entry.status.values())
+            if not entry.versions and unloaded and entry.status:
+                continue
+            if not self.is_ready(name):
+                return False
+        return True
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever a model's readiness may have changed."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -307,11 +333,14 @@ class ModelManager:
                     loaded[version] = await asyncio.to_thread(self._build, config, version, path, source)
             except (BackendError, OSError, ValueError) as exc:
                 for model in loaded.values():
-                    await self._retire(model)
+                    await self._retire(model, still_served=model.version in entry.versions)
                 for version in wanted:
-                    entry.status[version] = VersionStatus(name, version, ModelState.UNAVAILABLE, str(exc))
-                if not entry.versions:
-                    del self._entries[name]
+                    # A failed reload leaves the versions already serving as they were.
+                    state = ModelState.READY if version in entry.versions else ModelState.UNAVAILABLE
+                    entry.status[version] = VersionStatus(
+                        name, version, state, "" if state is ModelState.READY else str(exc)
+                    )
+                self._notify()
                 raise unavailable(f"cannot load model {name!r}: {exc}") from None
             retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
             entry.versions = dict(loaded)
@@ -325,8 +354,9 @@ class ModelManager:
                 await self._retire(model, still_served=model.version in loaded)
                 if model.version not in loaded:
                     entry.status[model.version] = VersionStatus(
-                        name, model.version, ModelState.UNAVAILABLE, "unloaded"
+                        name, model.version, ModelState.UNAVAILABLE, UNLOADED
                     )
+            self._notify()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; its queued and running requests still complete. NOT_FOUND if not loaded."""
@@ -341,9 +371,10 @@ class ModelManager:
             for model in models:
                 await self._retire(model)
                 entry.status[model.version] = VersionStatus(
-                    name, model.version, ModelState.UNAVAILABLE, "unloaded"
+                    name, model.version, ModelState.UNAVAILABLE, UNLOADED
                 )
             log.info("model %s unloaded", name)
+            self._notify()
 
     def stop_accepting(self) -> None:
         """From now on `get` answers UNAVAILABLE; requests already queued still complete."""

@@ -133,6 +133,7 @@ def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path
         results = await asyncio.gather(*queued)
         assert len(results) == 12  # none dropped
         assert not manager.is_ready("tiny")
+        assert manager.all_ready()  # an explicitly unloaded model does not make the server unready
         assert [(s.state, s.reason) for s in manager.statuses()] == [(ModelState.UNAVAILABLE, "unloaded")]
         with pytest.raises(ServeError) as info:
             manager.get("tiny")
@@ -177,6 +178,11 @@ def test_a_broken_model_file_fails_the_load_with_its_reason(tmp_path: Path) -> N
             await manager.start()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "model.onnx" in info.value.message
-        assert manager.names() == []
+        ((status),) = manager.statuses()
+        assert status.state == ModelState.UNAVAILABLE and "model.onnx" in status.reason
+        assert not manager.all_ready()
+        with pytest.raises(ServeError) as info:
+            manager.get("bad")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
     run(main())
