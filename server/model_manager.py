@@ -224,19 +224,12 @@ class ModelManager:
             return False
 
     def all_ready(self) -> bool:
-        """Every model the server is meant to serve has a ready version (explicitly unloaded ones aside).
-
-        A model whose load failed counts as not ready, as in Triton, so a half-working server is not sent
-        traffic by a load balancer that checks readiness."""
+        """Every model the server knows has a ready version: a failed load or an explicit unload makes the
+        server unready (docs/kserve.md, ServerReady), so a load balancer that checks readiness does not send
+        traffic a half-working server cannot answer."""
         if not self._accepting or not self._entries:
             return False
-        for name, entry in self._entries.items():
-            unloaded = all(s.reason == UNLOADED for s in entry.status.values())
-            if not entry.versions and unloaded and entry.status:
-                continue
-            if not self.is_ready(name):
-                return False
-        return True
+        return all(self.is_ready(name) for name in self._entries)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) whenever a model's readiness may have changed."""

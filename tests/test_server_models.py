@@ -133,7 +133,7 @@ def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path
         results = await asyncio.gather(*queued)
         assert len(results) == 12  # none dropped
         assert not manager.is_ready("tiny")
-        assert manager.all_ready()  # an explicitly unloaded model does not make the server unready
+        assert not manager.all_ready()
         assert [(s.state, s.reason) for s in manager.statuses()] == [(ModelState.UNAVAILABLE, "unloaded")]
         with pytest.raises(ServeError) as info:
             manager.get("tiny")
@@ -142,7 +142,7 @@ def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path
             await model.infer({"input": X})
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         await manager.load("tiny")
-        assert manager.is_ready("tiny")
+        assert manager.is_ready("tiny") and manager.all_ready()
         await logits(manager)
         await manager.close(5)
 
