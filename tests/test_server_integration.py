@@ -214,3 +214,19 @@ def test_list_models_reports_state_and_geometry(stub: pb_grpc.ImageClassifierStu
     assert [(v.version, v.state) for v in model.versions] == [("1", "READY")]
     assert list(model.input_shape) == [1, 8, 8]
     assert list(model.labels) == TINY_LABELS
+
+
+def test_concurrent_requests_are_batched_and_answered_as_if_alone(
+    server: ServerProcess, stub: pb_grpc.ImageClassifierStub
+) -> None:
+    images = [encode(img, "PNG") for img in real_images()[:4]] * 8
+    alone = [stub.Classify(pb.ClassifyRequest(image=d, top_k=3), timeout=10) for d in images[:4]]
+    futures = [stub.Classify.future(pb.ClassifyRequest(image=d, top_k=3), timeout=30) for d in images]
+    together = [f.result() for f in futures]
+    sizes = [r.timing.batch_size for r in together]
+    assert max(sizes) > 1, sizes  # the server's 2 ms queue delay lets concurrent requests share a batch
+    assert max(sizes) <= 32  # the default max_batch_size
+    for i, response in enumerate(together):
+        expected = alone[i % 4].predictions
+        assert [p.index for p in response.predictions] == [p.index for p in expected]
+        assert [p.score for p in response.predictions] == [p.score for p in expected]
