@@ -420,6 +420,9 @@ def candidates(
                     ["--backend", "onnxruntime", "--device", "cpu"],
                 )
             )
+        onnx16 = model.onnx.get("fp16")
+        if onnx16 is not None:  # exercises the reduced-precision verdicts
+            found.append(Candidate("ort-cpu", "fp16", lambda: OrtBackend(onnx16, OrtOptions(device="cpu"))))
     return found, skipped
 
 
@@ -563,7 +566,7 @@ def jpeg_images(shape: tuple[int, ...], count: int = 32) -> list[bytes]:
 
 @contextlib.contextmanager
 def server(
-    model_name: str, path: Path, args: list[str], timeout_s: float, images: list[bytes]
+    model_name: str, path: Path, args: list[str], timeout_s: float, images: list[bytes], logs: Path
 ) -> Iterator[str]:
     port = free_port()
     cmd = [
@@ -587,7 +590,7 @@ def server(
         "warning",
         *args,
     ]
-    log_path = path.with_suffix(f".{args[1]}.server.log")
+    log_path = logs / f"{model_name}.{args[1]}.server.log"
     with log_path.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -687,7 +690,7 @@ def serve_row(cfg: Settings, model: Model, cand: Candidate, row: Row, work: Path
         shape = model.inputs.shape[1:]
         images = jpeg_images(shape)
         log(f"{model.name}: {cand.backend} {cand.precision}: starting the server")
-        with server(model.name, path, cand.server_args, 240, images) as target:
+        with server(model.name, path, cand.server_args, 240, images, work) as target:
             for c in cfg.served_concurrency:
                 log(f"{model.name}: {cand.backend} {cand.precision}: served load at concurrency {c}")
                 row.served[str(c)] = served_load(target, images, c, cfg.served_seconds)
@@ -884,6 +887,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-resnet50", action="store_true", help="skip ResNet-50 (default: on, off in dry runs)"
     )
     parser.add_argument(
+        "--resnet50", action="store_true", help="include ResNet-50 in a dry run (slow on a CPU)"
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=450.0, help="stop starting new steps after this (450)"
     )
     args = parser.parse_args(argv)
@@ -904,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         served_seconds=2.0 if dry else 8.0,
         served_concurrency=(1, 8) if dry else (1, 64),
         digits_bundle=args.digits,
-        resnet50=not (args.no_resnet50 or dry),
+        resnet50=not args.no_resnet50 and (args.resnet50 or not dry),
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     report = check(cfg)

@@ -101,3 +101,22 @@ def test_time_budget_turns_into_a_skip() -> None:
     cfg.require_time(5, "digits")
     with pytest.raises(Skip, match="time budget"):
         cfg.require_time(60, "resnet50")
+
+
+def test_a_server_that_cannot_start_becomes_a_skip_with_its_last_words(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from bench.gpu_check import wait_ready
+
+    log = tmp_path / "server.log"
+    script = "print('starting'); print('error: unknown backend torch'); raise SystemExit(2)"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    proc.wait(timeout=60)
+    with pytest.raises(Skip, match=r"server exited \(2\): error: unknown backend torch"):
+        wait_ready(proc, "127.0.0.1:1", b"", timeout_s=30, log_path=log)
