@@ -117,6 +117,13 @@ class TorchCudaBackend(Backend):
         if not on_gpu and self._opts.dtype != "fp32":
             problem = f"{self._opts.dtype} runs on a CUDA device only; use dtype fp32 on {self._device}"
             raise BackendError(problem)
+        if on_gpu:
+            # Process-wide switches: every bucket has a fixed shape, so let cuDNN time its algorithms (during
+            # the warm-up runs before capture); and FP32 means FP32, not TF32, so it matches the reference.
+            torch.backends.cudnn.benchmark = True
+            if self._opts.dtype == "fp32":
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
         path = Path(checkpoint)
         try:
             model, meta = load_model(path)
