@@ -26,6 +26,7 @@ from server.backends.onnxruntime import default_threads
 from server.config import ServerConfig
 from server.context import ServerContext
 from server.image_service import ImageClassifierService
+from server.inflight import InFlightInterceptor
 from server.metrics import ServerMetrics
 from server.model_manager import ModelManager
 
@@ -68,14 +69,15 @@ class InferenceServer:
             raise StartupError(str(getattr(exc, "message", exc))) from None
         limit = max(64 * _MB, config.max_image_bytes + _MB)
         server = grpc.aio.server(
+            interceptors=[InFlightInterceptor(self.ctx.in_flight)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(  # type: ignore[no-untyped-call]
-            ImageClassifierService(self.manager, self.pool), server
+            ImageClassifierService(self.manager, self.pool, self.ctx.in_flight), server
         )
         self.services = [IMAGE_SERVICE]
         self.services.extend(self._register_optional(server))
@@ -162,9 +164,14 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         start = loop.time()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        deadline = start + grace
+        # Wait for the requests already accepted, not for every open RPC: health watches and idle streams
+        # would hold grpc's own stop() for the whole grace period.
+        while (self.ctx.in_flight.count > 0 or not self.manager.idle()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         if self._server is not None:
-            await self._server.stop(grace)  # new RPCs are refused; in-flight ones get up to `grace`
-        await self.manager.close(max(0.0, grace - (loop.time() - start)))
+            await self._server.stop(min(1.0, max(0.0, deadline - loop.time())))
+        await self.manager.close(max(0.0, deadline - loop.time()))
         self.metrics.stop_http_server()
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")

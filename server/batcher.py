@@ -119,6 +119,7 @@ class DynamicBatcher:
         self._rows = 0  # rows in the queue
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._running = 0  # batches being computed
         self._input_names = [spec.name for spec in self.info.inputs]
         self._threads = [
             threading.Thread(
@@ -138,6 +139,11 @@ class DynamicBatcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being computed."""
+        return not self._queue and self._running == 0
 
     async def submit(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> BatchResult:
         """Queue one request and wait for its rows of the outputs.
@@ -296,6 +302,7 @@ class DynamicBatcher:
                     pending.state = _TAKEN
                     batch.append(pending)
             depth = len(self._queue)
+            self._running += 1
             if self._queue:
                 self._cond.notify()  # another idle instance may take the rest
         self._metrics.set_queue_depth(depth)
@@ -321,8 +328,14 @@ class DynamicBatcher:
         return preferred_fit
 
     def _run(self, backend: Backend, batch: list[_Pending]) -> None:
-        if not batch:
-            return
+        try:
+            if batch:
+                self._execute(backend, batch)
+        finally:
+            with self._cond:
+                self._running -= 1
+
+    def _execute(self, backend: Backend, batch: list[_Pending]) -> None:
         start = time.perf_counter()
         rows = sum(p.rows for p in batch)
         outcomes: list[Outcome] = []

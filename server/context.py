@@ -8,9 +8,10 @@ returning the full name of the gRPC service it added (for reflection and health)
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.config import ServerConfig
+from server.inflight import InFlight
 from server.metrics import ServerMetrics
 from server.model_manager import ModelManager
 
@@ -22,6 +23,9 @@ class ServerContext:
     metrics: ServerMetrics
     pool: Executor  # image decoding and other CPU work that must stay off the event loop
     shutting_down: bool = False
+    # Unary RPCs are counted by an interceptor; a streaming RPC wraps each item it works on in
+    # `with ctx.in_flight:` so that shutdown waits for it.
+    in_flight: InFlight = field(default_factory=InFlight)
 
     def live(self) -> bool:
         """The process is up and answering (also while it drains)."""

@@ -8,6 +8,7 @@ without an answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
@@ -18,12 +19,21 @@ import numpy as np
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 from server.batcher import BatchResult
-from server.errors import ServeError, invalid_argument, outcome_of
-from server.logging_setup import access_log, request_id_from_metadata, resolve_request_id
+from server.errors import ServeError, internal, invalid_argument, outcome_of
+from server.inflight import InFlight
+from server.logging_setup import access_log, request_id_from_metadata, request_scope, resolve_request_id
 from server.model_manager import ModelManager, ServedModel
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 Context = grpc.aio.ServicerContext[object, object]
+
+
+def _unexpected(rpc: str) -> ServeError:
+    """A bug or an unforeseen failure: logged with its traceback, answered INTERNAL without one."""
+    log.exception("%s failed unexpectedly", rpc)
+    return internal(f"{rpc} failed inside the server; the server log has the details")
 
 
 def _us(seconds: float) -> int:
@@ -41,9 +51,10 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 
 class ImageClassifierService(pb_grpc.ImageClassifierServicer):
-    def __init__(self, manager: ModelManager, pool: Executor) -> None:
+    def __init__(self, manager: ModelManager, pool: Executor, in_flight: InFlight | None = None) -> None:
         self._manager = manager
         self._pool = pool
+        self._in_flight = in_flight or InFlight()
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -131,11 +142,15 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         request_id = resolve_request_id(
             request_id_from_metadata(context.invocation_metadata()), request.request_id
         )
-        try:
-            return await self._classify(request, context, request_id)
-        except ServeError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+        with request_scope(request_id):
+            try:
+                return await self._classify(request, context, request_id)
+            except ServeError as exc:
+                error = exc
+            except Exception:
+                error = _unexpected("Classify")
+            await context.abort(error.code, error.message)
+            raise AssertionError("unreachable: abort raises")
 
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: Context
@@ -151,8 +166,12 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         except ServeError as exc:
             await context.abort(exc.code, exc.message)
             raise
-        with model.metrics.in_flight():
-            results = await self._classify_batch(model, k, list(request.images), context, request_id)
+        with model.metrics.in_flight(), request_scope(request_id):
+            try:
+                results = await self._classify_batch(model, k, list(request.images), context, request_id)
+            except Exception:
+                error = _unexpected("ClassifyBatch")
+                await context.abort(error.code, error.message)
         return pb.ClassifyBatchResponse(results=results)
 
     async def _classify_batch(
@@ -223,9 +242,11 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         async def one(request: pb.ClassifyRequest) -> None:
             request_id = resolve_request_id(request.request_id)
             try:
-                response = await self._classify(request, context, request_id)
-            except ServeError as exc:
-                error = pb.Error(code=exc.code.value[0], message=exc.message)
+                with request_scope(request_id), self._in_flight:
+                    response = await self._classify(request, context, request_id)
+            except Exception as exc:
+                failure = exc if isinstance(exc, ServeError) else _unexpected("ClassifyStream")
+                error = pb.Error(code=failure.code.value[0], message=failure.message)
                 await out.put(pb.ClassifyStreamResponse(request_id=request_id, error=error))
             else:
                 await out.put(pb.ClassifyStreamResponse(request_id=request_id, response=response))

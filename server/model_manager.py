@@ -239,6 +239,10 @@ class ModelManager:
         for callback in self._listeners:
             callback()
 
+    def idle(self) -> bool:
+        """No loaded version has queued or running work."""
+        return all(m.batcher.idle for e in self._entries.values() for m in e.versions.values())
+
     def names(self) -> list[str]:
         return list(self._entries)
 

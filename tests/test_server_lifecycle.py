@@ -41,7 +41,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
 
 
 def accepted(server: ServerProcess) -> float:
-    """Requests the server has taken in: those in flight plus those already answered."""
+    """Requests the server has taken in: those in flight plus those already answered (a request between
+    the two counters may be counted twice for a moment, so compare with >=)."""
     text = scrape(server)
     return metric(text, "resnet_serve_requests_in_flight") + metric(
         text, "resnet_serve_requests_total", outcome="success"
@@ -50,8 +51,8 @@ def accepted(server: ServerProcess) -> float:
 
 @pytest.fixture
 def slow_server(tmp_path: Path) -> ServerProcess:
-    # About 15-20 ms of compute per image, one image per batch: a queue builds up under concurrent load.
-    model = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=40)
+    # 20-100 ms of compute per image (idle or busy machine), one image per batch: a queue builds up.
+    model = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=200)
     return start_server("--model", f"slow={model}", "--max-batch-size", "1", "--grace-period-s", "60")
 
 
@@ -66,7 +67,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_zero(slow_server: Ser
         stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
         futures = [stub.Classify.future(request, timeout=120) for _ in range(n)]
 
-        wait_until(lambda: accepted(slow_server) == n)
+        wait_until(lambda: accepted(slow_server) >= n)
         text = scrape(slow_server)
         still_running = metric(text, "resnet_serve_requests_in_flight")
         assert still_running > 1, "the load finished before the signal; the test would prove nothing"
@@ -87,9 +88,12 @@ def test_expired_and_cancelled_requests_cost_no_compute(slow_server: ServerProce
     try:
         with grpc.insecure_channel(slow_server.target) as channel:
             stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
-            # About a second of queued compute ahead of the two requests below.
-            blockers = [stub.Classify.future(request, timeout=120) for _ in range(60)]
-            time.sleep(0.05)
+            # About a second of queued compute ahead of the two requests below, all of it accepted by
+            # the server before they are sent (a client does not keep its requests in order).
+            blockers = [stub.Classify.future(request, timeout=120) for _ in range(40)]
+            wait_until(lambda: accepted(slow_server) >= 40)
+            backlog = metric(scrape(slow_server), "resnet_serve_requests_in_flight")
+            assert backlog >= 10, "the blockers finished too soon; the test would prove nothing"
             with pytest.raises(grpc.RpcError) as info:
                 stub.Classify(request, timeout=0.1)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -104,10 +108,10 @@ def test_expired_and_cancelled_requests_cost_no_compute(slow_server: ServerProce
         # (Either may also be dropped by gRPC before reaching the server's handler, so it is not always
         # counted; the batcher tests pin the queue-side behaviour exactly.)
         successes = metric(text, "resnet_serve_requests_total", outcome="success")
-        assert metric(text, "resnet_serve_executions_total") == successes >= 61
+        assert metric(text, "resnet_serve_executions_total") == successes >= 41
         failed = sum(
             metric(text, "resnet_serve_requests_total", outcome=o) for o in ("deadline_exceeded", "cancelled")
         )
-        assert successes + failed <= 63
+        assert successes + failed <= 43
     finally:
         assert stop_server(slow_server) == 0
