@@ -1,0 +1,127 @@
+"""`resnet-serve package` lays out versioned models; `read_repository` reads them back without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cli.main import main
+from export.metadata import ModelMetadata, write
+from export.repository import RepositoryError, read_model, read_repository
+
+
+def _tiny_onnx(path: Path, precision: str = "fp32", classes: int = 3, side: int = 4) -> Path:
+    """A small model with our metadata: input (batch, 1, side, side) → Flatten → Gemm → logits."""
+    w = numpy_helper.from_array(np.ones((classes, side * side), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    pre = {"color": "L", "resize": side, "crop": side, "interpolation": "bilinear",
+           "mean": [0.5], "std": [0.25]}
+    write(model, ModelMetadata("tiny", [f"c{i}" for i in range(classes)], pre, "ab" * 32,
+                               {"torch": "x"}, precision))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_packaging_two_versions_gives_a_repository_the_reader_understands(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    fp32 = _tiny_onnx(tmp_path / "a.onnx")
+    int8 = _tiny_onnx(tmp_path / "b.onnx", precision="int8-qdq-ort")
+    assert main(["package", str(fp32), "--repo", str(repo), "--name", "tiny", "--max-batch-size", "16",
+                 "--max-queue-delay-us", "500", "--instances", "2"]) == 0
+    # A second version keeps the model-level settings it does not override.
+    assert main(["package", str(int8), "--repo", str(repo), "--name", "tiny"]) == 0
+    [model] = read_repository(repo)
+    assert model.name == "tiny" and model.backend == "onnxruntime" and model.platform == "onnxruntime_onnx"
+    assert (model.input.name, model.input.dtype, model.input.shape) == ("input", "float32", [1, 4, 4])
+    assert (model.output.name, model.output.shape) == ("logits", [3])
+    assert model.labels == ["c0", "c1", "c2"]
+    assert model.preprocess["crop"] == 4
+    assert model.max_batch_size == 16 and model.instance_count == 2
+    assert model.dynamic_batching.preferred_batch_sizes == [8, 16]
+    assert model.dynamic_batching.max_queue_delay_us == 500
+    assert [(v.version, v.precision) for v in model.versions] == [(1, "fp32"), (2, "int8-qdq-ort")]
+    assert model.latest().version == 2
+    stored = model.version_path(model.versions[1])
+    assert stored == repo / "tiny" / "2" / "model.onnx"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == model.versions[1].sha256 == hashlib.sha256(
+        int8.read_bytes()).hexdigest()
+
+
+def test_reader_rejects_a_version_file_that_is_missing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"]) == 0
+    (repo / "m" / "1" / "model.onnx").unlink()
+    with pytest.raises(RepositoryError, match="missing"):
+        read_repository(repo)
+
+
+def test_reader_rejects_a_config_that_is_not_json(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(RepositoryError, match="not valid JSON"):
+        read_model(tmp_path / "m")
+
+
+def test_reader_rejects_preferred_batch_sizes_above_the_maximum(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"]) == 0
+    cfg_path = repo / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dynamic_batching"]["preferred_batch_sizes"] = [64]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(RepositoryError, match="preferred_batch_sizes"):
+        read_model(repo / "m")
+
+
+def test_packaging_a_foreign_onnx_is_a_one_line_error_and_leaves_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _tiny_onnx(tmp_path / "a.onnx")
+    proto = onnx.load(str(model))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(model))
+    repo = tmp_path / "repo"
+    rc = main(["package", str(model), "--repo", str(repo), "--name", "m"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "no resnet_serve metadata" in err
+    assert not (repo / "m").exists()
+
+
+def test_packaging_a_model_with_other_labels_under_the_same_name_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    assert main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"]) == 0
+    other = _tiny_onnx(tmp_path / "b.onnx", classes=5)
+    rc = main(["package", str(other), "--repo", str(repo), "--name", "m"])
+    assert rc == 1 and "does not fit model m" in capsys.readouterr().err
+    assert not (repo / "m" / "2").exists()
+    assert [v.version for v in read_model(repo / "m").versions] == [1]
+
+
+def test_packaging_a_missing_file_is_a_one_line_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["package", str(tmp_path / "nope.onnx"), "--repo", str(tmp_path / "repo"), "--name", "m"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "nope.onnx" in err
+    assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_the_reader_imports_neither_torch_nor_onnx() -> None:
+    code = ("import sys, export.repository; "
+            "sys.exit(1 if {'torch', 'onnx', 'onnxruntime'} & set(sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
