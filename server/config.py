@@ -59,6 +59,7 @@ class ModelConfig:
     device: str = "cpu"
     instances: int = 1
     intra_op_threads: int = 0  # 0: the machine's cores divided among the instances
+    intra_op_spinning: bool = False
     version_policy: str = "latest"  # latest | all | specific
     versions: tuple[int, ...] = ()  # for version_policy = "specific"
     warmup: bool = True
@@ -203,6 +204,13 @@ OPTIONS: tuple[Option, ...] = (
         "ONNX Runtime intra-op threads per instance (0: cores / instances)",
         "model",
         "N",
+    ),
+    Option(
+        "intra_op_spinning",
+        _bool,
+        "let ONNX Runtime threads spin-wait between parallel sections (helps only on otherwise idle cores)",
+        "model",
+        "BOOL",
     ),
     Option(
         "version_policy", str, "which numbered versions to serve: latest, all or specific", "model", "POLICY"

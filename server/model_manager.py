@@ -415,7 +415,9 @@ class ModelManager:
         backends: list[Backend] = []
         try:
             for _ in range(config.instances):
-                backends.append(create_backend(path, backend_name, config.device, threads))
+                backends.append(
+                    create_backend(path, backend_name, config.device, threads, config.intra_op_spinning)
+                )
             info = backends[0].info
             labels, preprocessor = self._describe(config.name, info, source)
             metrics = self.metrics.model(config.name, version)

@@ -42,12 +42,15 @@ def backend_for(path: Path, requested: str) -> str:
     return found
 
 
-def create_backend(path: Path, backend: str, device: str, intra_op_threads: int) -> Backend:
+def create_backend(
+    path: Path, backend: str, device: str, intra_op_threads: int, spinning: bool = False
+) -> Backend:
     """Build one execution instance of the model at `path`."""
     if backend == "onnxruntime":
         from server.backends.onnxruntime import OrtBackend, OrtOptions
 
-        return OrtBackend(path, OrtOptions(device=device, intra_op_threads=intra_op_threads))
+        options = OrtOptions(device=device, intra_op_threads=intra_op_threads, spinning=spinning)
+        return OrtBackend(path, options)
     try:
         module = importlib.import_module(BACKENDS[backend])
     except ImportError as exc:
