@@ -7,6 +7,7 @@ held-out pixels made by exactly the preprocessing contract, the class names, and
 
 from __future__ import annotations
 
+import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -193,6 +194,7 @@ def _decode_all(
                 desc=desc,
                 unit="img",
                 leave=False,
+                disable=os.environ.get("RANK", "0") != "0",  # under torchrun only rank 0 shows progress
             )
         )
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
