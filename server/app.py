@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -146,6 +147,9 @@ class InferenceServer:
             loop.add_signal_handler(sig, self._on_signal, sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping is not None:
+            log.warning("received %s again: exiting without waiting for the drain", sig.name)
+            os._exit(1)
         log.info("received %s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
         self.request_stop()
 
