@@ -68,6 +68,12 @@ class InferenceServer:
         except Exception as exc:
             await self.manager.close(0)
             raise StartupError(str(getattr(exc, "message", exc))) from None
+        if config.default_model and config.default_model not in self.manager.names():
+            await self.manager.close(0)
+            served = ", ".join(self.manager.names())
+            raise StartupError(
+                f"default_model {config.default_model!r} is not one of the served models ({served})"
+            )
         limit = max(64 * _MB, config.max_image_bytes + _MB)
         server = grpc.aio.server(
             interceptors=[InFlightInterceptor(self.ctx.in_flight)],
