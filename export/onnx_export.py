@@ -41,6 +41,7 @@ from export.sources import Source, add_source_arguments, load_source
 # and the dynamo exporter translates to it natively. See docs/export.md.
 OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -154,6 +155,21 @@ def export_source(source: Source, inputs: NDArray[np.float32], fold: bool = True
     return proto, rel
 
 
+def _to_fp16(fp32: onnx.ModelProto, source: Source,
+             inputs: NDArray[np.float32]) -> tuple[onnx.ModelProto, float]:
+    from export.fp16 import Fp16Error, to_fp16
+
+    try:
+        model = to_fp16(fp32)
+    except (Fp16Error, onnx.checker.ValidationError) as exc:
+        raise ExportError(f"FP16 conversion failed: {str(exc).splitlines()[0]}") from None
+    rel = relative_error(ort_logits(ort_session(model), inputs), torch_logits(source.model, inputs))
+    print(f"  FP16 ONNX Runtime vs PyTorch: relative error {rel:.2e} (tolerance {FP16_TOLERANCE:.0e})")
+    if not rel <= FP16_TOLERANCE:
+        raise ExportError(f"FP16 logits differ from PyTorch: relative error {rel:.2e} > {FP16_TOLERANCE:.0e}")
+    return model, rel
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_source_arguments(parser)
@@ -165,6 +181,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder of images to compare on (default: digits held-out split for digits "
                              "models, else scikit-learn's sample photos)")
     parser.add_argument("--num-images", type=int, default=16, help="how many images to compare on")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="fp16: convert the checked FP32 graph to FP16 (float32 I/O kept) with "
+                             f"export.fp16, compared to PyTorch at relative error ≤ {FP16_TOLERANCE:.0e}")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest allowed relative error of ONNX Runtime vs PyTorch logits")
 
@@ -177,12 +196,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "
               f"{tuple(inputs.shape[1:])}, opset {args.opset})")
         proto, rel = export_source(source, inputs, args.fold, args.opset, args.tolerance)
+        if args.precision == "fp16":
+            proto, rel = _to_fp16(proto, source, inputs)
         data = proto.SerializeToString()
         write_bytes_atomic(args.out, data)
     except ExportError as exc:
         print(f"resnet-serve export: error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, precision fp32, "
-          f"rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, "
+          f"precision {args.precision}, rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s")
     return 0
 

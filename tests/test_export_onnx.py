@@ -127,3 +127,14 @@ def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
     out = tmp_path / "m.onnx"
     rc = main(["export", "--arch", "resnet18", "--weights", str(weights), "--out", str(out)])
     _assert_one_line_error(capsys, rc, out, "junk.pth")
+
+
+def test_fp16_export_keeps_float32_io_and_records_its_precision(digits_onnx: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:
+    ckpt, _ = digits_onnx
+    out = tmp_path / "fp16.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--precision", "fp16", "--out", str(out)]) == 0
+    assert read(out).precision == "fp16"
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
