@@ -191,6 +191,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
+        if args.num_images < 1:
+            raise ExportError("--num-images must be at least 1")
         source = load_source(args)
         inputs, _ = evaluation_batch(source.meta.preprocess, source.dataset, args.images, args.num_images)
         print(f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "

@@ -124,11 +124,14 @@ def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], i
 
     results: list[StageResult] = []
     if source is not None:
-        from export.fold import fold_batchnorm
+        from export.fold import FoldError, fold_batchnorm
 
         ref = _chunked(lambda b: torch_logits(source.model, b), x)
         results.append(judge("pytorch", None, "fp32", ref, ref, labels, tol))
-        folded = fold_batchnorm(source.model)
+        try:
+            folded = fold_batchnorm(source.model)
+        except FoldError as exc:
+            raise ExportError(str(exc)) from None
         results.append(judge("pytorch folded", None, "fp32", _chunked(lambda b: torch_logits(folded, b), x),
                              ref, labels, tol))
     else:
@@ -186,6 +189,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tol = Tolerances(args.fp32_tol, args.fp16_tol, args.int8_agreement, args.int8_acc_drop)
     try:
+        if args.num_images < 1:
+            raise ExportError("--num-images must be at least 1")
         has_source = args.checkpoint is not None or args.weights is not None
         source = load_source(args) if has_source else None
         results, n = verify(source, list(args.onnx), list(args.engine), args.images, args.num_images, tol)
