@@ -32,6 +32,7 @@ from torch import nn
 from export.errors import ExportError
 from export.files import write_bytes_atomic
 from export.fold import FoldError, fold_batchnorm
+from export.helpformat import HelpFormatter
 from export.metadata import write
 from export.samples import evaluation_batch
 from export.sources import Source, add_source_arguments, load_source
@@ -171,12 +172,12 @@ def _to_fp16(fp32: onnx.ModelProto, source: Source,
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (atomically)")
     parser.add_argument("--no-fold", dest="fold", action="store_false",
                         help="keep BatchNormalization nodes (for debugging; serving wants folded models)")
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (see docs/export.md)")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (why 18: docs/export.md)")
     parser.add_argument("--images", type=Path,
                         help="folder of images to compare on (default: digits held-out split for digits "
                              "models, else scikit-learn's sample photos)")

@@ -12,7 +12,8 @@ All other resnet_serve metadata is kept. Quantize the folded FP32 model (the def
 
 examples:
   resnet-serve quantize artifacts/digits/model.onnx --out artifacts/digits/model.int8.onnx
-  resnet-serve quantize resnet50.onnx --images calib/ --variant both --method entropy --out resnet50.int8.onnx
+  resnet-serve quantize resnet50.onnx --images calib/ --variant both --method percentile \\
+      --out resnet50.int8.onnx
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from export.errors import ExportError
 from export.files import write_bytes_atomic
+from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, from_props, props_of, write
 from export.samples import calibration_batch
 
@@ -206,14 +208,15 @@ def output_paths(out: Path, variant: str) -> dict[str, Path]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = HelpFormatter
     parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
     parser.add_argument("--out", type=Path, required=True,
                         help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx")
     parser.add_argument("--variant", choices=[*VARIANTS, "both"], default="ort",
                         help="trt: symmetric S8S8 for TensorRT; ort: U8S8, fastest on ONNX Runtime CPU")
     parser.add_argument("--method", choices=METHODS, default="minmax",
-                        help="activation range calibration: min/max, KL entropy, or percentile histogram")
+                        help="activation range calibration: min/max, KL entropy, or percentile histogram "
+                             "(entropy clips ResNet activations too hard, see docs/export.md)")
     parser.add_argument("--images", type=Path,
                         help="folder of training images to calibrate on (default for the digits model: "
                              "its training split)")

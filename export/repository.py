@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from export.helpformat import HelpFormatter
+
 FORMAT = "resnet-serve-repository/1"
 CONFIG_NAME = "config.json"
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
@@ -287,7 +289,7 @@ def package(model_file: Path, repo: Path, name: str, version: int | None = None,
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = HelpFormatter
     parser.add_argument("model", type=Path, help="ONNX model from `resnet-serve export` or `quantize`")
     parser.add_argument("--repo", type=Path, required=True, help="model repository directory")
     parser.add_argument("--name", required=True, help="model name (the directory under --repo)")

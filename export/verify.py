@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from export.errors import ExportError
 from export.files import write_bytes_atomic
+from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, read
 from export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
 from export.samples import evaluation_batch
@@ -168,7 +169,7 @@ def print_table(results: list[StageResult], n: int) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
     parser.add_argument("--onnx", type=Path, action="append", default=[],
                         help="an ONNX model from export/quantize (repeatable)")
