@@ -121,20 +121,37 @@ def ort_fn(sess: ort.InferenceSession) -> Infer:
 
 def tune(models: dict[str, bytes], x: NDArray[np.float32],
          budget_s: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One option changed at a time from BASELINE; keep each change that beats the baseline on every model."""
+    """One option changed at a time from BASELINE; per option, keep the value with the largest gain that beats
+    the baseline on every model (the options are then combined untested: each is measured alone)."""
     rows: list[dict[str, Any]] = []
     base = {name: cell("resnet50", name, ort_fn(session(m, BASELINE)), x, budget_s).throughput_img_s
             for name, m in models.items()}
     rows.append({"option": "baseline", "value": json.dumps(BASELINE), **base})
     best = dict(BASELINE)
+    gain = dict.fromkeys(BASELINE, 1.03)  # 3 %: below that it is noise on a shared machine
     for key, value in tqdm(VARIATIONS, desc="tuning ORT options", leave=False):
         opts = {**BASELINE, key: value}
         got = {name: cell("resnet50", name, ort_fn(session(m, opts)), x, budget_s).throughput_img_s
                for name, m in models.items()}
         rows.append({"option": key, "value": value, **got})
-        if all(got[n] > base[n] * 1.03 for n in models):  # 3 %: below that it is noise on a shared machine
-            best[key] = value
+        worst = min(got[n] / base[n] for n in models)
+        if worst > gain[key]:
+            best[key], gain[key] = value, worst
     return best, rows
+
+
+def tune_torch_threads(model: nn.Module, x: NDArray[np.float32],
+                       budget_s: float) -> tuple[int, dict[str, float]]:
+    """PyTorch's OpenMP pool: with 2 threads on 2 busy cores every op waits at a barrier for a descheduled
+    thread, which can cost 100x; one thread avoids that. Measure both, keep the faster."""
+    got = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        got[str(threads)] = cell("resnet50", "pytorch folded", lambda b: _torch(model, b), x,
+                                 budget_s).throughput_img_s
+    best = int(max(got, key=lambda k: got[k]))
+    torch.set_num_threads(best)
+    return best, got
 
 
 # --- models ------------------------------------------------------------------------------------------------
@@ -220,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     r50, r50_pool = resnet50(args.calibration_images)
     dig, dig_pool = digits(args.digits_checkpoint)
     opts, tuning = dict(BASELINE), list[dict[str, Any]]()
+    torch_threads, torch_tuning = 2, dict[str, float]()
     if not args.no_tune:
         x8 = np.ascontiguousarray(np.resize(r50_pool, (8, *r50_pool.shape[1:])))
+        torch_threads, torch_tuning = tune_torch_threads(r50["folded"], x8, args.tune_budget)
+        print(f"PyTorch threads on ResNet-50 batch 8 (img/s): {torch_tuning} -> {torch_threads}")
         candidates = {"ort fp32": r50["fp32"], "ort int8-qdq-ort": r50["int8-ort"]}
         opts, tuning = tune(candidates, x8, args.tune_budget)
         print("ORT option tuning on ResNet-50 batch 8 (img/s):")
@@ -245,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
         "versions": tool_versions(),
         "opset": [o.version for o in onnx.load_from_string(r50["fp32"]).opset_import],
-        "ort_options": opts, "ort_tuning": tuning, "cells": [asdict(c) for c in cells],
+        "ort_options": opts, "ort_tuning": tuning,
+        "torch_threads": torch_threads, "torch_thread_tuning": torch_tuning,
+        "cells": [asdict(c) for c in cells],
         "resnet50_int8_over_fp32": {str(b): r for b, r in ratios.items()},
         "seconds": time.perf_counter() - started,
     }
