@@ -173,6 +173,7 @@ def test_same_padding_gives_ceil_n_over_s_and_puts_the_odd_pixel_first(
     assert same_padding(n, k, s, d, extra="after") == (after, before)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 6), st.integers(1, 3), st.integers(0, 2**31))
 def test_same_padding_after_matches_torch_padding_same(n: int, k: int, d: int, seed: int) -> None:
