@@ -14,8 +14,8 @@ from models import registry
 from models.fill import filled_state_dict, fixture_input
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision-resnet"
-FAST = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d"]
-SLOW = ["resnet101", "resnet152", "wide_resnet50_2"]
+FAST = ["resnet18", "resnet34", "resnet50"]
+SLOW = ["resnext50_32x4d", "resnet101", "resnet152", "wide_resnet50_2"]
 ARCHS = FAST + [pytest.param(a, marks=pytest.mark.slow) for a in SLOW]
 
 
