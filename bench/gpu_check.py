@@ -296,7 +296,7 @@ def export_onnx(model: Model, work: Path, want_int8: bool) -> None:
         from export.metadata import from_props, props_of
         from export.quantize import quantize
 
-        int8 = quantize(proto, from_props(props_of(proto)), model.calibration, "trt")
+        int8 = quantize(proto, from_props(props_of(proto)), model.calibration, ("trt",))["trt"]
         model.onnx["int8"] = work / f"{model.name}.int8.onnx"
         write_bytes_atomic(model.onnx["int8"], int8.SerializeToString())
 

@@ -21,18 +21,26 @@ from pathlib import Path
 
 import numpy as np
 
-from client import Client, ClassifyError
+from client import ClassifyError, Client
 from client.results import Classification
 
 DEMO_EPOCHS = 12  # enough for >= 98 % held-out accuracy on 2 cores in about a minute
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", type=Path, default=Path("artifacts/digits"),
-                        help="where the checkpoint, ONNX model and held-out images go")
-    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
-                        help="training epochs when no checkpoint exists yet (the train command's default "
-                             "trains longer, for >= 99 %%)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("artifacts/digits"),
+        help="where the checkpoint, ONNX model and held-out images go",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=DEMO_EPOCHS,
+        help="training epochs when no checkpoint exists yet (the train command's default "
+        "trains longer, for >= 99 %%)",
+    )
     parser.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
 
@@ -80,9 +88,8 @@ def _checkpoint_accuracy(checkpoint: Path) -> float | None:
 
 
 def _wait_ready(client: Client, server: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(client.target))  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + timeout_s
@@ -121,9 +128,22 @@ def run(args: argparse.Namespace) -> int:
     grpc_port, metrics_port = _free_port(), _free_port()
     _say(f"3/5 starting the server on 127.0.0.1:{grpc_port} (metrics on :{metrics_port})")
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--model", f"digits={onnx_path}",
-         "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-         "--max-queue-delay-ms", "2"],
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--model",
+            f"digits={onnx_path}",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--max-queue-delay-ms",
+            "2",
+        ],
     )
     try:
         with Client(f"127.0.0.1:{grpc_port}", timeout=30.0) as client:
@@ -175,7 +195,11 @@ def _report(
     exit_code: int,
     elapsed_s: float,
 ) -> None:
-    ok = [(r, lat, label) for (r, lat), (_, label) in zip(results, files, strict=True) if not isinstance(r, ClassifyError)]
+    ok = [
+        (r, lat, label)
+        for (r, lat), (_, label) in zip(results, files, strict=True)
+        if not isinstance(r, ClassifyError)
+    ]
     errors = len(results) - len(ok)
     correct = sum(int(r.top.label) == label for r, _, label in ok)
     acc = correct / len(files)
@@ -184,7 +208,10 @@ def _report(
     print("Predictions (first five held-out images):")
     for (r, _, label), (path, _) in list(zip(ok, files, strict=False))[:5]:
         top = ", ".join(f"{p.label} {p.score:.3f}" for p in r.predictions)
-        print(f"  {path.name}: true {label} -> {top}   (model {r.model} v{r.version}, batch {r.timing.batch_size})")
+        print(
+            f"  {path.name}: true {label} -> {top}   "
+            f"(model {r.model} v{r.version}, batch {r.timing.batch_size})"
+        )
     print()
     trained = f"{100 * trained_acc:.2f} %" if trained_acc is not None else "unknown"
     print(f"Accuracy through the server : {100 * acc:.2f} %  ({correct}/{len(files)}, {errors} errors)")
@@ -195,7 +222,10 @@ def _report(
         compute = np.mean([r.timing.compute_us for r, _, _ in ok]) / 1e3
         batch = np.mean([r.timing.batch_size for r, _, _ in ok])
         print(f"Client latency              : p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms")
-        print(f"Server split (mean)         : queue {queue:.2f} ms, compute {compute:.2f} ms, batch size {batch:.1f}")
+        print(
+            f"Server split (mean)         : queue {queue:.2f} ms, compute {compute:.2f} ms, "
+            f"batch size {batch:.1f}"
+        )
     print(f"Metrics were at             : {metrics_url}")
     for line in served:
         print(f"    {line}")

@@ -19,11 +19,19 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("models.train", "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint"),
-    "export": Command("export.onnx_export", "fold BatchNorm and export a checkpoint or torchvision weights to ONNX"),
+    "train": Command(
+        "models.train", "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint"
+    ),
+    "export": Command(
+        "export.onnx_export", "fold BatchNorm and export a checkpoint or torchvision weights to ONNX"
+    ),
     "quantize": Command("export.quantize", "INT8 post-training quantization (QDQ) calibrated on real images"),
-    "verify": Command("export.verify", "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)"),
-    "package": Command("export.repository", "lay out ONNX models as a versioned model repository for serving"),
+    "verify": Command(
+        "export.verify", "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)"
+    ),
+    "package": Command(
+        "export.repository", "lay out ONNX models as a versioned model repository for serving"
+    ),
     "build-engine": Command("export.engine", "compile an ONNX model to a TensorRT engine (GPU nodes)"),
     "serve": Command("server.main", "run the gRPC inference server (image API + KServe v2) with metrics"),
     "classify": Command("client.classify", "send image files to a server and print the top-k labels"),
