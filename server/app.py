@@ -154,8 +154,11 @@ class InferenceServer:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping is not None:
-            log.warning("received %s again: exiting without waiting for the drain", sig.name)
-            os._exit(1)
+            # A second Ctrl-C means "now"; a repeated SIGTERM (some supervisors resend it) changes nothing.
+            if sig == signal.SIGINT:
+                log.warning("received SIGINT again: exiting without waiting for the drain")
+                os._exit(1)
+            return
         log.info("received %s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
         self.request_stop()
 
