@@ -149,14 +149,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "model_repository",
         str,
-        "serve every model in this repository directory (numbered versions)",
+        "serve every model directory in DIR (`resnet-serve package` layout, or numbered versions)",
         "server",
         "DIR",
     ),
     Option(
         "default_model",
         str,
-        "model used when a request names none (default: the only or first model)",
+        "model used when a request names none (none: the first model)",
         "server",
         "NAME",
     ),
@@ -281,7 +281,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     groups = {
         "server": parser.add_argument_group("server"),
-        "model": parser.add_argument_group("models (defaults for every model; [models.NAME] overrides)"),
+        "model": parser.add_argument_group(
+            "models (defaults for every model; a packaged config.json, then [models.NAME], override them)"
+        ),
     }
     for opt in OPTIONS:
         default = opt.default
