@@ -78,6 +78,21 @@ def cell(model: str, backend: str, fn: Infer, x: NDArray[np.float32], budget_s: 
     return Cell(model, backend, len(x), len(x) / mean, mean * 1e3, float(q[0]) * 1e3, float(q[1]) * 1e3, n)
 
 
+def paired_ratio(fast: Infer, slow: Infer, x: NDArray[np.float32], rounds: int) -> dict[str, float]:
+    """Throughput ratio fast/slow from alternating calls: on a shared machine, load changes between two
+    separately timed cells can exceed the effect; alternating exposes both to the same load."""
+    fast(x), slow(x)
+    t_fast: list[float] = []
+    t_slow: list[float] = []
+    for _ in range(rounds):
+        for fn, times in ((fast, t_fast), (slow, t_slow)):
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+    return {"ratio_of_medians": statistics.median(t_slow) / statistics.median(t_fast),
+            "ratio_of_totals": sum(t_slow) / sum(t_fast), "rounds": rounds, "batch": len(x)}
+
+
 # --- ONNX Runtime session options --------------------------------------------------------------------------
 
 BASELINE: dict[str, Any] = {
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-budget", type=float, default=1.5, help="seconds per model per tuning option")
     parser.add_argument("--calibration-images", type=int, default=16)
     parser.add_argument("--no-tune", action="store_true", help="use the baseline ORT options")
+    parser.add_argument("--paired-rounds", type=int, default=10,
+                        help="alternating FP32/INT8 calls for the acceptance ratio")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
@@ -256,10 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.batches:
         by = {c.backend: c.throughput_img_s for c in cells if c.model == "resnet50" and c.batch == b}
         ratios[b] = by["ort int8-qdq-ort"] / by["ort fp32"]
-    best = max(ratios.values())
-    print("ResNet-50 ORT INT8 (ort variant) / FP32 throughput: "
-          + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items())
-          + f"  -> {'meets' if best >= 2.5 else 'misses'} the 2.5x target")
+    print("ResNet-50 ORT INT8 (ort variant) / FP32 throughput, from the table: "
+          + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items()))
+    paired = {}
+    for b in (1, 8):
+        x = np.ascontiguousarray(np.resize(r50_pool, (b, *r50_pool.shape[1:])))
+        int8_fn, fp32_fn = ort_fn(session(r50["int8-ort"], opts)), ort_fn(session(r50["fp32"], opts))
+        paired[str(b)] = paired_ratio(int8_fn, fp32_fn, x, args.paired_rounds)
+        r = paired[str(b)]["ratio_of_medians"]
+        print(f"paired (alternating) at batch {b}: INT8/FP32 = {r:.2f}x "
+              f"-> {'meets' if r >= 2.5 else 'misses'} the 2.5x target")
     payload = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
@@ -269,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch_threads, "torch_thread_tuning": torch_tuning,
         "cells": [asdict(c) for c in cells],
         "resnet50_int8_over_fp32": {str(b): r for b, r in ratios.items()},
+        "resnet50_int8_over_fp32_paired": paired,
         "seconds": time.perf_counter() - started,
     }
     write_bytes_atomic(args.out, (json.dumps(payload, indent=2) + "\n").encode())
