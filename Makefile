@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	VENV=$(VENV) bash scripts/typecheck_tensorrt.sh
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
