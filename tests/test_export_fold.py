@@ -109,3 +109,20 @@ def test_folding_our_resnets_matches_the_unfolded_model(arch: str) -> None:
     with torch.no_grad():
         assert _rel(folded(x), model(x)) <= 1e-4
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # control flow on values: torch.fx cannot trace it
+            x = -x
+        out: torch.Tensor = self.bn(self.conv(x))
+        return out
+
+
+def test_an_untraceable_model_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(FoldError, match="cannot trace _DataDependent"):
+        fold_batchnorm(_DataDependent().eval())
