@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -250,6 +251,23 @@ def require_tensorrt() -> None:
         raise EngineError(
             "TensorRT is not installed (only its type stubs are): pip install tensorrt on a GPU node"
         )
+
+
+def engine_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Logits of a serialized engine for a float32 NCHW batch: the parity report's TensorRT stage.
+
+    Runs through the server's TensorRT backend, so the report checks exactly what would be served
+    (sidecar checks, profile splitting and all).
+    """
+    from server.backends.tensorrt import create_backend
+
+    backend = create_backend(path, "cuda:0")
+    try:
+        spec = backend.info.inputs[0]
+        outputs = backend.infer({spec.name: np.ascontiguousarray(inputs, dtype=spec.dtype)})
+        return np.asarray(outputs[backend.info.outputs[0].name], dtype=np.float32)
+    finally:
+        backend.close()
 
 
 @dataclass(frozen=True)

@@ -87,15 +87,14 @@ def judge(stage: str, file: str | None, precision: str, logits: NDArray[np.float
 
 
 def _engine_runner(path: Path) -> Runner | None:
-    """The TensorRT hook: export.engine may provide `engine_logits(path, inputs) -> logits` (GPU nodes)."""
+    """The TensorRT stage's runner, or None where TensorRT is not installed (the stage is then skipped)."""
+    from export import engine
+
     try:
-        from export import engine
-    except ImportError:
+        engine.require_tensorrt()
+    except engine.EngineError:
         return None
-    fn = getattr(engine, "engine_logits", None)
-    if fn is None:
-        return None
-    return lambda x: np.asarray(fn(path, x), dtype=np.float32)
+    return lambda x: engine.engine_logits(path, x)
 
 
 def _check_same_source(meta: ModelMetadata, source: Source | None, path: Path) -> None:
