@@ -34,7 +34,14 @@ import numpy as np
 
 from server.backends.base import Backend, BackendInfo
 from server.config import BatchingConfig
-from server.errors import ServeError, deadline_exceeded, internal, invalid_argument, unavailable
+from server.errors import (
+    ServeError,
+    deadline_exceeded,
+    internal,
+    invalid_argument,
+    queue_full,
+    unavailable,
+)
 from server.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -171,7 +178,7 @@ class DynamicBatcher:
             if self._closed:
                 raise unavailable(f"model {self.name!r} version {self.version} is unloading or shutting down")
             if len(self._queue) >= self.config.max_queue_size:
-                raise unavailable(
+                raise queue_full(
                     f"model {self.name!r} is overloaded: its queue is full "
                     f"(max_queue_size={self.config.max_queue_size}); retry later"
                 )

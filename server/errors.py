@@ -18,7 +18,9 @@ OUTCOMES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
     grpc.StatusCode.NOT_FOUND: "invalid_input",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
-    grpc.StatusCode.UNAVAILABLE: "queue_full",
+    # Refused without being queued: shutting down, no ready version, the version is unloading. A full
+    # queue is UNAVAILABLE too but says so itself (`queue_full`), so overload and outage stay apart.
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
     grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
     grpc.StatusCode.CANCELLED: "cancelled",
     grpc.StatusCode.INTERNAL: "backend_error",
@@ -28,15 +30,16 @@ OUTCOMES: dict[grpc.StatusCode, str] = {
 class ServeError(Exception):
     """A request failed with a known gRPC status; `message` is one line meant for the client."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._outcome = outcome
 
     @property
     def outcome(self) -> str:
-        """The metrics outcome label for this error."""
-        return OUTCOMES.get(self.code, "backend_error")
+        """The metrics outcome label for this error: the one it was raised with, else its status's."""
+        return self._outcome or OUTCOMES.get(self.code, "backend_error")
 
     def __repr__(self) -> str:
         return f"ServeError({self.code.name}, {self.message!r})"
@@ -54,6 +57,11 @@ def unavailable(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+def queue_full(message: str) -> ServeError:
+    """UNAVAILABLE because the model's queue is full (overload), counted apart from other refusals."""
+    return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome="queue_full")
+
+
 def deadline_exceeded(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
@@ -64,6 +72,12 @@ def cancelled(message: str) -> ServeError:
 
 def internal(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.INTERNAL, message)
+
+
+def refusal_outcome(error: ServeError) -> str:
+    """The access-log outcome of a request refused before it reached a model version: NOT_FOUND is what the
+    metrics count as `not_found` (ServerMetrics.unknown_model), the rest as their metrics outcome."""
+    return "not_found" if error.code == grpc.StatusCode.NOT_FOUND else error.outcome
 
 
 def outcome_of(exc: BaseException) -> str:

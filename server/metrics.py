@@ -47,6 +47,7 @@ SUCCESS: Final = "success"
 FAILURE_OUTCOMES: Final = (
     "invalid_input",
     "queue_full",
+    "unavailable",  # refused unqueued: no ready version (loading, unloaded, failed) or shutting down
     "deadline_exceeded",
     "cancelled",
     "backend_error",

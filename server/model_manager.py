@@ -38,12 +38,13 @@ from server.backends.onnxruntime import default_threads
 from server.batcher import BatchResult, DynamicBatcher
 from server.config import ConfigError, ModelConfig, ServerConfig, with_values
 from server.errors import ServeError, not_found, unavailable
-from server.metrics import ModelMetrics, ServerMetrics
+from server.metrics import UNKNOWN_MODEL_LABEL, ModelMetrics, ServerMetrics
 from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
+UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
 LABELS_KEY = "resnet_serve.labels"
 PREPROCESS_KEY = "resnet_serve.preprocess"
 MODEL_FILES = ("model.onnx", "model.plan", "model.engine", "model.pt")
@@ -93,6 +94,7 @@ class _Entry:
     config: ModelConfig
     versions: dict[str, ServedModel] = field(default_factory=dict)
     status: dict[str, VersionStatus] = field(default_factory=dict)
+    unloaded: bool = False  # taken down on request: not meant to be served until loaded again
 
 
 def version_key(version: str) -> tuple[int, str]:
@@ -191,45 +193,73 @@ class ModelManager:
             return self.config.default_model
         return next(iter(self._entries), "")
 
-    def get(self, name: str, version: str = "") -> ServedModel:
+    def get(self, name: str, version: str = "", *, count: bool = True) -> ServedModel:
         """The ready model version to send a request to (empty name: the default model, empty version: the
-        highest ready version). Raises ServeError NOT_FOUND or UNAVAILABLE."""
-        if not self._accepting:
-            raise unavailable("server is shutting down; not accepting new requests")
+        highest ready version). Raises ServeError NOT_FOUND or UNAVAILABLE.
+
+        A refusal is counted in the metrics as a finished request (`not_found` under the `_unknown` labels,
+        `unavailable` under the model version it was meant for); `count=False` is for lookups that are not
+        inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
+        if not self._accepting:
+            if count:
+                self._count_refusal(name, entry, version)
+            raise unavailable("server is shutting down; not accepting new requests")
         if entry is None:
-            self.metrics.unknown_model(name)
+            if count:
+                self.metrics.unknown_model(name)
             served = ", ".join(sorted(self._entries)) or "none"
             raise not_found(f"model {name!r} is not served (served models: {served})")
         if version:
             model = entry.versions.get(version)
             if model is None:
                 status = entry.status.get(version)
+                if count:
+                    self._count_refusal(name, entry, version)
                 if status is not None:
                     raise unavailable(f"model {name!r} version {version} is {status.state}")
-                self.metrics.unknown_model(f"{name}/{version}")
                 known = ", ".join(sorted(entry.status, key=version_key)) or "none"
                 raise not_found(f"model {name!r} has no version {version!r} (versions: {known})")
             return model
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         if not ready:
+            if count:
+                self._count_refusal(name, entry, version)
             raise unavailable(f"model {name!r} has no ready version")
         return max(ready, key=lambda m: version_key(m.version))
 
+    def _count_refusal(self, name: str, entry: _Entry | None, version: str) -> None:
+        """Count a request `get` refuses: under the version it was meant for when the server knows that
+        version, else as `not_found` (a client's made-up name must not become a label value)."""
+        if entry is None:
+            self.metrics.unknown_model(name)
+            return
+        if version and version not in entry.status and version not in entry.versions:
+            self.metrics.unknown_model(f"{name}/{version}")
+            return
+        if not version:
+            # Where a request without a version would have gone: the highest ready version, else the
+            # highest one the server knows (unloaded, failed); a model whose path held none has no version.
+            ready = [v for v, m in entry.versions.items() if m.state is ModelState.READY]
+            known = ready or [*entry.versions, *entry.status]
+            version = max(known, key=version_key) if known else UNKNOWN_MODEL_LABEL
+        self.metrics.model(name, version).request_done(UNAVAILABLE_OUTCOME, 0.0)
+
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            return self.get(name, version).state is ModelState.READY
+            return self.get(name, version, count=False).state is ModelState.READY
         except ServeError:
             return False
 
     def all_ready(self) -> bool:
-        """Every model the server knows has a ready version: a failed load or an explicit unload makes the
-        server unready (docs/kserve.md, ServerReady), so a load balancer that checks readiness does not send
-        traffic a half-working server cannot answer."""
+        """Every model that is meant to be served has a ready version, as Triton's readiness: a failed load
+        makes the server unready (docs/kserve.md, ServerReady), so a load balancer that checks readiness does
+        not send traffic a half-working server cannot answer; a model unloaded on request does not, because
+        nothing is meant to serve it."""
         if not self._accepting or not self._entries:
             return False
-        return all(self.is_ready(name) for name in self._entries)
+        return all(self.is_ready(name) for name, entry in self._entries.items() if not entry.unloaded)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) whenever a model's readiness may have changed."""
@@ -316,6 +346,7 @@ class ModelManager:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, _Entry(config))
             entry.config = config
+            entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
             try:
                 source = read_source(config)
                 config = source.config
@@ -363,6 +394,7 @@ class ModelManager:
                 raise not_found(f"model {name!r} is not loaded")
             models = list(entry.versions.values())
             entry.versions = {}
+            entry.unloaded = True
             for model in models:
                 entry.status[model.version] = VersionStatus(name, model.version, ModelState.UNLOADING)
             for model in models:

@@ -177,6 +177,7 @@ def test_full_queue_answers_unavailable_at_once() -> None:
         with pytest.raises(ServeError) as info:
             await batcher.submit(rows(3))
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.outcome == "queue_full"  # overload, counted apart from other refusals
         assert "max_queue_size=2" in info.value.message
         assert time.perf_counter() - start < 0.05
         gate.set()
@@ -336,6 +337,7 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
         with pytest.raises(ServeError) as info:
             await batcher.submit(rows(9))
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.outcome == "unavailable"  # refused, not overloaded
         gate.set()
         await asyncio.gather(*accepted)
 

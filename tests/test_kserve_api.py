@@ -118,7 +118,9 @@ def test_statistics_without_a_name_cover_every_loaded_version(client: tc.Inferen
     }
 
 
-def test_repository_unload_and_load_change_what_is_served(client: tc.InferenceServerClient) -> None:
+def test_repository_unload_and_load_change_what_is_served(
+    client: tc.InferenceServerClient, kserve_server: KServeServer
+) -> None:
     index = client.get_model_repository_index(as_json=True)["models"]
     assert {(m["name"], m.get("version"), m["state"]) for m in index} == {
         ("half", "1", "READY"),
@@ -128,7 +130,8 @@ def test_repository_unload_and_load_change_what_is_served(client: tc.InferenceSe
     }
     client.unload_model("spare")
     assert not client.is_model_ready("spare")
-    assert not client.is_server_ready()  # a model without a ready version makes the server not ready
+    # As in Triton, a model unloaded on request is not meant to be served, so the server stays ready.
+    assert client.is_server_ready()
     states = {m["name"]: m["state"] for m in client.get_model_repository_index(as_json=True)["models"]}
     assert states["spare"] == "UNAVAILABLE"
     tensor = tc.InferInput("input", [1, 1, 8, 8], "FP32")
@@ -136,6 +139,8 @@ def test_repository_unload_and_load_change_what_is_served(client: tc.InferenceSe
     with pytest.raises(InferenceServerException) as info:
         client.infer("spare", [tensor])
     assert info.value.status() == "StatusCode.UNAVAILABLE"
+    labels = {"model": "spare", "version": "1", "outcome": "unavailable"}
+    assert kserve_server.metric("resnet_serve_requests_total", **labels) == 1
     client.load_model("spare")
     assert client.is_model_ready("spare")
     assert client.infer("spare", [tensor]).as_numpy("logits").shape == (1, 10)

@@ -96,6 +96,61 @@ def test_specific_versions_and_missing_ones(repo: Path) -> None:
     run(main())
 
 
+def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) -> None:
+    model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    others = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
+    config = ServerConfig(
+        models=(ModelConfig(name="tiny", path=str(model_file)), ModelConfig(name="other", path=str(others)))
+    )
+    manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+    async def main() -> None:
+        await manager.start()
+        await manager.unload("tiny")
+        assert manager.all_ready()  # "other" is ready and nothing is meant to serve "tiny"
+        model_file.write_bytes(b"no longer onnx")
+        with pytest.raises(ServeError):
+            await manager.load("tiny")
+        assert not manager.all_ready()  # "tiny" is meant to be served again, and is not
+        await manager.close(5)
+
+    run(main())
+
+
+def refused(manager: ModelManager, name: str, version: str) -> float:
+    return manager.metrics.model(name, version).statistics().failures["unavailable"]
+
+
+def test_refusals_for_no_ready_version_and_shutdown_are_counted_as_unavailable(repo: Path) -> None:
+    async def main() -> None:
+        manager = manager_for(repo, version_policy="all")
+        await manager.start()
+        await manager.unload("tiny")
+        for version in ("", "1"):  # no version: counted under the one the request would have gone to
+            with pytest.raises(ServeError) as info:
+                manager.get("tiny", version)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.outcome == "unavailable"
+        assert (refused(manager, "tiny", "1"), refused(manager, "tiny", "2")) == (1, 1)
+        assert not manager.is_ready("tiny")  # readiness probes are not requests: not counted
+        assert (refused(manager, "tiny", "1"), refused(manager, "tiny", "2")) == (1, 1)
+        await manager.load("tiny")
+        manager.stop_accepting()
+        for version in ("", "1"):
+            with pytest.raises(ServeError) as info:
+                manager.get("tiny", version)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert (refused(manager, "tiny", "1"), refused(manager, "tiny", "2")) == (2, 2)
+        # A name or version the server does not know stays `not_found`: clients cannot invent labels.
+        for name, version in (("nope", ""), ("tiny", "9")):
+            with pytest.raises(ServeError):
+                manager.get(name, version)
+        assert manager.metrics.unknown_model_count == 2
+        assert {m.version for m in manager.metrics.models()} == {"1", "2"}
+        await manager.close(5)
+
+    run(main())
+
+
 def test_unknown_model_is_not_found_and_counted(repo: Path) -> None:
     async def main() -> None:
         manager = manager_for(repo)
@@ -133,7 +188,8 @@ def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path
         results = await asyncio.gather(*queued)
         assert len(results) == 12  # none dropped
         assert not manager.is_ready("tiny")
-        assert not manager.all_ready()
+        # As in Triton, a model unloaded on request is not meant to be served: the server stays ready.
+        assert manager.all_ready()
         assert [(s.state, s.reason) for s in manager.statuses()] == [(ModelState.UNAVAILABLE, "unloaded")]
         with pytest.raises(ServeError) as info:
             manager.get("tiny")
