@@ -170,7 +170,10 @@ class InferenceServer:
         await self._stopped.wait()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Refuse new requests, let accepted ones finish (up to the grace period), release everything."""
+        """Refuse new requests, let accepted ones finish (up to the grace period), release everything.
+        Returns at once when the server has already stopped."""
+        if self._stopped.is_set():
+            return
         grace = self.config.grace_period_s if grace_s is None else grace_s
         self.ctx.shutting_down = True
         self.manager.stop_accepting()

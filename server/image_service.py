@@ -19,9 +19,15 @@ import numpy as np
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 from server.batcher import BatchResult
-from server.errors import ServeError, internal, invalid_argument, outcome_of
+from server.errors import ServeError, internal, invalid_argument, outcome_of, refusal_outcome
 from server.inflight import InFlight
-from server.logging_setup import access_log, request_id_from_metadata, request_scope, resolve_request_id
+from server.logging_setup import (
+    access_log,
+    request_id_from_metadata,
+    request_id_metadata,
+    request_scope,
+    resolve_request_id,
+)
 from server.model_manager import ModelManager, ServedModel
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,19 @@ def _unexpected(rpc: str) -> ServeError:
     """A bug or an unforeseen failure: logged with its traceback, answered INTERNAL without one."""
     log.exception("%s failed unexpectedly", rpc)
     return internal(f"{rpc} failed inside the server; the server log has the details")
+
+
+def _request_id(request_field: str, context: Context) -> str:
+    """The request's id (x-request-id metadata, else the request_id field, else a new one), echoed to the
+    client in the trailing metadata, which also reaches a client whose call fails."""
+    request_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()), request_field)
+    context.set_trailing_metadata(request_id_metadata(request_id))
+    return request_id
+
+
+def _refused(name: str, version: str, error: ServeError, start: float) -> None:
+    """The access-log line of a request refused before it reached a model version."""
+    access_log(name, version, refusal_outcome(error), time.perf_counter() - start, detail=error.message)
 
 
 def _us(seconds: float) -> int:
@@ -103,7 +122,11 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> pb.ClassifyResponse:
         """One image, start to finish; raises ServeError (metrics are recorded here either way)."""
         start = time.perf_counter()
-        model = self._model(request.model, request.version)
+        try:
+            model = self._model(request.model, request.version)
+        except ServeError as exc:
+            _refused(request.model, request.version, exc, start)
+            raise
         metrics = model.metrics
         with metrics.in_flight():
             preprocess_s: float | None = None
@@ -139,9 +162,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     # ---------------------------------------------------------------------------------------------- RPCs
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        request_id = resolve_request_id(
-            request_id_from_metadata(context.invocation_metadata()), request.request_id
-        )
+        request_id = _request_id(request.request_id, context)
         with request_scope(request_id):
             try:
                 return await self._classify(request, context, request_id)
@@ -155,29 +176,44 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: Context
     ) -> pb.ClassifyBatchResponse:
-        request_id = resolve_request_id(
-            request_id_from_metadata(context.invocation_metadata()), request.request_id
-        )
-        try:
-            model = self._model(request.model, request.version)
-            k = self._k(model, request.top_k)
-            if not request.images:
-                raise invalid_argument("ClassifyBatch needs at least one image")
-        except ServeError as exc:
-            await context.abort(exc.code, exc.message)
-            raise
-        with model.metrics.in_flight(), request_scope(request_id):
+        request_id = _request_id(request.request_id, context)
+        with request_scope(request_id):
+            start = time.perf_counter()
             try:
-                results = await self._classify_batch(model, k, list(request.images), context, request_id)
-            except Exception:
-                error = _unexpected("ClassifyBatch")
-                await context.abort(error.code, error.message)
+                model = self._model(request.model, request.version)
+                k = self._k(model, request.top_k)
+                if not request.images:
+                    raise invalid_argument("ClassifyBatch needs at least one image")
+            except ServeError as exc:
+                _refused(request.model, request.version, exc, start)
+                await context.abort(exc.code, exc.message)
+                raise
+            with model.metrics.in_flight():
+                try:
+                    results, failures, batch_size = await self._classify_batch(
+                        model, k, list(request.images), context, request_id
+                    )
+                except Exception:
+                    error = _unexpected("ClassifyBatch")
+                    access_log(model.name, model.version, error.outcome, time.perf_counter() - start)
+                    await context.abort(error.code, error.message)
+                    raise
+            # One access-log line for the whole call: its images are counted one by one in the metrics.
+            total = time.perf_counter() - start
+            if failures:
+                detail = f"{len(failures)} of {len(results)} images failed; first: {failures[0].message}"
+                access_log(model.name, model.version, failures[0].outcome, total, batch_size, detail)
+            else:
+                access_log(model.name, model.version, "success", total, batch_size)
         return pb.ClassifyBatchResponse(results=results)
 
     async def _classify_batch(
         self, model: ServedModel, k: int, images: Sequence[bytes], context: Context, request_id: str
-    ) -> list[pb.ClassifyResult]:
+    ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
+        """Every image's result, the failures in image order, and the largest batch an image ran in."""
         start = time.perf_counter()
+        failures: dict[int, ServeError] = {}
+        batch_sizes: list[int] = []
         loop = asyncio.get_running_loop()
         assert model.preprocessor is not None
         preprocessor = model.preprocessor
@@ -194,6 +230,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         good = [i for i, (x, _) in enumerate(prepared) if not isinstance(x, ServeError)]
         for i, (x, pre_s) in enumerate(prepared):
             if isinstance(x, ServeError):
+                failures[i] = x
                 results[i] = pb.ClassifyResult(
                     error=pb.Error(code=x.code.value[0], message=f"image {i}: {x.message}")
                 )
@@ -210,11 +247,13 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             except ServeError as exc:
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
                 for i in chunk:
+                    failures[i] = exc
                     results[i] = pb.ClassifyResult(
                         error=pb.Error(code=exc.code.value[0], message=exc.message)
                     )
                 return
             total = time.perf_counter() - start
+            batch_sizes.append(result.batch_size)
             model.metrics.request_done(
                 "success", total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
             )
@@ -231,16 +270,21 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 results[i] = pb.ClassifyResult(response=response)
 
         await asyncio.gather(*(run(chunk) for chunk in chunks))
-        return [r if r is not None else pb.ClassifyResult() for r in results]
+        done = [r if r is not None else pb.ClassifyResult() for r in results]
+        return done, [failures[i] for i in sorted(failures)], max(batch_sizes, default=None)
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: Context
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         out: asyncio.Queue[pb.ClassifyStreamResponse | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        # An item's own request_id wins; one without gets "<stream id>/<n>", the stream id being the
+        # stream's x-request-id metadata (or a new id), so a client can find a whole stream in the logs.
+        stream_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()))
+        context.set_trailing_metadata(request_id_metadata(stream_id))
 
-        async def one(request: pb.ClassifyRequest) -> None:
-            request_id = resolve_request_id(request.request_id)
+        async def one(request: pb.ClassifyRequest, n: int) -> None:
+            request_id = resolve_request_id(request.request_id, f"{stream_id}/{n}")
             try:
                 with request_scope(request_id), self._in_flight:
                     response = await self._classify(request, context, request_id)
@@ -253,8 +297,10 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
 
         async def read() -> None:
             try:
+                n = 0
                 async for request in request_iterator:
-                    task = asyncio.create_task(one(request))
+                    task = asyncio.create_task(one(request, n))
+                    n += 1
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:

@@ -27,10 +27,16 @@ from protos import model_config_pb2 as mc
 from server.backends.base import BackendError, TensorSpec
 from server.backends.factory import backend_for
 from server.context import ServerContext
-from server.errors import ServeError, abort_with, internal, invalid_argument
+from server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
 from server.kserve_infer import prepare, respond
 from server.kserve_wire import InferRequest, parse_infer_request
-from server.logging_setup import access_log, request_id_var, resolve_request_id
+from server.logging_setup import (
+    access_log,
+    request_id_from_metadata,
+    request_id_metadata,
+    request_scope,
+    resolve_request_id,
+)
 from server.model_manager import ServedModel
 from server.tensors import BYTES
 
@@ -123,35 +129,54 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     # ------------------------------------------------------------------------------------------- inference
 
     async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
-        try:
-            return await self._infer(request, context.time_remaining())
-        except ServeError as exc:
-            await abort_with(context, exc)
+        # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
+        # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
+        request_id = resolve_request_id(
+            request_id_from_metadata(context.invocation_metadata()), request.message.id
+        )
+        context.set_trailing_metadata(request_id_metadata(request_id))
+        with request_scope(request_id):
+            try:
+                return await self._infer(request, context.time_remaining(), request_id)
+            except ServeError as exc:
+                await abort_with(context, exc)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[InferRequest], context: Context
     ) -> AsyncIterator[Any]:
         # Requests on one stream run concurrently (so they can share a batch); each answer is written as it
         # completes. A failed request is answered in-stream with error_message, as Triton does, and the
-        # stream goes on.
+        # stream goes on. Each request counts as in flight until answered, so shutdown waits for it even
+        # before it reaches a batcher.
         answers: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        in_flight = self._ctx.in_flight
+        # A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the stream's
+        # x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
+        stream_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()))
+        context.set_trailing_metadata(request_id_metadata(stream_id))
 
-        async def one(request: InferRequest) -> None:
-            try:
-                response = await self._infer(request, context.time_remaining())
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
-            except ServeError as exc:
-                m = request.message
-                echo = pb.ModelInferResponse(model_name=m.model_name, model_version=m.model_version, id=m.id)
-                answers.put_nowait(
-                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=echo)
-                )
+        async def one(request: InferRequest, n: int) -> None:
+            m = request.message
+            request_id = resolve_request_id(m.id, f"{stream_id}/{n}")
+            with in_flight, request_scope(request_id):
+                try:
+                    response = await self._infer(request, context.time_remaining(), request_id)
+                    answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                except ServeError as exc:
+                    echo = pb.ModelInferResponse(
+                        model_name=m.model_name, model_version=m.model_version, id=m.id or request_id
+                    )
+                    answers.put_nowait(
+                        pb.ModelStreamInferResponse(error_message=exc.message, infer_response=echo)
+                    )
 
         async def read() -> None:
             try:
+                n = 0
                 async for request in request_iterator:
-                    task = asyncio.create_task(one(request))
+                    task = asyncio.create_task(one(request, n))
+                    n += 1
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if running:
@@ -169,13 +194,19 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             for task in list(running):
                 task.cancel()
 
-    async def _infer(self, incoming: InferRequest, time_remaining: float | None) -> Any:
-        """One request, start to finish; raises ServeError (metrics are recorded here either way)."""
+    async def _infer(self, incoming: InferRequest, time_remaining: float | None, request_id: str) -> Any:
+        """One request, start to finish, inside its request_scope; raises ServeError (metrics and the
+        access log are recorded here either way)."""
         start = time.perf_counter()
         request = incoming.message
-        # Each RPC (and each stream request) runs in its own task, so this tags only this request's logs.
-        request_id_var.set(resolve_request_id(request.id))
-        model = self._manager.get(request.model_name, request.model_version)
+        try:
+            model = self._manager.get(request.model_name, request.model_version)
+        except ServeError as exc:
+            total = time.perf_counter() - start
+            access_log(
+                request.model_name, request.model_version, refusal_outcome(exc), total, detail=exc.message
+            )
+            raise
         metrics = model.metrics
         with metrics.in_flight():
             preprocess_s: float | None = None
@@ -183,7 +214,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 prepared = await prepare(model, incoming, time_remaining, self._ctx.pool)
                 preprocess_s = prepared.preprocess_s
                 result = await model.infer(prepared.inputs, prepared.timeout_s)
-                response = respond(model, request, prepared, result.outputs)
+                response = respond(model, prepared, result.outputs, request.id or request_id)
             except ServeError as exc:
                 self._failed(model, start, preprocess_s, exc.outcome, exc.message)
                 raise
@@ -265,7 +296,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def _get(self, context: Context, name: str, version: str) -> ServedModel:
         try:
-            return self._manager.get(name, version)
+            return self._manager.get(name, version, count=False)  # metadata: not an inference request
         except ServeError as exc:
             await abort_with(context, exc)
 

@@ -95,7 +95,7 @@ async def prepare(
     )
 
 
-def respond(model: ServedModel, request: Any, prepared: Prepared, outputs: dict[str, np.ndarray]) -> Any:
+def respond(model: ServedModel, prepared: Prepared, outputs: dict[str, np.ndarray], response_id: str) -> Any:
     """Build the ModelInferResponse with every requested output in raw_output_contents."""
     tensors = []
     raws: list[bytes] = []
@@ -116,7 +116,7 @@ def respond(model: ServedModel, request: Any, prepared: Prepared, outputs: dict[
     return pb.ModelInferResponse(
         model_name=model.name,
         model_version=model.version,
-        id=request.id,
+        id=response_id,
         outputs=tensors,
         raw_output_contents=raws,
     )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -17,6 +20,7 @@ from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 from server.app import InferenceServer
 from server.config import ModelConfig, ServerConfig
+from server.errors import ServeError
 
 
 def png() -> bytes:
@@ -93,5 +97,76 @@ def test_stop_turns_health_not_serving_and_finishes_accepted_requests(tiny_onnx:
         assert len(answered) + len(refused) == 20
         assert all(r.code() == grpc.StatusCode.UNAVAILABLE for r in refused)
         assert answered  # those the server had accepted were completed
+
+    asyncio.run(main())
+
+
+def test_shutdown_waits_for_a_kserve_stream_request_not_yet_in_the_batcher(tiny_onnx: Path) -> None:
+    from protos import grpc_service_pb2 as kpb
+    from protos import grpc_service_pb2_grpc as kpb_grpc
+
+    entered, release = threading.Event(), threading.Event()
+
+    async def main() -> None:
+        server = InferenceServer(config_for(tiny_onnx))
+        await server.start()
+        model = server.manager.get("tiny")
+        decode = model.preprocessor
+        assert decode is not None
+
+        def held_decode(data: bytes) -> np.ndarray:
+            entered.set()
+            release.wait(30)
+            return decode(data)
+
+        model.preprocessor = held_decode  # type: ignore[assignment]
+        image = png()
+        tensor = kpb.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[1])
+        request = kpb.ModelInferRequest(
+            model_name="tiny", id="held", inputs=[tensor],
+            raw_input_contents=[struct.pack("<I", len(image)) + image],
+        )  # fmt: skip
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = kpb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+                call = stub.ModelStreamInfer(iter([request]), timeout=30)
+                assert await asyncio.to_thread(entered.wait, 10)
+                assert server.ctx.in_flight.count == 1  # decoding, not yet queued: the batcher is idle
+                stopping = asyncio.ensure_future(server.stop(30))
+                await asyncio.sleep(1.5)  # longer than the 1 s grpc's own stop gives open calls
+                assert not stopping.done()
+                release.set()
+                answers = [answer async for answer in call]
+                await stopping
+        finally:
+            release.set()
+            await server.stop(5)  # returns at once when already stopped
+        assert [(a.error_message, a.infer_response.id) for a in answers] == [("", "held")]
+        assert answers[0].infer_response.outputs[0].name == "logits"
+
+    asyncio.run(main())
+
+
+def test_health_stays_serving_after_an_unload_and_not_after_a_failed_load(tmp_path: Path) -> None:
+    model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+
+    async def main() -> None:
+        server = InferenceServer(config_for(model_file))
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+
+            async def status() -> int:
+                await asyncio.sleep(0.05)  # health is updated by a task the readiness change starts
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                return int(reply.status)
+
+            await server.manager.unload("tiny")
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            model_file.write_bytes(b"no longer onnx")
+            with pytest.raises(ServeError):
+                await server.manager.load("tiny")
+            assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        await server.stop(5)
 
     asyncio.run(main())
