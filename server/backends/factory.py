@@ -56,20 +56,14 @@ def create_backend(
     except ImportError as exc:
         raise BackendError(f"the {backend} backend is not available here: {exc}") from None
     factory = getattr(module, "create_backend", None)
-    if factory is not None:
-        made = factory(path, device)
-    elif backend == "tensorrt":
-        made = module.TensorRTBackend(path, device=_gpu_index(device))
-    else:
+    if factory is None:
         raise BackendError(f"{BACKENDS[backend]} does not provide create_backend(path, device)")
+    try:
+        made = factory(path, device)
+    except ImportError as exc:  # a GPU runtime the backend imports only when it builds an instance
+        raise BackendError(f"the {backend} backend is not available here: {exc}") from None
     if not isinstance(made, Backend):
         raise BackendError(
             f"{BACKENDS[backend]}.create_backend returned {type(made).__name__}, not a Backend"
         )
     return made
-
-
-def _gpu_index(device: str) -> int:
-    """The GPU number in "cuda:1"; 0 for "cuda", "auto", "cpu" and the like."""
-    _, _, index = device.partition(":")
-    return int(index) if index.isdigit() else 0
