@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from models import train
 from models.checkpoint import read_checkpoint
 
@@ -39,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("train_args", nargs="*", help="arguments for resnet-serve train (after --)")
     args = parser.parse_args(argv)
+    import torch  # after models.train, which sets the OpenMP wait policy that torch reads on import
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.pt"
