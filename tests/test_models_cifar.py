@@ -24,19 +24,21 @@ def test_cifar_resnet_uses_projection_shortcuts_where_the_shape_changes() -> Non
     model = registry.build("resnet20")
     shortcuts = [name for name, m in model.named_modules() if name.endswith("downsample")]
     assert shortcuts == ["layer2.0.downsample", "layer3.0.downsample"]
-    conv, bn = model.layer2[0].downsample
+    conv, bn = model.get_submodule("layer2.0.downsample.0"), model.get_submodule("layer2.0.downsample.1")
+    assert isinstance(conv, nn.Conv2d)
     assert conv.kernel_size == (1, 1) and conv.stride == (2, 2) and isinstance(bn, nn.BatchNorm2d)
 
 
 def test_cifar_resnet_maps_32x32_to_logits_with_in_chans_and_num_classes() -> None:
     model = registry.build("resnet20", num_classes=7, in_chans=1).eval()
     assert model(torch.zeros(3, 1, 32, 32)).shape == (3, 7)
-    assert model.layer3(model.layer2(model.layer1(torch.zeros(1, 16, 32, 32)))).shape == (1, 64, 8, 8)
+    stages = nn.Sequential(*(model.get_submodule(f"layer{i}") for i in (1, 2, 3)))
+    assert stages(torch.zeros(1, 16, 32, 32)).shape == (1, 64, 8, 8)
 
 
 def test_zero_init_residual_starts_each_block_as_the_identity() -> None:
     model = registry.build("resnet20", zero_init_residual=True).eval()
-    block = model.layer1[0]
+    block = model.get_submodule("layer1.0")
     x = torch.rand(2, 16, 8, 8)
     assert torch.equal(block(x), torch.relu(x))
 

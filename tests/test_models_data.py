@@ -94,7 +94,7 @@ def test_folder_errors_say_what_is_wrong_in_one_line(tmp_path: Path) -> None:
 def _write_cifar(root: Path, batches: int = 2, n: int = 6) -> np.ndarray:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
-    first = np.empty(0)
+    first = np.empty(0, dtype=np.uint8)
     for i in range(batches + 1):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n)]

@@ -3,6 +3,8 @@ stride larger than the kernel, even kernels and padding larger than the kernel."
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -146,11 +148,10 @@ def test_batch_norm_oracles_match_torch_train_and_eval(n: int, c: int, h: int, w
     gamma, beta, mean = _rand(rng, c), _rand(rng, c), _rand(rng, c)
     var = rng.uniform(0.5, 2.0, c)
     bn = torch.nn.BatchNorm2d(c, momentum=momentum).double()
+    bn.load_state_dict({"weight": torch.from_numpy(gamma), "bias": torch.from_numpy(beta),
+                        "running_mean": torch.from_numpy(mean), "running_var": torch.from_numpy(var),
+                        "num_batches_tracked": torch.tensor(0)})  # fmt: skip
     with torch.no_grad():
-        bn.weight.copy_(torch.from_numpy(gamma))
-        bn.bias.copy_(torch.from_numpy(beta))
-        bn.running_mean.copy_(torch.from_numpy(mean))
-        bn.running_var.copy_(torch.from_numpy(var))
         y_eval = bn.eval()(torch.from_numpy(x)).numpy()
         y_train = bn.train()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(
@@ -158,8 +159,9 @@ def test_batch_norm_oracles_match_torch_train_and_eval(n: int, c: int, h: int, w
     )
     y, new_mean, new_var = reference.batch_norm_train(x, gamma, beta, mean, var, momentum)
     np.testing.assert_allclose(y, y_train, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(new_mean, bn.running_mean.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(new_var, bn.running_var.numpy(), rtol=1e-10, atol=1e-12)
+    state = bn.state_dict()
+    np.testing.assert_allclose(new_mean, state["running_mean"].numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new_var, state["running_var"].numpy(), rtol=1e-10, atol=1e-12)
 
 
 @settings(max_examples=200, deadline=None)
@@ -184,7 +186,7 @@ def test_same_padding_after_matches_torch_padding_same(n: int, k: int, d: int, s
     np.testing.assert_allclose(reference.conv2d(x, w, None, 1, pad, d), expected, rtol=1e-9, atol=1e-9)
 
 
-def _ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, **attrs: object) -> np.ndarray:
+def _ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, **attrs: Any) -> np.ndarray:
     node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)
     graph = helper.make_graph(
         [node], "conv",

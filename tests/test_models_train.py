@@ -52,7 +52,6 @@ def test_short_digits_run_lowers_the_loss_and_writes_checkpoint_log_and_curves(t
     assert meta["preprocess"]["color"] == "L" and meta["model_config"] == {"num_classes": 10, "in_chans": 1}
 
 
-@pytest.mark.slow
 def test_resume_after_a_crash_mid_epoch_loses_no_epoch_and_ends_like_an_uninterrupted_run(
     tiny: Path, tmp_path: Path
 ) -> None:
