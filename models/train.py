@@ -156,12 +156,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; 0 on success, 2 with a one-line message on bad input or an unusable data set/checkpoint."""
+    """Train; 0 on success, 2 with a one-line message on bad input, an unusable data set/checkpoint or a file
+    that cannot be written, 130 on Ctrl-C (the last finished epoch is kept for ``--resume``)."""
     try:
         return _train(args)
     except ModelsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {err.strerror or err}: {err.filename or ''} (check --out and --data)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with `resnet-serve train --resume --out {args.out}`", file=sys.stderr)
+        return 130
     except _Interrupted:
         return 3
     finally:
