@@ -79,7 +79,7 @@ def _holdout_pngs(directory: Path) -> list[tuple[Path, int]]:
 
 
 def _checkpoint_accuracy(checkpoint: Path) -> float | None:
-    log = checkpoint.with_name(checkpoint.name + ".log.jsonl")
+    log = checkpoint.with_suffix(".log.jsonl")  # written beside the checkpoint by `resnet-serve train`
     if not log.exists():
         return None
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -183,7 +183,9 @@ def _metric_lines(url: str) -> list[str]:
     with urllib.request.urlopen(url, timeout=5) as reply:
         text: str = reply.read().decode()
     wanted = ("resnet_serve_requests_total", "resnet_serve_inferences_total", "resnet_serve_executions_total")
-    return [line for line in text.splitlines() if line.startswith(wanted)]
+    return [
+        line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")
+    ]
 
 
 def _report(
