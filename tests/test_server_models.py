@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,10 +182,28 @@ def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path
     async def main() -> None:
         await manager.start()
         model = manager.get("tiny")
+        # Hold the backend on its first batch so requests are certainly still queued when unload starts,
+        # however fast the machine is.
+        gate = threading.Event()
+        backend = model.backends[0]
+        run_batch = backend.infer
+
+        def held(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            gate.wait(10.0)
+            return run_batch(inputs)
+
+        backend.infer = held  # type: ignore[method-assign]
         queued = [asyncio.ensure_future(model.infer({"input": X})) for _ in range(12)]
-        await asyncio.sleep(0.01)
+        for _ in range(200):
+            if model.batcher.queue_depth > 0:
+                break
+            await asyncio.sleep(0.005)
         assert model.batcher.queue_depth > 0
-        await manager.unload("tiny")
+        unloading = asyncio.ensure_future(manager.unload("tiny"))
+        await asyncio.sleep(0.05)
+        assert not unloading.done()  # unload waits for the requests it already accepted
+        gate.set()
+        await unloading
         results = await asyncio.gather(*queued)
         assert len(results) == 12  # none dropped
         assert not manager.is_ready("tiny")
