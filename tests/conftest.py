@@ -108,3 +108,14 @@ def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10, slow_layers: i
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 10-class ONNX classifier of 8x8 grayscale images, with resnet_serve metadata."""
     return write_tiny_onnx(tmp_path_factory.mktemp("tiny") / "model.onnx")
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture[str], rc: int, out: Path, needle: str) -> None:
+    """A command failed the way users should see failures: non-zero exit, one line on stderr naming the
+    problem, and no output file (nor a temporary one) left behind."""
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1, err
+    assert needle in err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*"))

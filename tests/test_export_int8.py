@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_one_line_error
 from onnx import numpy_helper
 
 from cli.main import main
@@ -152,15 +153,6 @@ def test_verify_exits_non_zero_when_a_stage_breaks_its_tolerance(digits_models: 
     assert "FAILED: onnxruntime int8-qdq-ort" in capsys.readouterr().err
 
 
-def _assert_one_line_error(capsys: pytest.CaptureFixture[str], rc: int, out: Path, needle: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert rc != 0
-    assert len(err.splitlines()) == 1, err
-    assert needle in err
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}*"))
-
-
 @pytest.mark.slow
 def test_quantize_with_an_image_folder_holding_no_images_is_a_one_line_error(
         digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,7 +161,7 @@ def test_quantize_with_an_image_folder_holding_no_images_is_a_one_line_error(
     (empty / "notes.txt").write_text("no images here")
     out = tmp_path / "q.onnx"
     rc = main(["quantize", str(digits_models["fp32"]), "--images", str(empty), "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "no images")
+    assert_one_line_error(capsys, rc, out, "no images")
 
 
 def _foreign_onnx(path: Path) -> Path:
@@ -187,16 +179,16 @@ def test_quantize_of_an_onnx_without_our_metadata_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "q.onnx"
     rc = main(["quantize", str(_foreign_onnx(tmp_path / "other.onnx")), "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "no resnet_serve metadata")
+    assert_one_line_error(capsys, rc, out, "no resnet_serve metadata")
 
 
 def test_quantize_and_verify_of_a_missing_file_are_one_line_errors(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "q.onnx"
-    _assert_one_line_error(capsys, main(["quantize", str(tmp_path / "nope.onnx"), "--out", str(out)]), out,
+    assert_one_line_error(capsys, main(["quantize", str(tmp_path / "nope.onnx"), "--out", str(out)]), out,
                            "nope.onnx")
     report = tmp_path / "v.json"
-    _assert_one_line_error(capsys, main(["verify", "--onnx", str(tmp_path / "nope.onnx"), "--json",
+    assert_one_line_error(capsys, main(["verify", "--onnx", str(tmp_path / "nope.onnx"), "--json",
                                          str(report)]), report, "nope.onnx")
 
 
@@ -204,4 +196,4 @@ def test_verify_of_an_onnx_without_our_metadata_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "v.json"
     rc = main(["verify", "--onnx", str(_foreign_onnx(tmp_path / "other.onnx")), "--json", str(report)])
-    _assert_one_line_error(capsys, rc, report, "no resnet_serve metadata")
+    assert_one_line_error(capsys, rc, report, "no resnet_serve metadata")

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_one_line_error
 
 from cli.main import main
 from export.metadata import PREFIX, read
@@ -87,20 +88,11 @@ def test_exported_digits_model_matches_pytorch_at_any_batch(
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
 
 
-def _assert_one_line_error(capsys: pytest.CaptureFixture[str], rc: int, out: Path, needle: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert rc != 0
-    assert len(err.splitlines()) == 1, err
-    assert needle in err
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}*"))  # no temp file left either
-
-
 def test_export_of_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "nope.pt")
+    assert_one_line_error(capsys, rc, out, "nope.pt")
 
 
 def test_export_of_a_checkpoint_for_another_arch_is_a_one_line_error(
@@ -108,7 +100,7 @@ def test_export_of_a_checkpoint_for_another_arch_is_a_one_line_error(
     ckpt, _ = digits_onnx
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(ckpt), "--arch", "resnet56", "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "resnet20")
+    assert_one_line_error(capsys, rc, out, "resnet20")
 
 
 def test_export_of_weights_for_another_arch_is_a_one_line_error(tmp_path: Path,
@@ -117,7 +109,7 @@ def test_export_of_weights_for_another_arch_is_a_one_line_error(tmp_path: Path,
     torch.save(registry.build("resnet18", num_classes=4).state_dict(), weights)
     out = tmp_path / "m.onnx"
     rc = main(["export", "--arch", "resnet34", "--weights", str(weights), "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "do not match --arch resnet34")
+    assert_one_line_error(capsys, rc, out, "do not match --arch resnet34")
 
 
 def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
@@ -126,7 +118,7 @@ def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
     weights.write_bytes(b"not a zip file")
     out = tmp_path / "m.onnx"
     rc = main(["export", "--arch", "resnet18", "--weights", str(weights), "--out", str(out)])
-    _assert_one_line_error(capsys, rc, out, "junk.pth")
+    assert_one_line_error(capsys, rc, out, "junk.pth")
 
 
 def test_fp16_export_keeps_float32_io_and_records_its_precision(digits_onnx: tuple[Path, Path],
