@@ -40,7 +40,8 @@ def _start_server(model: Path, port: int, args: argparse.Namespace) -> subproces
         sys.executable, "-m", "cli.main", "serve", "--model", f"{args.name}={model}",
         "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
         "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
-        "--intra-op-threads", str(args.threads), "--log-level", "warning",
+        "--intra-op-threads", str(args.server_threads if args.server_threads is not None else args.threads),
+        "--instances", str(args.instances), "--log-level", "warning",
     ]  # fmt: skip
     return subprocess.Popen(cmd)
 
@@ -118,6 +119,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_throughput_ratio": statistics.median(r["throughput_ratio"] for r in rounds),
         "settings": {
             "threads": args.threads,
+            "server_threads": args.server_threads,
+            "instances": args.instances,
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "concurrency": args.concurrency,
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16]
     )
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: all cores)")
+    parser.add_argument("--instances", type=int, default=1, help="server execution instances")
+    parser.add_argument(
+        "--server-threads", type=int, default=None,
+        help="server intra-op threads per instance (default: --threads)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--warmup", type=float, default=2.0)
