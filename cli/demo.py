@@ -11,8 +11,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ import numpy as np
 
 from client import ClassifyError, Client
 from client.results import Classification
+from server.launch import free_port, serve_command, stop
 
 DEMO_EPOCHS = 12  # enough for >= 98 % held-out accuracy on 2 cores in about a minute
 
@@ -47,12 +46,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stage(*argv: str) -> None:
@@ -125,26 +118,13 @@ def run(args: argparse.Namespace) -> int:
         _stage("export", "--checkpoint", str(checkpoint), "--out", str(onnx_path))
 
     files = _holdout_pngs(workdir / "heldout")
-    grpc_port, metrics_port = _free_port(), _free_port()
+    grpc_port, metrics_port = free_port(), free_port()
     _say(f"3/5 starting the server on 127.0.0.1:{grpc_port} (metrics on :{metrics_port})")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "serve",
-            "--model",
-            f"digits={onnx_path}",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--metrics-port",
-            str(metrics_port),
-            "--max-queue-delay-ms",
-            "2",
-        ],
-    )
+    command = serve_command(
+        "--model", f"digits={onnx_path}", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+        "--metrics-port", str(metrics_port), "--max-queue-delay-ms", "2",
+    )  # fmt: skip
+    server = subprocess.Popen(command)
     try:
         with Client(f"127.0.0.1:{grpc_port}", timeout=30.0) as client:
             _wait_ready(client, server)
@@ -154,12 +134,7 @@ def run(args: argparse.Namespace) -> int:
         served = _metric_lines(metrics_url)
     finally:
         _say("5/5 stopping the server (SIGTERM: drain, then exit)")
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            code = server.wait()
+        code = stop(server, timeout_s=30)
     _report(results, files, trained_acc, metrics_url, served, code, time.monotonic() - started)
     return 0 if code == 0 and all(not isinstance(r, ClassifyError) for r, _ in results) else 1
 
