@@ -25,7 +25,7 @@ import numpy as np
 
 from protos import grpc_service_pb2 as pb
 from server.backends.base import TensorSpec, numpy_to_kserve
-from server.errors import ServeError, internal, invalid_argument
+from server.errors import invalid_argument
 from server.kserve_wire import InferRequest
 from server.model_manager import ServedModel
 from server.tensors import BYTES, from_contents, from_raw, join_bytes, top_k_strings
@@ -223,10 +223,3 @@ def _timeout(request: Any, time_remaining: float | None) -> float | None:
             mine = micros * _US
             timeout = mine if timeout is None else min(timeout, mine)
     return timeout
-
-
-def classify_error(exc: BaseException) -> ServeError:
-    """Any failure inside a request as the ServeError it is answered with."""
-    if isinstance(exc, ServeError):
-        return exc
-    return internal(f"{type(exc).__name__}: {exc}")

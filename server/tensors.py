@@ -120,13 +120,6 @@ def join_bytes(elements: Sequence[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
 
 
-def to_raw(array: np.ndarray) -> bytes:
-    """Raw little-endian bytes of a numeric array (one copy, by `tobytes`)."""
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return array.tobytes()
-
-
 def top_k_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
     """Triton's classification extension: for each row, the k largest values as "value:index:label".
 
