@@ -243,21 +243,18 @@ class DynamicBatcher:
         self._rows -= pending.rows
         return True
 
-    def _withdraw(self, pending: _Pending) -> None:
+    def _withdraw(self, pending: _Pending) -> bool:
+        """Take a still-queued request out of the queue; False if a worker already took it."""
         with self._cond:
             removed = self._remove_locked(pending)
             depth = len(self._queue)
         if removed:
             self._metrics.set_queue_depth(depth)
+        return removed
 
     def _expire(self, pending: _Pending) -> None:
-        with self._cond:
-            removed = self._remove_locked(pending)
-            depth = len(self._queue)
-        if removed:
-            self._metrics.set_queue_depth(depth)
-            if not pending.future.done():
-                pending.future.set_exception(self._expired_error())
+        if self._withdraw(pending) and not pending.future.done():
+            pending.future.set_exception(self._expired_error())
 
     def _expired_error(self) -> ServeError:
         return deadline_exceeded(f"deadline exceeded while queued for model {self.name!r}; not computed")
