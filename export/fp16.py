@@ -12,13 +12,13 @@ no new dependency); NVIDIA's ModelOpt AutoCast does the same job but is not inst
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+
+from export.files import write_bytes_atomic
 
 PRECISION_KEY = "resnet_serve.precision"
 
@@ -56,15 +56,7 @@ def convert_file(source: Path, target: Path) -> None:
 
 
 def save_atomic(model: onnx.ModelProto, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(target, model.SerializeToString())
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:

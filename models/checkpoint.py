@@ -7,7 +7,6 @@ A checkpoint is a ``torch.save``'d dict; :func:`load_model` rebuilds the model f
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from models import registry
 from models.errors import CheckpointError, ModelsError
+from models.files import atomic_path
 
 FORMAT = "resnet-serve/1"
 #: Keys only training needs; :func:`load_model` leaves them out of ``meta``.
@@ -23,29 +23,14 @@ TRAINING_STATE = ("state_dict", "optimizer", "scheduler", "scaler", "rng")
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``.
+    """Write ``payload`` to ``path`` atomically (:func:`models.files.atomic_path`), fsync'd before the rename.
 
     A reader (or a run killed mid-write) sees either the old file or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as shareable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from models.files import write_bytes_atomic
 
 
 def log_paths(checkpoint: Path) -> tuple[Path, Path]:
@@ -15,16 +16,9 @@ def log_paths(checkpoint: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".log.jsonl"), stem.with_name(stem.name + ".curves.png")
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite the whole log (it is short), so a resumed run's log holds each epoch exactly once."""
-    _replace_atomically(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -57,4 +51,4 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _replace_atomically(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
