@@ -148,12 +148,8 @@ def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: 
     if datatype == "FP32" and expected == "FP16":
         return array.astype(np.float16)
     if datatype == UINT8 and model.preprocessor is not None and spec.dtype.kind == "f":
-        channels = (-1, 1, 1)
-        mean = np.asarray(model.preprocessor.spec.mean, dtype=np.float32).reshape(channels)
-        std = np.asarray(model.preprocessor.spec.std, dtype=np.float32).reshape(channels)
-        # Same order of operations as the image pipeline, so UINT8 pixels give identical inputs.
-        normalised = (array.astype(np.float32) / np.float32(255.0) - mean) / std
-        return normalised.astype(spec.dtype, copy=False)
+        # The image pipeline's own normalisation, so UINT8 pixels give identical inputs.
+        return model.preprocessor.normalize_chw(array).astype(spec.dtype, copy=False)
     raise invalid_argument(
         f"input '{spec.name}' of model '{model.name}' has datatype {datatype}; expected {expected}"
         + (

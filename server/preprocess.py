@@ -193,5 +193,9 @@ class Preprocessor:
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 HW or HWC → float32 CHW, (x/255 − mean)/std in the contract's order of operations."""
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        out: np.ndarray = (chw.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
+        return self.normalize_chw(chw)
+
+    def normalize_chw(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (..., C, H, W) → float32 (x/255 − mean)/std; leading dimensions (a batch) broadcast."""
+        out: np.ndarray = (pixels.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
         return out
