@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from server.launch import free_port, serving  # standard library only: safe on a bare GPU node
 
 BATCHES = (1, 8, 32, 128)
 FP32_TOLERANCE = 1e-3
@@ -541,12 +542,6 @@ def first_line(err: BaseException) -> str:
 # ---- served through the real gRPC server ----
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def jpeg_images(shape: tuple[int, ...], count: int = 32) -> list[bytes]:
     """Smooth synthetic pictures at the model's input size (so the server's resize is a no-op)."""
     from PIL import Image
@@ -569,40 +564,20 @@ def server(
     model_name: str, path: Path, args: list[str], timeout_s: float, images: list[bytes], logs: Path
 ) -> Iterator[str]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "serve",
-        "--model",
-        f"{model_name}={path}",
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        "--max-batch-size",
-        "128",
-        "--max-queue-delay-ms",
-        "2",
-        "--log-level",
-        "warning",
-        *args,
-    ]
     log_path = logs / f"{model_name}.{args[1]}.server.log"
-    with log_path.open("w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    try:
+    with (
+        log_path.open("w") as sink,
+        serving(
+            "--model", f"{model_name}={path}",
+            "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
+            "--max-batch-size", "128", "--max-queue-delay-ms", "2", "--log-level", "warning",
+            *args,
+            stdout=sink, stderr=subprocess.STDOUT,
+        ) as proc,
+    ):  # fmt: skip
         target = f"127.0.0.1:{port}"
         wait_ready(proc, target, images[0], timeout_s, log_path)
         yield target
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def wait_ready(

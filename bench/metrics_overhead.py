@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
+from server.launch import serving
 from server.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,27 +111,21 @@ def write_tiny_onnx(path: Path) -> Path:
 
 @contextmanager
 def running_server(model: Path, metrics: bool, extra: list[str], log_path: Path) -> Iterator[tuple[str, int]]:
-    command = [
-        sys.executable, "-m", "cli.main", "serve", "--model", f"{MODEL}={model}",
+    args = (
+        "--model", f"{MODEL}={model}",
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--metrics", "true" if metrics else "false", *extra,
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while (match := READY.search(log_path.read_text())) is None:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield match.group(1), process.pid
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    )  # fmt: skip
+    with (
+        log_path.open("w") as log,
+        serving(*args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as process,
+    ):
+        deadline = time.monotonic() + 60
+        while (match := READY.search(log_path.read_text())) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield match.group(1), process.pid
 
 
 def cpu_seconds(pid: int) -> float:

@@ -15,11 +15,8 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,22 +24,17 @@ from typing import Any
 from bench import baseline
 from bench.loadgen import Closed, Timing, run_step
 from bench.senders import kserve_sender
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server.launch import free_port, serve_command, stop
 
 
 def _start_server(model: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "cli.main", "serve", "--model", f"{args.name}={model}",
+    cmd = serve_command(
+        "--model", f"{args.name}={model}",
         "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
         "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
         "--intra-op-threads", str(args.server_threads if args.server_threads is not None else args.threads),
         "--instances", str(args.instances), "--log-level", "warning",
-    ]  # fmt: skip
+    )  # fmt: skip
     return subprocess.Popen(cmd)
 
 
@@ -67,7 +59,7 @@ async def _wait_ready(target: str, server: subprocess.Popen[bytes], timeout_s: f
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     server = _start_server(args.model, port, args)
     rounds: list[dict[str, Any]] = []
@@ -107,11 +99,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await sender.close()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, timeout_s=30)
     return {
         "model": str(args.model),
         "rounds": rounds,
