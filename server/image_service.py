@@ -21,13 +21,7 @@ from protos import classifier_pb2_grpc as pb_grpc
 from server.batcher import BatchResult
 from server.errors import ServeError, internal, invalid_argument, outcome_of, refusal_outcome
 from server.inflight import InFlight
-from server.logging_setup import (
-    access_log,
-    request_id_from_metadata,
-    request_id_metadata,
-    request_scope,
-    resolve_request_id,
-)
+from server.logging_setup import access_log, echo_request_id, request_scope, resolve_request_id
 from server.model_manager import ModelManager, ServedModel
 
 log = logging.getLogger(__name__)
@@ -40,14 +34,6 @@ def _unexpected(rpc: str) -> ServeError:
     """A bug or an unforeseen failure: logged with its traceback, answered INTERNAL without one."""
     log.exception("%s failed unexpectedly", rpc)
     return internal(f"{rpc} failed inside the server; the server log has the details")
-
-
-def _request_id(request_field: str, context: Context) -> str:
-    """The request's id (x-request-id metadata, else the request_id field, else a new one), echoed to the
-    client in the trailing metadata, which also reaches a client whose call fails."""
-    request_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()), request_field)
-    context.set_trailing_metadata(request_id_metadata(request_id))
-    return request_id
 
 
 def _refused(name: str, version: str, error: ServeError, start: float) -> None:
@@ -162,7 +148,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     # ---------------------------------------------------------------------------------------------- RPCs
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        request_id = _request_id(request.request_id, context)
+        request_id = echo_request_id(context, request.request_id)
         with request_scope(request_id):
             try:
                 return await self._classify(request, context, request_id)
@@ -176,7 +162,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: Context
     ) -> pb.ClassifyBatchResponse:
-        request_id = _request_id(request.request_id, context)
+        request_id = echo_request_id(context, request.request_id)
         with request_scope(request_id):
             start = time.perf_counter()
             try:
@@ -280,8 +266,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         tasks: set[asyncio.Task[None]] = set()
         # An item's own request_id wins; one without gets "<stream id>/<n>", the stream id being the
         # stream's x-request-id metadata (or a new id), so a client can find a whole stream in the logs.
-        stream_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()))
-        context.set_trailing_metadata(request_id_metadata(stream_id))
+        stream_id = echo_request_id(context)
 
         async def one(request: pb.ClassifyRequest, n: int) -> None:
             request_id = resolve_request_id(request.request_id, f"{stream_id}/{n}")

@@ -30,13 +30,7 @@ from server.context import ServerContext
 from server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
 from server.kserve_infer import prepare, respond
 from server.kserve_wire import InferRequest, parse_infer_request
-from server.logging_setup import (
-    access_log,
-    request_id_from_metadata,
-    request_id_metadata,
-    request_scope,
-    resolve_request_id,
-)
+from server.logging_setup import access_log, echo_request_id, request_scope, resolve_request_id
 from server.model_manager import ServedModel
 from server.tensors import BYTES
 
@@ -131,10 +125,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
         # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
         # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
-        request_id = resolve_request_id(
-            request_id_from_metadata(context.invocation_metadata()), request.message.id
-        )
-        context.set_trailing_metadata(request_id_metadata(request_id))
+        request_id = echo_request_id(context, request.message.id)
         with request_scope(request_id):
             try:
                 return await self._infer(request, context.time_remaining(), request_id)
@@ -153,8 +144,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         in_flight = self._ctx.in_flight
         # A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the stream's
         # x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
-        stream_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()))
-        context.set_trailing_metadata(request_id_metadata(stream_id))
+        stream_id = echo_request_id(context)
 
         async def one(request: InferRequest, n: int) -> None:
             m = request.message

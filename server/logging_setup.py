@@ -71,6 +71,14 @@ def request_id_metadata(request_id: str) -> tuple[tuple[str, str]]:
     return ((REQUEST_ID_METADATA, request_id),)
 
 
+def echo_request_id(context: Any, request_field: str | None = None) -> str:
+    """A call's request id (x-request-id metadata, else `request_field`, else a new one), echoed in the
+    call's trailing metadata, which also reaches a client whose call fails."""
+    request_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()), request_field)
+    context.set_trailing_metadata(request_id_metadata(request_id))
+    return request_id
+
+
 def current_request_id() -> str | None:
     value = request_id_var.get()
     return None if value == _NO_REQUEST else value
