@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
+
+from server.launch import serve_command, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics")
@@ -113,12 +114,12 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
     write_tiny_onnx(repository / "tiny" / "2" / "model.onnx", seed=1)
     write_tiny_onnx(repository / "spare" / "1" / "model.onnx", seed=2)
     log_path = tmp / "server.log"
-    args = [
-        sys.executable, "-m", "cli.main", "serve", "--model-repository", str(repository),
+    args = serve_command(
+        "--model-repository", str(repository),
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--version-policy", "all",
         "--max-queue-delay-ms", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
         *extra,
-    ]  # fmt: skip
+    )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -142,12 +143,7 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
 
 
 def stop_server(server: KServeServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop(server.process)
 
 
 @pytest.fixture(scope="module")

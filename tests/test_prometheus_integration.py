@@ -19,9 +19,7 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -39,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
+from server.launch import free_port, serving
 from server.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
 
 PROMETHEUS = shutil.which("prometheus")
@@ -147,45 +146,28 @@ READY = re.compile(r"ready: grpc=(\S+):(\d+) metrics=http://(\S+):(\d+)/metrics"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model = write_slow_onnx(tmp_path_factory.mktemp("slow") / "model.onnx")
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    command = [
-        sys.executable, "-m", "cli.main", "serve",
+    args = (
         "--model", f"{MODEL}={model}",
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--instances", "1", "--intra-op-threads", "1", "--preprocess-threads", "2",
         "--max-batch-size", "4", "--max-queue-delay-ms", "2",
         "--max-queue-size", "16", "--timeout-ms", "15",
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            match = wait_for(lambda: READY.search(log_path.read_text()), 60, "the server's ready line")
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {log_path.read_text()}")
-            target = f"{match.group(1)}:{match.group(2)}"
-            channel = grpc.insecure_channel(target)
-            yield Server(
-                target,
-                f"http://{match.group(3)}:{match.group(4)}/metrics",
-                pb_grpc.ImageClassifierStub(channel),  # type: ignore[no-untyped-call]
-            )
-            channel.close()
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    )  # fmt: skip
+    with log_path.open("w") as log, serving(*args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as process:
+        match = wait_for(lambda: READY.search(log_path.read_text()), 60, "the server's ready line")
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {log_path.read_text()}")
+        target = f"{match.group(1)}:{match.group(2)}"
+        channel = grpc.insecure_channel(target)
+        yield Server(
+            target,
+            f"http://{match.group(3)}:{match.group(4)}/metrics",
+            pb_grpc.ImageClassifierStub(channel),  # type: ignore[no-untyped-call]
+        )
+        channel.close()
 
 
 # ------------------------------------------------------------------------------------------- prometheus
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
