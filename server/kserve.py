@@ -29,7 +29,7 @@ from server.backends.factory import backend_for
 from server.context import ServerContext
 from server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
 from server.kserve_infer import prepare, respond
-from server.kserve_wire import InferRequest, parse_infer_request
+from server.kserve_wire import InferRequest, deserialize_infer_request
 from server.logging_setup import access_log, echo_request_id, request_scope, resolve_request_id
 from server.model_manager import ServedModel
 from server.tensors import BYTES
@@ -63,7 +63,7 @@ def method_handlers(servicer: KServeService) -> dict[str, grpc.RpcMethodHandler[
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         infer = request_type is pb.ModelInferRequest
-        deserializer = parse_infer_request if infer else request_type.FromString
+        deserializer = deserialize_infer_request if infer else request_type.FromString
         make = (
             grpc.stream_stream_rpc_method_handler
             if method.client_streaming
@@ -190,6 +190,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         start = time.perf_counter()
         request = incoming.message
         try:
+            if incoming.error is not None:
+                raise invalid_argument(f"malformed ModelInferRequest: {incoming.error}")
             model = self._manager.get(request.model_name, request.model_version)
         except ServeError as exc:
             total = time.perf_counter() - start

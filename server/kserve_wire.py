@@ -30,10 +30,11 @@ class InferRequest:
 
     message: Any  # pb.ModelInferRequest without raw_input_contents
     raw: list[memoryview] | list[bytes]
+    error: str | None = None  # why the request could not be parsed (then message is empty)
 
 
 def parse_infer_request(data: bytes, zero_copy_min_bytes: int = ZERO_COPY_MIN_BYTES) -> InferRequest:
-    """The gRPC request deserializer for ModelInfer and ModelStreamInfer; raises DecodeError if malformed."""
+    """A serialized ModelInferRequest with its raw_input_contents apart; raises DecodeError if malformed."""
     if len(data) < zero_copy_min_bytes:
         message = pb.ModelInferRequest.FromString(data)
         raw = list(message.raw_input_contents)
@@ -69,6 +70,15 @@ def parse_infer_request(data: bytes, zero_copy_min_bytes: int = ZERO_COPY_MIN_BY
             rest.append(view[start:pos])
     # Concatenated fields parse as the merge of those fields, in order: exactly the message minus field 7.
     return InferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), tensors)
+
+
+def deserialize_infer_request(data: bytes) -> InferRequest:
+    """The gRPC request deserializer: a malformed request comes back with `error` set instead of raising,
+    because gRPC would answer a deserializer's exception UNKNOWN, with a traceback in the server log."""
+    try:
+        return parse_infer_request(data)
+    except DecodeError as exc:
+        return InferRequest(pb.ModelInferRequest(), [], error=str(exc))
 
 
 def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:

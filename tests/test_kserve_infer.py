@@ -307,3 +307,25 @@ def test_timeout_parameter_in_microseconds_expires_a_queued_request(client: tc.I
         1,
         10,
     )
+
+
+@pytest.mark.parametrize("padding", [0, 64 * 1024], ids=["protobuf", "zero-copy"])
+def test_malformed_request_is_invalid_argument_not_unknown(kserve_server: KServeServer, padding: int) -> None:
+    from tritonclient.grpc import service_pb2
+
+    # model_name "tiny", empty ids as padding, then raw_input_contents (field 7) cut short: 5 bytes announced,
+    # 3 sent. gRPC answers a deserializer that raises with UNKNOWN (and a traceback in the server log).
+    payload = b"\x0a\x04tiny" + b"\x1a\x00" * (padding // 2) + b"\x3a\x05abc"
+    service = "/inference.GRPCInferenceService"
+    with grpc.insecure_channel(kserve_server.url) as channel:
+        unary = channel.unary_unary(f"{service}/ModelInfer", None, None)
+        with pytest.raises(grpc.RpcError) as info:
+            unary(payload, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed ModelInferRequest" in str(info.value.details())
+        # On a stream it is answered in-stream, like any failed request, and the stream ends normally.
+        stream = channel.stream_stream(f"{service}/ModelStreamInfer", None, None)
+        answers = list(stream(iter([payload]), timeout=30))
+    assert len(answers) == 1
+    answer = service_pb2.ModelStreamInferResponse.FromString(answers[0])
+    assert "malformed ModelInferRequest" in answer.error_message
