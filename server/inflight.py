@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 
 class InFlight(AbstractContextManager[None]):
@@ -40,8 +41,32 @@ else:
     _Interceptor = grpc.aio.ServerInterceptor
 
 
+class _Malformed:
+    """A request that did not deserialize: gRPC would answer the deserializer's exception UNKNOWN and log a
+    traceback, so the deserializer returns this instead and the handler answers INVALID_ARGUMENT."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
 class InFlightInterceptor(_Interceptor):
-    """Counts every unary-unary RPC while its handler runs (streams count their own items)."""
+    """Counts every unary-unary RPC while its handler runs (streams count their own items), and answers a
+    unary request that does not deserialize with INVALID_ARGUMENT."""
 
     def __init__(self, tracker: InFlight) -> None:
         self._tracker = tracker
@@ -72,11 +97,13 @@ class InFlightInterceptor(_Interceptor):
         tracker = self._tracker
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}")
             with tracker:
                 return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -175,6 +175,16 @@ def test_corrupt_image_is_invalid_argument_and_server_keeps_serving(
     assert stub.Classify(pb.ClassifyRequest(image=good), timeout=10).predictions
 
 
+def test_malformed_request_is_invalid_argument(server: ServerProcess) -> None:
+    # image (field 3) announced as 5 bytes, 3 sent: gRPC alone would answer UNKNOWN and log a traceback.
+    with grpc.insecure_channel(server.target) as channel:
+        classify = channel.unary_unary("/resnetserve.v1.ImageClassifier/Classify", None, None)
+        with pytest.raises(grpc.RpcError) as info:
+            classify(b"\x1a\x05abc", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (info.value.details() or "")
+
+
 def test_unknown_model_and_bad_top_k(stub: pb_grpc.ImageClassifierStub) -> None:
     data = encode(real_images()[0])
     with pytest.raises(grpc.RpcError) as info:
