@@ -15,11 +15,12 @@ from concurrent.futures import Executor
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 from server.batcher import BatchResult
-from server.errors import ServeError, internal, invalid_argument, outcome_of, refusal_outcome
+from server.errors import ServeError, abort_with, internal, invalid_argument, outcome_of, refusal_outcome
 from server.inflight import InFlight
 from server.logging_setup import access_log, echo_request_id, request_scope, resolve_request_id
 from server.model_manager import ModelManager, ServedModel
@@ -303,6 +304,8 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 if isinstance(item, BaseException):
                     if isinstance(item, asyncio.CancelledError):
                         return
+                    if isinstance(item, DecodeError):  # else gRPC answers UNKNOWN and logs a traceback
+                        await abort_with(context, invalid_argument(f"malformed request: {item}"))
                     raise item
                 yield item
         finally:

@@ -185,6 +185,15 @@ def test_malformed_request_is_invalid_argument(server: ServerProcess) -> None:
     assert "malformed request" in (info.value.details() or "")
 
 
+def test_malformed_stream_item_is_invalid_argument(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stream = channel.stream_stream("/resnetserve.v1.ImageClassifier/ClassifyStream", None, None)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([b"\x1a\x05abc"]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (info.value.details() or "")
+
+
 def test_unknown_model_and_bad_top_k(stub: pb_grpc.ImageClassifierStub) -> None:
     data = encode(real_images()[0])
     with pytest.raises(grpc.RpcError) as info:
