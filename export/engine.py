@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from export.errors import os_error_line
 from export.files import write_bytes_atomic
 
 SIDECAR_FORMAT = "resnet-serve-engine/1"
@@ -419,6 +420,9 @@ def run(args: argparse.Namespace) -> int:
         ))
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # --out or --timing-cache cannot be written
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
           f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "

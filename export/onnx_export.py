@@ -29,7 +29,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from export.errors import ExportError
+from export.errors import ExportError, os_error_line
 from export.files import write_bytes_atomic
 from export.fold import FoldError, fold_batchnorm
 from export.helpformat import HelpFormatter
@@ -205,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(args.out, data)
     except ExportError as exc:
         print(f"resnet-serve export: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
+        print(f"resnet-serve export: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, "
           f"precision {args.precision}, rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s")

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from export.errors import ExportError
+from export.errors import ExportError, os_error_line
 from export.files import write_bytes_atomic
 from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, from_props, props_of, write
@@ -240,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
             written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
     except ExportError as exc:
         print(f"resnet-serve quantize: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
+        print(f"resnet-serve quantize: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     for line in written:
         print(f"wrote {line}")

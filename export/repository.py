@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from export.errors import os_error_line
 from export.helpformat import HelpFormatter
 
 FORMAT = "resnet-serve-repository/1"
@@ -312,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
         cfg, entry = package(args.model, args.repo, args.name, args.version, settings)
     except RepositoryError as exc:
         print(f"resnet-serve package: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
+        print(f"resnet-serve package: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     print(f"packaged {args.model} as {cfg.name} version {entry.version} ({entry.precision}, {entry.arch}) "
           f"in {args.repo}; versions now {[v.version for v in cfg.versions]}; "

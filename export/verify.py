@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from export.errors import ExportError
+from export.errors import ExportError, os_error_line
 from export.files import write_bytes_atomic
 from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, read
@@ -200,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
             write_bytes_atomic(args.json, (json.dumps(payload, indent=2) + "\n").encode())
     except ExportError as exc:
         print(f"resnet-serve verify: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
+        print(f"resnet-serve verify: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     print_table(results, n)
     failed = [r.stage for r in results if not r.ok]

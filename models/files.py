@@ -18,8 +18,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     on the same file system.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as err:
+        raise _cannot_write(dest, err) from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the final file the permissions a plain open() would have.
@@ -28,9 +31,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.chmod(0o666 & ~umask)
     try:
         yield tmp
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as err:
+            raise _cannot_write(dest, err) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _cannot_write(dest: Path, err: OSError) -> OSError:
+    # The raw error names the temporary file (or only the parent folder); the user needs the path they gave.
+    return OSError(err.errno, err.strerror, str(dest))
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

@@ -121,6 +121,18 @@ def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
     assert_one_line_error(capsys, rc, out, "junk.pth")
 
 
+def test_export_to_an_unwritable_path_is_a_one_line_error(
+        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, _ = digits_onnx
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "m.onnx"  # its "folder" is a file
+    rc = main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--num-images", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and str(out) in err
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
 def test_fp16_export_keeps_float32_io_and_records_its_precision(digits_onnx: tuple[Path, Path],
                                                                 tmp_path: Path) -> None:
     ckpt, _ = digits_onnx

@@ -125,3 +125,12 @@ def test_the_reader_imports_neither_torch_nor_onnx() -> None:
     code = ("import sys, export.repository; "
             "sys.exit(1 if {'torch', 'onnx', 'onnxruntime'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
+
+
+def test_packaging_into_a_repo_that_is_a_file_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    repo.write_text("")
+    rc = main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and str(repo) in err
