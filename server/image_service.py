@@ -85,11 +85,6 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             )
         return requested
 
-    @staticmethod
-    def _timeout(context: Context) -> float | None:
-        remaining: float | None = context.time_remaining()
-        return remaining
-
     def _response(
         self, model: ServedModel, logits: np.ndarray, k: int, request_id: str, timing: pb.Timing
     ) -> pb.ClassifyResponse:
@@ -124,7 +119,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
                 preprocess_s = time.perf_counter() - start
                 result: BatchResult = await model.infer(
-                    {model.info.inputs[0].name: x[None]}, self._timeout(context)
+                    {model.info.inputs[0].name: x[None]}, context.time_remaining()
                 )
                 logits = result.outputs[model.info.outputs[0].name][0]
                 total = time.perf_counter() - start
@@ -230,7 +225,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             rows = np.stack([prepared[i][0] for i in chunk])  # type: ignore[misc]
             pre_s = max(prepared[i][1] for i in chunk)
             try:
-                result = await model.infer({model.info.inputs[0].name: rows}, self._timeout(context))
+                result = await model.infer({model.info.inputs[0].name: rows}, context.time_remaining())
             except ServeError as exc:
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
                 for i in chunk:
