@@ -323,7 +323,8 @@ class TensorRTBackend(Backend):
                 self._run(arrays, chunk)
                 for buf in self._outputs:
                     pieces[buf.name].append(buf.host[: chunk.stop - chunk.start].copy())
-        return {name: np.concatenate(parts) for name, parts in pieces.items()}
+        # One chunk (the usual case) is already its own copy: concatenating it would copy it again.
+        return {name: p[0] if len(p) == 1 else np.concatenate(p) for name, p in pieces.items()}
 
     def _run(self, arrays: dict[str, np.ndarray], chunk: Chunk) -> None:
         rt, n, context = self._cuda.rt, chunk.stop - chunk.start, self._context
