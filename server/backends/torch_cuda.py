@@ -195,7 +195,8 @@ class TorchCudaBackend(Backend):
         with self._lock, self._on_device():
             for chunk in plan_chunks(x.shape[0], 1, self._opts.max_batch_size):
                 parts.append(self._run(x[chunk.start : chunk.stop]))
-        return {"logits": np.concatenate(parts)}
+        # One chunk (the usual case) is already its own copy: concatenating it would copy it again.
+        return {"logits": parts[0] if len(parts) == 1 else np.concatenate(parts)}
 
     def _on_device(self) -> contextlib.AbstractContextManager[Any]:
         # The current CUDA device is per thread, and the batcher calls from its own worker threads.
