@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from client import ClassifyError, Client
+from client.cli_options import positive_int
 from client.results import Classification
 from server.launch import free_port, serve_command, stop
 
@@ -35,13 +36,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=DEMO_EPOCHS,
         help="training epochs when no checkpoint exists yet (the train command's default "
         "trains longer, for >= 99 %%)",
     )
     parser.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
 
 
 def _say(text: str) -> None:

@@ -115,3 +115,15 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["classify", "--top-k", "0", "x.png"])
     assert info.value.code == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--concurrency", "--epochs"])
+def test_demo_refuses_a_count_below_one_before_doing_any_work(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found late, --concurrency 0 was a ThreadPoolExecutor traceback after a minute of training.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--workdir", str(tmp_path / "digits"), flag, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a number of at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "digits").exists()
