@@ -330,7 +330,10 @@ class ModelManager:
         if name in self._entries:
             return self._entries[name].config
         repo = self.config.model_repository
-        if repo and (Path(repo) / name).is_dir():
+        # Only a directory directly in the repository, as repository_models lists them: a client's name must
+        # not reach the repository itself ("") or anything outside it ("..", "../x", "a/b").
+        in_repository = bool(name) and name == Path(name).name and not name.startswith(".")
+        if repo and in_repository and (Path(repo) / name).is_dir():
             return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
         raise not_found(f"model {name!r} is neither configured nor in the model repository")
 

@@ -152,6 +152,13 @@ def test_loading_a_model_that_is_not_in_the_repository_is_not_found(client: tc.I
     assert info.value.status() == "StatusCode.NOT_FOUND"
 
 
+def test_loading_a_path_outside_the_repository_is_not_found(client: tc.InferenceServerClient) -> None:
+    for name in ("", "..", "../repository", "tiny/1"):
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model(name)
+        assert info.value.status() == "StatusCode.NOT_FOUND", name
+
+
 def test_loading_with_a_config_override_is_refused(client: tc.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as info:
         client.load_model("spare", config=json.dumps({"max_batch_size": 4}))
