@@ -78,9 +78,6 @@ _NUMPY_TO_KSERVE: dict[str, str] = {
     "object": "BYTES",
     "bytes": "BYTES",
 }
-KSERVE_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
-    v: np.dtype(k) for k, v in _NUMPY_TO_KSERVE.items() if k not in ("object", "bytes")
-}
 
 
 def numpy_to_kserve(dtype: np.dtype[np.generic]) -> str:
