@@ -161,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
             loads = parse_concurrency(args.concurrency or "1,2,4,8")
         if args.warmup < 0:
             raise ValueError("--warmup must be 0 or more seconds")
+        if args.baseline is not None and not args.baseline.is_file():
+            # baseline.measure says the same, but only after the whole sweep has run
+            raise FileNotFoundError(f"--baseline {args.baseline}: no such model file")
         return asyncio.run(_bench(args, loads))
     except (WorkloadError, ValueError, ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,6 +45,8 @@ def test_batched_requests_from_a_glob_count_every_image(
         (["--rate", "0"], "--rate '0': every rate must be above 0"),
         (["--concurrency", "4:2"], "--concurrency '4:2'"),
         (["--images", "/nonexistent/*.png"], "--images /nonexistent/*.png: no image files found"),
+        # before the sweep, not after minutes of load
+        (["--baseline", "/nonexistent/m.onnx"], "--baseline /nonexistent/m.onnx: no such model file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
