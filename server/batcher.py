@@ -144,10 +144,6 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def idle(self) -> bool:
         """Nothing queued and nothing being computed."""
         return not self._queue and self._running == 0

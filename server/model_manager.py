@@ -291,12 +291,6 @@ class ModelManager:
             out.extend(entry.status[v] for v in sorted(entry.status, key=version_key))
         return out
 
-    def model_config(self, name: str) -> ModelConfig:
-        entry = self._entries.get(name)
-        if entry is None:
-            raise not_found(f"model {name!r} is not served")
-        return entry.config
-
     def repository_models(self) -> list[str]:
         """Model names in the repository directory, loaded or not."""
         repo = self.config.model_repository
