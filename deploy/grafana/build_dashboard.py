@@ -200,7 +200,7 @@ def panels() -> list[dict[str, Any]]:
     out += [
         panel(
             "Server process CPU",
-            [target(f'rate(process_cpu_seconds_total{{job=~"$job"}}[{RATE}])', "{{instance}}", "A")],
+            [target(f"rate(process_cpu_seconds_total{{{JOB}}}[{RATE}])", "{{instance}}", "A")],
             "percentunit",
             (0, y, 12, 6),
             description="CPU seconds per second: 1.0 is one fully used core.",
