@@ -31,7 +31,7 @@ from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 
 
-class AsyncClient:
+class AsyncClient(wire.CallDefaults):
     """A connection to one server for asyncio code; see `client.sync.Client` for the arguments."""
 
     def __init__(
@@ -164,12 +164,3 @@ class AsyncClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-    def _model(self, model: str | None) -> str:
-        return self.model if model is None else model
-
-    def _version(self, version: str | None) -> str:
-        return self.version if version is None else version
-
-    def _timeout(self, timeout: float | UseDefault | None) -> float | None:
-        return self.timeout if isinstance(timeout, UseDefault) else timeout

@@ -29,7 +29,7 @@ from protos import classifier_pb2 as pb
 from protos import classifier_pb2_grpc as pb_grpc
 
 
-class Client:
+class Client(wire.CallDefaults):
     """A connection to one server. Thread-safe; reuse one per process rather than one per call.
 
     `timeout` is the default deadline in seconds for single and batch calls (None: no deadline); each call
@@ -161,12 +161,3 @@ class Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    def _model(self, model: str | None) -> str:
-        return self.model if model is None else model
-
-    def _version(self, version: str | None) -> str:
-        return self.version if version is None else version
-
-    def _timeout(self, timeout: float | UseDefault | None) -> float | None:
-        return self.timeout if isinstance(timeout, UseDefault) else timeout

@@ -9,9 +9,28 @@ from collections.abc import Sequence
 
 import grpc
 
+from client.channel import UseDefault
 from client.images import ImageLike, encode_image
 from client.results import Classification, ClassifyError, ModelInfo, ModelVersion, Prediction, Timing
 from protos import classifier_pb2 as pb
+
+
+class CallDefaults:
+    """The per-call fallbacks both clients share: a call's model, version or timeout of None (model,
+    version) or USE_DEFAULT (timeout) means the client's own."""
+
+    model: str
+    version: str
+    timeout: float | None
+
+    def _model(self, model: str | None) -> str:
+        return self.model if model is None else model
+
+    def _version(self, version: str | None) -> str:
+        return self.version if version is None else version
+
+    def _timeout(self, timeout: float | UseDefault | None) -> float | None:
+        return self.timeout if isinstance(timeout, UseDefault) else timeout
 
 
 def new_request_id() -> str:
