@@ -152,8 +152,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 error = exc
             except Exception:
                 error = _unexpected("Classify")
-            await context.abort(error.code, error.message)
-            raise AssertionError("unreachable: abort raises")
+            await abort_with(context, error)
 
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: Context
@@ -168,8 +167,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                     raise invalid_argument("ClassifyBatch needs at least one image")
             except ServeError as exc:
                 _refused(request.model, request.version, exc, start)
-                await context.abort(exc.code, exc.message)
-                raise
+                await abort_with(context, exc)
             with model.metrics.in_flight():
                 try:
                     results, failures, batch_size = await self._classify_batch(
@@ -178,8 +176,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 except Exception:
                     error = _unexpected("ClassifyBatch")
                     access_log(model.name, model.version, error.outcome, time.perf_counter() - start)
-                    await context.abort(error.code, error.message)
-                    raise
+                    await abort_with(context, error)
             # One access-log line for the whole call: its images are counted one by one in the metrics.
             total = time.perf_counter() - start
             if failures:
