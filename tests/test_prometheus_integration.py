@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import TINY_PREPROCESS
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -93,17 +94,9 @@ def write_slow_onnx(path: Path, channels: int = 256, layers: int = 4) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    preprocess = {
-        "color": "L",
-        "resize": 8,
-        "crop": 8,
-        "interpolation": "bilinear",
-        "mean": [0.5],
-        "std": [0.25],
-    }
     for key, value in {
         "resnet_serve.labels": json.dumps([str(i) for i in range(10)]),
-        "resnet_serve.preprocess": json.dumps(preprocess),
+        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
         "resnet_serve.arch": "slow-mlp",
         "resnet_serve.precision": "fp32",
     }.items():
