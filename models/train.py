@@ -216,6 +216,7 @@ def _settings(args: argparse.Namespace, resume_from: dict[str, Any] | None) -> d
         if cfg["data"] is not None:
             cfg["data"] = str(cfg["data"])
         registry.check(cfg["arch"])
+        _check_ranges(cfg)
         return cfg
     stored = dict(resume_from["train_config"])
     if "arch" in given:
@@ -227,6 +228,20 @@ def _settings(args: argparse.Namespace, resume_from: dict[str, Any] | None) -> d
                 "drop the flag to continue that run, or train afresh without --resume"
             )
     return stored
+
+
+def _check_ranges(cfg: dict[str, Any]) -> None:
+    """Refuse numbers torch rejects with a traceback (``--lr -1``) or that train nothing (``--epochs 0``)."""
+    bounds = {
+        "epochs": 1, "batch_size": 1, "image_size": 1, "momentum": 0, "weight_decay": 0, "warmup_epochs": 0,
+    }  # fmt: skip
+    for key, low in bounds.items():
+        if not cfg[key] >= low:
+            raise ModelsError(f"--{key.replace('_', '-')} must be at least {low}, got {cfg[key]}")
+    if not cfg["lr"] > 0:
+        raise ModelsError(f"--lr must be positive, got {cfg['lr']}")
+    if not 0 <= cfg["label_smoothing"] <= 1:
+        raise ModelsError(f"--label-smoothing must be between 0 and 1, got {cfg['label_smoothing']}")
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Any:

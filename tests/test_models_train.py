@@ -101,6 +101,25 @@ def test_bad_input_is_a_one_line_error_and_exit_2(
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--lr", "-1"),
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--momentum", "-0.5"),
+        ("--label-smoothing", "2"),
+    ],
+)
+def test_out_of_range_settings_are_a_one_line_error_and_write_nothing(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(flag, value, "--out", tmp_path / "m.pt") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and flag in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_torchrun_with_two_gloo_processes_trains_and_rank_0_writes_once(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp" / "model.pt"
