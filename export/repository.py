@@ -227,11 +227,14 @@ class ServingSettings:
 
 
 def _resolve(s: ServingSettings, existing: ModelConfig | None) -> tuple[int, list[int], int, str, int]:
-    max_batch = s.max_batch_size or (existing.max_batch_size if existing else 32)
+    # `is not None`, not `or`: an explicit 0 must reach the range check below, not become the default.
+    max_batch = s.max_batch_size if s.max_batch_size is not None else (
+        existing.max_batch_size if existing else 32)
     delay = s.max_queue_delay_us if s.max_queue_delay_us is not None else (
         existing.dynamic_batching.max_queue_delay_us if existing else 2000)
     backend = s.backend or (existing.backend if existing else "onnxruntime")
-    instances = s.instance_count or (existing.instance_count if existing else 1)
+    instances = s.instance_count if s.instance_count is not None else (
+        existing.instance_count if existing else 1)
     if s.preferred_batch_sizes:
         preferred = sorted(set(s.preferred_batch_sizes))
     elif existing and s.max_batch_size is None:

@@ -134,3 +134,14 @@ def test_packaging_into_a_repo_that_is_a_file_is_a_one_line_error(
     rc = main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and str(repo) in err
+
+
+@pytest.mark.parametrize("flag", ["--max-batch-size", "--instances"])
+def test_packaging_with_a_zero_setting_is_refused_not_defaulted(
+        flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    model = _tiny_onnx(tmp_path / "a.onnx")
+    rc = main(["package", str(model), "--repo", str(repo), "--name", "m", flag, "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "must be ≥ 1" in err
+    assert not (repo / "m").exists()
