@@ -69,6 +69,9 @@ def to_onnx(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> onnx
     if example.shape[0] < 2:
         raise ValueError("export with a batch of at least 2, else torch.export specialises the batch to 1")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # A failed down-conversion (opset < 18) is logged with a traceback and the model left as it was; the
+    # opset check below turns that into our one-line error instead.
+    logging.getLogger("onnxscript.version_converter").setLevel(logging.CRITICAL)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
@@ -89,7 +92,12 @@ def to_onnx(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> onnx
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"ONNX export failed: {first}") from exc
     assert program is not None
-    return program.model_proto
+    proto = program.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"torch cannot export this model at opset {opset} (it gave opset {got}): "
+                          f"use --opset {OPSET} or newer")
+    return proto
 
 
 def check_graph(model: onnx.ModelProto, folded: bool) -> None:

@@ -121,6 +121,13 @@ def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
     assert_one_line_error(capsys, rc, out, "junk.pth")
 
 
+def test_export_at_an_opset_torch_cannot_reach_is_a_one_line_error(
+        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, _ = digits_onnx
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--opset", "17", "--num-images", "2"])
+    assert_one_line_error(capsys, rc, out, "opset 17")
+
 def test_export_to_an_unwritable_path_is_a_one_line_error(
         digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, _ = digits_onnx
