@@ -30,9 +30,10 @@ from google.protobuf.message import DecodeError
 
 from export.errors import os_error_line
 from export.files import write_bytes_atomic
+from export.metadata import PREFIX, props_of
 
 SIDECAR_FORMAT = "resnet-serve-engine/1"
-PRECISION_KEY = "resnet_serve.precision"
+PRECISION_KEY = PREFIX + "precision"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # What each requested precision needs the ONNX to be, by its `resnet_serve.precision` metadata.
 _SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}
@@ -192,10 +193,6 @@ def model_input(model: onnx.ModelProto) -> ModelInput:
     return ModelInput(inputs[0].name, tuple(sample))
 
 
-def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -288,7 +285,7 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
         model = onnx.load_from_string(source_bytes)
     except (OSError, DecodeError, ValueError) as err:
         raise EngineError(f"cannot read ONNX model {req.onnx_path}: {err}") from None
-    metadata = metadata_of(model)
+    metadata = props_of(model)
     inp = model_input(model)
     has_st = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     precision, convert = resolve_precision(
@@ -301,7 +298,7 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
         from export.fp16 import to_fp16
 
         model = to_fp16(model)
-        metadata = metadata_of(model)
+        metadata = props_of(model)
     if plan.builder_flags:  # weakly typed: the graph stays FP32 and the flags lower it
         metadata[PRECISION_KEY] = precision
     gpu = gpu_identity(req.device)

@@ -19,8 +19,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from export.files import write_bytes_atomic
+from export.metadata import PREFIX, props_of
 
-PRECISION_KEY = "resnet_serve.precision"
+PRECISION_KEY = PREFIX + "precision"
 
 
 class Fp16Error(ValueError):
@@ -31,10 +32,10 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """An FP16 copy of an FP32 model: FP16 weights and activations, float32 I/O, metadata kept."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    current = _metadata(model).get(PRECISION_KEY, "fp32")
+    current = props_of(model).get(PRECISION_KEY, "fp32")
     if current != "fp32":
         raise Fp16Error(f"the model's precision is {current!r}; FP16 conversion starts from an fp32 model")
-    metadata = _metadata(model)
+    metadata = props_of(model)
     # The converter edits in place; converting a copy keeps the caller's model intact.
     copy = onnx.ModelProto.FromString(model.SerializeToString())
     converted: onnx.ModelProto = convert_float_to_float16(copy, keep_io_types=True)
@@ -76,10 +77,6 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
     del graph.node[:]
     graph.node.extend(copies)
-
-
-def _metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
