@@ -15,8 +15,9 @@ Semantics (docs/server.md, "Batching"):
   into a batch, the request is dropped without compute and fails with DEADLINE_EXCEEDED. Once its batch has
   started, it completes. A cancelled request (its awaiting task cancelled, e.g. the client went away)
   leaves the queue and costs no compute.
-* Each execution instance is one backend on its own worker thread; the worker forms its batch, runs it and
-  completes the requests' futures on their event loop with one `call_soon_threadsafe` per batch.
+* Each execution instance is one backend on its own worker thread; the worker forms its batch, stacks its
+  rows in buffers it reuses (server/staging.py), runs it and completes the requests' futures on their event
+  loop with one `call_soon_threadsafe` per batch.
 * A backend exception fails that batch's requests with INTERNAL; the worker keeps serving.
 """
 
@@ -43,6 +44,7 @@ from server.errors import (
     unavailable,
 )
 from server.metrics import ModelMetrics
+from server.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +226,17 @@ class DynamicBatcher:
                 raise invalid_argument(f"inputs of model {self.name!r} disagree on the batch dimension")
         if rows < 1:
             raise invalid_argument(f"a request to model {self.name!r} needs at least one row, got {rows}")
+        self.check_rows(rows)
+        return rows
+
+    def check_rows(self, rows: int) -> None:
+        """Refuse a request of more rows than a batch may hold (INVALID_ARGUMENT); callers that must decode
+        a request first (encoded images) call it before decoding."""
         if rows > self.max_batch_size:
             raise invalid_argument(
                 f"request has {rows} rows but model {self.name!r} takes at most max_batch_size="
                 f"{self.max_batch_size} per request"
             )
-        return rows
 
     def _remove_locked(self, pending: _Pending) -> bool:
         if pending.state != _QUEUED:
@@ -271,11 +278,12 @@ class DynamicBatcher:
     # ---------------------------------------------------------------------------------------- worker side
 
     def _work(self, backend: Backend) -> None:
+        staging = Staging()
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(backend, batch)
+            self._run(backend, staging, batch)
 
     def _next_batch(self) -> list[_Pending] | None:
         expired: list[Outcome] = []
@@ -327,24 +335,28 @@ class DynamicBatcher:
             return fit
         return preferred_fit
 
-    def _run(self, backend: Backend, batch: list[_Pending]) -> None:
+    def _run(self, backend: Backend, staging: Staging, batch: list[_Pending]) -> None:
         try:
             if batch:
-                self._execute(backend, batch)
+                self._execute(backend, staging, batch)
         finally:
             with self._cond:
                 self._running -= 1
 
-    def _execute(self, backend: Backend, batch: list[_Pending]) -> None:
+    def _execute(self, backend: Backend, staging: Staging, batch: list[_Pending]) -> None:
         start = time.perf_counter()
         rows = sum(p.rows for p in batch)
         outcomes: list[Outcome] = []
         try:
             if len(batch) == 1:
                 feeds = batch[0].inputs
+                outputs = backend.infer(feeds)
             else:
-                feeds = {name: np.concatenate([p.inputs[name] for p in batch]) for name in self._input_names}
-            outputs = backend.infer(feeds)
+                feeds = {n: staging.assemble(n, [p.inputs[n] for p in batch]) for n in self._input_names}
+                outputs = backend.infer(feeds)
+                # The staging buffers are overwritten by this worker's next batch, while the requests may
+                # still be serialising their rows of the outputs.
+                outputs = {k: v.copy() if staging.owns(v) else v for k, v in outputs.items()}
             bad = [name for name, out in outputs.items() if out.shape[:1] != (rows,)]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have the batch's {rows} rows")
