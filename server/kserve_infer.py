@@ -176,6 +176,7 @@ async def _decode_images(
             f"input '{spec.name}' as BYTES must have shape [N] or [N, 1] (one encoded image per row), "
             f"got {list(array.shape)}"
         )
+    model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
     loop = asyncio.get_running_loop()
     rows = await asyncio.gather(*(loop.run_in_executor(executor, pre, bytes(item)) for item in array))
     return np.stack(rows).astype(spec.dtype, copy=False)

@@ -298,6 +298,16 @@ def test_batch_larger_than_max_batch_size_is_invalid_argument(client: tc.Inferen
     assert str(config.max_batch_size) in message
 
 
+def test_too_many_encoded_images_are_refused_before_any_is_decoded(client: tc.InferenceServerClient) -> None:
+    # Undecodable bytes: had the server decoded them first, the answer would be about the image instead.
+    rows = client.get_model_config("tiny").config.max_batch_size + 1
+    tensor = tc.InferInput("input", [rows], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"not an image"] * rows, dtype=np.object_))
+    status, message = status_of(lambda: client.infer("tiny", [tensor]))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert "max_batch_size" in message
+
+
 def test_timeout_parameter_in_microseconds_expires_a_queued_request(client: tc.InferenceServerClient) -> None:
     # Triton's `timeout` parameter (tritonclient's `timeout=`, microseconds) bounds the time in the queue;
     # the server batches with a 2 ms queue delay, so a lone request with 1 us left expires there.
