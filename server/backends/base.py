@@ -48,7 +48,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch. Every input has the same leading batch size; every output has it too."""
+        """Run one batch. Every input has the same leading batch size; every output has it too.
+
+        The input arrays belong to the caller again once `infer` returns (the batcher reuses their memory
+        for its next batch): keep nothing that refers to them."""
 
     def warmup(self, batch_sizes: list[int]) -> None:
         """Run zero inputs at the given batch sizes so the first real request pays no lazy initialisation."""
