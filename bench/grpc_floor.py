@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from models.files import write_bytes_atomic
 from server.launch import free_port, serve_command, stop
 
 _MB = 1024 * 1024
@@ -258,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         f"resnet-serve over the minimal grpc.aio server {ours:+.2f} ms"
     )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
     return 0
 
 

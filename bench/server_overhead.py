@@ -24,6 +24,7 @@ from typing import Any
 from bench import baseline
 from bench.loadgen import Closed, Timing, run_step
 from bench.senders import kserve_sender
+from models.files import write_bytes_atomic
 from server.launch import free_port, serve_command, stop
 
 
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: all cores)")
     parser.add_argument("--instances", type=int, default=1, help="server execution instances")
     parser.add_argument(
-        "--server-threads", type=int, default=None,
+        "--server-threads",
+        type=int,
+        default=None,
         help="server intra-op threads per instance (default: --threads)",
     )
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -152,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         f"throughput (target >= 95 %)"
     )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
     return 0
 
 
