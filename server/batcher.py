@@ -283,7 +283,12 @@ class DynamicBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(backend, staging, batch)
+            try:
+                self._run(backend, staging, batch)
+            except Exception as exc:  # a bug outside the backend: answer the batch, keep the worker alive
+                log.exception("model %s version %s: the worker failed on a batch", self.name, self.version)
+                error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
+                self._deliver([(p, error) for p in batch])  # futures already answered are skipped
 
     def _next_batch(self) -> list[_Pending] | None:
         expired: list[Outcome] = []
@@ -360,13 +365,13 @@ class DynamicBatcher:
             bad = [name for name, out in outputs.items() if out.shape[:1] != (rows,)]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have the batch's {rows} rows")
+            compute_s = time.perf_counter() - start
+            self._metrics.batch_executed(rows, compute_s)
         except Exception as exc:
             log.exception("model %s version %s failed on a batch of %d", self.name, self.version, rows)
             error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
             outcomes = [(p, error) for p in batch]
         else:
-            compute_s = time.perf_counter() - start
-            self._metrics.batch_executed(rows, compute_s)
             offset = 0
             for p in batch:
                 mine = {name: out[offset : offset + p.rows] for name, out in outputs.items()}

@@ -271,6 +271,39 @@ def test_backend_exception_fails_its_batch_with_internal_and_serving_goes_on() -
     batcher.close()
 
 
+def test_failure_outside_the_backend_answers_internal_and_the_worker_survives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug after compute (metrics) or anywhere in the worker must not leave requests waiting forever.
+    batcher = make(FakeBackend())
+    real_execute = batcher._execute
+    failures = iter(["metrics", "worker"])
+
+    def flaky_metrics(rows: int, compute_s: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    def flaky_execute(*args: Any) -> None:
+        raise RuntimeError("worker broke")
+
+    async def main() -> None:
+        for expected in failures:
+            with monkeypatch.context() as patch:
+                if expected == "metrics":
+                    patch.setattr(batcher._metrics, "batch_executed", flaky_metrics)
+                else:
+                    patch.setattr(batcher, "_execute", flaky_execute)
+                with pytest.raises(ServeError) as info:
+                    await asyncio.wait_for(batcher.submit(rows(1)), 5)
+                assert info.value.code == grpc.StatusCode.INTERNAL
+                assert f"{expected} broke" in info.value.message
+            assert batcher._execute == real_execute
+            result = await asyncio.wait_for(batcher.submit(rows(2)), 5)
+            assert result.outputs["y"][0, 0] == 5.0
+
+    run(main())
+    batcher.close()
+
+
 def test_instances_run_batches_concurrently() -> None:
     backends = [FakeBackend(delay_s=0.3), FakeBackend(delay_s=0.3)]
     batcher = make(backends, max_batch_size=1)
