@@ -299,6 +299,11 @@ def load(
 ) -> ImageSplit:
     """Load a data set by name (``digits``, ``folder``, ``cifar10``); the last two need ``data``."""
     if name == "digits":
+        if data is not None:  # silently training on digits when the user pointed at their data is worse
+            raise DatasetError(
+                f"--data {data} is for --dataset folder or cifar10; digits is built in (drop --data, "
+                "or add --dataset folder)"
+            )
         return load_digits_split()
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

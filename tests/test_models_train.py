@@ -87,6 +87,7 @@ def test_resume_refuses_settings_that_contradict_the_checkpoint(
     [
         (["--arch", "resnet21"], "known: resnet20"),
         (["--dataset", "folder"], "needs --data"),
+        (["--data", "/some/photos"], "digits is built in"),
         (["--dataset", "folder", "--data", "/nonexistent/dir"], "does not exist"),
         (["--dataset", "cifar10", "--data", "/nonexistent/dir"], "no CIFAR-10 batches"),
         (["--resume", "/nonexistent/model.pt"], "not found"),
