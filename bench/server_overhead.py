@@ -6,6 +6,8 @@ ONNX model called in-process with the server's own backend class, measured side 
 Rounds alternate the two so that a noisy neighbour hits both alike; each figure is the median over rounds:
 - concurrency 1: the server's median latency minus the bare batch-1 median (target: within 1 ms);
 - concurrency 16: the server's throughput over the best bare throughput at any batch size (target: >= 95 %).
+  Beside it, the same ratio against an independent re-measurement of the winning batch size, since the
+  maximum of several noisy measurements is biased upwards.
 The server runs as a subprocess (`resnet-serve serve`), with the bare session idle meanwhile and vice versa.
 """
 
@@ -75,6 +77,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 c16 = await run_step(sender, Closed(args.concurrency), timing)
                 b1 = next(b for b in bare if b.batch_size == 1)
                 best = max(bare, key=lambda b: b.throughput)
+                # The largest of several noisy measurements overstates the true best; an independent
+                # measurement of the winning batch size does not (reported beside, never instead).
+                again = baseline.measure(args.model, [best.batch_size], args.window, "cpu", args.threads)[0]
                 row: dict[str, Any] = {
                     "round": r + 1,
                     "bare_batch1_p50_ms": b1.latency.percentiles["p50"],
@@ -89,12 +94,16 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 row["latency_overhead_ms"] = row["server_c1_p50_ms"] - row["bare_batch1_p50_ms"]
                 row["throughput_ratio"] = c16.throughput / best.throughput
+                row["bare_best_remeasured_throughput"] = again.throughput
+                row["throughput_ratio_remeasured"] = c16.throughput / again.throughput
                 rounds.append(row)
                 print(
                     f"round {r + 1}: bare b1 p50 {row['bare_batch1_p50_ms']:.2f} ms, server c1 p50 "
                     f"{row['server_c1_p50_ms']:.2f} ms (+{row['latency_overhead_ms']:.2f} ms); bare best "
                     f"{best.throughput:.1f}/s at batch {best.batch_size}, server c{args.concurrency} "
-                    f"{c16.throughput:.1f}/s ({100 * row['throughput_ratio']:.1f} %)",
+                    f"{c16.throughput:.1f}/s ({100 * row['throughput_ratio']:.1f} %; "
+                    f"{100 * row['throughput_ratio_remeasured']:.1f} % of batch {best.batch_size} "
+                    f"re-measured at {again.throughput:.1f}/s)",
                     flush=True,
                 )
         finally:
@@ -106,6 +115,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": rounds,
         "median_latency_overhead_ms": statistics.median(r["latency_overhead_ms"] for r in rounds),
         "median_throughput_ratio": statistics.median(r["throughput_ratio"] for r in rounds),
+        "median_throughput_ratio_remeasured": statistics.median(
+            r["throughput_ratio_remeasured"] for r in rounds
+        ),
         "settings": {
             "threads": args.threads,
             "server_threads": args.server_threads,
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         f"median over {args.rounds} rounds: latency overhead at concurrency 1 "
         f"{result['median_latency_overhead_ms']:+.2f} ms (target <= 1 ms); throughput at concurrency "
         f"{args.concurrency} {100 * result['median_throughput_ratio']:.1f} % of the best in-process "
-        f"throughput (target >= 95 %)"
+        f"throughput (target >= 95 %); {100 * result['median_throughput_ratio_remeasured']:.1f} % of the "
+        "best batch size re-measured"
     )
     if args.out is not None:
         write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
