@@ -35,7 +35,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from export.errors import ExportError, os_error_line
-from export.files import write_bytes_atomic
+from export.files import atomic_path
 from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, from_props, props_of, write
 from export.samples import calibration_batch
@@ -234,10 +234,13 @@ def run(args: argparse.Namespace) -> int:
         paths = output_paths(args.out, args.variant)
         models = quantize(fp32, meta, data, tuple(paths), args.method)
         written = []
-        for variant, path in paths.items():
-            payload = models[variant].SerializeToString()
-            write_bytes_atomic(path, payload)
-            written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
+        # All or nothing: every file is written beside its destination first and renamed only once all
+        # are written; the renames run last-first, so a destination that refuses its rename stops the rest.
+        with contextlib.ExitStack() as files:
+            for variant, path in paths.items():
+                payload = models[variant].SerializeToString()
+                files.enter_context(atomic_path(path)).write_bytes(payload)
+                written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
     except ExportError as exc:
         print(f"resnet-serve quantize: error: {exc}", file=sys.stderr)
         return 1

@@ -164,6 +164,18 @@ def test_quantize_with_an_image_folder_holding_no_images_is_a_one_line_error(
     assert_one_line_error(capsys, rc, out, "no images")
 
 
+@pytest.mark.slow
+def test_quantize_both_writes_neither_file_when_one_cannot_be_written(
+        digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "q-ort.onnx").mkdir()  # the second destination is a folder: its rename fails
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(digits_models["fp32"]), "--variant", "both", "--out", str(out)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after calibration's progress bar
+    assert rc != 0 and last.startswith("resnet-serve quantize: error:") and "q-ort.onnx" in last
+    assert (tmp_path / "q-ort.onnx").is_dir() and not list((tmp_path / "q-ort.onnx").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q-ort.onnx"]  # no temporary files left either
+
+
 def _foreign_onnx(path: Path) -> Path:
     """A valid ONNX model from 'another tool': no resnet_serve metadata."""
     from onnx import TensorProto, helper
