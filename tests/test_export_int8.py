@@ -7,7 +7,10 @@ pytest's cache between runs when the cache plugin is on.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +177,27 @@ def test_quantize_both_writes_neither_file_when_one_cannot_be_written(
     assert rc != 0 and last.startswith("resnet-serve quantize: error:") and "q-ort.onnx" in last
     assert (tmp_path / "q-ort.onnx").is_dir() and not list((tmp_path / "q-ort.onnx").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q-ort.onnx"]  # no temporary files left either
+
+
+@pytest.mark.slow
+def test_quantize_both_leaves_neither_file_when_a_write_fails(
+        digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from export.files import atomic_path as real
+
+    @contextlib.contextmanager
+    def disk_full_for_the_second(path: Path) -> Iterator[Path]:
+        if path.name.endswith("-ort.onnx"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr("export.quantize.atomic_path", disk_full_for_the_second, raising=False)
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(digits_models["fp32"]), "--variant", "both", "--out", str(out)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc != 0 and "No space left" in last
+    assert list(tmp_path.iterdir()) == []
 
 
 def _foreign_onnx(path: Path) -> Path:
