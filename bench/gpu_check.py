@@ -585,17 +585,17 @@ def wait_ready(
 ) -> None:
     from client.sync import Client
 
-    client = Client(target, timeout=10, retry=None)
-    end = time.perf_counter() + timeout_s
-    while time.perf_counter() < end:
-        if proc.poll() is not None:
-            tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-            raise Skip(f"the server exited ({proc.returncode}): {tail[0][:200]}")
-        try:
-            client.classify(image)
-            return
-        except Exception:
-            time.sleep(0.5)
+    with Client(target, timeout=10, retry=None) as client:
+        end = time.perf_counter() + timeout_s
+        while time.perf_counter() < end:
+            if proc.poll() is not None:
+                tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+                raise Skip(f"the server exited ({proc.returncode}): {tail[0][:200]}")
+            try:
+                client.classify(image)
+                return
+            except Exception:
+                time.sleep(0.5)
     raise Skip(f"the server was not ready within {timeout_s:.0f} s (see {log_path})")
 
 

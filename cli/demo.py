@@ -85,18 +85,19 @@ def _wait_ready(client: Client, server: subprocess.Popen[bytes], timeout_s: floa
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(client.target))  # type: ignore[no-untyped-call]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"demo: the server exited early with code {server.returncode}")
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
+    with grpc.insecure_channel(client.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit(f"demo: the server exited early with code {server.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
     raise SystemExit("demo: the server did not become ready within 60 s")
 
 
