@@ -7,6 +7,7 @@ ONNX Runtime, TensorRT and PyTorch slot in without the batcher changing.
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,7 @@ _NUMPY_TO_KSERVE: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # on every request's path; numpy builds a dtype's name in Python each time
 def numpy_to_kserve(dtype: np.dtype[np.generic]) -> str:
     try:
         return _NUMPY_TO_KSERVE[np.dtype(dtype).name]
