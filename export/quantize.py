@@ -228,17 +228,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.num_calibration < 1:
             raise ExportError("--num-calibration must be at least 1")
-        paths = output_paths(args.out, args.variant)
-        for path in paths.values():  # before calibrating, and so that the renames below cannot meet a folder
-            if path.is_dir():
-                raise ExportError(f"{path} is a folder; --out must name a file")
         fp32, meta = load_fp32(args.onnx)
         data = calibration_batch(meta.labels, meta.preprocess, args.images, args.num_calibration)
         print(f"quantizing {meta.arch} to INT8 QDQ: {args.method} calibration on {len(data)} images")
+        paths = output_paths(args.out, args.variant)
         models = quantize(fp32, meta, data, tuple(paths), args.method)
         written = []
         # All or nothing: every file is written beside its destination first and renamed only once all
-        # are written (a failed write, e.g. a full disk, leaves neither).
+        # are written (a folder as destination, or a failed write such as a full disk, leaves neither).
         with contextlib.ExitStack() as files:
             for variant, path in paths.items():
                 payload = models[variant].SerializeToString()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -13,11 +14,14 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error it is removed.
+    A `path` that is a folder is refused (OSError, EISDIR) before the block runs.
 
     The temporary file lives in the destination directory so that the final os.replace is an atomic rename
     on the same file system.
     """
     dest = Path(path)
+    if dest.is_dir():  # refused before anything is written: several atomic_paths together stay all-or-nothing
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
