@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
-from export.files import write_bytes_atomic
+from export.files import write_json_atomic
 from export.fold import fold_batchnorm
 from export.metadata import ModelMetadata, tool_versions
 from export.onnx_export import to_onnx
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "resnet50_int8_over_fp32_paired": paired,
         "seconds": time.perf_counter() - started,
     }
-    write_bytes_atomic(args.out, (json.dumps(payload, indent=2) + "\n").encode())
+    write_json_atomic(args.out, payload)
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 

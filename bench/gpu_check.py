@@ -804,10 +804,10 @@ def report_of(cfg: Settings, env: dict[str, Any], rows: list[Row], skipped: list
 
 
 def save(out: Path, report: dict[str, Any]) -> Path:
-    from export.files import write_bytes_atomic
+    from export.files import write_json_atomic
 
     path = out / "gpu_check.json"
-    write_bytes_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
+    write_json_atomic(path, report)
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from models.files import write_bytes_atomic
+from models.files import write_json_atomic
 from server.launch import free_port, serve_command, stop
 
 _MB = 1024 * 1024
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"resnet-serve over the minimal grpc.aio server {ours:+.2f} ms"
     )
     if args.out is not None:
-        write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
+        write_json_atomic(args.out, result)
     return 0
 
 

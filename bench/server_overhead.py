@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 from bench import baseline
 from bench.loadgen import Closed, Timing, run_step
 from bench.senders import kserve_sender
-from models.files import write_bytes_atomic
+from models.files import write_json_atomic
 from server.launch import free_port, serve_command, stop
 
 
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "best batch size re-measured"
     )
     if args.out is not None:
-        write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
+        write_json_atomic(args.out, result)
     return 0
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from models.files import atomic_path, sha256_file, write_bytes_atomic
+from models.files import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 
-__all__ = ["atomic_path", "sha256_file", "write_bytes_atomic"]
+__all__ = ["atomic_path", "sha256_file", "write_bytes_atomic", "write_json_atomic"]

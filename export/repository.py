@@ -251,7 +251,7 @@ def _resolve(s: ServingSettings, existing: ModelConfig | None) -> tuple[int, lis
 def package(model_file: Path, repo: Path, name: str, version: int | None = None,
             settings: ServingSettings | None = None) -> tuple[ModelConfig, VersionConfig]:
     """Copy `model_file` in as a new version of model `name` and (re)write its config.json atomically."""
-    from export.files import atomic_path, sha256_file, write_bytes_atomic
+    from export.files import atomic_path, sha256_file, write_json_atomic
 
     if not _NAME_RE.match(name):
         raise RepositoryError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
@@ -285,7 +285,7 @@ def package(model_file: Path, repo: Path, name: str, version: int | None = None,
     try:
         with atomic_path(version_dir / entry.file) as tmp:
             shutil.copyfile(model_file, tmp)
-        write_bytes_atomic(model_dir / CONFIG_NAME, (json.dumps(cfg.to_json(), indent=2) + "\n").encode())
+        write_json_atomic(model_dir / CONFIG_NAME, cfg.to_json())
     except BaseException:
         shutil.rmtree(version_dir, ignore_errors=True)
         raise

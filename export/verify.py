@@ -16,7 +16,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from export.errors import ExportError, os_error_line
-from export.files import write_bytes_atomic
+from export.files import write_json_atomic
 from export.helpformat import HelpFormatter
 from export.metadata import ModelMetadata, read
 from export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
@@ -197,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json is not None:
             payload = {"images": n, "tolerances": asdict(tol), "stages": [asdict(r) for r in results],
                        "ok": all(r.ok for r in results)}
-            write_bytes_atomic(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+            write_json_atomic(args.json, payload)
     except ExportError as exc:
         print(f"resnet-serve verify: error: {exc}", file=sys.stderr)
         return 1

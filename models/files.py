@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -51,6 +52,11 @@ def _cannot_write(dest: Path, err: OSError) -> OSError:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: object) -> None:
+    """`value` as indented JSON with a final newline, written atomically."""
+    write_bytes_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
