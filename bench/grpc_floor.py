@@ -1,16 +1,17 @@
 """The floor under the server's latency overhead: what Python gRPC itself costs, measured side by side.
 
-    python -m bench.grpc_floor --model artifacts/resnet50/model.onnx --rounds 3
+    python -m bench.grpc_floor --model artifacts/resnet50/model.onnx --rounds 5
 
-Three things answer the same tritonclient ModelInfer requests (batch-1 FP32 tensors, one at a time), in
-alternating rounds:
+Four targets answer the same batch-1 requests, one at a time, in alternating half-second slices so that drift
+on a shared machine hits all alike; the three servers are asked through tritonclient's ModelInfer:
 - bare: the server's backend class called in-process (what bench/server_overhead.py compares against);
-- minimal: the least a Python grpcio server can do, started with `--minimal-server`: a grpc.aio server with
-  one generic ModelInfer handler that parses the request with protobuf, runs the same backend on a worker
-  thread and answers; no batcher, no validation, no metrics, no interceptor;
-- resnet-serve: `resnet-serve serve` with the settings bench/server_overhead.py uses.
-The minimal server's overhead over bare is the floor that no server written on grpcio can go below on this
-machine; resnet-serve minus minimal is what our own serving layer costs.
+- minimal-aio: the least a grpc.aio server can do (one generic ModelInfer handler that parses the request
+  with protobuf, runs the same backend on one worker thread and answers; no batcher, validation, metrics or
+  interceptor), started by this script with the hidden `--minimal-server aio`;
+- minimal-sync: the same on grpc's thread-pool server, the model run in the handler's own thread;
+- resnet-serve: `resnet-serve serve` with its defaults.
+Each server's first answer is checked against the bare call. The minimal servers' overhead over bare is the
+floor no grpcio server goes below on this machine; resnet-serve minus minimal-aio is our serving layer's cost.
 """
 
 from __future__ import annotations
@@ -35,22 +36,25 @@ from server.launch import free_port, serve_command, stop
 
 _MB = 1024 * 1024
 SERVICE = "inference.GRPCInferenceService"
+_OPTIONS = [("grpc.max_receive_message_length", 64 * _MB), ("grpc.http2.lookahead_bytes", 16 * _MB)]
 
 
 # ------------------------------------------------------------------------------------------ minimal server
 
 
-def _handlers(backend: Any, run: Callable[..., Any]) -> dict[str, Any]:
-    """ModelInfer and ServerReady as generic handlers; `run(backend.infer, feeds)` runs the model (awaited
-    when the server is asyncio's)."""
+def _minimal_server(model: Path, port: int, threads: int, kind: str) -> None:
+    """Serve ModelInfer and ServerReady for `model` on `port` until killed (`kind`: "aio" or "sync")."""
     import grpc
 
     from protos import grpc_service_pb2 as pb
     from server.backends.base import numpy_to_kserve
+    from server.backends.factory import backend_for, create_backend
 
+    backend = create_backend(model, backend_for(model, "auto"), "cpu", threads)
     spec = backend.info.inputs[0]
+    ready = bytes(pb.ServerReadyResponse(ready=True).SerializeToString())
 
-    def parse(data: bytes) -> dict[str, np.ndarray]:
+    def feeds(data: bytes) -> dict[str, np.ndarray]:
         request = pb.ModelInferRequest.FromString(data)
         shape = tuple(request.inputs[0].shape)
         return {spec.name: np.frombuffer(request.raw_input_contents[0], dtype=spec.dtype).reshape(shape)}
@@ -62,59 +66,39 @@ def _handlers(backend: Any, run: Callable[..., Any]) -> dict[str, Any]:
             response.raw_output_contents.append(value.tobytes())
         return bytes(response.SerializeToString())
 
-    if asyncio.iscoroutinefunction(run):
+    def service(infer: Callable[..., Any], is_ready: Callable[..., Any]) -> Any:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+                "ServerReady": grpc.unary_unary_rpc_method_handler(is_ready),
+            },
+        )
 
-        async def infer_async(data: bytes, context: Any) -> bytes:
-            return answer(await run(backend.infer, parse(data)))
-
-        async def ready_async(data: bytes, context: Any) -> bytes:
-            return bytes(pb.ServerReadyResponse(ready=True).SerializeToString())
-
-        infer, ready = infer_async, ready_async
-    else:
-
-        def infer_sync(data: bytes, context: Any) -> bytes:
-            return answer(run(backend.infer, parse(data)))
-
-        def ready_sync(data: bytes, context: Any) -> bytes:
-            return bytes(pb.ServerReadyResponse(ready=True).SerializeToString())
-
-        infer, ready = infer_sync, ready_sync  # type: ignore[assignment]
-    return {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
-        "ServerReady": grpc.unary_unary_rpc_method_handler(ready),
-    }
-
-
-_OPTIONS = [("grpc.max_receive_message_length", 64 * _MB), ("grpc.http2.lookahead_bytes", 16 * _MB)]
-
-
-def _minimal_server(model: Path, port: int, threads: int, kind: str) -> None:
-    """`kind` "aio": grpc.aio, the model on a worker thread; "sync": grpc's thread-pool server, the model
-    run in the handler's own thread."""
-    import grpc
-
-    from server.backends.factory import backend_for, create_backend
-
-    backend = create_backend(model, backend_for(model, "auto"), "cpu", threads)
     if kind == "sync":
-        server = grpc.server(ThreadPoolExecutor(max_workers=4), options=_OPTIONS)
-        handlers = _handlers(backend, lambda infer, feeds: infer(feeds))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
-        server.wait_for_termination()
+
+        def infer_here(data: bytes, context: Any) -> bytes:
+            return answer(backend.infer(feeds(data)))
+
+        sync_server = grpc.server(ThreadPoolExecutor(max_workers=4), options=_OPTIONS)
+        sync_server.add_generic_rpc_handlers((service(infer_here, lambda data, context: ready),))
+        sync_server.add_insecure_port(f"127.0.0.1:{port}")
+        sync_server.start()
+        sync_server.wait_for_termination()
         return
 
+    worker = ThreadPoolExecutor(max_workers=1)  # one thread, as one resnet-serve instance has
+
+    async def infer_on_worker(data: bytes, context: Any) -> bytes:
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(worker, backend.infer, feeds(data)))
+
+    async def is_ready(data: bytes, context: Any) -> bytes:
+        return ready
+
     async def main() -> None:
-        worker = ThreadPoolExecutor(max_workers=1)  # one thread, as one resnet-serve instance has
-
-        async def on_thread(infer: Callable[..., Any], feeds: dict[str, np.ndarray]) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(worker, infer, feeds)
-
         server = grpc.aio.server(options=_OPTIONS)
-        handlers = _handlers(backend, on_thread)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_generic_rpc_handlers((service(infer_on_worker, is_ready),))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
@@ -179,8 +163,10 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     targets: dict[str, Callable[[], object]] = {"bare": lambda: bare.infer({spec.name: array})}
     rounds: list[dict[str, float]] = []
+    clients: dict[str, Any] = {}
     try:
-        clients = {f"minimal-{kind}": _client(port, process) for kind, (port, process) in minimal.items()}
+        for kind, (port, process) in minimal.items():
+            clients[f"minimal-{kind}"] = _client(port, process)
         clients["resnet-serve"] = _client(serve_port, served)
         for name, client in clients.items():
             targets[name] = functools.partial(client.infer, "model", [tensor], outputs=outputs)
@@ -201,15 +187,15 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             row = {f"{name}_ms": 1000 * statistics.median(t) for name, t in times.items()}
             for name in clients:
                 row[f"{name}_overhead_ms"] = row[f"{name}_ms"] - row["bare_ms"]
-            row["resnet-serve_over_minimal_ms"] = row["resnet-serve_ms"] - row["minimal-aio_ms"]
+            row["resnet-serve_over_minimal-aio_ms"] = row["resnet-serve_ms"] - row["minimal-aio_ms"]
             rounds.append(row)
             shown = "; ".join(
                 f"{name} {row[f'{name}_ms']:.2f} ms ({row[f'{name}_overhead_ms']:+.2f})" for name in clients
             )
             print(f"round {r + 1}: bare {row['bare_ms']:.2f} ms; {shown}", flush=True)
+    finally:
         for client in clients.values():
             client.close()
-    finally:
         bare.close()
         for _, process in minimal.values():
             stop(process, timeout_s=5)
@@ -224,7 +210,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             if key.endswith("_overhead_ms")
         },
         "median_resnet-serve_over_minimal-aio_ms": statistics.median(
-            r["resnet-serve_over_minimal_ms"] for r in rounds
+            r["resnet-serve_over_minimal-aio_ms"] for r in rounds
         ),
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
@@ -250,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.minimal_server is not None:
         _minimal_server(args.model, args.port, args.threads, args.minimal_server)
         return 0
-    result = _measure(args)
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        result = _measure(args)
+    except InferenceServerException as exc:  # a server failed a request mid-run
+        raise SystemExit(f"grpc_floor: a request failed: {exc}") from None
     shown = ", ".join(f"{name} {value:+.2f} ms" for name, value in result["median_overhead_ms"].items())
     ours = result["median_resnet-serve_over_minimal-aio_ms"]
     print(
