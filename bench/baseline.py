@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.stats import LatencySummary
+from resnet_serve.bench.stats import LatencySummary
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ def measure(
 
     `threads` is the intra-op thread count (0: all cores); match the server's --intra-op-threads.
     """
-    from server.backends.base import BackendError
-    from server.backends.factory import backend_for, create_backend
+    from resnet_serve.runtime.base import BackendError
+    from resnet_serve.runtime.factory import backend_for, create_backend
 
     if not model.is_file():
         raise FileNotFoundError(f"--baseline {model}: no such model file")

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.senders import OK, Sender, ServerSplit, split_from_counters
-from bench.stats import LatencySummary, Window, stable
+from resnet_serve.bench.senders import OK, Sender, ServerSplit, split_from_counters
+from resnet_serve.bench.stats import LatencySummary, Window, stable
 
 WINDOWS_KEPT = 3
 

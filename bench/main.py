@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.cli_options import add_connection_arguments, positive_float, positive_int, tls_from_args
+from resnet_serve.cli.options import add_connection_arguments, positive_float, positive_int, tls_from_args
 
 EXAMPLES = """examples:
   # closed loop, concurrency 1..64, the digits model, with the in-process baseline:
@@ -151,8 +151,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.loadgen import parse_concurrency, parse_rates
-    from bench.workload import WorkloadError
+    from resnet_serve.bench.loadgen import parse_concurrency, parse_rates
+    from resnet_serve.bench.workload import WorkloadError
 
     try:
         if args.rate:
@@ -174,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:
     from tqdm import tqdm
 
-    from bench import baseline, plots, report, slo
-    from bench.loadgen import Closed, Open, StepResult, Timing, run_step
+    from resnet_serve.bench import baseline, plots, report, slo
+    from resnet_serve.bench.loadgen import Closed, Open, StepResult, Timing, run_step
 
     sender, workload, model = await _sender(args)
     timing = Timing(
@@ -251,10 +251,10 @@ async def _bench(args: argparse.Namespace, levels: list[Any]) -> int:
 
 async def _sender(args: argparse.Namespace) -> tuple[Any, str, str]:
     """The sender for --protocol, its workload's description and the model name."""
-    from bench.senders import ImageSender, kserve_sender
-    from bench.workload import load_images
-    from client.aio import AsyncClient
-    from client.results import ClassifyError
+    from resnet_serve.bench.senders import ImageSender, kserve_sender
+    from resnet_serve.bench.workload import load_images
+    from resnet_serve.client.aio import AsyncClient
+    from resnet_serve.client.results import ClassifyError
 
     tls = tls_from_args(args)
     if args.protocol == "kserve":

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import StepResult
+from resnet_serve.bench.loadgen import StepResult
 
 CURVES = (("p50", "o-"), ("p90", "s--"), ("p99", "^-."), ("p99.9", "v:"))
 

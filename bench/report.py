@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.baseline import BaselineResult
-from bench.loadgen import Closed, Open, StepResult
-from bench.stats import PERCENTILES, percentile_key
+from resnet_serve.bench.baseline import BaselineResult
+from resnet_serve.bench.loadgen import Closed, Open, StepResult
+from resnet_serve.bench.stats import PERCENTILES, percentile_key
 
 FORMAT = "resnet-serve-bench/1"
 

@@ -12,10 +12,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from bench.workload import random_tensors
-from client.aio import AsyncClient
-from client.channel import TLSConfig
-from client.results import Classification, ClassifyError
+from resnet_serve.bench.workload import random_tensors
+from resnet_serve.client.aio import AsyncClient
+from resnet_serve.client.channel import TLSConfig
+from resnet_serve.client.results import Classification, ClassifyError
 
 OK = "OK"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.loadgen import Open, StepResult
+from resnet_serve.bench.loadgen import Open, StepResult
 
 
 def meets(step: StepResult, p99_ms: float) -> bool:

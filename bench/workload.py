@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-from client.paths import IMAGE_SUFFIXES
+from resnet_serve.client.paths import IMAGE_SUFFIXES
 
 BUILTIN = ("auto", "digits", "photos")
 

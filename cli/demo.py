@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client import ClassifyError, Client
-from client.cli_options import positive_int
-from client.results import Classification
-from server.launch import free_port, serve_command, stop
+from resnet_serve.cli.options import positive_int
+from resnet_serve.client import ClassifyError, Client
+from resnet_serve.client.results import Classification
+from resnet_serve.server.launch import free_port, serve_command, stop
 
 DEMO_EPOCHS = 12  # enough for >= 98 % held-out accuracy on 2 cores in about a minute
 
@@ -50,7 +50,7 @@ def _say(text: str) -> None:
 
 
 def _stage(*argv: str) -> None:
-    cmd = [sys.executable, "-m", "cli.main", *argv]
+    cmd = [sys.executable, "-m", "resnet_serve", *argv]
     print("   $ resnet-serve " + " ".join(argv), flush=True)
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
@@ -58,7 +58,7 @@ def _stage(*argv: str) -> None:
 
 
 def _holdout_pngs(directory: Path) -> list[tuple[Path, int]]:
-    from models.datasets import digits_holdout
+    from resnet_serve.training.data import digits_holdout
 
     images, labels = digits_holdout()
     files: list[tuple[Path, int]] = []
@@ -160,9 +160,7 @@ def _metric_lines(url: str) -> list[str]:
     with urllib.request.urlopen(url, timeout=5) as reply:
         text: str = reply.read().decode()
     wanted = ("resnet_serve_requests_total", "resnet_serve_inferences_total", "resnet_serve_executions_total")
-    return [
-        line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")
-    ]
+    return [line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")]
 
 
 def _report(

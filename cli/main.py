@@ -20,7 +20,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "models.train", "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint"
+        "training.loop", "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint"
     ),
     "export": Command(
         "export.onnx_export", "fold BatchNorm and export a checkpoint or torchvision weights to ONNX"
@@ -29,9 +29,7 @@ COMMANDS: dict[str, Command] = {
     "verify": Command(
         "export.verify", "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)"
     ),
-    "package": Command(
-        "export.repository", "lay out ONNX models as a versioned model repository for serving"
-    ),
+    "package": Command("export.package", "lay out ONNX models as a versioned model repository for serving"),
     "build-engine": Command("export.engine", "compile an ONNX model to a TensorRT engine (GPU nodes)"),
     "serve": Command("server.main", "run the gRPC inference server (image API + KServe v2) with metrics"),
     "classify": Command("client.classify", "send image files to a server and print the top-k labels"),
@@ -39,7 +37,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("cli.demo", "train, export, serve and classify the digits end to end"),
 }
 
-_OUR_PACKAGES = {"cli", "models", "export", "server", "protos", "client", "bench"}
+OUR_PACKAGE = "resnet_serve"
 
 EPILOG = """typical flow:
   resnet-serve train --out artifacts/digits/model.pt
@@ -86,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     cmd = COMMANDS[name]
     try:
-        module = importlib.import_module(cmd.module)
+        module = importlib.import_module(f"{OUR_PACKAGE}.{cmd.module}")
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in _OUR_PACKAGES:
+        if (exc.name or "").split(".")[0] == OUR_PACKAGE:
             raise  # a bug of ours, not a missing extra
         print(
             f"resnet-serve {name}: needs the Python package '{exc.name}', which is not installed "

@@ -1,10 +1,10 @@
 """Python client for resnet-serve's image API (sync and asyncio), usable without torch or onnxruntime.
 
-    from client import Client
+    from resnet_serve.client import Client
     with Client("localhost:8001") as c:
         print(c.classify("cat.jpg").top.label)
 
-Names are imported on first use, so `import client` stays cheap.
+Names are imported on first use, so `import resnet_serve.client` stays cheap.
 """
 
 from __future__ import annotations
@@ -13,25 +13,32 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client.aio import AsyncClient
-    from client.channel import RetryPolicy, TLSConfig
-    from client.images import ImageLike, encode_image
-    from client.results import Classification, ClassifyError, ModelInfo, ModelVersion, Prediction, Timing
-    from client.sync import Client
+    from resnet_serve.client.aio import AsyncClient
+    from resnet_serve.client.channel import RetryPolicy, TLSConfig
+    from resnet_serve.client.images import ImageLike, encode_image
+    from resnet_serve.client.results import (
+        Classification,
+        ClassifyError,
+        ModelInfo,
+        ModelVersion,
+        Prediction,
+        Timing,
+    )
+    from resnet_serve.client.sync import Client
 
 _WHERE = {
-    "Client": "client.sync",
-    "AsyncClient": "client.aio",
-    "RetryPolicy": "client.channel",
-    "TLSConfig": "client.channel",
-    "ImageLike": "client.images",
-    "encode_image": "client.images",
-    "ClassifyError": "client.results",
-    "Classification": "client.results",
-    "ModelInfo": "client.results",
-    "ModelVersion": "client.results",
-    "Prediction": "client.results",
-    "Timing": "client.results",
+    "Client": "resnet_serve.client.sync",
+    "AsyncClient": "resnet_serve.client.aio",
+    "RetryPolicy": "resnet_serve.client.channel",
+    "TLSConfig": "resnet_serve.client.channel",
+    "ImageLike": "resnet_serve.client.images",
+    "encode_image": "resnet_serve.client.images",
+    "ClassifyError": "resnet_serve.client.results",
+    "Classification": "resnet_serve.client.results",
+    "ModelInfo": "resnet_serve.client.results",
+    "ModelVersion": "resnet_serve.client.results",
+    "Prediction": "resnet_serve.client.results",
+    "Timing": "resnet_serve.client.results",
 }
 
 __all__ = [

@@ -15,8 +15,8 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from client import wire
-from client.channel import (
+from resnet_serve.client import wire
+from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
     USE_DEFAULT,
@@ -25,10 +25,10 @@ from client.channel import (
     UseDefault,
     channel_options,
 )
-from client.images import ImageLike
-from client.results import Classification, ClassifyError, ModelInfo
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.client.images import ImageLike
+from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 
 class AsyncClient(wire.CallDefaults):

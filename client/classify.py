@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 
-from client import output
-from client.aio import AsyncClient
-from client.cli_options import add_connection_arguments, positive_float, positive_int, tls_from_args
-from client.output import Outcome
-from client.paths import Input, expand
-from client.results import ClassifyError
+from resnet_serve.cli.options import add_connection_arguments, positive_float, positive_int, tls_from_args
+from resnet_serve.client import output
+from resnet_serve.client.aio import AsyncClient
+from resnet_serve.client.output import Outcome
+from resnet_serve.client.paths import Input, expand
+from resnet_serve.client.results import ClassifyError
 
 PROGRESS_MIN_FILES = 20  # fewer files than this finish before a progress bar would tell anything
 

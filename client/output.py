@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from client.results import Classification
+from resnet_serve.client.results import Classification
 
 FORMATS = ("human", "json", "csv")
 CSV_HEADER = ("path", "rank", "index", "label", "score", "latency_ms", "request_id", "error")

@@ -13,8 +13,8 @@ from types import TracebackType
 
 import grpc
 
-from client import wire
-from client.channel import (
+from resnet_serve.client import wire
+from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
     USE_DEFAULT,
@@ -23,10 +23,10 @@ from client.channel import (
     UseDefault,
     channel_options,
 )
-from client.images import ImageLike
-from client.results import Classification, ClassifyError, ModelInfo
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.client.images import ImageLike
+from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 
 class Client(wire.CallDefaults):

@@ -9,10 +9,17 @@ from collections.abc import Sequence
 
 import grpc
 
-from client.channel import UseDefault
-from client.images import ImageLike, encode_image
-from client.results import Classification, ClassifyError, ModelInfo, ModelVersion, Prediction, Timing
-from protos import classifier_pb2 as pb
+from resnet_serve.client.channel import UseDefault
+from resnet_serve.client.images import ImageLike, encode_image
+from resnet_serve.client.results import (
+    Classification,
+    ClassifyError,
+    ModelInfo,
+    ModelVersion,
+    Prediction,
+    Timing,
+)
+from resnet_serve.protos import classifier_pb2 as pb
 
 
 class CallDefaults:

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from export.errors import os_error_line
-from export.files import write_bytes_atomic
-from export.metadata import PREFIX, props_of
+from resnet_serve.export.errors import os_error_line
+from resnet_serve.formats.files import write_bytes_atomic
+from resnet_serve.formats.metadata import PREFIX, props_of
 
 SIDECAR_FORMAT = "resnet-serve-engine/1"
 PRECISION_KEY = PREFIX + "precision"
@@ -221,7 +221,10 @@ def gpu_identity(device: int = 0) -> GpuIdentity:
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         problem = "cannot identify the GPU: no CUDA device visible to torch and no nvidia-smi"
@@ -249,7 +252,7 @@ def engine_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
     Runs through the server's TensorRT backend, so the report checks exactly what would be served
     (sidecar checks, profile splitting and all).
     """
-    from server.backends.tensorrt import create_backend
+    from resnet_serve.runtime.tensorrt import create_backend
 
     backend = create_backend(path, "cuda:0")
     try:
@@ -295,7 +298,7 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
         trt.__version__, precision, has_strongly_typed=has_st, weak_typing=req.weak_typing, tf32=req.tf32
     )
     if convert:
-        from export.fp16 import to_fp16
+        from resnet_serve.export.fp16 import to_fp16
 
         model = to_fp16(model)
         metadata = props_of(model)
@@ -333,8 +336,11 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
     config.set_timing_cache(cache, False)
 
     if progress:
-        print(f"building {precision} engine from {req.onnx_path} (batch {req.profile.min}..{req.profile.max})"
-              f" on {gpu.name}; this takes a few minutes", file=sys.stderr)
+        print(
+            f"building {precision} engine from {req.onnx_path} (batch {req.profile.min}..{req.profile.max})"
+            f" on {gpu.name}; this takes a few minutes",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
@@ -384,21 +390,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("onnx", type=Path, help="ONNX model (FP32, FP16 or INT8 QDQ from our export)")
     parser.add_argument("--out", type=Path, required=True, help="engine file to write (e.g. model.plan)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: the ONNX's own precision (default); fp16 converts an FP32 ONNX first")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: the ONNX's own precision (default); fp16 converts an FP32 ONNX first",
+    )
     parser.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts (1)")
     parser.add_argument("--opt-batch", type=int, default=32, help="batch size TensorRT tunes for (32)")
-    parser.add_argument("--max-batch", type=int, default=128,
-                        help="largest batch (128); the server splits larger batches")
-    parser.add_argument("--workspace-mib", type=int, default=4096,
-                        help="builder workspace limit in MiB (4096)")
-    parser.add_argument("--timing-cache", type=Path, default=None,
-                        help="persistent timing cache file: read if present, updated after the build; "
-                             "makes rebuilds on the same GPU much faster")
-    parser.add_argument("--tf32", action="store_true",
-                        help="allow TF32 math in FP32 engines (faster on Ampere+, ~1e-3 relative error)")
-    parser.add_argument("--weak-typing", action="store_true",
-                        help="TensorRT 10 only: use the FP16/INT8 builder flags instead of a typed ONNX")
+    parser.add_argument(
+        "--max-batch", type=int, default=128, help="largest batch (128); the server splits larger batches"
+    )
+    parser.add_argument(
+        "--workspace-mib", type=int, default=4096, help="builder workspace limit in MiB (4096)"
+    )
+    parser.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="persistent timing cache file: read if present, updated after the build; "
+        "makes rebuilds on the same GPU much faster",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="allow TF32 math in FP32 engines (faster on Ampere+, ~1e-3 relative error)",
+    )
+    parser.add_argument(
+        "--weak-typing",
+        action="store_true",
+        help="TensorRT 10 only: use the FP16/INT8 builder flags instead of a typed ONNX",
+    )
     parser.add_argument("--device", type=int, default=0, help="CUDA device index (0)")
 
 
@@ -410,18 +432,28 @@ def run(args: argparse.Namespace) -> int:
             raise EngineError(f"no such ONNX file: {args.onnx}")
         profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
         require_tensorrt()
-        sidecar = build(BuildRequest(
-            onnx_path=args.onnx, engine_path=args.out, profile=profile, precision=args.precision,
-            workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, weak_typing=args.weak_typing,
-            tf32=args.tf32, device=args.device,
-        ))
+        sidecar = build(
+            BuildRequest(
+                onnx_path=args.onnx,
+                engine_path=args.out,
+                profile=profile,
+                precision=args.precision,
+                workspace_mib=args.workspace_mib,
+                timing_cache=args.timing_cache,
+                weak_typing=args.weak_typing,
+                tf32=args.tf32,
+                device=args.device,
+            )
+        )
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # --out or --timing-cache cannot be written
         print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
-          f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "
-          f"built in {sidecar.build_seconds:.0f} s) and {sidecar_path(args.out).name}")
+    print(
+        f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
+        f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "
+        f"built in {sidecar.build_seconds:.0f} s) and {sidecar_path(args.out).name}"
+    )
     return 0

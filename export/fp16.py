@@ -18,8 +18,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from export.files import write_bytes_atomic
-from export.metadata import PREFIX, props_of
+from resnet_serve.formats.files import write_bytes_atomic
+from resnet_serve.formats.metadata import PREFIX, props_of
 
 PRECISION_KEY = PREFIX + "precision"
 

@@ -29,13 +29,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from export.errors import ExportError, os_error_line
-from export.files import write_bytes_atomic
-from export.fold import FoldError, fold_batchnorm
-from export.helpformat import HelpFormatter
-from export.metadata import write
-from export.samples import evaluation_batch
-from export.sources import Source, add_source_arguments, load_source
+from resnet_serve.cli.helpformat import HelpFormatter
+from resnet_serve.export.errors import ExportError, os_error_line
+from resnet_serve.export.samples import evaluation_batch
+from resnet_serve.export.sources import Source, add_source_arguments, load_source
+from resnet_serve.formats.files import write_bytes_atomic
+from resnet_serve.formats.metadata import write
+from resnet_serve.models.fold import FoldError, fold_batchnorm
 
 # Opset 18: QDQ with per-channel axes (≥13) and ReduceMean with axes as an input (18) are all we need; it is
 # the newest opset that TensorRT 8.6+, ONNX Runtime ≥ 1.14 and onnxruntime.quantization all fully support,
@@ -95,8 +95,10 @@ def to_onnx(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> onnx
     proto = program.model_proto
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
-        raise ExportError(f"torch cannot export this model at opset {opset} (it gave opset {got}): "
-                          f"use --opset {OPSET} or newer")
+        raise ExportError(
+            f"torch cannot export this model at opset {opset} (it gave opset {got}): "
+            f"use --opset {OPSET} or newer"
+        )
     return proto
 
 
@@ -127,8 +129,14 @@ def ort_logits(session: object, x: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(out[0], dtype=np.float32)
 
 
-def export_source(source: Source, inputs: NDArray[np.float32], fold: bool = True, opset: int = OPSET,
-                  tolerance: float = DEFAULT_TOLERANCE, log: bool = True) -> tuple[onnx.ModelProto, float]:
+def export_source(
+    source: Source,
+    inputs: NDArray[np.float32],
+    fold: bool = True,
+    opset: int = OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    log: bool = True,
+) -> tuple[onnx.ModelProto, float]:
     """Fold, export, check and compare; returns the model (metadata set) and the ORT-vs-PyTorch rel error.
 
     The reference is the original, unfolded model: the check covers folding and export together.
@@ -154,9 +162,11 @@ def export_source(source: Source, inputs: NDArray[np.float32], fold: bool = True
     full = ort_logits(session, inputs)
     single = ort_logits(session, inputs[:1])
     rel = max(relative_error(full, reference), relative_error(single, reference[:1]))
-    say(f"  ONNX Runtime vs PyTorch on {len(inputs)} real image(s): relative error {rel:.2e} "
+    say(
+        f"  ONNX Runtime vs PyTorch on {len(inputs)} real image(s): relative error {rel:.2e} "
         f"(tolerance {tolerance:.0e}), top-1 agreement "
-        f"{np.mean(full.argmax(1) == reference.argmax(1)) * 100:.1f} %")
+        f"{np.mean(full.argmax(1) == reference.argmax(1)) * 100:.1f} %"
+    )
     if not rel <= tolerance:
         raise ExportError(
             f"ONNX Runtime logits differ from PyTorch: relative error {rel:.2e} > {tolerance:.0e}"
@@ -164,9 +174,10 @@ def export_source(source: Source, inputs: NDArray[np.float32], fold: bool = True
     return proto, rel
 
 
-def _to_fp16(fp32: onnx.ModelProto, source: Source,
-             inputs: NDArray[np.float32]) -> tuple[onnx.ModelProto, float]:
-    from export.fp16 import Fp16Error, to_fp16
+def _to_fp16(
+    fp32: onnx.ModelProto, source: Source, inputs: NDArray[np.float32]
+) -> tuple[onnx.ModelProto, float]:
+    from resnet_serve.export.fp16 import Fp16Error, to_fp16
 
     try:
         model = to_fp16(fp32)
@@ -183,18 +194,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (atomically)")
-    parser.add_argument("--no-fold", dest="fold", action="store_false",
-                        help="keep BatchNormalization nodes (for debugging; serving wants folded models)")
+    parser.add_argument(
+        "--no-fold",
+        dest="fold",
+        action="store_false",
+        help="keep BatchNormalization nodes (for debugging; serving wants folded models)",
+    )
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (why 18: docs/export.md)")
-    parser.add_argument("--images", type=Path,
-                        help="folder of images to compare on (default: digits held-out split for digits "
-                             "models, else scikit-learn's sample photos)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="folder of images to compare on (default: digits held-out split for digits "
+        "models, else scikit-learn's sample photos)",
+    )
     parser.add_argument("--num-images", type=int, default=16, help="how many images to compare on")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                        help="fp16: convert the checked FP32 graph to FP16 (float32 I/O kept) with "
-                             f"export.fp16, compared to PyTorch at relative error ≤ {FP16_TOLERANCE:.0e}")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="largest allowed relative error of ONNX Runtime vs PyTorch logits")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: convert the checked FP32 graph to FP16 (float32 I/O kept) with "
+        f"export.fp16, compared to PyTorch at relative error ≤ {FP16_TOLERANCE:.0e}",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest allowed relative error of ONNX Runtime vs PyTorch logits",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,8 +230,10 @@ def run(args: argparse.Namespace) -> int:
             raise ExportError("--num-images must be at least 1")
         source = load_source(args)
         inputs, _ = evaluation_batch(source.meta.preprocess, source.dataset, args.images, args.num_images)
-        print(f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "
-              f"{tuple(inputs.shape[1:])}, opset {args.opset})")
+        print(
+            f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "
+            f"{tuple(inputs.shape[1:])}, opset {args.opset})"
+        )
         proto, rel = export_source(source, inputs, args.fold, args.opset, args.tolerance)
         if args.precision == "fp16":
             proto, rel = _to_fp16(proto, source, inputs)
@@ -217,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
         print(f"resnet-serve export: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, "
-          f"precision {args.precision}, rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, "
+        f"precision {args.precision}, rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s"
+    )
     return 0
-

@@ -34,11 +34,11 @@ from numpy.typing import NDArray
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from export.errors import ExportError, os_error_line
-from export.files import atomic_path
-from export.helpformat import HelpFormatter
-from export.metadata import ModelMetadata, from_props, props_of, write
-from export.samples import calibration_batch
+from resnet_serve.cli.helpformat import HelpFormatter
+from resnet_serve.export.errors import ExportError, os_error_line
+from resnet_serve.export.samples import calibration_batch
+from resnet_serve.formats.files import atomic_path
+from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
 
 METHODS = ("minmax", "entropy", "percentile")
 VARIANTS = ("trt", "ort")
@@ -55,7 +55,7 @@ def _calibration_reader(data: NDArray[np.float32], input_name: str) -> object:
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self._batches: Iterator[NDArray[np.float32]] = iter(
-                [data[i:i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH)]
+                [data[i : i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH)]
             )
 
         def get_next(self) -> dict[str, NDArray[np.float32]] | None:
@@ -105,8 +105,10 @@ def check_trt_compatible(model: onnx.ModelProto) -> None:
 
 # TensorRT's entropy calibration: a 2048-bin histogram searched for the 128-level threshold with the least KL
 # divergence. (ORT's own default of 128/128 bins leaves a single candidate: plain min/max.)
-_HISTOGRAM = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
-              "percentile": {"num_bins": 2048, "percentile": 99.999}}
+_HISTOGRAM = {
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999},
+}
 
 
 def _calibrate(pre: Path, data: NDArray[np.float32], method: str, cache: Path) -> None:
@@ -115,15 +117,20 @@ def _calibrate(pre: Path, data: NDArray[np.float32], method: str, cache: Path) -
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
     calibrator = create_calibrator(
-        pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        augmented_model_path=str(cache.with_name("augmented.onnx")), calibrate_method=calibrate,
+        pre,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(cache.with_name("augmented.onnx")),
+        calibrate_method=calibrate,
         extra_options=_HISTOGRAM.get(method, {}),
     )
-    chunks = [data[i:i + IMAGES_PER_COLLECT] for i in range(0, len(data), IMAGES_PER_COLLECT)]
+    chunks = [data[i : i + IMAGES_PER_COLLECT] for i in range(0, len(data), IMAGES_PER_COLLECT)]
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
         for chunk in tqdm(chunks, desc="calibrating", unit="chunk", leave=False, file=sys.stderr):
             calibrator.collect_data(_calibration_reader(chunk, input_name))
@@ -133,21 +140,35 @@ def _calibrate(pre: Path, data: NDArray[np.float32], method: str, cache: Path) -
 def _quantize_variant(pre: Path, cache: Path, variant: str, method: str, out: Path) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     settings = _quant_settings(variant)
     # Logits stay float: clipping them to a calibrated range (entropy clips hardest) changes the ranking.
     settings["extra_options"]["OpTypesToExcludeOutputQuantization"] = ["Gemm", "MatMul"]
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
-            str(pre), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
-            calibrate_method=calibrate, calibration_cache_path=str(cache), **settings,
+            str(pre),
+            str(out),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            calibrate_method=calibrate,
+            calibration_cache_path=str(cache),
+            **settings,
         )
     return onnx.load(str(out))
 
 
-def quantize(fp32: onnx.ModelProto, meta: ModelMetadata, data: NDArray[np.float32],
-             variants: tuple[str, ...] = ("ort",), method: str = "minmax") -> dict[str, onnx.ModelProto]:
+def quantize(
+    fp32: onnx.ModelProto,
+    meta: ModelMetadata,
+    data: NDArray[np.float32],
+    variants: tuple[str, ...] = ("ort",),
+    method: str = "minmax",
+) -> dict[str, onnx.ModelProto]:
     """INT8 QDQ models of `fp32` calibrated on preprocessed `data`, one per variant, metadata carried over."""
     from onnxruntime.quantization import quant_pre_process
 
@@ -165,16 +186,22 @@ def quantize(fp32: onnx.ModelProto, meta: ModelMetadata, data: NDArray[np.float3
         _calibrate(pre, data, method, cache)
         for variant in variants:
             quantized = _quantize_variant(pre, cache, variant, method, Path(tmp, f"{variant}.onnx"))
-            models[variant] = _finish(quantized, fp32, meta, variant,
-                                      f"{method} calibration on {len(data)} images")
+            models[variant] = _finish(
+                quantized, fp32, meta, variant, f"{method} calibration on {len(data)} images"
+            )
     return models
 
 
-def _finish(model: onnx.ModelProto, fp32: onnx.ModelProto, meta: ModelMetadata, variant: str,
-            how: str) -> onnx.ModelProto:
+def _finish(
+    model: onnx.ModelProto, fp32: onnx.ModelProto, meta: ModelMetadata, variant: str, how: str
+) -> onnx.ModelProto:
     _strip_unused_domains(model)
-    write(model, ModelMetadata(meta.arch, meta.labels, meta.preprocess, meta.source_sha256, meta.versions,
-                               PRECISION[variant]))
+    write(
+        model,
+        ModelMetadata(
+            meta.arch, meta.labels, meta.preprocess, meta.source_sha256, meta.versions, PRECISION[variant]
+        ),
+    )
     model.doc_string = f"{fp32.doc_string} | INT8 QDQ ({variant}, {how})"
     if variant == "trt":
         check_trt_compatible(model)
@@ -210,16 +237,30 @@ def output_paths(out: Path, variant: str) -> dict[str, Path]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
     parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx")
-    parser.add_argument("--variant", choices=[*VARIANTS, "both"], default="ort",
-                        help="trt: symmetric S8S8 for TensorRT; ort: U8S8, fastest on ONNX Runtime CPU")
-    parser.add_argument("--method", choices=METHODS, default="minmax",
-                        help="activation range calibration: min/max, KL entropy, or percentile histogram "
-                             "(entropy clips ResNet activations too hard, see docs/export.md)")
-    parser.add_argument("--images", type=Path,
-                        help="folder of training images to calibrate on (default for the digits model: "
-                             "its training split)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=[*VARIANTS, "both"],
+        default="ort",
+        help="trt: symmetric S8S8 for TensorRT; ort: U8S8, fastest on ONNX Runtime CPU",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="minmax",
+        help="activation range calibration: min/max, KL entropy, or percentile histogram "
+        "(entropy clips ResNet activations too hard, see docs/export.md)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="folder of training images to calibrate on (default for the digits model: its training split)",
+    )
     parser.add_argument("--num-calibration", type=int, default=256, help="calibration images to use")
 
 

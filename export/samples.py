@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from export.errors import ExportError
-from models.preprocess import eval_pixels, normalize_array
+from resnet_serve.export.errors import ExportError
+from resnet_serve.formats.pixels import eval_pixels, normalize_array
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
@@ -68,10 +68,12 @@ def sample_photos(count: int = 8) -> list[Image.Image]:
     return out
 
 
-def digits_held_out(preprocess: dict[str, Any], limit: int | None = None,
-                    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def digits_held_out(
+    preprocess: dict[str, Any],
+    limit: int | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The digits held-out split (the one training evaluates on), preprocessed, with its labels."""
-    from models.datasets import digits_holdout
+    from resnet_serve.training.data import digits_holdout
 
     images, labels = digits_holdout()
     if limit is not None:
@@ -86,21 +88,22 @@ def is_digits(labels: list[str], preprocess: dict[str, Any]) -> bool:
 
 def digits_training(preprocess: dict[str, Any], limit: int | None = None) -> NDArray[np.float32]:
     """The digits training split, preprocessed: what calibration should see (never the held-out images)."""
-    from models.datasets import load_digits_split
+    from resnet_serve.training.data import load_digits_split
 
     pixels = load_digits_split().train_pixels.numpy()
     crop = int(preprocess["crop"])
     top = (pixels.shape[-2] - crop) // 2
     left = (pixels.shape[-1] - crop) // 2
-    pixels = pixels[..., top:top + crop, left:left + crop]
+    pixels = pixels[..., top : top + crop, left : left + crop]
     if limit is not None:
         # A stride through the whole split rather than its first rows keeps every class represented.
         pixels = pixels[:: max(1, len(pixels) // limit)][:limit]
     return normalize_array(np.ascontiguousarray(pixels), preprocess)
 
 
-def calibration_batch(labels: list[str], preprocess: dict[str, Any], images_dir: Path | None,
-                      limit: int) -> NDArray[np.float32]:
+def calibration_batch(
+    labels: list[str], preprocess: dict[str, Any], images_dir: Path | None, limit: int
+) -> NDArray[np.float32]:
     """Calibration inputs: the named folder, else the digits training split for the digits model."""
     if images_dir is not None:
         return preprocess_images(folder_images(images_dir, limit), preprocess)
@@ -109,8 +112,9 @@ def calibration_batch(labels: list[str], preprocess: dict[str, Any], images_dir:
     raise ExportError("calibration needs real training images of this model: pass --images DIR")
 
 
-def evaluation_batch(preprocess: dict[str, Any], dataset: str | None, images_dir: Path | None,
-                     limit: int) -> tuple[NDArray[np.float32], NDArray[np.int64] | None]:
+def evaluation_batch(
+    preprocess: dict[str, Any], dataset: str | None, images_dir: Path | None, limit: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64] | None]:
     """Inputs (and labels, where known) to compare stages on: the folder, the digits split, or the photos."""
     if images_dir is not None:
         return preprocess_images(folder_images(images_dir, limit), preprocess), None

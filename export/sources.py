@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.errors import ExportError
-from export.files import sha256_file
-from export.metadata import ModelMetadata, tool_versions, validate_preprocess
-from export.samples import is_digits
+from resnet_serve.export.errors import ExportError
+from resnet_serve.export.samples import is_digits
+from resnet_serve.formats.files import sha256_file
+from resnet_serve.formats.metadata import ModelMetadata, tool_versions, validate_preprocess
 
 IMAGENET_PREPROCESS: dict[str, Any] = {
     "color": "RGB",
@@ -43,24 +43,46 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, or --arch + --weights (+ preprocessing overrides): shared by export and verify."""
     src = parser.add_argument_group("model source (give --checkpoint, or --arch with --weights)")
     src.add_argument("--checkpoint", type=Path, help="a resnet-serve checkpoint (from `resnet-serve train`)")
-    src.add_argument("--arch", help="architecture of --weights (e.g. resnet50, resnext50_32x4d); with "
-                     "--checkpoint, the architecture the checkpoint must hold")
+    src.add_argument(
+        "--arch",
+        help="architecture of --weights (e.g. resnet50, resnext50_32x4d); with "
+        "--checkpoint, the architecture the checkpoint must hold",
+    )
     src.add_argument("--weights", type=Path, help="a torchvision-format state_dict (.pth) for --arch")
-    src.add_argument("--num-classes", type=int,
-                     help="classes of --weights (default: read from its fc.weight)")
+    src.add_argument(
+        "--num-classes", type=int, help="classes of --weights (default: read from its fc.weight)"
+    )
     src.add_argument("--labels", type=Path, help="text file, one label per line (default: class_0..)")
     pre = parser.add_argument_group("preprocessing for --weights (defaults: torchvision's ImageNet recipe)")
     pre.add_argument("--color", choices=["RGB", "L"], default=IMAGENET_PREPROCESS["color"])
-    pre.add_argument("--resize", type=int, default=IMAGENET_PREPROCESS["resize"],
-                     help="shorter side after resizing, pixels")
-    pre.add_argument("--crop", type=int, default=IMAGENET_PREPROCESS["crop"],
-                     help="centre crop size = model input size")
-    pre.add_argument("--interpolation", default=IMAGENET_PREPROCESS["interpolation"],
-                     choices=["nearest", "bilinear", "bicubic", "lanczos"])
-    pre.add_argument("--mean", type=float, nargs="+", default=IMAGENET_PREPROCESS["mean"],
-                     help="per-channel mean on [0,1] pixels")
-    pre.add_argument("--std", type=float, nargs="+", default=IMAGENET_PREPROCESS["std"],
-                     help="per-channel std on [0,1] pixels")
+    pre.add_argument(
+        "--resize",
+        type=int,
+        default=IMAGENET_PREPROCESS["resize"],
+        help="shorter side after resizing, pixels",
+    )
+    pre.add_argument(
+        "--crop", type=int, default=IMAGENET_PREPROCESS["crop"], help="centre crop size = model input size"
+    )
+    pre.add_argument(
+        "--interpolation",
+        default=IMAGENET_PREPROCESS["interpolation"],
+        choices=["nearest", "bilinear", "bicubic", "lanczos"],
+    )
+    pre.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        default=IMAGENET_PREPROCESS["mean"],
+        help="per-channel mean on [0,1] pixels",
+    )
+    pre.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        default=IMAGENET_PREPROCESS["std"],
+        help="per-channel std on [0,1] pixels",
+    )
 
 
 def load_source(args: argparse.Namespace) -> Source:
@@ -82,8 +104,8 @@ def load_source(args: argparse.Namespace) -> Source:
 
 
 def from_checkpoint(path: Path, arch: str | None = None) -> Source:
-    from models.checkpoint import load_model
-    from models.errors import ModelsError
+    from resnet_serve.models.checkpoint import load_model
+    from resnet_serve.models.errors import ModelsError
 
     if not path.is_file():
         raise ExportError(f"no such checkpoint: {path}")
@@ -157,10 +179,11 @@ def check_state_dict_fits(arch: str, model: nn.Module, state: dict[str, torch.Te
     raise ExportError(f"weights do not match --arch {arch}: {'; '.join(parts)} tensors")
 
 
-def from_torchvision(arch: str, weights: Path, num_classes: int | None, labels_file: Path | None,
-                     preprocess: dict[str, Any]) -> Source:
-    from models import registry
-    from models.errors import ModelsError
+def from_torchvision(
+    arch: str, weights: Path, num_classes: int | None, labels_file: Path | None, preprocess: dict[str, Any]
+) -> Source:
+    from resnet_serve.models import registry
+    from resnet_serve.models.errors import ModelsError
 
     try:
         registry.check(arch)
@@ -180,8 +203,9 @@ def from_torchvision(arch: str, weights: Path, num_classes: int | None, labels_f
     check_state_dict_fits(arch, model, state)
     model.load_state_dict(state, strict=True)
     model.eval()
-    labels = (_read_labels(labels_file, num_classes) if labels_file
-              else [f"class_{i}" for i in range(num_classes)])
+    labels = (
+        _read_labels(labels_file, num_classes) if labels_file else [f"class_{i}" for i in range(num_classes)]
+    )
     meta = ModelMetadata(
         arch=arch,
         labels=labels,

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from export.errors import ExportError, os_error_line
-from export.files import write_json_atomic
-from export.helpformat import HelpFormatter
-from export.metadata import ModelMetadata, read
-from export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
-from export.samples import evaluation_batch
-from export.sources import Source, add_source_arguments, load_source
+from resnet_serve.cli.helpformat import HelpFormatter
+from resnet_serve.export.errors import ExportError, os_error_line
+from resnet_serve.export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
+from resnet_serve.export.samples import evaluation_batch
+from resnet_serve.export.sources import Source, add_source_arguments, load_source
+from resnet_serve.formats.files import write_json_atomic
+from resnet_serve.formats.metadata import ModelMetadata, read
 
 CHUNK = 32
 Runner = Callable[[NDArray[np.float32]], NDArray[np.float32]]
@@ -58,15 +58,22 @@ class Tolerances:
 
 
 def _chunked(run: Runner, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    return np.concatenate([run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
+    return np.concatenate([run(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
 
 
 def _accuracy(logits: NDArray[np.float32], labels: NDArray[np.int64] | None) -> float | None:
     return None if labels is None else float(np.mean(logits.argmax(1) == labels))
 
 
-def judge(stage: str, file: str | None, precision: str, logits: NDArray[np.float32],
-          ref: NDArray[np.float32], labels: NDArray[np.int64] | None, tol: Tolerances) -> StageResult:
+def judge(
+    stage: str,
+    file: str | None,
+    precision: str,
+    logits: NDArray[np.float32],
+    ref: NDArray[np.float32],
+    labels: NDArray[np.int64] | None,
+    tol: Tolerances,
+) -> StageResult:
     """Compare one stage's logits with the reference and hold them to the tolerance for their precision."""
     max_abs = float(np.max(np.abs(logits.astype(np.float64) - ref)))
     rel = relative_error(logits, ref)
@@ -77,7 +84,9 @@ def judge(stage: str, file: str | None, precision: str, logits: NDArray[np.float
         ok = agreement >= tol.int8_agreement and (drop is None or drop <= tol.int8_acc_drop + 1e-12)
         reason = f"top-1 agreement ≥ {tol.int8_agreement:.1%}" + (
             f", accuracy drop ≤ {tol.int8_acc_drop * 100:.2g} pt (drop {drop * 100:.2f} pt)"
-            if drop is not None else " (no labels: accuracy not checked)")
+            if drop is not None
+            else " (no labels: accuracy not checked)"
+        )
     else:
         limit = tol.fp16_rel if precision == "fp16" else tol.fp32_rel
         ok = rel <= limit
@@ -87,7 +96,7 @@ def judge(stage: str, file: str | None, precision: str, logits: NDArray[np.float
 
 def _engine_runner(path: Path) -> Runner | None:
     """The TensorRT stage's runner, or None where TensorRT is not installed (the stage is then skipped)."""
-    from export import engine
+    from resnet_serve.export import engine
 
     try:
         engine.require_tensorrt()
@@ -104,8 +113,14 @@ def _check_same_source(meta: ModelMetadata, source: Source | None, path: Path) -
         )
 
 
-def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], images_dir: Path | None,
-           limit: int, tol: Tolerances) -> tuple[list[StageResult], int]:
+def verify(
+    source: Source | None,
+    onnx_files: list[Path],
+    engines: list[Path],
+    images_dir: Path | None,
+    limit: int,
+    tol: Tolerances,
+) -> tuple[list[StageResult], int]:
     """Run every stage on the same images; returns the results and how many images were used."""
     metas = [(p, read(p)) for p in onnx_files]
     for p, m in metas:
@@ -116,14 +131,14 @@ def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], i
     dataset = source.dataset if source is not None else None
     x, labels = evaluation_batch(base.preprocess, dataset, images_dir, limit)
     if labels is None and source is None and images_dir is None:
-        from export.samples import is_digits
+        from resnet_serve.export.samples import is_digits
 
         if is_digits(base.labels, base.preprocess):
             x, labels = evaluation_batch(base.preprocess, "digits", None, limit)
 
     results: list[StageResult] = []
     if source is not None:
-        from export.fold import FoldError, fold_batchnorm
+        from resnet_serve.models.fold import FoldError, fold_batchnorm
 
         ref = _chunked(lambda b: torch_logits(source.model, b), x)
         results.append(judge("pytorch", None, "fp32", ref, ref, labels, tol))
@@ -131,8 +146,17 @@ def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], i
             folded = fold_batchnorm(source.model)
         except FoldError as exc:
             raise ExportError(str(exc)) from None
-        results.append(judge("pytorch folded", None, "fp32", _chunked(lambda b: torch_logits(folded, b), x),
-                             ref, labels, tol))
+        results.append(
+            judge(
+                "pytorch folded",
+                None,
+                "fp32",
+                _chunked(lambda b: torch_logits(folded, b), x),
+                ref,
+                labels,
+                tol,
+            )
+        )
     else:
         first = ort_session(str(metas[0][0]))
         ref = _chunked(lambda b: ort_logits(first, b), x)
@@ -140,15 +164,36 @@ def verify(source: Source | None, onnx_files: list[Path], engines: list[Path], i
         session = ort_session(str(path))
         logits = _chunked(lambda b, s=session: ort_logits(s, b), x)  # type: ignore[misc]
         results.append(
-            judge(f"onnxruntime {meta.precision}", str(path), meta.precision, logits, ref, labels, tol))
+            judge(f"onnxruntime {meta.precision}", str(path), meta.precision, logits, ref, labels, tol)
+        )
     for path in engines:
         runner = _engine_runner(path)
         if runner is None:
-            results.append(StageResult("tensorrt", str(path), "?", None, None, None, None, True,
-                                       "skipped: TensorRT not available here"))
+            results.append(
+                StageResult(
+                    "tensorrt",
+                    str(path),
+                    "?",
+                    None,
+                    None,
+                    None,
+                    None,
+                    True,
+                    "skipped: TensorRT not available here",
+                )
+            )
             continue
-        results.append(judge("tensorrt", str(path), "engine", _chunked(runner, x), ref, labels,
-                             Tolerances(fp32_rel=tol.fp16_rel, int8_agreement=tol.int8_agreement)))
+        results.append(
+            judge(
+                "tensorrt",
+                str(path),
+                "engine",
+                _chunked(runner, x),
+                ref,
+                labels,
+                Tolerances(fp32_rel=tol.fp16_rel, int8_agreement=tol.int8_agreement),
+            )
+        )
     return results, len(x)
 
 
@@ -161,28 +206,52 @@ def print_table(results: list[StageResult], n: int) -> None:
     print(f"{'stage':<28}{'max abs':>10}{'rel err':>10}{'top-1 agr':>11}{'accuracy':>10}  result")
     for r in results:
         verdict = "ok" if r.ok else "FAIL"
-        print(f"{r.stage:<28}{_fmt(r.max_abs_error, '.2e'):>10}{_fmt(r.rel_error, '.2e'):>10}"
-              f"{_fmt(None if r.top1_agreement is None else r.top1_agreement * 100, '.2f'):>10}%"
-              f"{_fmt(None if r.accuracy is None else r.accuracy * 100, '.2f'):>9}%  {verdict} ({r.reason})")
+        print(
+            f"{r.stage:<28}{_fmt(r.max_abs_error, '.2e'):>10}{_fmt(r.rel_error, '.2e'):>10}"
+            f"{_fmt(None if r.top1_agreement is None else r.top1_agreement * 100, '.2f'):>10}%"
+            f"{_fmt(None if r.accuracy is None else r.accuracy * 100, '.2f'):>9}%  {verdict} ({r.reason})"
+        )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
-    parser.add_argument("--onnx", type=Path, action="append", default=[],
-                        help="an ONNX model from export/quantize (repeatable)")
-    parser.add_argument("--engine", type=Path, action="append", default=[],
-                        help="a TensorRT engine from build-engine (repeatable; skipped without TensorRT)")
-    parser.add_argument("--images", type=Path, help="image folder to compare on (default: digits held-out "
-                        "split for digits models, else scikit-learn's sample photos)")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        action="append",
+        default=[],
+        help="an ONNX model from export/quantize (repeatable)",
+    )
+    parser.add_argument(
+        "--engine",
+        type=Path,
+        action="append",
+        default=[],
+        help="a TensorRT engine from build-engine (repeatable; skipped without TensorRT)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="image folder to compare on (default: digits held-out "
+        "split for digits models, else scikit-learn's sample photos)",
+    )
     parser.add_argument("--num-images", type=int, default=512, help="at most this many images")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--fp32-tol", type=float, default=Tolerances.fp32_rel, help="FP32 relative error")
     parser.add_argument("--fp16-tol", type=float, default=Tolerances.fp16_rel, help="FP16 relative error")
-    parser.add_argument("--int8-agreement", type=float, default=Tolerances.int8_agreement,
-                        help="INT8 minimum top-1 agreement with PyTorch (fraction)")
-    parser.add_argument("--int8-acc-drop", type=float, default=Tolerances.int8_acc_drop,
-                        help="INT8 largest accuracy drop (fraction: 0.005 = 0.5 points)")
+    parser.add_argument(
+        "--int8-agreement",
+        type=float,
+        default=Tolerances.int8_agreement,
+        help="INT8 minimum top-1 agreement with PyTorch (fraction)",
+    )
+    parser.add_argument(
+        "--int8-acc-drop",
+        type=float,
+        default=Tolerances.int8_acc_drop,
+        help="INT8 largest accuracy drop (fraction: 0.005 = 0.5 points)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,8 +263,12 @@ def run(args: argparse.Namespace) -> int:
         source = load_source(args) if has_source else None
         results, n = verify(source, list(args.onnx), list(args.engine), args.images, args.num_images, tol)
         if args.json is not None:
-            payload = {"images": n, "tolerances": asdict(tol), "stages": [asdict(r) for r in results],
-                       "ok": all(r.ok for r in results)}
+            payload = {
+                "images": n,
+                "tolerances": asdict(tol),
+                "stages": [asdict(r) for r in results],
+                "ok": all(r.ok for r in results),
+            }
             write_json_atomic(args.json, payload)
     except ExportError as exc:
         print(f"resnet-serve verify: error: {exc}", file=sys.stderr)

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import registry
-from models.errors import CheckpointError, ModelsError
-from models.files import atomic_path
+from resnet_serve.formats.files import atomic_path
+from resnet_serve.models import registry
+from resnet_serve.models.errors import CheckpointError, ModelsError
 
 FORMAT = "resnet-serve/1"
 #: Keys only training needs; :func:`load_model` leaves them out of ``meta``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import BasicBlock, conv3x3, init_weights, projection
+from resnet_serve.models.blocks import BasicBlock, conv3x3, init_weights, projection
 
 
 class CifarResNet(nn.Module):

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike, NDArray
 
-from models.shapes import effective_kernel, output_size
+from resnet_serve.models.shapes import effective_kernel, output_size
 
 Pair = tuple[int, int]
 Padding = int | Pair | tuple[Pair, Pair]

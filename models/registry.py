@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from models import cifar, resnet
-from models.errors import ModelConfigError, UnknownArchitectureError
+from resnet_serve.models import cifar, resnet
+from resnet_serve.models.errors import ModelConfigError, UnknownArchitectureError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": cifar.resnet20,

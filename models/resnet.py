@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import BasicBlock, Block, Bottleneck, init_weights, projection
+from resnet_serve.models.blocks import BasicBlock, Block, Bottleneck, init_weights, projection
 
 
 class ResNet(nn.Module):

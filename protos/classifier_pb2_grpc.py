@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import classifier_pb2 as protos_dot_classifier__pb2
+from resnet_serve.protos import classifier_pb2 as resnet__serve_dot_protos_dot_classifier__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/classifier_pb2_grpc.py depends on'
+        + ' but the generated code in resnet_serve/protos/classifier_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class ImageClassifierStub:
         """
         self.Classify = channel.unary_unary(
                 '/resnetserve.v1.ImageClassifier/Classify',
-                request_serializer=protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=protos_dot_classifier__pb2.ClassifyResponse.FromString,
+                request_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.ClassifyBatch = channel.unary_unary(
                 '/resnetserve.v1.ImageClassifier/ClassifyBatch',
-                request_serializer=protos_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
-                response_deserializer=protos_dot_classifier__pb2.ClassifyBatchResponse.FromString,
+                request_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
+                response_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
         self.ClassifyStream = channel.stream_stream(
                 '/resnetserve.v1.ImageClassifier/ClassifyStream',
-                request_serializer=protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=protos_dot_classifier__pb2.ClassifyStreamResponse.FromString,
+                request_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyStreamResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/resnetserve.v1.ImageClassifier/ListModels',
-                request_serializer=protos_dot_classifier__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=protos_dot_classifier__pb2.ListModelsResponse.FromString,
+                request_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -92,23 +92,23 @@ def add_ImageClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
-                    request_deserializer=protos_dot_classifier__pb2.ClassifyRequest.FromString,
-                    response_serializer=protos_dot_classifier__pb2.ClassifyResponse.SerializeToString,
+                    request_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.FromString,
+                    response_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyResponse.SerializeToString,
             ),
             'ClassifyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ClassifyBatch,
-                    request_deserializer=protos_dot_classifier__pb2.ClassifyBatchRequest.FromString,
-                    response_serializer=protos_dot_classifier__pb2.ClassifyBatchResponse.SerializeToString,
+                    request_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchRequest.FromString,
+                    response_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchResponse.SerializeToString,
             ),
             'ClassifyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ClassifyStream,
-                    request_deserializer=protos_dot_classifier__pb2.ClassifyRequest.FromString,
-                    response_serializer=protos_dot_classifier__pb2.ClassifyStreamResponse.SerializeToString,
+                    request_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.FromString,
+                    response_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ClassifyStreamResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=protos_dot_classifier__pb2.ListModelsRequest.FromString,
-                    response_serializer=protos_dot_classifier__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=resnet__serve_dot_protos_dot_classifier__pb2.ListModelsRequest.FromString,
+                    response_serializer=resnet__serve_dot_protos_dot_classifier__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,8 +136,8 @@ class ImageClassifier:
             request,
             target,
             '/resnetserve.v1.ImageClassifier/Classify',
-            protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-            protos_dot_classifier__pb2.ClassifyResponse.FromString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -163,8 +163,8 @@ class ImageClassifier:
             request,
             target,
             '/resnetserve.v1.ImageClassifier/ClassifyBatch',
-            protos_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
-            protos_dot_classifier__pb2.ClassifyBatchResponse.FromString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,8 +190,8 @@ class ImageClassifier:
             request_iterator,
             target,
             '/resnetserve.v1.ImageClassifier/ClassifyStream',
-            protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-            protos_dot_classifier__pb2.ClassifyStreamResponse.FromString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ClassifyStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,8 +217,8 @@ class ImageClassifier:
             request,
             target,
             '/resnetserve.v1.ImageClassifier/ListModels',
-            protos_dot_classifier__pb2.ListModelsRequest.SerializeToString,
-            protos_dot_classifier__pb2.ListModelsResponse.FromString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ListModelsRequest.SerializeToString,
+            resnet__serve_dot_protos_dot_classifier__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,19 +22,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import classifier_pb2, classifier_pb2_grpc
-from server.backends.onnxruntime import default_threads
-from server.config import ServerConfig
-from server.context import ServerContext
-from server.image_service import ImageClassifierService
-from server.inflight import InFlightInterceptor
-from server.metrics import ServerMetrics
-from server.model_manager import ModelManager
+from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
+from resnet_serve.runtime.onnxruntime import default_threads
+from resnet_serve.server.config import ServerConfig
+from resnet_serve.server.context import ServerContext
+from resnet_serve.server.image.service import ImageClassifierService
+from resnet_serve.server.inflight import InFlightInterceptor
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
 IMAGE_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
-KSERVE_MODULE = "server.kserve"
+KSERVE_MODULE = "resnet_serve.server.kserve.service"
 _MB = 1024 * 1024
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from server.config import ServerConfig
-from server.inflight import InFlight
-from server.metrics import ServerMetrics
-from server.model_manager import ModelManager
+from resnet_serve.server.config import ServerConfig
+from resnet_serve.server.inflight import InFlight
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 
 @dataclass

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 def serve_command(*args: str) -> list[str]:
     """The argv of `resnet-serve serve ARGS...`, run with this interpreter (no installed script needed)."""
-    return [sys.executable, "-m", "cli.main", "serve", *args]
+    return [sys.executable, "-m", "resnet_serve", "serve", *args]
 
 
 def stop(process: subprocess.Popen[Any], timeout_s: float = 20.0) -> int:

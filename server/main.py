@@ -10,8 +10,8 @@ import argparse
 import asyncio
 import logging
 
-from server.config import ConfigError, configure_parser, load_config
-from server.logging_setup import add_logging_arguments, configure_logging
+from resnet_serve.server.config import ConfigError, configure_parser, load_config
+from resnet_serve.server.observability.logging import add_logging_arguments, configure_logging
 
 log = logging.getLogger("resnet_serve.server")
 
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    from server.app import serve  # imports onnxruntime and grpc: only once the config is known to be valid
+    from resnet_serve.server.app import (
+        serve,  # imports onnxruntime and grpc: only once the config is known to be valid
+    )
 
     return asyncio.run(serve(config))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
-from server.launch import serve_command, stop
+from resnet_serve.server.launch import serve_command, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.backends.base import Backend, BackendInfo, TensorSpec
-from server.batcher import BatchResult, DynamicBatcher
-from server.config import BatchingConfig
-from server.errors import ServeError
-from server.metrics import ServerMetrics
+from resnet_serve.runtime.base import Backend, BackendInfo, TensorSpec
+from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher
+from resnet_serve.server.config import BatchingConfig
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 T = TypeVar("T")
 F32 = np.dtype(np.float32)
@@ -93,7 +93,7 @@ def test_concurrent_requests_form_batches_no_larger_than_max_batch_size() -> Non
 
 
 def test_batched_answers_equal_unbatched_answers(tiny_onnx: Path) -> None:
-    from server.backends.onnxruntime import OrtBackend
+    from resnet_serve.runtime.onnxruntime import OrtBackend
 
     x = np.random.default_rng(1).normal(size=(24, 1, 8, 8)).astype(np.float32)
     metrics = ServerMetrics(registry=CollectorRegistry()).model("tiny", "1")

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_server import FakeServer
 from PIL import Image
 
-from bench.fake_server import FakeServer
-from cli.main import main
+from resnet_serve.cli.main import main
 
 QUICK = ["--warmup", "0.1", "--window", "0.3", "--max-step-time", "0.9"]
 

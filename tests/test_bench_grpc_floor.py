@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write_tiny_onnx
 
-from bench import grpc_floor
+from lab import grpc_floor
 
 pytestmark = pytest.mark.slow
 

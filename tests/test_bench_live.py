@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kserve_fixtures import KServeServer, kserve_server
 
-from cli.main import main
+from resnet_serve.cli.main import main
 
 pytestmark = pytest.mark.slow
 __all__ = ["kserve_server"]  # the fixture, imported so pytest finds it

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from fake_server import FakeServer
 
-from bench.fake_server import FakeServer
-from bench.loadgen import (
+from resnet_serve.bench.loadgen import (
     Closed,
     Open,
     Timing,
@@ -24,10 +24,10 @@ from bench.loadgen import (
     poisson_schedule,
     run_step,
 )
-from bench.senders import OK, ImageSender, Reply, Sender
-from bench.stats import LatencySummary, Window, stable
-from bench.workload import digit_pngs
-from client.aio import AsyncClient
+from resnet_serve.bench.senders import OK, ImageSender, Reply, Sender
+from resnet_serve.bench.stats import LatencySummary, Window, stable
+from resnet_serve.bench.workload import digit_pngs
+from resnet_serve.client.aio import AsyncClient
 
 SHORT = Timing(warmup_s=0.3, window_s=0.5, max_s=1.5, drain_s=3.0)
 

@@ -6,9 +6,9 @@ import asyncio
 
 import numpy as np
 
-from bench.loadgen import Closed, Open, StepResult
-from bench.slo import best, bisect_rate, meets
-from bench.stats import LatencySummary
+from resnet_serve.bench.loadgen import Closed, Open, StepResult
+from resnet_serve.bench.slo import best, bisect_rate, meets
+from resnet_serve.bench.stats import LatencySummary
 
 
 def step(load: Closed | Open, throughput: float, p99_ms: float, errors: int = 0) -> StepResult:

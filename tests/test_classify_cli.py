@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_server import FakeServer
 from PIL import Image
 
-from bench.fake_server import FakeServer
-from cli.main import main
+from resnet_serve.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from fake_server import FakeClassifier, FakeServer
 from PIL import Image
 
-from bench.fake_server import FakeClassifier, FakeServer
-from client import (
+from resnet_serve.client import (
     AsyncClient,
     Classification,
     ClassifyError,
@@ -195,7 +195,8 @@ def test_the_async_client_supports_single_batch_and_stream_calls(server: FakeSer
 
 def test_importing_the_client_pulls_in_neither_torch_nor_onnxruntime() -> None:
     code = (
-        "import sys, client; from client import Client, AsyncClient, ClassifyError; "
+        "import sys, resnet_serve.client; "
+        "from resnet_serve.client import Client, AsyncClient, ClassifyError; "
         "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -12,8 +12,8 @@ import pytest
 from kserve_fixtures import TINY_LABELS, KServeServer, kserve_server
 from PIL import Image
 
-from cli.main import main
-from client import AsyncClient, Classification, ClassifyError, Client
+from resnet_serve.cli.main import main
+from resnet_serve.client import AsyncClient, Classification, ClassifyError, Client
 
 pytestmark = pytest.mark.slow
 __all__ = ["kserve_server"]  # the fixture, imported so pytest finds it

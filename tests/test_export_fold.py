@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from export.fold import FoldError, fold_batchnorm
-from models import registry
+from resnet_serve.models import registry
+from resnet_serve.models.fold import FoldError, fold_batchnorm
 
 
 def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

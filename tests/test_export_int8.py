@@ -21,15 +21,15 @@ import torch
 from conftest import assert_one_line_error
 from onnx import numpy_helper
 
-from cli.main import main
-from export.metadata import read
-from export.quantize import check_trt_compatible
-from export.samples import digits_held_out
-from models import registry
-from models.checkpoint import FORMAT, load_model, save_checkpoint
-from models.datasets import load_digits_split
-from models.errors import ModelsError
-from models.preprocess import normalize_array
+from resnet_serve.cli.main import main
+from resnet_serve.export.quantize import check_trt_compatible
+from resnet_serve.export.samples import digits_held_out
+from resnet_serve.formats.metadata import read
+from resnet_serve.formats.pixels import normalize_array
+from resnet_serve.models import registry
+from resnet_serve.models.checkpoint import FORMAT, load_model, save_checkpoint
+from resnet_serve.models.errors import ModelsError
+from resnet_serve.training.data import load_digits_split
 
 EPOCHS = 4
 BATCH = 64
@@ -49,17 +49,26 @@ def train_digits(path: Path, seed: int = 0) -> Path:
     for _ in range(EPOCHS):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
+            idx = perm[i : i + BATCH]
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
-    save_checkpoint(path, {
-        "format": FORMAT, "arch": "resnet20", "model_config": {"num_classes": 10, "in_chans": 1},
-        "state_dict": model.state_dict(), "labels": split.classes, "preprocess": pre,
-        "train_config": {"dataset": "digits"}, "epoch": EPOCHS, "metrics": {},
-    })
+    save_checkpoint(
+        path,
+        {
+            "format": FORMAT,
+            "arch": "resnet20",
+            "model_config": {"num_classes": 10, "in_chans": 1},
+            "state_dict": model.state_dict(),
+            "labels": split.classes,
+            "preprocess": pre,
+            "train_config": {"dataset": "digits"},
+            "epoch": EPOCHS,
+            "metrics": {},
+        },
+    )
     return path
 
 
@@ -78,8 +87,9 @@ def cached_digits_checkpoint(request: pytest.FixtureRequest, tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def digits_models(request: pytest.FixtureRequest,
-                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def digits_models(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("int8")
     ckpt = cached_digits_checkpoint(request, tmp)
     fp32 = tmp / "model.onnx"
@@ -98,8 +108,9 @@ def _held_out_accuracy(path: Path) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["trt", "ort"])
-def test_int8_loses_at_most_half_a_point_of_held_out_accuracy(digits_models: dict[str, Path],
-                                                              variant: str) -> None:
+def test_int8_loses_at_most_half_a_point_of_held_out_accuracy(
+    digits_models: dict[str, Path], variant: str
+) -> None:
     fp32_acc = _held_out_accuracy(digits_models["fp32"])
     assert fp32_acc >= 0.95  # a model worth quantizing; otherwise the drop below says little
     assert fp32_acc - _held_out_accuracy(digits_models[variant]) <= 0.005
@@ -107,7 +118,8 @@ def test_int8_loses_at_most_half_a_point_of_held_out_accuracy(digits_models: dic
 
 @pytest.mark.slow
 def test_trt_variant_is_symmetric_int8_and_ort_variant_uses_uint8_activations(
-        digits_models: dict[str, Path]) -> None:
+    digits_models: dict[str, Path],
+) -> None:
     trt = onnx.load(str(digits_models["trt"]))
     check_trt_compatible(trt)  # raises on any non-INT8 or non-zero zero point
     assert any(n.op_type == "QuantizeLinear" for n in trt.graph.node)
@@ -119,46 +131,73 @@ def test_trt_variant_is_symmetric_int8_and_ort_variant_uses_uint8_activations(
 
 @pytest.mark.slow
 def test_quantized_models_keep_the_metadata_and_record_their_precision(
-        digits_models: dict[str, Path]) -> None:
+    digits_models: dict[str, Path],
+) -> None:
     fp32 = read(digits_models["fp32"])
     for variant, precision in (("trt", "int8-qdq-trt"), ("ort", "int8-qdq-ort")):
         meta = read(digits_models[variant])
         assert meta.precision == precision
         assert (meta.arch, meta.labels, meta.preprocess, meta.source_sha256) == (
-            fp32.arch, fp32.labels, fp32.preprocess, fp32.source_sha256)
+            fp32.arch,
+            fp32.labels,
+            fp32.preprocess,
+            fp32.source_sha256,
+        )
 
 
 @pytest.mark.slow
-def test_verify_reports_every_stage_and_passes_within_tolerance(digits_models: dict[str, Path],
-                                                                tmp_path: Path) -> None:
+def test_verify_reports_every_stage_and_passes_within_tolerance(
+    digits_models: dict[str, Path], tmp_path: Path
+) -> None:
     report = tmp_path / "verify.json"
     m = digits_models
-    rc = main(["verify", "--checkpoint", str(m["checkpoint"]), "--onnx", str(m["fp32"]),
-               "--onnx", str(m["trt"]), "--onnx", str(m["ort"]), "--json", str(report)])
+    rc = main(
+        [
+            "verify",
+            "--checkpoint",
+            str(m["checkpoint"]),
+            "--onnx",
+            str(m["fp32"]),
+            "--onnx",
+            str(m["trt"]),
+            "--onnx",
+            str(m["ort"]),
+            "--json",
+            str(report),
+        ]
+    )
     assert rc == 0
     data = json.loads(report.read_text())
     assert data["ok"] and data["images"] == 360
     stages = {s["stage"]: s for s in data["stages"]}
-    assert set(stages) == {"pytorch", "pytorch folded", "onnxruntime fp32", "onnxruntime int8-qdq-trt",
-                           "onnxruntime int8-qdq-ort"}
+    assert set(stages) == {
+        "pytorch",
+        "pytorch folded",
+        "onnxruntime fp32",
+        "onnxruntime int8-qdq-trt",
+        "onnxruntime int8-qdq-ort",
+    }
     assert stages["onnxruntime fp32"]["rel_error"] <= 1e-4
     assert stages["pytorch folded"]["rel_error"] <= 1e-4
 
 
 @pytest.mark.slow
-def test_verify_exits_non_zero_when_a_stage_breaks_its_tolerance(digits_models: dict[str, Path],
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_exits_non_zero_when_a_stage_breaks_its_tolerance(
+    digits_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     # No INT8 model agrees with FP32 on more than 100 % of the images: the gate must trip.
     m = digits_models
-    rc = main(["verify", "--checkpoint", str(m["checkpoint"]), "--onnx", str(m["ort"]),
-               "--int8-agreement", "1.01"])
+    rc = main(
+        ["verify", "--checkpoint", str(m["checkpoint"]), "--onnx", str(m["ort"]), "--int8-agreement", "1.01"]
+    )
     assert rc == 1
     assert "FAILED: onnxruntime int8-qdq-ort" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_quantize_with_an_image_folder_holding_no_images_is_a_one_line_error(
-        digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     empty = tmp_path / "calib"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
@@ -169,7 +208,8 @@ def test_quantize_with_an_image_folder_holding_no_images_is_a_one_line_error(
 
 @pytest.mark.slow
 def test_quantize_both_writes_neither_file_when_one_cannot_be_written(
-        digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "q-ort.onnx").mkdir()  # the second destination is a folder: its rename fails
     out = tmp_path / "q.onnx"
     rc = main(["quantize", str(digits_models["fp32"]), "--variant", "both", "--out", str(out)])
@@ -181,9 +221,12 @@ def test_quantize_both_writes_neither_file_when_one_cannot_be_written(
 
 @pytest.mark.slow
 def test_quantize_both_leaves_neither_file_when_a_write_fails(
-        digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from export.files import atomic_path as real
+    digits_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resnet_serve.formats.files import atomic_path as real
 
     @contextlib.contextmanager
     def disk_full_for_the_second(path: Path) -> Iterator[Path]:
@@ -204,32 +247,43 @@ def _foreign_onnx(path: Path) -> Path:
     """A valid ONNX model from 'another tool': no resnet_serve metadata."""
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path
 
 
 def test_quantize_of_an_onnx_without_our_metadata_is_a_one_line_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "q.onnx"
     rc = main(["quantize", str(_foreign_onnx(tmp_path / "other.onnx")), "--out", str(out)])
     assert_one_line_error(capsys, rc, out, "no resnet_serve metadata")
 
 
 def test_quantize_and_verify_of_a_missing_file_are_one_line_errors(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "q.onnx"
-    assert_one_line_error(capsys, main(["quantize", str(tmp_path / "nope.onnx"), "--out", str(out)]), out,
-                           "nope.onnx")
+    assert_one_line_error(
+        capsys, main(["quantize", str(tmp_path / "nope.onnx"), "--out", str(out)]), out, "nope.onnx"
+    )
     report = tmp_path / "v.json"
-    assert_one_line_error(capsys, main(["verify", "--onnx", str(tmp_path / "nope.onnx"), "--json",
-                                         str(report)]), report, "nope.onnx")
+    assert_one_line_error(
+        capsys,
+        main(["verify", "--onnx", str(tmp_path / "nope.onnx"), "--json", str(report)]),
+        report,
+        "nope.onnx",
+    )
 
 
 def test_verify_of_an_onnx_without_our_metadata_is_a_one_line_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = tmp_path / "v.json"
     rc = main(["verify", "--onnx", str(_foreign_onnx(tmp_path / "other.onnx")), "--json", str(report)])
     assert_one_line_error(capsys, rc, report, "no resnet_serve metadata")

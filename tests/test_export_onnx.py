@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from cli.main import main
-from export.metadata import PREFIX, read
-from models import registry
-from models.checkpoint import save_checkpoint
-from models.datasets import DIGITS_PREPROCESS
+from resnet_serve.cli.main import main
+from resnet_serve.formats.metadata import PREFIX, read
+from resnet_serve.models import registry
+from resnet_serve.models.checkpoint import save_checkpoint
+from resnet_serve.training.data import DIGITS_PREPROCESS
 
 
 def _digits_checkpoint(path: Path, arch: str = "resnet20", seed: int = 0) -> Path:
@@ -27,12 +27,20 @@ def _digits_checkpoint(path: Path, arch: str = "resnet20", seed: int = 0) -> Pat
             assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 1.5)
-    save_checkpoint(path, {
-        "format": "resnet-serve/1", "arch": arch, "model_config": {"num_classes": 10, "in_chans": 1},
-        "state_dict": model.state_dict(), "labels": [str(d) for d in range(10)],
-        "preprocess": {**DIGITS_PREPROCESS, "mean": [0.2], "std": [0.3]}, "dataset": "digits",
-        "epoch": 0, "metrics": {},
-    })
+    save_checkpoint(
+        path,
+        {
+            "format": "resnet-serve/1",
+            "arch": arch,
+            "model_config": {"num_classes": 10, "in_chans": 1},
+            "state_dict": model.state_dict(),
+            "labels": [str(d) for d in range(10)],
+            "preprocess": {**DIGITS_PREPROCESS, "mean": [0.2], "std": [0.3]},
+            "dataset": "digits",
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
     return path
 
 
@@ -75,8 +83,9 @@ def test_export_metadata_describes_the_checkpoint(digits_onnx: tuple[Path, Path]
 
 @pytest.mark.parametrize("batch", [1, 3, 7])
 def test_exported_digits_model_matches_pytorch_at_any_batch(
-        digits_onnx: tuple[Path, Path], batch: int) -> None:
-    from models.checkpoint import load_model
+    digits_onnx: tuple[Path, Path], batch: int
+) -> None:
+    from resnet_serve.models.checkpoint import load_model
 
     ckpt, out = digits_onnx
     model, _ = load_model(ckpt)
@@ -88,23 +97,26 @@ def test_exported_digits_model_matches_pytorch_at_any_batch(
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
 
 
-def test_export_of_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_of_a_missing_checkpoint_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)])
     assert_one_line_error(capsys, rc, out, "nope.pt")
 
 
 def test_export_of_a_checkpoint_for_another_arch_is_a_one_line_error(
-        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, _ = digits_onnx
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(ckpt), "--arch", "resnet56", "--out", str(out)])
     assert_one_line_error(capsys, rc, out, "resnet20")
 
 
-def test_export_of_weights_for_another_arch_is_a_one_line_error(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_of_weights_for_another_arch_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = tmp_path / "r18.pth"
     torch.save(registry.build("resnet18", num_classes=4).state_dict(), weights)
     out = tmp_path / "m.onnx"
@@ -113,7 +125,8 @@ def test_export_of_weights_for_another_arch_is_a_one_line_error(tmp_path: Path,
 
 
 def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = tmp_path / "junk.pth"
     weights.write_bytes(b"not a zip file")
     out = tmp_path / "m.onnx"
@@ -122,14 +135,17 @@ def test_export_of_a_file_that_is_not_a_state_dict_is_a_one_line_error(
 
 
 def test_export_at_an_opset_torch_cannot_reach_is_a_one_line_error(
-        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, _ = digits_onnx
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--opset", "17", "--num-images", "2"])
     assert_one_line_error(capsys, rc, out, "opset 17")
 
+
 def test_export_to_an_unwritable_path_is_a_one_line_error(
-        digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digits_onnx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, _ = digits_onnx
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -140,8 +156,9 @@ def test_export_to_an_unwritable_path_is_a_one_line_error(
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
 
 
-def test_fp16_export_keeps_float32_io_and_records_its_precision(digits_onnx: tuple[Path, Path],
-                                                                tmp_path: Path) -> None:
+def test_fp16_export_keeps_float32_io_and_records_its_precision(
+    digits_onnx: tuple[Path, Path], tmp_path: Path
+) -> None:
     ckpt, _ = digits_onnx
     out = tmp_path / "fp16.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--precision", "fp16", "--out", str(out)]) == 0

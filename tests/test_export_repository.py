@@ -13,27 +13,37 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cli.main import main
-from export.metadata import ModelMetadata, write
-from export.repository import RepositoryError, read_model, read_repository
+from resnet_serve.cli.main import main
+from resnet_serve.export.package import RepositoryError, read_model, read_repository
+from resnet_serve.formats.metadata import ModelMetadata, write
 
 
 def _tiny_onnx(path: Path, precision: str = "fp32", classes: int = 3, side: int = 4) -> Path:
     """A small model with our metadata: input (batch, 1, side, side) → Flatten → Gemm → logits."""
     w = numpy_helper.from_array(np.ones((classes, side * side), dtype=np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1),
+        ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, side, side])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    pre = {"color": "L", "resize": side, "crop": side, "interpolation": "bilinear",
-           "mean": [0.5], "std": [0.25]}
-    write(model, ModelMetadata("tiny", [f"c{i}" for i in range(classes)], pre, "ab" * 32,
-                               {"torch": "x"}, precision))
+    pre = {
+        "color": "L",
+        "resize": side,
+        "crop": side,
+        "interpolation": "bilinear",
+        "mean": [0.5],
+        "std": [0.25],
+    }
+    write(
+        model,
+        ModelMetadata("tiny", [f"c{i}" for i in range(classes)], pre, "ab" * 32, {"torch": "x"}, precision),
+    )
     onnx.save(model, str(path))
     return path
 
@@ -42,8 +52,25 @@ def test_packaging_two_versions_gives_a_repository_the_reader_understands(tmp_pa
     repo = tmp_path / "repo"
     fp32 = _tiny_onnx(tmp_path / "a.onnx")
     int8 = _tiny_onnx(tmp_path / "b.onnx", precision="int8-qdq-ort")
-    assert main(["package", str(fp32), "--repo", str(repo), "--name", "tiny", "--max-batch-size", "16",
-                 "--max-queue-delay-us", "500", "--instances", "2"]) == 0
+    assert (
+        main(
+            [
+                "package",
+                str(fp32),
+                "--repo",
+                str(repo),
+                "--name",
+                "tiny",
+                "--max-batch-size",
+                "16",
+                "--max-queue-delay-us",
+                "500",
+                "--instances",
+                "2",
+            ]
+        )
+        == 0
+    )
     # A second version keeps the model-level settings it does not override.
     assert main(["package", str(int8), "--repo", str(repo), "--name", "tiny"]) == 0
     [model] = read_repository(repo)
@@ -59,8 +86,11 @@ def test_packaging_two_versions_gives_a_repository_the_reader_understands(tmp_pa
     assert model.latest().version == 2
     stored = model.version_path(model.versions[1])
     assert stored == repo / "tiny" / "2" / "model.onnx"
-    assert hashlib.sha256(stored.read_bytes()).hexdigest() == model.versions[1].sha256 == hashlib.sha256(
-        int8.read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(stored.read_bytes()).hexdigest()
+        == model.versions[1].sha256
+        == hashlib.sha256(int8.read_bytes()).hexdigest()
+    )
 
 
 def test_reader_rejects_a_version_file_that_is_missing(tmp_path: Path) -> None:
@@ -90,7 +120,8 @@ def test_reader_rejects_preferred_batch_sizes_above_the_maximum(tmp_path: Path) 
 
 
 def test_packaging_a_foreign_onnx_is_a_one_line_error_and_leaves_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _tiny_onnx(tmp_path / "a.onnx")
     proto = onnx.load(str(model))
     del proto.metadata_props[:]
@@ -103,7 +134,8 @@ def test_packaging_a_foreign_onnx_is_a_one_line_error_and_leaves_nothing(
 
 
 def test_packaging_a_model_with_other_labels_under_the_same_name_is_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = tmp_path / "repo"
     assert main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"]) == 0
     other = _tiny_onnx(tmp_path / "b.onnx", classes=5)
@@ -113,8 +145,9 @@ def test_packaging_a_model_with_other_labels_under_the_same_name_is_refused(
     assert [v.version for v in read_model(repo / "m").versions] == [1]
 
 
-def test_packaging_a_missing_file_is_a_one_line_error(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_packaging_a_missing_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = main(["package", str(tmp_path / "nope.onnx"), "--repo", str(tmp_path / "repo"), "--name", "m"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "nope.onnx" in err
@@ -122,13 +155,16 @@ def test_packaging_a_missing_file_is_a_one_line_error(tmp_path: Path,
 
 
 def test_the_reader_imports_neither_torch_nor_onnx() -> None:
-    code = ("import sys, export.repository; "
-            "sys.exit(1 if {'torch', 'onnx', 'onnxruntime'} & set(sys.modules) else 0)")
+    code = (
+        "import sys, resnet_serve.export.package; "
+        "sys.exit(1 if {'torch', 'onnx', 'onnxruntime'} & set(sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
 
 
 def test_packaging_into_a_repo_that_is_a_file_is_a_one_line_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = tmp_path / "repo"
     repo.write_text("")
     rc = main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "m"])
@@ -138,7 +174,8 @@ def test_packaging_into_a_repo_that_is_a_file_is_a_one_line_error(
 
 @pytest.mark.parametrize("flag", ["--max-batch-size", "--instances"])
 def test_packaging_with_a_zero_setting_is_refused_not_defaulted(
-        flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = tmp_path / "repo"
     model = _tiny_onnx(tmp_path / "a.onnx")
     rc = main(["package", str(model), "--repo", str(repo), "--name", "m", flag, "0"])

@@ -17,11 +17,11 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from cli.main import main
-from export.fold import fold_batchnorm
-from export.onnx_export import relative_error, to_onnx
-from models import registry
-from models.fill import deterministic_fill, fixture_input
+from resnet_serve.cli.main import main
+from resnet_serve.export.onnx_export import relative_error, to_onnx
+from resnet_serve.models import registry
+from resnet_serve.models.fill import deterministic_fill, fixture_input
+from resnet_serve.models.fold import fold_batchnorm
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision-resnet"
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "resnext50_32x4d"]
@@ -66,8 +66,24 @@ def test_export_of_torchvision_weights_matches_the_golden_logits(tmp_path: Path)
     weights = tmp_path / "resnet50-fixture.pth"
     torch.save(_filled("resnet50").state_dict(), weights)  # torchvision's .pth format: a bare state_dict
     out = tmp_path / "resnet50.onnx"
-    assert main(["export", "--arch", "resnet50", "--weights", str(weights), "--num-classes", "1000",
-                 "--num-images", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--arch",
+                "resnet50",
+                "--weights",
+                str(weights),
+                "--num-classes",
+                "1000",
+                "--num-images",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": fixture_input(2).numpy()})[0]
     assert _within_fixture_tolerance(logits, _golden("resnet50"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.gpu_check import Model, Row, Settings, Skip, latency_stats, parity, table, targets
+from lab.gpu_check import Model, Row, Settings, Skip, latency_stats, parity, table, targets
 
 BATCHES = (1, 8, 32, 128)
 CONCURRENCY = (1, 64)
@@ -96,8 +96,17 @@ def test_table_has_a_column_per_batch_and_concurrency_and_dashes_for_gaps() -> N
 
 
 def test_time_budget_turns_into_a_skip() -> None:
-    cfg = Settings(Path("out"), dry_run=True, budget_s=10, seconds_per_point=0.1, batches=(1,),
-                   served_seconds=1, served_concurrency=(1,), digits_bundle=None, resnet50=False)
+    cfg = Settings(
+        Path("out"),
+        dry_run=True,
+        budget_s=10,
+        seconds_per_point=0.1,
+        batches=(1,),
+        served_seconds=1,
+        served_concurrency=(1,),
+        digits_bundle=None,
+        resnet50=False,
+    )
     cfg.require_time(5, "digits")
     with pytest.raises(Skip, match="time budget"):
         cfg.require_time(60, "resnet50")
@@ -107,7 +116,7 @@ def test_a_server_that_cannot_start_becomes_a_skip_with_its_last_words(tmp_path:
     import subprocess
     import sys
 
-    from bench.gpu_check import wait_ready
+    from lab.gpu_check import wait_ready
 
     log = tmp_path / "server.log"
     script = "print('starting'); print('error: unknown backend torch'); raise SystemExit(2)"

@@ -11,10 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.checkpoint import load_model, save_checkpoint  # noqa: E402
-from models.registry import build  # noqa: E402
-from server.backends.base import BackendError  # noqa: E402
-from server.backends.torch_cuda import (  # noqa: E402
+from resnet_serve.models.checkpoint import load_model, save_checkpoint  # noqa: E402
+from resnet_serve.models.registry import build  # noqa: E402
+from resnet_serve.runtime.base import BackendError  # noqa: E402
+from resnet_serve.runtime.torch_cuda import (  # noqa: E402
     TorchCudaBackend,
     TorchOptions,
     bucket_for,
@@ -24,7 +24,12 @@ from server.backends.torch_cuda import (  # noqa: E402
 )
 
 PREPROCESS = {
-    "color": "L", "resize": 16, "crop": 16, "interpolation": "bilinear", "mean": [0.5], "std": [0.25]
+    "color": "L",
+    "resize": 16,
+    "crop": 16,
+    "interpolation": "bilinear",
+    "mean": [0.5],
+    "std": [0.25],
 }
 
 
@@ -38,10 +43,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, {
-        "format": "resnet-serve/1", "arch": "resnet20", "model_config": {"num_classes": 10, "in_chans": 1},
-        "state_dict": model.state_dict(), "labels": [str(i) for i in range(10)], "preprocess": PREPROCESS,
-    })
+    save_checkpoint(
+        path,
+        {
+            "format": "resnet-serve/1",
+            "arch": "resnet20",
+            "model_config": {"num_classes": 10, "in_chans": 1},
+            "state_dict": model.state_dict(),
+            "labels": [str(i) for i in range(10)],
+            "preprocess": PREPROCESS,
+        },
+    )
     return path
 
 
@@ -154,5 +166,6 @@ def test_gpu_graphs_and_eager_agree(checkpoint: Path) -> None:
     x = images(6, seed=4)
     graphs = TorchCudaBackend(checkpoint, TorchOptions(dtype="fp32", max_batch_size=8))
     eager = TorchCudaBackend(checkpoint, TorchOptions(dtype="fp32", max_batch_size=8, cuda_graphs=False))
-    np.testing.assert_allclose(graphs.infer({"input": x})["logits"], eager.infer({"input": x})["logits"],
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        graphs.infer({"input": x})["logits"], eager.infer({"input": x})["logits"], rtol=1e-3, atol=1e-3
+    )

@@ -109,8 +109,8 @@ def test_bytes_input_carries_encoded_images_decoded_by_the_server(
 def test_large_request_takes_the_zero_copy_path_and_gives_the_same_answer(
     client: tc.InferenceServerClient, kserve_server: KServeServer
 ) -> None:
-    from server.kserve_wire import ZERO_COPY_MIN_BYTES
-    from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+    from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+    from resnet_serve.server.kserve.wire import ZERO_COPY_MIN_BYTES
 
     # A noisy 300x200 PNG is larger than the zero-copy threshold; the server resizes and crops it to 8x8.
     noise = np.random.default_rng(8).integers(0, 256, (200, 300), dtype=np.uint8)

@@ -11,8 +11,8 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.errors import ServeError
-from server.tensors import from_contents, from_raw, join_bytes, split_bytes, top_k_strings
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.kserve.codec import from_contents, from_raw, join_bytes, split_bytes, top_k_strings
 
 
 def _fields(file: FileDescriptor) -> set[tuple[Any, ...]]:
@@ -54,7 +54,7 @@ def test_every_field_and_rpc_we_define_is_tritons_with_the_same_number_and_type(
     from tritonclient.grpc import model_config_pb2 as triton_config
     from tritonclient.grpc import service_pb2 as triton_service
 
-    from protos import grpc_service_pb2, model_config_pb2
+    from resnet_serve.protos import grpc_service_pb2, model_config_pb2
 
     ours = _fields(grpc_service_pb2.DESCRIPTOR) | _fields(model_config_pb2.DESCRIPTOR)
     theirs = _fields(triton_service.DESCRIPTOR) | _fields(triton_config.DESCRIPTOR)

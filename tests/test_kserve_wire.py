@@ -7,9 +7,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protos import grpc_service_pb2 as pb
-from server import kserve_wire
-from server.kserve_wire import parse_infer_request
+from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.server.kserve import wire as kserve_wire
+from resnet_serve.server.kserve.wire import parse_infer_request
 
 names = st.text(min_size=0, max_size=12)
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from server.metrics import (
+from resnet_serve.server.observability.metrics import (
     FAILURE_OUTCOMES,
     OUTCOMES,
     UNKNOWN_MODEL_LABEL,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from server.gpu_metrics import gpu_metric_families
-from server.metrics import ServerMetrics
+from resnet_serve.server.observability.gpu import gpu_metric_families
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "resnet-serve.json"

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from server.gpu_metrics import register_gpu_collector
+from resnet_serve.server.observability.gpu import register_gpu_collector
 
 
 class FakeNVMLError(Exception):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.logging_setup import (
+from resnet_serve.server.observability.logging import (
     MAX_REQUEST_ID_LEN,
     access_log,
     add_logging_arguments,

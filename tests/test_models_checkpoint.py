@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from models import checkpoint, registry
-from models.checkpoint import load_model, save_checkpoint
-from models.errors import CheckpointError
+from resnet_serve.models import checkpoint, registry
+from resnet_serve.models.checkpoint import load_model, save_checkpoint
+from resnet_serve.models.errors import CheckpointError
 
 
 def _payload(arch: str = "resnet20") -> dict[str, Any]:

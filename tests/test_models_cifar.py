@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import registry
-from models.errors import ModelConfigError, UnknownArchitectureError
+from resnet_serve.models import registry
+from resnet_serve.models.errors import ModelConfigError, UnknownArchitectureError
 
 CIFAR = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from models import datasets
-from models.augment import augment, normalize, random_crop_flip
-from models.errors import DatasetError
-from models.preprocess import eval_pixels
+from resnet_serve.formats.pixels import eval_pixels
+from resnet_serve.models.errors import DatasetError
+from resnet_serve.training import data as datasets
+from resnet_serve.training.augment import augment, normalize, random_crop_flip
 
 
 def write_digit_folder(root: Path, classes: int = 10, per_class: int = 16, size: int = 8) -> Path:

@@ -14,8 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from models import reference
-from models.shapes import output_size, same_padding
+from resnet_serve.models import reference
+from resnet_serve.models.shapes import output_size, same_padding
 
 CASES = settings(max_examples=150, deadline=None)
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from models import registry
-from models.blocks import Bottleneck
-from models.fill import filled_state_dict, fixture_input
+from resnet_serve.models import registry
+from resnet_serve.models.blocks import Bottleneck
+from resnet_serve.models.fill import filled_state_dict, fixture_input
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision-resnet"
 FAST = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d"]

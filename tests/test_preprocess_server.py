@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.preprocess import eval_pixels, normalize_array
-from server.errors import ServeError
-from server.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+from resnet_serve.formats.pixels import eval_pixels, normalize_array
+from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+from resnet_serve.server.errors import ServeError
 
 RGB_SPEC: dict[str, Any] = {
     "color": "RGB", "resize": 36, "crop": 32, "interpolation": "bilinear",

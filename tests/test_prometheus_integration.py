@@ -36,10 +36,10 @@ from conftest import TINY_PREPROCESS
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
-from server.launch import free_port, serving
-from server.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.server.launch import free_port, serving
+from resnet_serve.server.observability.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.backends.base import BackendError
-from server.backends.providers import (
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.runtime.providers import (
     CPU,
     CUDA,
     TENSORRT,

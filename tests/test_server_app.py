@@ -16,11 +16,11 @@ from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
-from server.app import InferenceServer
-from server.config import ModelConfig, ServerConfig
-from server.errors import ServeError
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.server.app import InferenceServer
+from resnet_serve.server.config import ModelConfig, ServerConfig
+from resnet_serve.server.errors import ServeError
 
 
 def png() -> bytes:
@@ -102,8 +102,8 @@ def test_stop_turns_health_not_serving_and_finishes_accepted_requests(tiny_onnx:
 
 
 def test_shutdown_waits_for_a_kserve_stream_request_not_yet_in_the_batcher(tiny_onnx: Path) -> None:
-    from protos import grpc_service_pb2 as kpb
-    from protos import grpc_service_pb2_grpc as kpb_grpc
+    from resnet_serve.protos import grpc_service_pb2 as kpb
+    from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
 
     entered, release = threading.Event(), threading.Event()
 

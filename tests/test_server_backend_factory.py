@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from server.app import InferenceServer, StartupError
-from server.backends import tensorrt as trt_backend
-from server.backends.base import BackendError
-from server.backends.factory import backend_for, create_backend
-from server.config import ModelConfig, ServerConfig
+from resnet_serve.runtime import tensorrt as trt_backend
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.runtime.factory import backend_for, create_backend
+from resnet_serve.server.app import InferenceServer, StartupError
+from resnet_serve.server.config import ModelConfig, ServerConfig
 
 
 def write_plan(directory: Path) -> Path:

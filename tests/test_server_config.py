@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import OPTIONS, ConfigError, ServerConfig, configure_parser, load_config
+from resnet_serve.server.config import OPTIONS, ConfigError, ServerConfig, configure_parser, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_help_documents_every_option_with_its_default_and_env_var() -> None:
 
 
 def test_serve_refuses_bad_input_with_one_line_and_no_traceback(tmp_path: Path) -> None:
-    run = [sys.executable, "-m", "cli.main", "serve", "--grpc-port", "0", "--metrics-port", "-1"]
+    run = [sys.executable, "-m", "resnet_serve", "serve", "--grpc-port", "0", "--metrics-port", "-1"]
     bad_config = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad_config.returncode == 2
     assert "no models to serve" in bad_config.stderr and "Traceback" not in bad_config.stderr

@@ -20,9 +20,9 @@ from conftest import TINY_LABELS, TINY_PREPROCESS
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from models.preprocess import eval_pixels, normalize_array
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.formats.pixels import eval_pixels, normalize_array
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ class ServerProcess:
 
 def start_server(*args: str, timeout_s: float = 30.0) -> ServerProcess:
     """Start `resnet-serve serve` on free loopback ports and wait for its ready line."""
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
+    cmd = [sys.executable, "-m", "resnet_serve", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
            "--metrics-port", "0", *args]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None

@@ -15,8 +15,8 @@ from conftest import write_tiny_onnx
 from PIL import Image
 from test_server_integration import ServerProcess, encode, scrape, start_server, stop_server
 
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 

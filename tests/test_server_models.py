@@ -15,11 +15,11 @@ import pytest
 from conftest import write_tiny_onnx
 from prometheus_client import CollectorRegistry
 
-from export.repository import ServingSettings, package
-from server.config import ModelConfig, ServerConfig
-from server.errors import ServeError
-from server.metrics import ServerMetrics
-from server.model_manager import ModelManager, ModelState
+from resnet_serve.export.package import ServingSettings, package
+from resnet_serve.server.config import ModelConfig, ServerConfig
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.models.manager import ModelManager, ModelState
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 T = TypeVar("T")
 X = np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32)

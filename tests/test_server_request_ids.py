@@ -17,12 +17,12 @@ import pytest
 from test_metrics_logging import restore_root_logging
 from test_server_app import config_for, png
 
-from protos import classifier_pb2 as pb
-from protos import classifier_pb2_grpc as pb_grpc
-from protos import grpc_service_pb2 as kpb
-from protos import grpc_service_pb2_grpc as kpb_grpc
-from server.app import InferenceServer
-from server.logging_setup import REQUEST_ID_METADATA, configure_logging
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.protos import grpc_service_pb2 as kpb
+from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
+from resnet_serve.server.app import InferenceServer
+from resnet_serve.server.observability.logging import REQUEST_ID_METADATA, configure_logging
 
 __all__ = ["restore_root_logging"]  # the fixture, imported so pytest finds it
 Stubs = tuple[Any, Any]  # (image API stub, KServe stub)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.backends.base import Backend, BackendInfo, TensorSpec
-from server.batcher import DynamicBatcher
-from server.config import BatchingConfig
-from server.metrics import ServerMetrics
-from server.staging import Staging
+from resnet_serve.runtime.base import Backend, BackendInfo, TensorSpec
+from resnet_serve.server.batching.batcher import DynamicBatcher
+from resnet_serve.server.batching.staging import Staging
+from resnet_serve.server.config import BatchingConfig
+from resnet_serve.server.observability.metrics import ServerMetrics
 
 F32 = np.dtype(np.float32)
 

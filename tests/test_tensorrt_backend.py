@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from export.engine import EngineError, Sidecar, require_tensorrt
-from server.backends import tensorrt as trt_backend
-from server.backends.base import BackendError
-from server.backends.tensorrt import (
+from resnet_serve.export.engine import EngineError, Sidecar, require_tensorrt
+from resnet_serve.runtime import tensorrt as trt_backend
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.runtime.tensorrt import (
     Chunk,
     TensorRTBackend,
     check_compatible,
@@ -141,7 +141,10 @@ def test_check_compatible_names_both_gpus(tmp_path: Path) -> None:
     sidecar = read_sidecar(write_engine(tmp_path))
     with pytest.raises(BackendError, match=r"NVIDIA H100 80GB HBM3.*NVIDIA L4"):
         check_compatible(
-            sidecar, engine=tmp_path / "model.plan", tensorrt_version=TRT, compute_capability="8.9",
+            sidecar,
+            engine=tmp_path / "model.plan",
+            tensorrt_version=TRT,
+            compute_capability="8.9",
             gpu_name="NVIDIA L4",
         )
 
@@ -288,6 +291,7 @@ def fake_tensorrt(profile: tuple[int, int]) -> types.ModuleType:
 
     trt.__version__ = TRT  # type: ignore[attr-defined]
     trt.Runtime = Runtime  # type: ignore[attr-defined]
+
     class Logger:
         WARNING = 2
 

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export import engine
-from export.engine import BatchProfile, EngineError, network_plan, resolve_precision
-from export.fp16 import Fp16Error, to_fp16
+from resnet_serve.export import engine
+from resnet_serve.export.engine import BatchProfile, EngineError, network_plan, resolve_precision
+from resnet_serve.export.fp16 import Fp16Error, to_fp16
 
 
 def tiny_classifier(
@@ -242,8 +242,8 @@ def test_built_engine_serves_like_onnx_runtime(tmp_path: Path, precision: str, t
     if not tensorrt_installed():
         pytest.skip("needs TensorRT")
 
-    from server.backends.base import BackendError
-    from server.backends.tensorrt import TensorRTBackend
+    from resnet_serve.runtime.base import BackendError
+    from resnet_serve.runtime.tensorrt import TensorRTBackend
 
     source = tmp_path / "tiny.onnx"
     onnx.save(tiny_classifier(chans=3, size=16), str(source))

@@ -1,0 +1,54 @@
+"""Command-line options for reaching a server, shared by `classify` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+
+from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--server", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address (default: %(default)s)"
+    )
+    group.add_argument("--tls", action="store_true", help="use TLS (implied by the certificate options)")
+    group.add_argument("--ca-cert", metavar="PEM", help="root certificates to trust (default: the system's)")
+    group.add_argument("--client-cert", metavar="PEM", help="client certificate chain for mutual TLS")
+    group.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    group.add_argument(
+        "--server-name", metavar="NAME", help="name to check the server's certificate against (default: HOST)"
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
+    """The TLS settings the options ask for, or None for a plaintext channel."""
+    wanted = args.tls or args.ca_cert or args.client_cert or args.client_key or args.server_name
+    if not wanted:
+        return None
+    return TLSConfig(
+        root_certs=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        server_name=args.server_name,
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value

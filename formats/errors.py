@@ -1,0 +1,16 @@
+"""The error every layer raises for a failure the user can fix, and the one way it reaches them.
+
+Each layer has its own subclasses (ExportError, ModelsError, ConfigError, ...); all of them derive from
+`UserError`, whose `str()` is one line saying what went wrong and what to do. The CLI prints it once, as
+`resnet-serve COMMAND: error: MESSAGE`; the server answers INVALID_ARGUMENT for `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A failure the user can fix (bad input, a missing file, a failed check); `str()` is one line."""
+
+
+class InvalidInput(UserError, ValueError):
+    """Data that breaks a contract: an undecodable image, a tensor of the wrong datatype or shape."""

@@ -1,0 +1,136 @@
+"""The `resnet_serve.*` metadata_props that travel inside every ONNX model we write (docs/architecture.md).
+
+Torch-free on purpose: the model repository reader, and through it the server, use this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from resnet_serve.export.errors import ExportError
+
+PREFIX = "resnet_serve."
+LABELS_KEY = PREFIX + "labels"  # JSON list of class names, index = logit position
+PREPROCESS_KEY = PREFIX + "preprocess"  # JSON object, formats/preprocess.py
+ARCH_KEY = PREFIX + "arch"
+SOURCE_KEY = PREFIX + "source_sha256"  # of the checkpoint or weights file the model came from
+VERSIONS_KEY = PREFIX + "versions"  # JSON object: tool -> version
+PRECISION_KEY = PREFIX + "precision"  # one of PRECISIONS
+PRECISIONS = ("fp32", "fp16", "int8-qdq-trt", "int8-qdq-ort")
+REQUIRED_KEYS = ("labels", "preprocess", "arch", "source_sha256", "versions", "precision")
+PREPROCESS_KEYS = ("color", "resize", "crop", "interpolation", "mean", "std")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model needs beyond its graph: how to prepare its input and how to name its outputs."""
+
+    arch: str
+    labels: list[str]
+    preprocess: dict[str, Any]
+    source_sha256: str
+    versions: dict[str, str]
+    precision: str = "fp32"
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            LABELS_KEY: json.dumps(self.labels),
+            PREPROCESS_KEY: json.dumps(self.preprocess, sort_keys=True),
+            ARCH_KEY: self.arch,
+            SOURCE_KEY: self.source_sha256,
+            VERSIONS_KEY: json.dumps(self.versions, sort_keys=True),
+            PRECISION_KEY: self.precision,
+        }
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools that shaped a model file, looked up without importing torch or onnxruntime."""
+    out: dict[str, str] = {}
+    for dist, key in (
+        ("torch", "torch"),
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnxruntime"),
+        ("resnet-serve", "resnet-serve"),
+    ):
+        try:
+            out[key] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[key] = "unknown"
+    return out
+
+
+def validate_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in PREPROCESS_KEYS if k not in pre]
+    if missing:
+        raise ExportError(f"preprocess settings lack {', '.join(missing)}")
+    if pre["color"] not in ("L", "RGB"):
+        raise ExportError(f"preprocess color must be 'L' or 'RGB', got {pre['color']!r}")
+    channels = 1 if pre["color"] == "L" else 3
+    if len(pre["mean"]) != channels or len(pre["std"]) != channels:
+        raise ExportError(f"preprocess mean/std need {channels} value(s) for color {pre['color']!r}")
+    if int(pre["crop"]) > int(pre["resize"]):
+        raise ExportError(f"preprocess crop {pre['crop']} is larger than resize {pre['resize']}")
+    return pre
+
+
+def write(model: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Set our keys on `model` in place, keeping any other metadata_props it already has."""
+    props = meta.to_props()
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def props_of(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
+    """Parse our keys; a model without them (made by another tool) gets a one-line ExportError."""
+    missing = [k for k in REQUIRED_KEYS if PREFIX + k not in props]
+    if len(missing) == len(REQUIRED_KEYS):
+        raise ExportError(
+            f"{source} has no resnet_serve metadata: it was not written by `resnet-serve export` "
+            "(export the checkpoint with resnet-serve, or add the metadata_props of docs/export.md)"
+        )
+    if missing:
+        raise ExportError(f"{source} lacks metadata {', '.join(PREFIX + k for k in missing)}")
+    try:
+        labels = json.loads(props[PREFIX + "labels"])
+        preprocess = json.loads(props[PREFIX + "preprocess"])
+        versions = json.loads(props[PREFIX + "versions"])
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{source} has malformed resnet_serve metadata: {exc}") from None
+    if not isinstance(labels, list) or not isinstance(preprocess, dict) or not isinstance(versions, dict):
+        raise ExportError(f"{source} has malformed resnet_serve metadata (labels/preprocess/versions)")
+    precision = props[PREFIX + "precision"]
+    if precision not in PRECISIONS:
+        raise ExportError(f"{source} has unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return ModelMetadata(
+        arch=props[PREFIX + "arch"],
+        labels=[str(x) for x in labels],
+        preprocess=validate_preprocess(preprocess),
+        source_sha256=props[PREFIX + "source_sha256"],
+        versions={str(k): str(v) for k, v in versions.items()},
+        precision=precision,
+    )
+
+
+def read(path: str | Path) -> ModelMetadata:
+    """Our metadata from an ONNX file, reading the graph structure but not the weights into memory twice."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"no such ONNX file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX model"
+        raise ExportError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+    return from_props(props_of(model), str(p))

@@ -1,0 +1,90 @@
+"""The one interface every inference backend implements.
+
+The batcher owns queuing and batching; a backend only runs a ready batch. Keeping this small is what lets
+ONNX Runtime, TensorRT and PyTorch slot in without the batcher changing.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend failed to load or to run a batch; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: the batch dimension is the leading -1 when the model batches."""
+
+    name: str
+    dtype: np.dtype[np.generic]
+    shape: tuple[int, ...]
+
+    @property
+    def kserve_datatype(self) -> str:
+        return numpy_to_kserve(self.dtype)
+
+
+@dataclass
+class BackendInfo:
+    """What a backend tells the server about the model it loaded."""
+
+    platform: str  # e.g. "onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch" (Triton's names)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int  # largest batch `infer` accepts; 0 means the model does not batch
+    metadata: dict[str, str] = field(default_factory=dict)  # the model file's metadata_props
+    device: str = "cpu"
+
+
+class Backend(abc.ABC):
+    """Runs whole batches of one model. `infer` is called from a worker thread, never on the event loop."""
+
+    info: BackendInfo
+
+    @abc.abstractmethod
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. Every input has the same leading batch size; every output has it too.
+
+        The input arrays belong to the caller again once `infer` returns (the batcher reuses their memory
+        for its next batch): keep nothing that refers to them."""
+
+    def warmup(self, batch_sizes: list[int]) -> None:
+        """Run zero inputs at the given batch sizes so the first real request pays no lazy initialisation."""
+        for n in batch_sizes:
+            feeds = {spec.name: np.zeros((n, *spec.shape[1:]), dtype=spec.dtype) for spec in self.info.inputs}
+            self.infer(feeds)
+
+    def close(self) -> None:  # noqa: B027 - most backends have nothing to release
+        """Release device memory and sessions."""
+
+
+_NUMPY_TO_KSERVE: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "object": "BYTES",
+    "bytes": "BYTES",
+}
+
+
+@functools.lru_cache(maxsize=64)  # on every request's path; numpy builds a dtype's name in Python each time
+def numpy_to_kserve(dtype: np.dtype[np.generic]) -> str:
+    try:
+        return _NUMPY_TO_KSERVE[np.dtype(dtype).name]
+    except KeyError:
+        raise BackendError(f"unsupported tensor dtype {dtype}") from None

@@ -1,0 +1,391 @@
+"""Dynamic batching: requests from many clients are queued per model version and run as whole batches.
+
+Semantics (docs/server.md, "Batching"):
+
+* A request carries one or more rows (its inputs' leading dimension). Requests are never split: a batch is
+  a run of whole requests taken from the head of the queue in arrival order, at most `max_batch_size` rows.
+  A request with more rows than `max_batch_size` is refused with INVALID_ARGUMENT.
+* An instance that becomes free dispatches at once when the queue holds `max_batch_size` rows, when a prefix
+  of the queue adds up to a preferred batch size (the largest one it can form), or when the oldest request
+  has waited `max_queue_delay`; otherwise it waits for more requests up to that moment. With a delay of 0 a
+  lone request runs immediately.
+* The queue holds at most `max_queue_size` requests; beyond that `submit` fails at once with UNAVAILABLE
+  (as Triton does), so overload is visible to clients instead of growing latency without bound.
+* A request's deadline (its timeout) bounds its time in the queue: if it passes before the request is taken
+  into a batch, the request is dropped without compute and fails with DEADLINE_EXCEEDED. Once its batch has
+  started, it completes. A cancelled request (its awaiting task cancelled, e.g. the client went away)
+  leaves the queue and costs no compute.
+* Each execution instance is one backend on its own worker thread; the worker forms its batch, stacks its
+  rows in buffers it reuses (server/staging.py), runs it and completes the requests' futures on their event
+  loop with one `call_soon_threadsafe` per batch.
+* A backend exception fails that batch's requests with INTERNAL; the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from resnet_serve.runtime.base import Backend, BackendInfo
+from resnet_serve.server.batching.staging import Staging
+from resnet_serve.server.config import BatchingConfig
+from resnet_serve.server.errors import (
+    ServeError,
+    deadline_exceeded,
+    internal,
+    invalid_argument,
+    queue_full,
+    unavailable,
+)
+from resnet_serve.server.observability.metrics import ModelMetrics
+
+log = logging.getLogger(__name__)
+
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of an executed batch, with where its time went (seconds)."""
+
+    outputs: dict[str, np.ndarray]  # this request's rows of every output (views into the batch's outputs)
+    queue_s: float  # enqueue → its batch started
+    compute_s: float  # the whole batch's backend time
+    batch_size: int  # rows in the executed batch
+
+
+class _Pending:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "loop", "rows", "state", "timer")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[BatchResult],
+        deadline: float | None,
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.loop = loop
+        self.future = future
+        self.enqueued = time.perf_counter()
+        self.deadline = deadline  # perf_counter time, or None
+        self.state = _QUEUED
+        self.timer: asyncio.TimerHandle | None = None
+
+
+Outcome = tuple[_Pending, BatchResult | ServeError]
+
+
+def _complete(outcomes: list[Outcome]) -> None:
+    # Runs on the requests' event loop: the only place their futures are touched.
+    for pending, outcome in outcomes:
+        if pending.future.done():
+            continue
+        if isinstance(outcome, ServeError):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
+
+
+class DynamicBatcher:
+    """The queue and execution instances of one model version.
+
+    `submit` is called on the event loop; everything else happens on the worker threads, one per backend.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        backends: Sequence[Backend],
+        config: BatchingConfig,
+        metrics: ModelMetrics,
+    ) -> None:
+        if not backends:
+            raise ValueError("a batcher needs at least one backend instance")
+        self.name = name
+        self.version = version
+        self.config = config
+        self.info: BackendInfo = backends[0].info
+        # A model that does not batch (max_batch_size 0) still takes requests of one row.
+        model_max = self.info.max_batch_size
+        self.max_batch_size = min(config.max_batch_size, model_max) if model_max > 0 else 1
+        self._preferred = sorted({s for s in config.preferred_batch_sizes if s <= self.max_batch_size})
+        self._delay_s = config.max_queue_delay_ms / 1000.0
+        self._timeout_s = config.timeout_ms / 1000.0 if config.timeout_ms > 0 else None
+        self._metrics = metrics
+        self._backends = list(backends)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._rows = 0  # rows in the queue
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._running = 0  # batches being computed
+        self._input_names = [spec.name for spec in self.info.inputs]
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(backend,), name=f"batcher-{name}-v{version}-{i}", daemon=True
+            )
+            for i, backend in enumerate(self._backends)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------------------------------ event loop side
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being computed."""
+        return not self._queue and self._running == 0
+
+    async def submit(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> BatchResult:
+        """Queue one request and wait for its rows of the outputs.
+
+        `inputs` maps every model input name to an array whose leading dimension is the request's row count
+        (the same for all inputs). `timeout_s` is the time left before the caller's deadline (e.g. the gRPC
+        deadline); the model's configured `timeout_ms`, if any, also applies and the earlier one wins.
+
+        Raises ServeError: INVALID_ARGUMENT (inputs do not fit the model or exceed max_batch_size),
+        UNAVAILABLE (queue full or the model is being unloaded/shut down), DEADLINE_EXCEEDED (the deadline
+        passed while queued), INTERNAL (the backend failed). Cancelling the awaiting task withdraws the
+        request from the queue.
+        """
+        rows = self._check(inputs)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[BatchResult] = loop.create_future()
+        timeout = self._timeout_s
+        if timeout_s is not None:
+            timeout = timeout_s if timeout is None else min(timeout, timeout_s)
+        if timeout is not None and timeout <= 0:
+            raise deadline_exceeded(f"deadline exceeded before model {self.name!r} could queue the request")
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        pending = _Pending(inputs, rows, loop, future, deadline)
+        with self._cond:
+            if self._closed:
+                raise unavailable(f"model {self.name!r} version {self.version} is unloading or shutting down")
+            if len(self._queue) >= self.config.max_queue_size:
+                raise queue_full(
+                    f"model {self.name!r} is overloaded: its queue is full "
+                    f"(max_queue_size={self.config.max_queue_size}); retry later"
+                )
+            self._queue.append(pending)
+            self._rows += rows
+            depth = len(self._queue)
+            self._cond.notify()
+        self._metrics.set_queue_depth(depth)
+        if timeout is not None:
+            pending.timer = loop.call_later(timeout, self._expire, pending)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(pending)
+            raise
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+
+    def _check(self, inputs: dict[str, np.ndarray]) -> int:
+        missing = [n for n in self._input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self._input_names]
+        if missing or extra:
+            raise invalid_argument(
+                f"model {self.name!r} expects inputs {self._input_names}, got {sorted(inputs)}"
+            )
+        rows = -1
+        for spec in self.info.inputs:
+            arr = inputs[spec.name]
+            if arr.dtype != spec.dtype:
+                raise invalid_argument(
+                    f"input {spec.name!r} of model {self.name!r} must be {spec.dtype}, got {arr.dtype}"
+                )
+            expected = spec.shape[1:]
+            actual = arr.shape[1:]
+            if arr.ndim != len(spec.shape) or any(
+                e >= 0 and e != a for e, a in zip(expected, actual, strict=True)
+            ):
+                shown = ["N", *("?" if d < 0 else str(d) for d in expected)]
+                raise invalid_argument(
+                    f"input {spec.name!r} of model {self.name!r} must have shape [{', '.join(shown)}], "
+                    f"got {list(arr.shape)}"
+                )
+            if rows == -1:
+                rows = arr.shape[0]
+            elif arr.shape[0] != rows:
+                raise invalid_argument(f"inputs of model {self.name!r} disagree on the batch dimension")
+        if rows < 1:
+            raise invalid_argument(f"a request to model {self.name!r} needs at least one row, got {rows}")
+        self.check_rows(rows)
+        return rows
+
+    def check_rows(self, rows: int) -> None:
+        """Refuse a request of more rows than a batch may hold (INVALID_ARGUMENT); callers that must decode
+        a request first (encoded images) call it before decoding."""
+        if rows > self.max_batch_size:
+            raise invalid_argument(
+                f"request has {rows} rows but model {self.name!r} takes at most max_batch_size="
+                f"{self.max_batch_size} per request"
+            )
+
+    def _remove_locked(self, pending: _Pending) -> bool:
+        if pending.state != _QUEUED:
+            return False
+        pending.state = _GONE
+        self._queue.remove(pending)
+        self._rows -= pending.rows
+        return True
+
+    def _withdraw(self, pending: _Pending) -> bool:
+        """Take a still-queued request out of the queue; False if a worker already took it."""
+        with self._cond:
+            removed = self._remove_locked(pending)
+            depth = len(self._queue)
+        if removed:
+            self._metrics.set_queue_depth(depth)
+        return removed
+
+    def _expire(self, pending: _Pending) -> None:
+        if self._withdraw(pending) and not pending.future.done():
+            pending.future.set_exception(self._expired_error())
+
+    def _expired_error(self) -> ServeError:
+        return deadline_exceeded(f"deadline exceeded while queued for model {self.name!r}; not computed")
+
+    def close(self) -> None:
+        """Refuse new requests; the workers finish what is queued (at once, without waiting for delays)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait (blocking) for the workers to finish after `close`; True when all have stopped."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    # ---------------------------------------------------------------------------------------- worker side
+
+    def _work(self, backend: Backend) -> None:
+        staging = Staging()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run(backend, staging, batch)
+            except Exception as exc:  # a bug outside the backend: answer the batch, keep the worker alive
+                log.exception("model %s version %s: the worker failed on a batch", self.name, self.version)
+                error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
+                self._deliver([(p, error) for p in batch])  # futures already answered are skipped
+
+    def _next_batch(self) -> list[_Pending] | None:
+        expired: list[Outcome] = []
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = time.perf_counter()
+                take = self._dispatchable(now)
+                if take:
+                    break
+                self._cond.wait(self._queue[0].enqueued + self._delay_s - now)
+            batch: list[_Pending] = []
+            for _ in range(take):
+                pending = self._queue.popleft()
+                self._rows -= pending.rows
+                if pending.deadline is not None and pending.deadline <= now:
+                    pending.state = _GONE
+                    expired.append((pending, self._expired_error()))
+                else:
+                    pending.state = _TAKEN
+                    batch.append(pending)
+            depth = len(self._queue)
+            self._running += 1
+            if self._queue:
+                self._cond.notify()  # another idle instance may take the rest
+        self._metrics.set_queue_depth(depth)
+        self._deliver(expired)
+        return batch
+
+    def _dispatchable(self, now: float) -> int:
+        """How many requests from the head to dispatch now (0: keep waiting). Called with the lock held."""
+        limit = self.max_batch_size
+        fit = 0
+        rows = 0
+        preferred_fit = 0
+        for pending in self._queue:
+            if rows + pending.rows > limit:
+                break
+            rows += pending.rows
+            fit += 1
+            if rows in self._preferred:
+                preferred_fit = fit
+        full = fit < len(self._queue) or rows == limit
+        if full or self._closed or now >= self._queue[0].enqueued + self._delay_s:
+            return fit
+        return preferred_fit
+
+    def _run(self, backend: Backend, staging: Staging, batch: list[_Pending]) -> None:
+        try:
+            if batch:
+                self._execute(backend, staging, batch)
+        finally:
+            with self._cond:
+                self._running -= 1
+
+    def _execute(self, backend: Backend, staging: Staging, batch: list[_Pending]) -> None:
+        start = time.perf_counter()
+        rows = sum(p.rows for p in batch)
+        outcomes: list[Outcome] = []
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].inputs
+                outputs = backend.infer(feeds)
+            else:
+                feeds = {n: staging.assemble(n, [p.inputs[n] for p in batch]) for n in self._input_names}
+                outputs = backend.infer(feeds)
+                # The staging buffers are overwritten by this worker's next batch, while the requests may
+                # still be serialising their rows of the outputs.
+                outputs = {k: v.copy() if staging.owns(v) else v for k, v in outputs.items()}
+            bad = [name for name, out in outputs.items() if out.shape[:1] != (rows,)]
+            if bad:
+                raise RuntimeError(f"outputs {bad} do not have the batch's {rows} rows")
+            compute_s = time.perf_counter() - start
+            self._metrics.batch_executed(rows, compute_s)
+        except Exception as exc:
+            log.exception("model %s version %s failed on a batch of %d", self.name, self.version, rows)
+            error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
+            outcomes = [(p, error) for p in batch]
+        else:
+            offset = 0
+            for p in batch:
+                mine = {name: out[offset : offset + p.rows] for name, out in outputs.items()}
+                offset += p.rows
+                outcomes.append((p, BatchResult(mine, start - p.enqueued, compute_s, rows)))
+        self._deliver(outcomes)
+
+    @staticmethod
+    def _deliver(outcomes: list[Outcome]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_complete, items)
+            except RuntimeError:
+                log.debug("event loop closed before %d result(s) could be delivered", len(items))

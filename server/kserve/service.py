@@ -1,0 +1,434 @@
+"""The KServe v2 / Open Inference Protocol gRPC service (`inference.GRPCInferenceService`), so an unmodified
+`tritonclient.grpc` can use resnet-serve. server/app.py registers it with `register(server, ctx)`.
+
+Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's
+ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload.
+Shared memory, trace and log settings answer UNIMPLEMENTED (the generated base class). Inference goes
+through the same model manager and dynamic batcher as our image API; the per-request work is in
+server/kserve_infer.py, the tensor encoding in server/tensors.py, and inference requests are deserialized
+without copying their tensor bytes by server/kserve_wire.py. docs/kserve.md has the conventions (UINT8
+pixels, BYTES images, classification strings) and the differences from Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import metadata as importlib_metadata
+from typing import Any, Final
+
+import grpc
+
+from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
+from resnet_serve.protos import model_config_pb2 as mc
+from resnet_serve.runtime.base import BackendError, TensorSpec
+from resnet_serve.runtime.factory import backend_for
+from resnet_serve.server.context import ServerContext
+from resnet_serve.server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
+from resnet_serve.server.kserve.codec import BYTES
+from resnet_serve.server.kserve.infer import prepare, respond
+from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
+from resnet_serve.server.models.manager import ServedModel
+from resnet_serve.server.observability.logging import (
+    access_log,
+    echo_request_id,
+    request_scope,
+    resolve_request_id,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+EXTENSIONS: Final = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
+_DATA_TYPES: Final = {
+    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
+    BYTES: mc.TYPE_STRING,
+}  # fmt: skip
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def register(server: grpc.aio.Server, ctx: ServerContext) -> str:
+    """Add the KServe v2 service to `server`; returns its full service name (for health and reflection)."""
+    handlers = method_handlers(KServeService(ctx))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
+    return SERVICE
+
+
+def method_handlers(servicer: KServeService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The generated registration, except that inference requests use the zero-copy deserializer."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        infer = request_type is pb.ModelInferRequest
+        deserializer = deserialize_infer_request if infer else request_type.FromString
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=deserializer,
+            response_serializer=response_type.SerializeToString,
+        )
+    return handlers
+
+
+def _server_version() -> str:
+    try:
+        return importlib_metadata.version("resnet-serve")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """Every RPC answers or aborts with a ServeError's status; unexpected failures become INTERNAL."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+        self._manager = ctx.manager
+        self._version = _server_version()
+
+    # ------------------------------------------------------------------------------------- health, metadata
+
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=self._ctx.live())
+
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self._ctx.ready())
+
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="resnet-serve", version=self._version, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        model = await self._get(context, request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[m.version for m in self._manager.versions(model.name)],
+            platform=model.info.platform,
+            inputs=[_tensor_metadata(model, spec) for spec in model.info.inputs],
+            outputs=[_tensor_metadata(model, spec) for spec in model.info.outputs],
+        )
+
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
+        model = await self._get(context, request.name, request.version)
+        return pb.ModelConfigResponse(config=_model_config(model))
+
+    # ------------------------------------------------------------------------------------------- inference
+
+    async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
+        # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
+        # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
+        request_id = echo_request_id(context, request.message.id)
+        with request_scope(request_id):
+            try:
+                return await self._infer(request, context.time_remaining(), request_id)
+            except ServeError as exc:
+                await abort_with(context, exc)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[InferRequest], context: Context
+    ) -> AsyncIterator[Any]:
+        # Requests on one stream run concurrently (so they can share a batch); each answer is written as it
+        # completes. A failed request is answered in-stream with error_message, as Triton does, and the
+        # stream goes on. Each request counts as in flight until answered, so shutdown waits for it even
+        # before it reaches a batcher.
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+        in_flight = self._ctx.in_flight
+        # A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the stream's
+        # x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
+        stream_id = echo_request_id(context)
+
+        async def one(request: InferRequest, n: int) -> None:
+            m = request.message
+            request_id = resolve_request_id(m.id, f"{stream_id}/{n}")
+            with in_flight, request_scope(request_id):
+                try:
+                    response = await self._infer(request, context.time_remaining(), request_id)
+                    answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                except ServeError as exc:
+                    echo = pb.ModelInferResponse(
+                        model_name=m.model_name, model_version=m.model_version, id=m.id or request_id
+                    )
+                    answers.put_nowait(
+                        pb.ModelStreamInferResponse(error_message=exc.message, infer_response=echo)
+                    )
+
+        async def read() -> None:
+            try:
+                n = 0
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request, n))
+                    n += 1
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # re-raises a failure of the request stream itself
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _infer(self, incoming: InferRequest, time_remaining: float | None, request_id: str) -> Any:
+        """One request, start to finish, inside its request_scope; raises ServeError (metrics and the
+        access log are recorded here either way)."""
+        start = time.perf_counter()
+        request = incoming.message
+        try:
+            if incoming.error is not None:
+                raise invalid_argument(f"malformed ModelInferRequest: {incoming.error}")
+            model = self._manager.get(request.model_name, request.model_version)
+        except ServeError as exc:
+            total = time.perf_counter() - start
+            access_log(
+                request.model_name, request.model_version, refusal_outcome(exc), total, detail=exc.message
+            )
+            raise
+        metrics = model.metrics
+        with metrics.in_flight():
+            preprocess_s: float | None = None
+            try:
+                prepared = await prepare(model, incoming, time_remaining, self._ctx.pool)
+                preprocess_s = prepared.preprocess_s
+                result = await model.infer(prepared.inputs, prepared.timeout_s)
+                response = respond(model, prepared, result.outputs, request.id or request_id)
+            except ServeError as exc:
+                self._failed(model, start, preprocess_s, exc.outcome, exc.message)
+                raise
+            except asyncio.CancelledError:
+                self._failed(model, start, preprocess_s, "cancelled", None)
+                raise
+            except Exception as exc:
+                log.exception("KServe request to model %s failed", model.name)
+                error = internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}")
+                self._failed(model, start, preprocess_s, error.outcome, error.message)
+                raise error from None
+            total = time.perf_counter() - start
+            metrics.request_done(
+                "success", total, result.queue_s, preprocess_s, result.compute_s, inferences=prepared.rows
+            )
+            access_log(model.name, model.version, "success", total, result.batch_size)
+            return response
+
+    @staticmethod
+    def _failed(
+        model: ServedModel, start: float, preprocess_s: float | None, outcome: str, detail: str | None
+    ) -> None:
+        total = time.perf_counter() - start
+        model.metrics.request_done(outcome, total, preprocess_s=preprocess_s)
+        access_log(model.name, model.version, outcome, total, detail=detail)
+
+    # ------------------------------------------------------------------------------------------ statistics
+
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
+        if request.name:
+            if request.version:
+                models = [await self._get(context, request.name, request.version)]
+            else:
+                models = await self._call(context, lambda: self._manager.versions(request.name))
+        else:
+            if request.version:
+                await abort_with(context, invalid_argument("a version needs a model name"))
+            models = [m for name in self._manager.names() for m in self._manager.versions(name)]
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    # ------------------------------------------------------------------------------------------ repository
+
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        index = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=s.name, version=s.version, state=str(s.state), reason=s.reason
+            )
+            for s in self._manager.statuses()
+            if not request.ready or str(s.state) == "READY"
+        ]
+        if not request.ready:
+            known = {s.name for s in self._manager.statuses()}
+            # In the repository but never loaded: Triton lists these by name alone.
+            index.extend(
+                pb.RepositoryIndexResponse.ModelIndex(name=name)
+                for name in self._manager.repository_models()
+                if name not in known
+            )
+        return pb.RepositoryIndexResponse(models=index)
+
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
+        if unsupported:
+            await abort_with(
+                context,
+                invalid_argument(
+                    f"load parameters {unsupported} are not supported: models load from the repository as "
+                    "configured"
+                ),
+            )
+        await self._call_async(context, self._manager.load(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        await self._call_async(context, self._manager.unload(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---------------------------------------------------------------------------------------------- helpers
+
+    async def _get(self, context: Context, name: str, version: str) -> ServedModel:
+        try:
+            return self._manager.get(name, version, count=False)  # metadata: not an inference request
+        except ServeError as exc:
+            await abort_with(context, exc)
+
+    @staticmethod
+    async def _call(context: Context, fn: Any) -> Any:
+        try:
+            return fn()
+        except ServeError as exc:
+            await abort_with(context, exc)
+
+    @staticmethod
+    async def _call_async(context: Context, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except ServeError as exc:
+            await abort_with(context, exc)
+
+
+def _batch_shape(model: ServedModel, spec: TensorSpec) -> list[int]:
+    """The KServe shape: -1 for the batch dimension of a batching model."""
+    shape = list(spec.shape)
+    if model.info.max_batch_size > 0 and shape:
+        shape[0] = -1
+    return shape
+
+
+def _tensor_metadata(model: ServedModel, spec: TensorSpec) -> Any:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.kserve_datatype, shape=_batch_shape(model, spec)
+    )
+
+
+def _model_config(model: ServedModel) -> Any:
+    """Triton's model configuration, filled only with what is true of this served version."""
+    config = model.config
+    batching = model.info.max_batch_size > 0
+
+    def dims(spec: TensorSpec) -> list[int]:
+        return list(spec.shape[1:]) if batching else list(spec.shape)
+
+    if config.version_policy == "all":
+        policy = mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
+    elif config.version_policy == "specific":
+        specific = mc.ModelVersionPolicy.Specific(versions=list(config.versions))
+        policy = mc.ModelVersionPolicy(specific=specific)
+    else:
+        policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
+    parameters = {
+        key.removeprefix("resnet_serve."): mc.ModelParameter(string_value=value)
+        for key, value in model.info.metadata.items()
+        if key.startswith("resnet_serve.")
+    }
+    accepted = [model.info.inputs[0].kserve_datatype] if model.info.inputs else []
+    if model.preprocessor is not None:
+        accepted += ["UINT8", BYTES]
+    parameters["accepted_input_datatypes"] = mc.ModelParameter(string_value=",".join(accepted))
+    gpu = model.info.device != "cpu"
+    out = mc.ModelConfig(
+        name=model.name,
+        platform=model.info.platform,
+        backend=_backend_name(model),
+        version_policy=policy,
+        max_batch_size=model.batcher.max_batch_size if batching else 0,
+        input=[
+            mc.ModelInput(
+                name=s.name,
+                data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID),
+                format=mc.ModelInput.FORMAT_NCHW if len(s.shape) == 4 else mc.ModelInput.FORMAT_NONE,
+                dims=dims(s),
+            )
+            for s in model.info.inputs
+        ],
+        output=[
+            mc.ModelOutput(
+                name=s.name, data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID), dims=dims(s)
+            )
+            for s in model.info.outputs
+        ],
+        instance_group=[
+            mc.ModelInstanceGroup(
+                name=model.name,
+                kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                count=len(model.backends),
+                gpus=[0] if gpu else [],
+            )
+        ],
+        default_model_filename=model.path.name,
+        parameters=parameters,
+    )
+    if batching:
+        b = config.batching
+        out.dynamic_batching.CopyFrom(
+            mc.ModelDynamicBatching(
+                preferred_batch_size=list(b.preferred_batch_sizes),
+                max_queue_delay_microseconds=round(b.max_queue_delay_ms * 1000),
+                preserve_ordering=False,
+            )
+        )
+    return out
+
+
+def _backend_name(model: ServedModel) -> str:
+    try:
+        return backend_for(model.path, model.config.backend)
+    except BackendError:
+        return model.config.backend
+
+
+def _statistics(model: ServedModel) -> Any:
+    s = model.metrics.statistics()
+
+    def duration(d: Any) -> Any:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    return pb.ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(s.success),
+            fail=duration(s.fail),
+            queue=duration(s.queue),
+            compute_input=duration(s.compute_input),
+            compute_infer=duration(s.compute_infer),
+            compute_output=duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=b.batch_size,
+                compute_input=duration(b.compute_input),
+                compute_infer=duration(b.compute_infer),
+                compute_output=duration(b.compute_output),
+            )
+            for b in s.batch_stats
+        ],
+    )
