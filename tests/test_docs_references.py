@@ -1,4 +1,4 @@
-"""The docs name only files and code that exist: every `path/in/the/repo` and `layer.module.name` they mention.
+"""The docs name only files and code that exist: each `path/in/the/repo` and `layer.module.name` in them.
 
 Docs drift silently when code moves; this reads README.md and docs/*.md, takes each backticked reference that
 starts with one of the repository's folders or layers, and checks it against the tree and the importable code.
