@@ -13,40 +13,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES
 from resnet_serve.server.errors import invalid_argument
-
-# Little-endian on the wire whatever the host, so the dtypes say so explicitly.
-WIRE_DTYPES: Final[dict[str, np.dtype[Any]]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-BYTES: Final = "BYTES"
-
-# Which InferTensorContents field carries each datatype (8/16-bit integers travel widened to 32 bits).
-CONTENTS_FIELD: Final[dict[str, str]] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 _LENGTH: Final = struct.Struct("<I")
 

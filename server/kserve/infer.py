@@ -23,10 +23,11 @@ from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats.datatypes import BYTES, numpy_to_kserve
 from resnet_serve.protos import grpc_service_pb2 as pb
-from resnet_serve.runtime.base import TensorSpec, numpy_to_kserve
+from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.errors import invalid_argument
-from resnet_serve.server.kserve.codec import BYTES, from_contents, from_raw, join_bytes, top_k_strings
+from resnet_serve.server.kserve.codec import from_contents, from_raw, join_bytes, top_k_strings
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.manager import ServedModel
 
@@ -123,7 +124,7 @@ def respond(model: ServedModel, prepared: Prepared, outputs: dict[str, np.ndarra
 
 
 def _describe(specs: dict[str, TensorSpec]) -> str:
-    return ", ".join(f"'{s.name}' ({s.kserve_datatype} {list(s.shape)})" for s in specs.values())
+    return ", ".join(f"'{s.name}' ({numpy_to_kserve(s.dtype)} {list(s.shape)})" for s in specs.values())
 
 
 def _check_shape(model: ServedModel, spec: TensorSpec, shape: Sequence[int], datatype: str) -> None:
@@ -141,7 +142,7 @@ def _check_shape(model: ServedModel, spec: TensorSpec, shape: Sequence[int], dat
 
 
 def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: np.ndarray) -> np.ndarray:
-    expected = spec.kserve_datatype
+    expected = numpy_to_kserve(spec.dtype)
     _check_shape(model, spec, array.shape, datatype)
     if datatype == expected:
         return array
@@ -167,7 +168,7 @@ async def _decode_images(
     if pre is None:
         raise invalid_argument(
             f"model '{model.name}' has no preprocessing metadata, so it cannot take BYTES images; "
-            f"send {spec.kserve_datatype} {list(spec.shape)}"
+            f"send {numpy_to_kserve(spec.dtype)} {list(spec.shape)}"
         )
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]

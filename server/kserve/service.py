@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import grpc
 
+from resnet_serve.formats.datatypes import BYTES, config_type, numpy_to_kserve
+from resnet_serve.formats.metadata import PREFIX
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
 from resnet_serve.protos import model_config_pb2 as mc
@@ -28,7 +30,6 @@ from resnet_serve.runtime.base import BackendError, TensorSpec
 from resnet_serve.runtime.factory import backend_for
 from resnet_serve.server.context import ServerContext
 from resnet_serve.server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
-from resnet_serve.server.kserve.codec import BYTES
 from resnet_serve.server.kserve.infer import prepare, respond
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.manager import ServedModel
@@ -43,12 +44,6 @@ log = logging.getLogger(__name__)
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS: Final = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
-_DATA_TYPES: Final = {
-    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
-    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
-    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
-    BYTES: mc.TYPE_STRING,
-}  # fmt: skip
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -322,7 +317,7 @@ def _batch_shape(model: ServedModel, spec: TensorSpec) -> list[int]:
 
 def _tensor_metadata(model: ServedModel, spec: TensorSpec) -> Any:
     return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=spec.kserve_datatype, shape=_batch_shape(model, spec)
+        name=spec.name, datatype=numpy_to_kserve(spec.dtype), shape=_batch_shape(model, spec)
     )
 
 
@@ -342,11 +337,11 @@ def _model_config(model: ServedModel) -> Any:
     else:
         policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
     parameters = {
-        key.removeprefix("resnet_serve."): mc.ModelParameter(string_value=value)
+        key.removeprefix(PREFIX): mc.ModelParameter(string_value=value)
         for key, value in model.info.metadata.items()
-        if key.startswith("resnet_serve.")
+        if key.startswith(PREFIX)
     }
-    accepted = [model.info.inputs[0].kserve_datatype] if model.info.inputs else []
+    accepted = [numpy_to_kserve(model.info.inputs[0].dtype)] if model.info.inputs else []
     if model.preprocessor is not None:
         accepted += ["UINT8", BYTES]
     parameters["accepted_input_datatypes"] = mc.ModelParameter(string_value=",".join(accepted))
@@ -360,16 +355,14 @@ def _model_config(model: ServedModel) -> Any:
         input=[
             mc.ModelInput(
                 name=s.name,
-                data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID),
+                data_type=config_type(numpy_to_kserve(s.dtype)),
                 format=mc.ModelInput.FORMAT_NCHW if len(s.shape) == 4 else mc.ModelInput.FORMAT_NONE,
                 dims=dims(s),
             )
             for s in model.info.inputs
         ],
         output=[
-            mc.ModelOutput(
-                name=s.name, data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID), dims=dims(s)
-            )
+            mc.ModelOutput(name=s.name, data_type=config_type(numpy_to_kserve(s.dtype)), dims=dims(s))
             for s in model.info.outputs
         ],
         instance_group=[

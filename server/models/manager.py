@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from resnet_serve.export.package import CONFIG_NAME, RepositoryError, read_model
+from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
-LABELS_KEY = "resnet_serve.labels"
-PREPROCESS_KEY = "resnet_serve.preprocess"
 MODEL_FILES = ("model.onnx", "model.plan", "model.engine", "model.pt")
 
 
