@@ -29,7 +29,8 @@ from resnet_serve.server.errors import (
     refusal_outcome,
 )
 from resnet_serve.server.inflight import InFlight
-from resnet_serve.server.models.manager import ModelManager, ServedModel
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import (
     access_log,
     echo_request_id,

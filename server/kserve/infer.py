@@ -29,7 +29,7 @@ from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.errors import invalid_argument
 from resnet_serve.server.kserve.codec import from_contents, from_raw, join_bytes, top_k_strings
 from resnet_serve.server.kserve.wire import InferRequest
-from resnet_serve.server.models.manager import ServedModel
+from resnet_serve.server.models.served import ServedModel
 
 UINT8: Final = "UINT8"
 SHARED_MEMORY: Final = "shared_memory_region"

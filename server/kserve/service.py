@@ -32,7 +32,7 @@ from resnet_serve.server.context import ServerContext
 from resnet_serve.server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
 from resnet_serve.server.kserve.infer import prepare, respond
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
-from resnet_serve.server.models.manager import ServedModel
+from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import (
     access_log,
     echo_request_id,
@@ -118,7 +118,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def ModelConfig(self, request: Any, context: Context) -> Any:
         model = await self._get(context, request.name, request.version)
-        return pb.ModelConfigResponse(config=_model_config(model))
+        return pb.ModelConfigResponse(config=_triton_config(model))
 
     # ------------------------------------------------------------------------------------------- inference
 
@@ -321,18 +321,18 @@ def _tensor_metadata(model: ServedModel, spec: TensorSpec) -> Any:
     )
 
 
-def _model_config(model: ServedModel) -> Any:
+def _triton_config(model: ServedModel) -> Any:
     """Triton's model configuration, filled only with what is true of this served version."""
-    config = model.config
+    settings = model.settings
     batching = model.info.max_batch_size > 0
 
     def dims(spec: TensorSpec) -> list[int]:
         return list(spec.shape[1:]) if batching else list(spec.shape)
 
-    if config.version_policy == "all":
+    if settings.version_policy == "all":
         policy = mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
-    elif config.version_policy == "specific":
-        specific = mc.ModelVersionPolicy.Specific(versions=list(config.versions))
+    elif settings.version_policy == "specific":
+        specific = mc.ModelVersionPolicy.Specific(versions=list(settings.versions))
         policy = mc.ModelVersionPolicy(specific=specific)
     else:
         policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
@@ -377,7 +377,7 @@ def _model_config(model: ServedModel) -> Any:
         parameters=parameters,
     )
     if batching:
-        b = config.batching
+        b = model.settings.batching
         out.dynamic_batching.CopyFrom(
             mc.ModelDynamicBatching(
                 preferred_batch_size=list(b.preferred_batch_sizes),
@@ -390,9 +390,9 @@ def _model_config(model: ServedModel) -> Any:
 
 def _backend_name(model: ServedModel) -> str:
     try:
-        return backend_for(model.path, model.config.backend)
+        return backend_for(model.path, model.settings.backend)
     except BackendError:
-        return model.config.backend
+        return model.settings.backend
 
 
 def _statistics(model: ServedModel) -> Any:
