@@ -46,8 +46,8 @@ def _minimal_server(model: Path, port: int, threads: int, kind: str) -> None:
     """Serve ModelInfer and ServerReady for `model` on `port` until killed (`kind`: "aio" or "sync")."""
     import grpc
 
+    from resnet_serve.formats.datatypes import numpy_to_kserve
     from resnet_serve.protos import grpc_service_pb2 as pb
-    from resnet_serve.runtime.base import numpy_to_kserve
     from resnet_serve.runtime.factory import backend_for, create_backend
 
     backend = create_backend(model, backend_for(model, "auto"), "cpu", threads)
@@ -137,13 +137,14 @@ def _time(call: Callable[[], object], seconds: float, into: list[float]) -> None
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     import tritonclient.grpc as triton
 
+    from resnet_serve.formats.datatypes import numpy_to_kserve
     from resnet_serve.runtime.factory import backend_for, create_backend
 
     bare = create_backend(args.model, backend_for(args.model, "auto"), "cpu", args.threads)
     spec, output = bare.info.inputs[0], bare.info.outputs[0].name
     shape = [1, *spec.shape[1:]]
     array = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)
-    tensor = triton.InferInput(spec.name, shape, spec.kserve_datatype)
+    tensor = triton.InferInput(spec.name, shape, numpy_to_kserve(spec.dtype))
     tensor.set_data_from_numpy(array)
     outputs = [triton.InferRequestedOutput(output)]
 

@@ -7,7 +7,6 @@ ONNX Runtime, TensorRT and PyTorch slot in without the batcher changing.
 from __future__ import annotations
 
 import abc
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,10 +23,6 @@ class TensorSpec:
     name: str
     dtype: np.dtype[np.generic]
     shape: tuple[int, ...]
-
-    @property
-    def kserve_datatype(self) -> str:
-        return numpy_to_kserve(self.dtype)
 
 
 @dataclass
@@ -62,29 +57,3 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most backends have nothing to release
         """Release device memory and sessions."""
-
-
-_NUMPY_TO_KSERVE: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-    "object": "BYTES",
-    "bytes": "BYTES",
-}
-
-
-@functools.lru_cache(maxsize=64)  # on every request's path; numpy builds a dtype's name in Python each time
-def numpy_to_kserve(dtype: np.dtype[np.generic]) -> str:
-    try:
-        return _NUMPY_TO_KSERVE[np.dtype(dtype).name]
-    except KeyError:
-        raise BackendError(f"unsupported tensor dtype {dtype}") from None

@@ -33,7 +33,7 @@ _ORT_TYPES: dict[str, np.dtype[np.generic]] = {
 
 @dataclass(frozen=True)
 class OrtOptions:
-    device: str = "cpu"  # cpu | cuda | tensorrt | auto (server/backends/providers.py)
+    device: str = "cpu"  # cpu | cuda | tensorrt | auto (runtime/providers.py)
     intra_op_threads: int = 0  # 0: all cores
     spinning: bool = False  # see OrtBackend
     trt_cache_dir: str | None = None

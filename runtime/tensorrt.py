@@ -401,7 +401,7 @@ class TensorRTBackend(Backend):
 
 
 def create_backend(path: Path, device: str) -> TensorRTBackend:
-    """The factory hook (server/backends/factory.py): `device` is the server's setting, see cuda_index."""
+    """The factory hook (runtime/factory.py): `device` is the server's setting, see cuda_index."""
     from resnet_serve.runtime.providers import cuda_index
 
     return TensorRTBackend(path, device=cuda_index(device))

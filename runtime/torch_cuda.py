@@ -237,7 +237,7 @@ class TorchCudaBackend(Backend):
 
 
 def create_backend(path: Path, device: str) -> TorchCudaBackend:
-    """The factory hook (server/backends/factory.py). On a GPU (`cuda`, `cuda:N`, or `auto` when one is
+    """The factory hook (runtime/factory.py). On a GPU (`cuda`, `cuda:N`, or `auto` when one is
     visible): FP16, channels_last, CUDA graphs. `cpu` (the server's default device) runs FP32 on the CPU,
     which serves tests and dry runs; say `--device cuda` to serve on the GPU."""
     import torch

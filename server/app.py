@@ -1,18 +1,14 @@
-"""The gRPC server: our image API, KServe v2 (server/kserve.py, when present), health and reflection on one
-grpc.aio server, with Prometheus metrics on their own HTTP port.
+"""The gRPC server: our image API, KServe v2, health and reflection on one grpc.aio server, with Prometheus
+metrics on their own HTTP port.
 
 Shutdown (SIGTERM/SIGINT, or `stop()`): health turns NOT_SERVING and every new request is refused with
 UNAVAILABLE, requests already accepted complete within the grace period, then the batchers drain and the
 backends are released.
-
-server/kserve.py is imported only here and only when the server starts, so a process that imports
-tritonclient (benchmarks, tests) can still import the rest of `server`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import signal
@@ -28,13 +24,13 @@ from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.inflight import InFlightInterceptor
+from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
 IMAGE_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
-KSERVE_MODULE = "resnet_serve.server.kserve.service"
 _MB = 1024 * 1024
 
 
@@ -89,8 +85,7 @@ class InferenceServer:
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(  # type: ignore[no-untyped-call]
             ImageClassifierService(self.manager, self.pool, self.ctx.in_flight), server
         )
-        self.services = [IMAGE_SERVICE]
-        self.services.extend(self._register_optional(server))
+        self.services = [IMAGE_SERVICE, kserve.register(server, self.ctx)]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -128,17 +123,6 @@ class InferenceServer:
         task = asyncio.get_running_loop().create_task(self._set_health(status))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _register_optional(self, server: grpc.aio.Server) -> list[str]:
-        try:
-            module = importlib.import_module(KSERVE_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name != KSERVE_MODULE:
-                raise
-            log.warning("KServe v2 API not available (%s is missing)", KSERVE_MODULE)
-            return []
-        name: str = module.register(server, self.ctx)
-        return [name]
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", *self.services):

@@ -50,7 +50,7 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSettings:
     """One served model: where it lives, which versions to serve, and how to run it."""
 
     name: str
@@ -78,9 +78,9 @@ class ServerConfig:
     metrics_port: int = 8002  # -1: no metrics endpoint
     metrics: bool = True
     model_repository: str = ""
-    models: tuple[ModelConfig, ...] = ()
+    models: tuple[ModelSettings, ...] = ()
     # The settings a model found in the repository (at start-up or by an explicit load) is served with.
-    model_defaults: ModelConfig = field(default_factory=lambda: ModelConfig(name=""))
+    model_defaults: ModelSettings = field(default_factory=lambda: ModelSettings(name=""))
     default_model: str = ""
     preprocess_threads: int = 0  # 0: one per core
     max_image_bytes: int = 20 * 1024 * 1024
@@ -117,7 +117,7 @@ class Option:
     def default(self) -> Any:
         if self.scope == "server":
             return getattr(ServerConfig(), self.key)
-        target: Any = BatchingConfig() if self.key in _BATCHING_KEYS else ModelConfig(name="")
+        target: Any = BatchingConfig() if self.key in _BATCHING_KEYS else ModelSettings(name="")
         return getattr(target, self.key)
 
     @property
@@ -366,23 +366,23 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
             )
 
     built = tuple(
-        _model_config(name, {**model_defaults, **values}, frozenset(values) - {"path"})
+        _model_settings(name, {**model_defaults, **values}, frozenset(values) - {"path"})
         for name, values in models.items()
     )
-    config = ServerConfig(**server_values, models=built, model_defaults=_model_config("", model_defaults))
+    config = ServerConfig(**server_values, models=built, model_defaults=_model_settings("", model_defaults))
     return validate(config)
 
 
-def _model_config(
+def _model_settings(
     name: str, values: Mapping[str, Any], explicit: frozenset[str] = frozenset()
-) -> ModelConfig:
+) -> ModelSettings:
     batching = {k: v for k, v in values.items() if k in _BATCHING_KEYS}
     rest = {k: v for k, v in values.items() if k not in _BATCHING_KEYS}
-    config = ModelConfig(name=name, batching=BatchingConfig(**batching), explicit=explicit, **rest)
+    config = ModelSettings(name=name, batching=BatchingConfig(**batching), explicit=explicit, **rest)
     return _validate_model(config)
 
 
-def with_values(config: ModelConfig, values: Mapping[str, Any]) -> ModelConfig:
+def with_values(config: ModelSettings, values: Mapping[str, Any]) -> ModelSettings:
     """`config` with some model options replaced (flat keys, as in OPTIONS), validated again."""
     batching = {k: v for k, v in values.items() if k in _BATCHING_KEYS}
     rest = {k: v for k, v in values.items() if k not in _BATCHING_KEYS}
@@ -424,7 +424,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _validate_model(m: ModelConfig) -> ModelConfig:
+def _validate_model(m: ModelSettings) -> ModelSettings:
     b = m.batching
     where = f"model {m.name!r}" if m.name else "model defaults"
     if b.max_batch_size < 1:
@@ -452,7 +452,7 @@ def _validate_model(m: ModelConfig) -> ModelConfig:
 
 
 def validate(config: ServerConfig) -> ServerConfig:
-    """Check server-wide values (model values are checked as each ModelConfig is built)."""
+    """Check server-wide values (model values are checked as each ModelSettings is built)."""
     for key in ("grpc_port", "metrics_port"):
         port = getattr(config, key)
         low = -1 if key == "metrics_port" else 0

@@ -1,8 +1,8 @@
 """What every servicer on the gRPC server shares: config, models, metrics and the preprocessing pool.
 
-`server.app` builds one `ServerContext` and hands it to each API it registers (our image API, KServe v2).
-An optional API module registers itself with `register(server: grpc.aio.Server, ctx: ServerContext) -> str`,
-returning the full name of the gRPC service it added (for reflection and health).
+`server.app` builds one `ServerContext` and hands it to each API it registers (our image API, KServe v2:
+`kserve.service.register(server, ctx)`, which returns the full name of the service it added, for
+reflection and health).
 """
 
 from __future__ import annotations

@@ -1,16 +1,27 @@
-"""The one error type the server raises across its layers, and how it maps to gRPC statuses and metrics.
+"""The one error type the server raises across its layers, and the one boundary where errors become statuses.
 
-Every layer (preprocessing, batcher, model manager, backends) raises `ServeError`; the services turn it into
-a gRPC status at one boundary (`abort_with`), so a status code is decided where the failure is understood and
-no request is ever left without an answer.
+Every layer (batcher, model manager, KServe codec) raises `ServeError`, so a status code is decided where the
+failure is understood; the contract layer raises `formats.errors.InvalidInput` for bad data. `status_of` is
+the one mapping from an exception to the status a client gets, and the servicer methods are wrapped in
+`boundary` (unary) or `stream_boundary` (streams), so no request is ever left without an answer and no
+traceback ever reaches a client. Streams that answer per item (ClassifyStream, ModelStreamInfer) map each
+item's failure with `status_of` too.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import NoReturn
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+
+from resnet_serve.formats.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 # Metric outcome labels (docs/architecture.md, metrics API) for each status a request can end with.
 OUTCOMES: dict[grpc.StatusCode, str] = {
@@ -84,12 +95,67 @@ def outcome_of(exc: BaseException) -> str:
     """The metrics outcome for an exception a request ended with (unexpected ones are backend errors)."""
     if isinstance(exc, ServeError):
         return exc.outcome
+    if isinstance(exc, InvalidInput):
+        return "invalid_input"
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return "backend_error"
 
 
-async def abort_with(context: grpc.aio.ServicerContext[object, object], error: ServeError) -> NoReturn:
-    """End an RPC with the error's status and message."""
-    await context.abort(error.code, error.message)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+def status_of(exc: Exception, rpc: str) -> ServeError:
+    """The status an exception answers `rpc` with. An unexpected one is a bug or an unforeseen failure: it is
+    logged once, with its traceback, and answered INTERNAL without one."""
+    if isinstance(exc, ServeError):
+        return exc
+    if isinstance(exc, InvalidInput):
+        return invalid_argument(str(exc))
+    if isinstance(exc, DecodeError):  # a stream item that did not deserialize; else gRPC answers UNKNOWN
+        return invalid_argument(f"malformed request: {exc}")
+    log.error("%s failed unexpectedly", rpc, exc_info=exc)
+    return internal(f"{rpc} failed inside the server; the server log has the details")
+
+
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = TypeVar("Context", bound=grpc.aio.ServicerContext[Any, Any])
+
+
+def boundary(
+    rpc: Callable[[Servicer, Request, Context], Awaitable[Response]],
+) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
+    """Wrap a unary servicer method: whatever it raises ends the RPC with `status_of`'s status."""
+    name = rpc.__name__
+
+    @functools.wraps(rpc)
+    async def method(self: Servicer, request: Request, context: Context) -> Response:
+        try:
+            return await rpc(self, request, context)
+        except Exception as exc:
+            error = status_of(exc, name)
+        await context.abort(error.code, error.message)
+
+    return method
+
+
+def stream_boundary(
+    rpc: Callable[[Servicer, Request, Context], AsyncIterator[Response]],
+) -> Callable[[Servicer, Request, Context], AsyncIterator[Response]]:
+    """Wrap a streaming servicer method: a failure of the stream itself (not of one item, which the method
+    answers in-stream) ends the RPC with `status_of`'s status."""
+    name = rpc.__name__
+
+    @functools.wraps(rpc)
+    async def method(self: Servicer, requests: Request, context: Context) -> AsyncIterator[Response]:
+        answers = rpc(self, requests, context)
+        try:
+            async for answer in answers:
+                yield answer
+            return
+        except Exception as exc:
+            error = status_of(exc, name)
+        finally:
+            await answers.aclose()  # type: ignore[attr-defined]
+        await context.abort(error.code, error.message)
+
+    return method

@@ -19,7 +19,7 @@ from PIL import Image
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.app import InferenceServer
-from resnet_serve.server.config import ModelConfig, ServerConfig
+from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError
 
 
@@ -31,7 +31,7 @@ def png() -> bytes:
 
 def config_for(model: Path) -> ServerConfig:
     return ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelConfig(name="tiny", path=str(model)),)
+        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="tiny", path=str(model)),)
     )
 
 

@@ -17,7 +17,7 @@ from resnet_serve.runtime import tensorrt as trt_backend
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.server.app import InferenceServer, StartupError
-from resnet_serve.server.config import ModelConfig, ServerConfig
+from resnet_serve.server.config import ModelSettings, ServerConfig
 
 
 def write_plan(directory: Path) -> Path:
@@ -84,7 +84,7 @@ def test_without_tensorrt_a_plan_fails_with_a_clear_backend_error(tmp_path: Path
 def test_without_tensorrt_the_server_refuses_to_start_with_one_line(tmp_path: Path) -> None:
     plan = write_plan(tmp_path)
     config = ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelConfig(name="engine", path=str(plan)),)
+        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="engine", path=str(plan)),)
     )
 
     async def main() -> None:

@@ -16,9 +16,10 @@ from conftest import write_tiny_onnx
 from prometheus_client import CollectorRegistry
 
 from resnet_serve.export.package import ServingSettings, package
-from resnet_serve.server.config import ModelConfig, ServerConfig
+from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.models.manager import ModelManager, ModelState
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.served import ModelState
 from resnet_serve.server.observability.metrics import ServerMetrics
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def manager_for(repo: Path, **model_defaults: Any) -> ModelManager:
-    defaults = dataclasses.replace(ModelConfig(name=""), **model_defaults)
+    defaults = dataclasses.replace(ModelSettings(name=""), **model_defaults)
     config = ServerConfig(model_repository=str(repo), model_defaults=defaults)
     return ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
 
@@ -59,7 +60,7 @@ def test_repository_serves_the_latest_version_with_its_packaged_settings(repo: P
         model = manager.get("tiny")
         assert model.version == "2"
         assert model.batcher.max_batch_size == 6
-        assert model.config.batching.preferred_batch_sizes == (2,)
+        assert model.settings.batching.preferred_batch_sizes == (2,)
         assert [(s.version, s.state) for s in manager.statuses()] == [("2", ModelState.READY)]
         with pytest.raises(ServeError) as info:
             manager.get("tiny", "1")
@@ -101,7 +102,10 @@ def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) 
     model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
     others = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
     config = ServerConfig(
-        models=(ModelConfig(name="tiny", path=str(model_file)), ModelConfig(name="other", path=str(others)))
+        models=(
+            ModelSettings(name="tiny", path=str(model_file)),
+            ModelSettings(name="other", path=str(others)),
+        )
     )
     manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
 
@@ -172,7 +176,7 @@ def test_unknown_model_is_not_found_and_counted(repo: Path) -> None:
 
 def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path: Path) -> None:
     slow = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=20)
-    config = ServerConfig(models=(ModelConfig(name="tiny", path=str(slow)),))
+    config = ServerConfig(models=(ModelSettings(name="tiny", path=str(slow)),))
     config = dataclasses.replace(
         config, models=(dataclasses.replace(config.models[0], batching=dataclasses.replace(
             config.models[0].batching, max_batch_size=1)),)
@@ -245,7 +249,7 @@ def test_a_broken_model_file_fails_the_load_with_its_reason(tmp_path: Path) -> N
     bad = tmp_path / "bad" / "1" / "model.onnx"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not onnx")
-    config = ServerConfig(models=(ModelConfig(name="bad", path=str(tmp_path / "bad")),))
+    config = ServerConfig(models=(ModelSettings(name="bad", path=str(tmp_path / "bad")),))
     manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
 
     async def main() -> None:

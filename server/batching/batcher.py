@@ -16,8 +16,8 @@ Semantics (docs/server.md, "Batching"):
   started, it completes. A cancelled request (its awaiting task cancelled, e.g. the client went away)
   leaves the queue and costs no compute.
 * Each execution instance is one backend on its own worker thread; the worker forms its batch, stacks its
-  rows in buffers it reuses (server/staging.py), runs it and completes the requests' futures on their event
-  loop with one `call_soon_threadsafe` per batch.
+  rows in buffers it reuses (staging.py), runs it and completes the requests' futures on their event loop
+  with one `call_soon_threadsafe` per batch.
 * A backend exception fails that batch's requests with INTERNAL; the worker keeps serving.
 """
 

@@ -1,57 +1,32 @@
 """Our image API (protos/classifier.proto): encoded images in, top-k labels with softmax scores out.
 
-Decoding runs on a thread pool, inference on the model's batcher; the event loop only routes. Every failure
-leaves here as a gRPC status (unary RPCs) or an Error entry (batch and stream), so no request is ever left
-without an answer.
+Decoding runs on a thread pool, inference on the model's batcher (through server/request.py, as KServe's);
+the event loop only routes. Every failure leaves as a gRPC status (server/errors.py's boundary) or an Error
+entry (batch and stream), so no request is ever left without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
+from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
-from resnet_serve.server.batching.batcher import BatchResult
-from resnet_serve.server.errors import (
-    ServeError,
-    abort_with,
-    internal,
-    invalid_argument,
-    outcome_of,
-    refusal_outcome,
-)
+from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
 from resnet_serve.server.inflight import InFlight
-from resnet_serve.server.models.manager import ModelManager, ServedModel
-from resnet_serve.server.observability.logging import (
-    access_log,
-    echo_request_id,
-    request_scope,
-    resolve_request_id,
-)
-
-log = logging.getLogger(__name__)
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
+from resnet_serve.server.request import Call
 
 DEFAULT_TOP_K = 5
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def _unexpected(rpc: str) -> ServeError:
-    """A bug or an unforeseen failure: logged with its traceback, answered INTERNAL without one."""
-    log.exception("%s failed unexpectedly", rpc)
-    return internal(f"{rpc} failed inside the server; the server log has the details")
-
-
-def _refused(name: str, version: str, error: ServeError, start: float) -> None:
-    """The access-log line of a request refused before it reached a model version."""
-    access_log(name, version, refusal_outcome(error), time.perf_counter() - start, detail=error.message)
 
 
 def _us(seconds: float) -> int:
@@ -112,90 +87,64 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         )
 
     async def _classify(
-        self, request: pb.ClassifyRequest, context: Context, request_id: str
+        self, request: pb.ClassifyRequest, context: Context, request_id: str, rpc: str
     ) -> pb.ClassifyResponse:
-        """One image, start to finish; raises ServeError (metrics are recorded here either way)."""
-        start = time.perf_counter()
-        try:
-            model = self._model(request.model, request.version)
-        except ServeError as exc:
-            _refused(request.model, request.version, exc, start)
-            raise
-        metrics = model.metrics
-        with metrics.in_flight():
-            preprocess_s: float | None = None
-            try:
-                k = self._k(model, request.top_k)
-                loop = asyncio.get_running_loop()
-                assert model.preprocessor is not None
-                x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
-                preprocess_s = time.perf_counter() - start
-                result: BatchResult = await model.infer(
-                    {model.info.inputs[0].name: x[None]}, context.time_remaining()
-                )
-                logits = result.outputs[model.info.outputs[0].name][0]
-                total = time.perf_counter() - start
-                timing = pb.Timing(
-                    queue_us=_us(result.queue_s),
-                    preprocess_us=_us(preprocess_s),
-                    compute_us=_us(result.compute_s),
-                    total_us=_us(total),
-                    batch_size=result.batch_size,
-                )
-                response = self._response(model, logits, k, request_id, timing)
-            except BaseException as exc:
-                total = time.perf_counter() - start
-                outcome = outcome_of(exc)
-                metrics.request_done(outcome, total, preprocess_s=preprocess_s)
-                access_log(model.name, model.version, outcome, total, detail=getattr(exc, "message", None))
-                raise
-            metrics.request_done("success", total, result.queue_s, preprocess_s, result.compute_s)
-            access_log(model.name, model.version, "success", total, result.batch_size)
-            return response
+        """One image, start to finish; raises ServeError (metrics are recorded either way)."""
+        with Call(
+            rpc, request.model, request.version, lambda: self._model(request.model, request.version)
+        ) as call:
+            model = call.model
+            k = self._k(model, request.top_k)
+            loop = asyncio.get_running_loop()
+            assert model.preprocessor is not None
+            x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
+            call.preprocess_s = preprocess_s = time.perf_counter() - call.start
+            result = await call.infer({model.info.inputs[0].name: x[None]}, context.time_remaining())
+            logits = result.outputs[model.info.outputs[0].name][0]
+            timing = pb.Timing(
+                queue_us=_us(result.queue_s),
+                preprocess_us=_us(preprocess_s),
+                compute_us=_us(result.compute_s),
+                total_us=_us(time.perf_counter() - call.start),
+                batch_size=result.batch_size,
+            )
+            return self._response(model, logits, k, request_id, timing)
 
     # ---------------------------------------------------------------------------------------------- RPCs
 
+    @boundary
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         request_id = echo_request_id(context, request.request_id)
         with request_scope(request_id):
-            try:
-                return await self._classify(request, context, request_id)
-            except ServeError as exc:
-                error = exc
-            except Exception:
-                error = _unexpected("Classify")
-            await abort_with(context, error)
+            return await self._classify(request, context, request_id, "Classify")
 
+    @boundary
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: Context
     ) -> pb.ClassifyBatchResponse:
+        def admit() -> ServedModel:  # a request that cannot run is refused before it counts
+            model = self._model(request.model, request.version)
+            self._k(model, request.top_k)
+            if not request.images:
+                raise invalid_argument("ClassifyBatch needs at least one image")
+            return model
+
         request_id = echo_request_id(context, request.request_id)
-        with request_scope(request_id):
-            start = time.perf_counter()
-            try:
-                model = self._model(request.model, request.version)
-                k = self._k(model, request.top_k)
-                if not request.images:
-                    raise invalid_argument("ClassifyBatch needs at least one image")
-            except ServeError as exc:
-                _refused(request.model, request.version, exc, start)
-                await abort_with(context, exc)
-            with model.metrics.in_flight():
-                try:
-                    results, failures, batch_size = await self._classify_batch(
-                        model, k, list(request.images), context, request_id
-                    )
-                except Exception:
-                    error = _unexpected("ClassifyBatch")
-                    access_log(model.name, model.version, error.outcome, time.perf_counter() - start)
-                    await abort_with(context, error)
-            # One access-log line for the whole call: its images are counted one by one in the metrics.
-            total = time.perf_counter() - start
+        # One access-log line for the whole call: its images are counted one by one in the metrics.
+        with (
+            request_scope(request_id),
+            Call("ClassifyBatch", request.model, request.version, admit, count=False) as call,
+        ):
+            model = call.model
+            k = self._k(model, request.top_k)
+            results, failures, batch_size = await self._classify_batch(
+                model, k, list(request.images), context, request_id
+            )
             if failures:
                 detail = f"{len(failures)} of {len(results)} images failed; first: {failures[0].message}"
-                access_log(model.name, model.version, failures[0].outcome, total, batch_size, detail)
+                call.summary(failures[0].outcome, batch_size, detail)
             else:
-                access_log(model.name, model.version, "success", total, batch_size)
+                call.summary("success", batch_size)
         return pb.ClassifyBatchResponse(results=results)
 
     async def _classify_batch(
@@ -212,8 +161,8 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         async def prepare(data: bytes) -> tuple[np.ndarray | ServeError, float]:
             try:
                 x = await loop.run_in_executor(self._pool, preprocessor, data)
-            except ServeError as exc:
-                return exc, time.perf_counter() - start
+            except (ServeError, InvalidInput) as exc:
+                return status_of(exc, "ClassifyBatch"), time.perf_counter() - start
             return x, time.perf_counter() - start
 
         prepared = await asyncio.gather(*(prepare(data) for data in images))
@@ -264,6 +213,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         done = [r if r is not None else pb.ClassifyResult() for r in results]
         return done, [failures[i] for i in sorted(failures)], max(batch_sizes, default=None)
 
+    @stream_boundary
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: Context
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
@@ -277,9 +227,9 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             request_id = resolve_request_id(request.request_id, f"{stream_id}/{n}")
             try:
                 with request_scope(request_id), self._in_flight:
-                    response = await self._classify(request, context, request_id)
+                    response = await self._classify(request, context, request_id, "ClassifyStream")
             except Exception as exc:
-                failure = exc if isinstance(exc, ServeError) else _unexpected("ClassifyStream")
+                failure = status_of(exc, "ClassifyStream")
                 error = pb.Error(code=failure.code.value[0], message=failure.message)
                 await out.put(pb.ClassifyStreamResponse(request_id=request_id, error=error))
             else:
@@ -308,15 +258,14 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 if isinstance(item, BaseException):
                     if isinstance(item, asyncio.CancelledError):
                         return
-                    if isinstance(item, DecodeError):  # else gRPC answers UNKNOWN and logs a traceback
-                        await abort_with(context, invalid_argument(f"malformed request: {item}"))
-                    raise item
+                    raise item  # the boundary answers it (a malformed request: INVALID_ARGUMENT)
                 yield item
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
 
+    @boundary
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         manager = self._manager
         by_name: dict[str, list[pb.ModelVersionInfo]] = {}

@@ -1,52 +1,236 @@
-"""KServe v2 tensors on the wire ⇄ NumPy arrays, and Triton's classification strings.
+"""KServe v2 / Open Inference Protocol messages ⇄ NumPy arrays: a ModelInferRequest decoded into the model's
+input arrays (`decode_request`), its outputs encoded into a ModelInferResponse (`encode_response`), and the
+tensor encodings underneath (raw little-endian contents, typed contents, BYTES, Triton's classification
+strings). The datatype names are formats/datatypes.py's.
+
+What a request may send for a model input (docs/kserve.md):
+
+* the model's own datatype and shape (FP32 [N, C, H, W] for our models; FP16 for an FP16 model, which also
+  takes FP32 and converts it);
+* UINT8 [N, C, H, W]: pixels 0..255, already resized and cropped to the model's geometry; the server
+  normalises them with the model's preprocess mean/std, exactly as the image pipeline does;
+* BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server.
 
 Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length prefix
-(what tritonclient sends). Decoding raw contents never copies: `np.frombuffer` views the request's bytes.
+(what tritonclient sends). The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
+copy) with `np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, numpy_to_kserve
+from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.errors import invalid_argument
+from resnet_serve.server.kserve.wire import InferRequest
+from resnet_serve.server.models.served import ServedModel
 
-# Little-endian on the wire whatever the host, so the dtypes say so explicitly.
-WIRE_DTYPES: Final[dict[str, np.dtype[Any]]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-BYTES: Final = "BYTES"
+UINT8: Final = "UINT8"
+SHARED_MEMORY: Final = "shared_memory_region"
+_NO_SHARED_MEMORY: Final = "shared memory is not supported; send tensors in raw_input_contents"
+_US: Final = 1e-6
 
-# Which InferTensorContents field carries each datatype (8/16-bit integers travel widened to 32 bits).
-CONTENTS_FIELD: Final[dict[str, str]] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+
+@dataclass
+class DecodedRequest:
+    """A ModelInferRequest decoded for its model, ready for the batcher."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+    outputs: list[tuple[str, int]]  # (output name, classification k or 0)
+    timeout_s: float | None
+    preprocess_s: float | None
+
+
+async def decode_request(
+    model: ServedModel,
+    incoming: InferRequest,
+    time_remaining: float | None,
+    executor: Executor | None,
+) -> DecodedRequest:
+    """Validate and decode a ModelInferRequest for `model`; raises ServeError INVALID_ARGUMENT."""
+    specs = {spec.name: spec for spec in model.info.inputs}
+    request = incoming.message
+    raw = incoming.raw
+    if raw and len(raw) != len(request.inputs):
+        raise invalid_argument(
+            f"expected {len(request.inputs)} raw_input_contents (one per input), got {len(raw)}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    preprocess_s: float | None = None
+    for i, tensor in enumerate(request.inputs):
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise invalid_argument(
+                f"unexpected input '{tensor.name}' for model '{model.name}'; expected {_describe(specs)}"
+            )
+        if tensor.name in arrays:
+            raise invalid_argument(f"input '{tensor.name}' is given twice")
+        if SHARED_MEMORY in tensor.parameters:
+            raise invalid_argument(_NO_SHARED_MEMORY)
+        shape = tuple(tensor.shape)
+        if raw:
+            array = from_raw(tensor.name, tensor.datatype, shape, raw[i])
+        else:
+            array = from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
+        if tensor.datatype == BYTES:
+            start = time.perf_counter()
+            arrays[tensor.name] = await _decode_images(model, spec, array, executor)
+            preprocess_s = time.perf_counter() - start
+        else:
+            arrays[tensor.name] = _to_model_input(model, spec, tensor.datatype, array)
+    missing = [name for name in specs if name not in arrays]
+    if missing:
+        raise invalid_argument(
+            f"missing input(s) {missing} for model '{model.name}'; expected {_describe(specs)}"
+        )
+    rows = next(iter(arrays.values())).shape[0] if arrays else 0
+    return DecodedRequest(
+        arrays, rows, _requested_outputs(model, request), _timeout(request, time_remaining), preprocess_s
+    )
+
+
+def encode_response(
+    model: ServedModel, decoded: DecodedRequest, outputs: dict[str, np.ndarray], response_id: str
+) -> Any:
+    """Build the ModelInferResponse with every requested output in raw_output_contents."""
+    tensors = []
+    raws: list[bytes] = []
+    for name, k in decoded.outputs:
+        array = outputs[name]
+        if k:
+            strings = top_k_strings(array, k, model.labels)
+            shape = [array.shape[0], len(strings) // max(1, array.shape[0])]
+            tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=shape))
+            raws.append(join_bytes(strings))
+        else:
+            tensors.append(
+                pb.ModelInferResponse.InferOutputTensor(
+                    name=name, datatype=numpy_to_kserve(array.dtype), shape=array.shape
+                )
+            )
+            raws.append(array.tobytes())
+    return pb.ModelInferResponse(
+        model_name=model.name,
+        model_version=model.version,
+        id=response_id,
+        outputs=tensors,
+        raw_output_contents=raws,
+    )
+
+
+def _describe(specs: dict[str, TensorSpec]) -> str:
+    return ", ".join(f"'{s.name}' ({numpy_to_kserve(s.dtype)} {list(s.shape)})" for s in specs.values())
+
+
+def _check_shape(model: ServedModel, spec: TensorSpec, shape: Sequence[int], datatype: str) -> None:
+    expected = spec.shape
+    fits = len(shape) == len(expected) and all(
+        e < 0 or e == a for e, a in zip(expected[1:], shape[1:], strict=True)
+    )
+    if not fits:
+        raise invalid_argument(
+            f"input '{spec.name}' of model '{model.name}' must have shape {list(expected)} "
+            f"(-1: any batch size), got {datatype} {list(shape)}"
+        )
+    if shape[0] < 1:
+        raise invalid_argument(f"input '{spec.name}' has batch size {shape[0]}; need at least 1")
+
+
+def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: np.ndarray) -> np.ndarray:
+    expected = numpy_to_kserve(spec.dtype)
+    _check_shape(model, spec, array.shape, datatype)
+    if datatype == expected:
+        return array
+    if datatype == "FP32" and expected == "FP16":
+        return array.astype(np.float16)
+    if datatype == UINT8 and model.preprocessor is not None and spec.dtype.kind == "f":
+        # The image pipeline's own normalisation, so UINT8 pixels give identical inputs.
+        return model.preprocessor.normalize_chw(array).astype(spec.dtype, copy=False)
+    raise invalid_argument(
+        f"input '{spec.name}' of model '{model.name}' has datatype {datatype}; expected {expected}"
+        + (
+            f", UINT8 pixels [N, {', '.join(map(str, spec.shape[1:]))}] or BYTES encoded images [N]"
+            if model.preprocessor is not None
+            else ""
+        )
+    )
+
+
+async def _decode_images(
+    model: ServedModel, spec: TensorSpec, array: np.ndarray, executor: Executor | None
+) -> np.ndarray:
+    pre = model.preprocessor
+    if pre is None:
+        raise invalid_argument(
+            f"model '{model.name}' has no preprocessing metadata, so it cannot take BYTES images; "
+            f"send {numpy_to_kserve(spec.dtype)} {list(spec.shape)}"
+        )
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1 or array.shape[0] < 1:
+        raise invalid_argument(
+            f"input '{spec.name}' as BYTES must have shape [N] or [N, 1] (one encoded image per row), "
+            f"got {list(array.shape)}"
+        )
+    model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
+    loop = asyncio.get_running_loop()
+    rows = await asyncio.gather(*(loop.run_in_executor(executor, pre, bytes(item)) for item in array))
+    return np.stack(rows).astype(spec.dtype, copy=False)
+
+
+def _requested_outputs(model: ServedModel, request: Any) -> list[tuple[str, int]]:
+    names = [spec.name for spec in model.info.outputs]
+    if not request.outputs:
+        return [(name, 0) for name in names]
+    out: list[tuple[str, int]] = []
+    for requested in request.outputs:
+        if SHARED_MEMORY in requested.parameters:
+            raise invalid_argument(_NO_SHARED_MEMORY)
+        if requested.name not in names:
+            raise invalid_argument(
+                f"unknown output '{requested.name}' for model '{model.name}'; expected one of {names}"
+            )
+        k = 0
+        param = requested.parameters.get("classification")
+        if param is not None:
+            choice = param.WhichOneof("parameter_choice")
+            k = int(getattr(param, choice)) if choice in ("int64_param", "uint64_param") else -1
+            if k < 1:
+                raise invalid_argument(
+                    f"output '{requested.name}': the classification parameter must be an integer >= 1"
+                )
+        out.append((requested.name, k))
+    return out
+
+
+def _timeout(request: Any, time_remaining: float | None) -> float | None:
+    """The earlier of the gRPC deadline and Triton's `timeout` parameter (microseconds)."""
+    param = request.parameters.get("timeout")
+    timeout = time_remaining
+    if param is not None:
+        choice = param.WhichOneof("parameter_choice")
+        if choice not in ("int64_param", "uint64_param") or getattr(param, choice) < 0:
+            raise invalid_argument("the timeout parameter must be a non-negative integer (microseconds)")
+        micros = int(getattr(param, choice))
+        if micros > 0:
+            mine = micros * _US
+            timeout = mine if timeout is None else min(timeout, mine)
+    return timeout
+
+
+# ------------------------------------------------------------------------------------------------- tensors
 
 _LENGTH: Final = struct.Struct("<I")
 

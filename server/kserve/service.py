@@ -3,52 +3,40 @@
 
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's
 ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload.
-Shared memory, trace and log settings answer UNIMPLEMENTED (the generated base class). Inference goes
-through the same model manager and dynamic batcher as our image API; the per-request work is in
-server/kserve_infer.py, the tensor encoding in server/tensors.py, and inference requests are deserialized
-without copying their tensor bytes by server/kserve_wire.py. docs/kserve.md has the conventions (UINT8
-pixels, BYTES images, classification strings) and the differences from Triton.
+Shared memory, trace and log settings answer UNIMPLEMENTED (the generated base class).
+
+A ModelInfer: wire.py deserializes it (tensor bytes not copied) → `ModelInfer` here → codec.py decodes it
+for its model → server/request.py's `Call` (lookup, in-flight, metrics, access log) runs it on the model's
+batcher → codec.py encodes the response. docs/kserve.md has the conventions (UINT8 pixels, BYTES images,
+classification strings) and the differences from Triton.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator
 from importlib import metadata as importlib_metadata
 from typing import Any, Final
 
 import grpc
 
+from resnet_serve.formats.datatypes import BYTES, config_type, numpy_to_kserve
+from resnet_serve.formats.metadata import PREFIX
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
 from resnet_serve.protos import model_config_pb2 as mc
 from resnet_serve.runtime.base import BackendError, TensorSpec
 from resnet_serve.runtime.factory import backend_for
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.errors import ServeError, abort_with, internal, invalid_argument, refusal_outcome
-from resnet_serve.server.kserve.codec import BYTES
-from resnet_serve.server.kserve.infer import prepare, respond
+from resnet_serve.server.errors import boundary, invalid_argument, status_of, stream_boundary
+from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
-from resnet_serve.server.models.manager import ServedModel
-from resnet_serve.server.observability.logging import (
-    access_log,
-    echo_request_id,
-    request_scope,
-    resolve_request_id,
-)
-
-log = logging.getLogger(__name__)
+from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
+from resnet_serve.server.request import Call
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS: Final = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
-_DATA_TYPES: Final = {
-    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
-    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
-    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
-    BYTES: mc.TYPE_STRING,
-}  # fmt: skip
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -90,7 +78,7 @@ def _server_version() -> str:
 
 
 class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """Every RPC answers or aborts with a ServeError's status; unexpected failures become INTERNAL."""
+    """Every RPC answers, or ends with its failure's status at server/errors.py's boundary."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
@@ -99,20 +87,25 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------------------------- health, metadata
 
+    @boundary
     async def ServerLive(self, request: Any, context: Context) -> Any:
         return pb.ServerLiveResponse(live=self._ctx.live())
 
+    @boundary
     async def ServerReady(self, request: Any, context: Context) -> Any:
         return pb.ServerReadyResponse(ready=self._ctx.ready())
 
+    @boundary
     async def ModelReady(self, request: Any, context: Context) -> Any:
         return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
 
+    @boundary
     async def ServerMetadata(self, request: Any, context: Context) -> Any:
         return pb.ServerMetadataResponse(name="resnet-serve", version=self._version, extensions=EXTENSIONS)
 
+    @boundary
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
-        model = await self._get(context, request.name, request.version)
+        model = self._get(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=[m.version for m in self._manager.versions(model.name)],
@@ -121,22 +114,22 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             outputs=[_tensor_metadata(model, spec) for spec in model.info.outputs],
         )
 
+    @boundary
     async def ModelConfig(self, request: Any, context: Context) -> Any:
-        model = await self._get(context, request.name, request.version)
-        return pb.ModelConfigResponse(config=_model_config(model))
+        model = self._get(request.name, request.version)
+        return pb.ModelConfigResponse(config=_triton_config(model))
 
     # ------------------------------------------------------------------------------------------- inference
 
+    @boundary
     async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
         # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
         # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
         request_id = echo_request_id(context, request.message.id)
         with request_scope(request_id):
-            try:
-                return await self._infer(request, context.time_remaining(), request_id)
-            except ServeError as exc:
-                await abort_with(context, exc)
+            return await self._infer(request, context.time_remaining(), request_id, "ModelInfer")
 
+    @stream_boundary
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[InferRequest], context: Context
     ) -> AsyncIterator[Any]:
@@ -156,14 +149,17 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             request_id = resolve_request_id(m.id, f"{stream_id}/{n}")
             with in_flight, request_scope(request_id):
                 try:
-                    response = await self._infer(request, context.time_remaining(), request_id)
+                    response = await self._infer(
+                        request, context.time_remaining(), request_id, "ModelStreamInfer"
+                    )
                     answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
-                except ServeError as exc:
+                except Exception as exc:
+                    error = status_of(exc, "ModelStreamInfer")
                     echo = pb.ModelInferResponse(
                         model_name=m.model_name, model_version=m.model_version, id=m.id or request_id
                     )
                     answers.put_nowait(
-                        pb.ModelStreamInferResponse(error_message=exc.message, infer_response=echo)
+                        pb.ModelStreamInferResponse(error_message=error.message, infer_response=echo)
                     )
 
         async def read() -> None:
@@ -189,71 +185,42 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             for task in list(running):
                 task.cancel()
 
-    async def _infer(self, incoming: InferRequest, time_remaining: float | None, request_id: str) -> Any:
+    async def _infer(
+        self, incoming: InferRequest, time_remaining: float | None, request_id: str, rpc: str
+    ) -> Any:
         """One request, start to finish, inside its request_scope; raises ServeError (metrics and the
-        access log are recorded here either way)."""
-        start = time.perf_counter()
+        access log are recorded either way)."""
         request = incoming.message
-        try:
+
+        def lookup() -> ServedModel:
             if incoming.error is not None:
                 raise invalid_argument(f"malformed ModelInferRequest: {incoming.error}")
-            model = self._manager.get(request.model_name, request.model_version)
-        except ServeError as exc:
-            total = time.perf_counter() - start
-            access_log(
-                request.model_name, request.model_version, refusal_outcome(exc), total, detail=exc.message
-            )
-            raise
-        metrics = model.metrics
-        with metrics.in_flight():
-            preprocess_s: float | None = None
-            try:
-                prepared = await prepare(model, incoming, time_remaining, self._ctx.pool)
-                preprocess_s = prepared.preprocess_s
-                result = await model.infer(prepared.inputs, prepared.timeout_s)
-                response = respond(model, prepared, result.outputs, request.id or request_id)
-            except ServeError as exc:
-                self._failed(model, start, preprocess_s, exc.outcome, exc.message)
-                raise
-            except asyncio.CancelledError:
-                self._failed(model, start, preprocess_s, "cancelled", None)
-                raise
-            except Exception as exc:
-                log.exception("KServe request to model %s failed", model.name)
-                error = internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}")
-                self._failed(model, start, preprocess_s, error.outcome, error.message)
-                raise error from None
-            total = time.perf_counter() - start
-            metrics.request_done(
-                "success", total, result.queue_s, preprocess_s, result.compute_s, inferences=prepared.rows
-            )
-            access_log(model.name, model.version, "success", total, result.batch_size)
-            return response
+            return self._manager.get(request.model_name, request.model_version)
 
-    @staticmethod
-    def _failed(
-        model: ServedModel, start: float, preprocess_s: float | None, outcome: str, detail: str | None
-    ) -> None:
-        total = time.perf_counter() - start
-        model.metrics.request_done(outcome, total, preprocess_s=preprocess_s)
-        access_log(model.name, model.version, outcome, total, detail=detail)
+        with Call(rpc, request.model_name, request.model_version, lookup) as call:
+            decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool)
+            call.preprocess_s = decoded.preprocess_s
+            result = await call.infer(decoded.inputs, decoded.timeout_s, decoded.rows)
+            return encode_response(call.model, decoded, result.outputs, request.id or request_id)
 
     # ------------------------------------------------------------------------------------------ statistics
 
+    @boundary
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
         if request.name:
             if request.version:
-                models = [await self._get(context, request.name, request.version)]
+                models = [self._get(request.name, request.version)]
             else:
-                models = await self._call(context, lambda: self._manager.versions(request.name))
+                models = self._manager.versions(request.name)
         else:
             if request.version:
-                await abort_with(context, invalid_argument("a version needs a model name"))
+                raise invalid_argument("a version needs a model name")
             models = [m for name in self._manager.names() for m in self._manager.versions(name)]
         return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
 
     # ------------------------------------------------------------------------------------------ repository
 
+    @boundary
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         index = [
             pb.RepositoryIndexResponse.ModelIndex(
@@ -272,44 +239,26 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             )
         return pb.RepositoryIndexResponse(models=index)
 
+    @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
         if unsupported:
-            await abort_with(
-                context,
-                invalid_argument(
-                    f"load parameters {unsupported} are not supported: models load from the repository as "
-                    "configured"
-                ),
+            raise invalid_argument(
+                f"load parameters {unsupported} are not supported: models load from the repository as "
+                "configured"
             )
-        await self._call_async(context, self._manager.load(request.model_name))
+        await self._manager.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
+    @boundary
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        await self._call_async(context, self._manager.unload(request.model_name))
+        await self._manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ---------------------------------------------------------------------------------------------- helpers
 
-    async def _get(self, context: Context, name: str, version: str) -> ServedModel:
-        try:
-            return self._manager.get(name, version, count=False)  # metadata: not an inference request
-        except ServeError as exc:
-            await abort_with(context, exc)
-
-    @staticmethod
-    async def _call(context: Context, fn: Any) -> Any:
-        try:
-            return fn()
-        except ServeError as exc:
-            await abort_with(context, exc)
-
-    @staticmethod
-    async def _call_async(context: Context, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except ServeError as exc:
-            await abort_with(context, exc)
+    def _get(self, name: str, version: str) -> ServedModel:
+        return self._manager.get(name, version, count=False)  # metadata: not an inference request
 
 
 def _batch_shape(model: ServedModel, spec: TensorSpec) -> list[int]:
@@ -322,31 +271,31 @@ def _batch_shape(model: ServedModel, spec: TensorSpec) -> list[int]:
 
 def _tensor_metadata(model: ServedModel, spec: TensorSpec) -> Any:
     return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=spec.kserve_datatype, shape=_batch_shape(model, spec)
+        name=spec.name, datatype=numpy_to_kserve(spec.dtype), shape=_batch_shape(model, spec)
     )
 
 
-def _model_config(model: ServedModel) -> Any:
+def _triton_config(model: ServedModel) -> Any:
     """Triton's model configuration, filled only with what is true of this served version."""
-    config = model.config
+    settings = model.settings
     batching = model.info.max_batch_size > 0
 
     def dims(spec: TensorSpec) -> list[int]:
         return list(spec.shape[1:]) if batching else list(spec.shape)
 
-    if config.version_policy == "all":
+    if settings.version_policy == "all":
         policy = mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
-    elif config.version_policy == "specific":
-        specific = mc.ModelVersionPolicy.Specific(versions=list(config.versions))
+    elif settings.version_policy == "specific":
+        specific = mc.ModelVersionPolicy.Specific(versions=list(settings.versions))
         policy = mc.ModelVersionPolicy(specific=specific)
     else:
         policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
     parameters = {
-        key.removeprefix("resnet_serve."): mc.ModelParameter(string_value=value)
+        key.removeprefix(PREFIX): mc.ModelParameter(string_value=value)
         for key, value in model.info.metadata.items()
-        if key.startswith("resnet_serve.")
+        if key.startswith(PREFIX)
     }
-    accepted = [model.info.inputs[0].kserve_datatype] if model.info.inputs else []
+    accepted = [numpy_to_kserve(model.info.inputs[0].dtype)] if model.info.inputs else []
     if model.preprocessor is not None:
         accepted += ["UINT8", BYTES]
     parameters["accepted_input_datatypes"] = mc.ModelParameter(string_value=",".join(accepted))
@@ -360,16 +309,14 @@ def _model_config(model: ServedModel) -> Any:
         input=[
             mc.ModelInput(
                 name=s.name,
-                data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID),
+                data_type=config_type(numpy_to_kserve(s.dtype)),
                 format=mc.ModelInput.FORMAT_NCHW if len(s.shape) == 4 else mc.ModelInput.FORMAT_NONE,
                 dims=dims(s),
             )
             for s in model.info.inputs
         ],
         output=[
-            mc.ModelOutput(
-                name=s.name, data_type=_DATA_TYPES.get(s.kserve_datatype, mc.TYPE_INVALID), dims=dims(s)
-            )
+            mc.ModelOutput(name=s.name, data_type=config_type(numpy_to_kserve(s.dtype)), dims=dims(s))
             for s in model.info.outputs
         ],
         instance_group=[
@@ -384,7 +331,7 @@ def _model_config(model: ServedModel) -> Any:
         parameters=parameters,
     )
     if batching:
-        b = config.batching
+        b = model.settings.batching
         out.dynamic_batching.CopyFrom(
             mc.ModelDynamicBatching(
                 preferred_batch_size=list(b.preferred_batch_sizes),
@@ -397,9 +344,9 @@ def _model_config(model: ServedModel) -> Any:
 
 def _backend_name(model: ServedModel) -> str:
     try:
-        return backend_for(model.path, model.config.backend)
+        return backend_for(model.path, model.settings.backend)
     except BackendError:
-        return model.config.backend
+        return model.settings.backend
 
 
 def _statistics(model: ServedModel) -> Any:

@@ -1,4 +1,5 @@
-"""The models this server serves: loading, version policy, readiness, lookup, explicit load/unload.
+"""The lifecycle of the models this server serves: loading, version policy, readiness, lookup, explicit
+load/unload.
 
 Both APIs (our image API and KServe v2) go through one `ModelManager`:
 
@@ -9,163 +10,48 @@ Both APIs (our image API and KServe v2) go through one `ModelManager`:
   finishes every queued request before its backends are closed.
 * Every version is warmed up (a zero batch at each batch size it will see) before it is marked ready.
 
-A model's source is an .onnx file (served as version "1"), a model directory packaged by `resnet-serve
-package` (export/repository.py: config.json + numbered versions), or a bare directory of numbered versions
-(`NAME/1/model.onnx`, ...); `--model-repository DIR` serves every model directory in DIR. A packaged model's
-config.json settings override the server-wide model defaults; the server config's own [models.NAME] keys
-override config.json.
+Where versions come from is server/models/sources.py; `--model-repository DIR` serves every model directory
+in DIR.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from resnet_serve.export.package import CONFIG_NAME, RepositoryError, read_model
+from resnet_serve.export.package import CONFIG_NAME
+from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads
-from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher
-from resnet_serve.server.config import ConfigError, ModelConfig, ServerConfig, with_values
+from resnet_serve.server.batching.batcher import DynamicBatcher
+from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError, not_found, unavailable
-from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ModelMetrics, ServerMetrics
+from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
+from resnet_serve.server.models.sources import ModelSource, read_source, select_versions, version_key
+from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
 
 log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
-LABELS_KEY = "resnet_serve.labels"
-PREPROCESS_KEY = "resnet_serve.preprocess"
-MODEL_FILES = ("model.onnx", "model.plan", "model.engine", "model.pt")
-
-
-class ModelState(enum.StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass
-class ServedModel:
-    """One loaded version of a model: its backends behind a batcher, and what the APIs need to know."""
-
-    name: str
-    version: str
-    path: Path
-    config: ModelConfig
-    info: BackendInfo
-    labels: list[str]
-    preprocessor: Preprocessor | None  # None: the model has no preprocess metadata (tensor API only)
-    batcher: DynamicBatcher
-    metrics: ModelMetrics
-    backends: list[Backend]
-    state: ModelState = ModelState.READY
-    load_s: float = 0.0
-
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> BatchResult:
-        """Queue a request on this version's batcher (see DynamicBatcher.submit for the errors)."""
-        return await self.batcher.submit(inputs, timeout_s)
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    name: str
-    version: str
-    state: ModelState
-    reason: str = ""
 
 
 @dataclass
 class _Entry:
-    """A model name: its config and its versions by version string."""
+    """A model name: its settings and its versions by version string."""
 
-    config: ModelConfig
+    settings: ModelSettings
     versions: dict[str, ServedModel] = field(default_factory=dict)
     status: dict[str, VersionStatus] = field(default_factory=dict)
     unloaded: bool = False  # taken down on request: not meant to be served until loaded again
-
-
-def version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (-1, version)
-
-
-def discover_versions(path: Path) -> dict[str, Path]:
-    """The numbered versions under a model source: a file is version "1"; a directory has NAME/<n>/model.*."""
-    if path.is_file():
-        return {"1": path}
-    if not path.is_dir():
-        raise BackendError(f"model path does not exist: {path}")
-    found: dict[str, Path] = {}
-    for child in path.iterdir():
-        if child.is_dir() and child.name.isdigit():
-            for file_name in MODEL_FILES:
-                if (child / file_name).is_file():
-                    found[str(int(child.name))] = child / file_name
-                    break
-    if not found:
-        raise BackendError(
-            f"{path} holds no numbered version directories with a model file ({MODEL_FILES[0]})"
-        )
-    return found
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What a model's path holds: its version files, and settings from a packaged config.json if any."""
-
-    versions: dict[str, Path]
-    config: ModelConfig  # the server's settings merged with config.json's
-    labels: list[str] = field(default_factory=list)
-    preprocess: dict[str, Any] | None = None
-
-
-def read_source(config: ModelConfig) -> ModelSource:
-    """Read a model's path: a file, a packaged model directory, or a directory of numbered versions."""
-    path = Path(config.path)
-    if not (path.is_dir() and (path / CONFIG_NAME).is_file()):
-        return ModelSource(discover_versions(path), config)
-    try:
-        packaged = read_model(path)
-        values: dict[str, Any] = {
-            "backend": packaged.backend,
-            "instances": packaged.instance_count,
-            "max_batch_size": max(1, packaged.max_batch_size),
-            "preferred_batch_sizes": tuple(packaged.dynamic_batching.preferred_batch_sizes),
-            "max_queue_delay_ms": packaged.dynamic_batching.max_queue_delay_us / 1000.0,
-        }
-        merged = with_values(config, {k: v for k, v in values.items() if k not in config.explicit})
-    except (RepositoryError, ConfigError) as exc:
-        raise BackendError(str(exc)) from None
-    versions = {str(v.version): packaged.version_path(v) for v in packaged.versions}
-    return ModelSource(versions, merged, list(packaged.labels), dict(packaged.preprocess))
-
-
-def select_versions(available: dict[str, Path], config: ModelConfig) -> dict[str, Path]:
-    """Apply the version policy: latest (the highest number), all, or the specific versions listed."""
-    ordered = sorted(available, key=version_key)
-    if config.version_policy == "all":
-        chosen = ordered
-    elif config.version_policy == "specific":
-        wanted = [str(v) for v in config.versions]
-        missing = [v for v in wanted if v not in available]
-        if missing:
-            raise BackendError(f"version(s) {', '.join(missing)} not found (available: {', '.join(ordered)})")
-        chosen = wanted
-    else:
-        chosen = ordered[-1:]
-    return {v: available[v] for v in chosen}
 
 
 class ModelManager:
@@ -311,18 +197,18 @@ class ModelManager:
 
     async def start(self) -> None:
         """Load every configured model and every repository model; a failure aborts start-up."""
-        for model_config in self.config.models:
-            await self.load(model_config.name, model_config)
+        for settings in self.config.models:
+            await self.load(settings.name, settings)
         for name in self.repository_models():
             if name not in self._entries:
                 await self.load(name)
 
-    def _config_for(self, name: str) -> ModelConfig:
-        for model_config in self.config.models:
-            if model_config.name == name:
-                return model_config
+    def _settings_for(self, name: str) -> ModelSettings:
+        for settings in self.config.models:
+            if settings.name == name:
+                return settings
         if name in self._entries:
-            return self._entries[name].config
+            return self._entries[name].settings
         repo = self.config.model_repository
         # Only a directory directly in the repository, as repository_models lists them: a client's name must
         # not reach the repository itself ("") or anything outside it ("..", "../x", "a/b").
@@ -331,7 +217,7 @@ class ModelManager:
             return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
         raise not_found(f"model {name!r} is neither configured nor in the model repository")
 
-    async def load(self, name: str, config: ModelConfig | None = None) -> None:
+    async def load(self, name: str, settings: ModelSettings | None = None) -> None:
         """Load (or reload) a model's versions per its version policy; ready when this returns.
 
         Versions no longer selected are retired after the new ones are ready. Raises ServeError NOT_FOUND
@@ -339,15 +225,15 @@ class ModelManager:
         """
         if not self._accepting:
             raise unavailable("server is shutting down")
-        config = config or self._config_for(name)
+        settings = settings or self._settings_for(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
-            entry = self._entries.setdefault(name, _Entry(config))
-            entry.config = config
+            entry = self._entries.setdefault(name, _Entry(settings))
+            entry.settings = settings
             entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
             try:
-                source = read_source(config)
-                config = source.config
-                wanted = select_versions(source.versions, config)
+                source = read_source(settings)
+                settings = source.settings
+                wanted = select_versions(source.versions, settings)
             except BackendError as exc:
                 raise unavailable(f"cannot load model {name!r}: {exc}") from None
             for version in wanted:
@@ -355,7 +241,7 @@ class ModelManager:
             loaded: dict[str, ServedModel] = {}
             try:
                 for version, path in wanted.items():
-                    loaded[version] = await asyncio.to_thread(self._build, config, version, path, source)
+                    loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
             except (BackendError, OSError, ValueError) as exc:
                 for model in loaded.values():
                     await self._retire(model, still_served=model.version in entry.versions)
@@ -436,23 +322,23 @@ class ModelManager:
 
     # ------------------------------------------------------------------------------------------ building
 
-    def _build(self, config: ModelConfig, version: str, path: Path, source: ModelSource) -> ServedModel:
+    def _build(self, settings: ModelSettings, version: str, path: Path, source: ModelSource) -> ServedModel:
         """Create the instances, warm them up and start the batcher (runs in a worker thread)."""
         start = time.perf_counter()
-        backend_name = backend_for(path, config.backend)
-        threads = config.intra_op_threads or max(1, default_threads() // config.instances)
+        backend_name = backend_for(path, settings.backend)
+        threads = settings.intra_op_threads or max(1, default_threads() // settings.instances)
         backends: list[Backend] = []
         try:
-            for _ in range(config.instances):
+            for _ in range(settings.instances):
                 backends.append(
-                    create_backend(path, backend_name, config.device, threads, config.intra_op_spinning)
+                    create_backend(path, backend_name, settings.device, threads, settings.intra_op_spinning)
                 )
             info = backends[0].info
-            labels, preprocessor = self._describe(config.name, info, source)
-            metrics = self.metrics.model(config.name, version)
-            batcher = DynamicBatcher(config.name, version, backends, config.batching, metrics)
-            if config.warmup:
-                sizes = sorted({1, *config.batching.preferred_batch_sizes, batcher.max_batch_size})
+            labels, preprocessor = self._describe(settings.name, info, source)
+            metrics = self.metrics.model(settings.name, version)
+            batcher = DynamicBatcher(settings.name, version, backends, settings.batching, metrics)
+            if settings.warmup:
+                sizes = sorted({1, *settings.batching.preferred_batch_sizes, batcher.max_batch_size})
                 for backend in backends:
                     backend.warmup(sizes)
         except Exception:
@@ -463,7 +349,7 @@ class ModelManager:
         metrics.set_load_time(load_s)
         log.info(
             "model %s version %s ready: %s on %s, %d instance(s) x %d thread(s), max batch %d, %.2f s",
-            config.name,
+            settings.name,
             version,
             path,
             info.device,
@@ -473,10 +359,10 @@ class ModelManager:
             load_s,
         )
         return ServedModel(
-            name=config.name,
+            name=settings.name,
             version=version,
             path=path,
-            config=config,
+            settings=settings,
             info=info,
             labels=labels,
             preprocessor=preprocessor,

@@ -1,0 +1,52 @@
+"""A served model version: its backends behind a batcher, and what the APIs need to know about it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from resnet_serve.formats.preprocess import Preprocessor
+from resnet_serve.runtime.base import Backend, BackendInfo
+from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher
+from resnet_serve.server.config import ModelSettings
+from resnet_serve.server.observability.metrics import ModelMetrics
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ServedModel:
+    """One loaded version of a model: its backends behind a batcher, and what the APIs need to know."""
+
+    name: str
+    version: str
+    path: Path
+    settings: ModelSettings
+    info: BackendInfo
+    labels: list[str]
+    preprocessor: Preprocessor | None  # None: the model has no preprocess metadata (tensor API only)
+    batcher: DynamicBatcher
+    metrics: ModelMetrics
+    backends: list[Backend]
+    state: ModelState = ModelState.READY
+    load_s: float = 0.0
+
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> BatchResult:
+        """Queue a request on this version's batcher (see DynamicBatcher.submit for the errors)."""
+        return await self.batcher.submit(inputs, timeout_s)
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    name: str
+    version: str
+    state: ModelState
+    reason: str = ""

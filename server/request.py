@@ -1,0 +1,112 @@
+"""One inference request's bookkeeping, written once for both APIs (our image API and KServe v2).
+
+Each API decodes its own request and encodes its own response; everything between is here:
+
+    with request_scope(request_id), Call("ModelInfer", name, version, lookup) as call:
+        inputs = decode(call.model, request)                       # the API's own decoding
+        result = await call.infer(inputs, timeout_s, rows)         # the model's batcher
+        return encode(call.model, result)                          # the API's own encoding
+
+`Call` looks the model version up (a refusal is access-logged, and counted by the manager), holds the
+version's in-flight gauge while the request runs, and when it ends records the outcome in the metrics and
+the access log. A failure leaves it as the status the client gets (`errors.status_of`, which logs an
+unexpected one with the request id still in scope).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import numpy as np
+
+from resnet_serve.server.batching.batcher import BatchResult
+from resnet_serve.server.errors import ServeError, outcome_of, refusal_outcome, status_of
+from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.observability.logging import access_log
+
+
+class Call:
+    """One request to one model version, from lookup to outcome: `with Call(...) as call:` around its work.
+
+    A context manager class rather than a generator: it is on every request's path."""
+
+    __slots__ = ("_count", "_result", "_rows", "_summary", "model", "preprocess_s", "rpc", "start")
+
+    def __init__(
+        self,
+        rpc: str,
+        name: str,
+        version: str,
+        lookup: Callable[[], ServedModel],
+        *,
+        count: bool = True,
+    ) -> None:
+        """`lookup` returns the model version the request goes to or raises (ModelManager.get and any
+        checks that refuse a request before it counts). `count=False`: the caller records each item of the
+        request in the metrics itself (ClassifyBatch) and ends it with `summary`."""
+        self.rpc = rpc
+        self.start = time.perf_counter()
+        self.preprocess_s: float | None = None
+        self._count = count
+        self._result: BatchResult | None = None
+        self._rows = 1
+        self._summary: tuple[str, int | None, str | None] = ("success", None, None)
+        try:
+            self.model = lookup()
+        except Exception as exc:
+            error = status_of(exc, rpc)
+            total = time.perf_counter() - self.start
+            access_log(name, version, refusal_outcome(error), total, detail=error.message)
+            if error is not exc:
+                raise error from None
+            raise
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None, rows: int = 1
+    ) -> BatchResult:
+        """Run the request's `rows` inferences on the model's batcher; its timings become the request's."""
+        self._result = await self.model.infer(inputs, timeout_s)
+        self._rows = rows
+        return self._result
+
+    def summary(self, outcome: str, batch_size: int | None, detail: str | None = None) -> None:
+        """The access-log line of a request whose items were counted one by one (`count=False`)."""
+        self._summary = (outcome, batch_size, detail)
+
+    def __enter__(self) -> Call:
+        self.model.metrics.in_flight().__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        model = self.model
+        metrics = model.metrics
+        total = time.perf_counter() - self.start
+        error: ServeError | None = None
+        try:
+            if exc is None:
+                result = self._result
+                if self._count and result is not None:
+                    metrics.request_done(
+                        "success", total, result.queue_s, self.preprocess_s, result.compute_s, self._rows
+                    )
+                    access_log(model.name, model.version, "success", total, result.batch_size)
+                else:
+                    outcome, batch_size, detail = self._summary
+                    access_log(model.name, model.version, outcome, total, batch_size, detail)
+                return
+            if isinstance(exc, Exception):
+                error = status_of(exc, self.rpc)
+                outcome, detail = error.outcome, error.message
+            else:  # cancelled: the client went away, nobody reads a status
+                outcome, detail = outcome_of(exc), None
+            if self._count:
+                metrics.request_done(outcome, total, preprocess_s=self.preprocess_s)
+            access_log(model.name, model.version, outcome, total, detail=detail)
+        finally:
+            metrics.in_flight().__exit__(None, None, None)
+        if error is not None and error is not exc:
+            raise error from None
