@@ -7,13 +7,14 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint typecheck pytest demo protos bench-train clean
+.PHONY: help install test lint typecheck pytest demo protos check-protos bench-train clean
 
 help:
 	@echo "make demo      train, export, serve and classify the digits end to end (< 5 min)"
 	@echo "make test      install the dev dependencies, then ruff, mypy and pytest"
 	@echo "make protos    regenerate the gRPC code from protos/*.proto"
-	@echo "make clean     remove the virtual environment and artifacts/"
+	@echo "make check-protos  regenerate, then fail if the committed generated code differs (CI)"
+	@echo "make clean     remove the virtual environment, artifacts/ and build outputs"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,5 +45,12 @@ demo: $(STAMP)
 protos: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash protos/generate.sh
 
+# The committed generated code must be exactly what the generator writes (no hand patches): on a fresh clone
+# (CI) any difference, or a generated file that was never committed, fails here.
+check-protos: protos
+	git diff --exit-code -- protos/
+	@untracked="$$(git ls-files --others --exclude-standard -- protos/)"; \
+	if [ -n "$$untracked" ]; then echo "generated but not committed: $$untracked"; exit 1; fi
+
 clean:
-	rm -rf $(VENV) artifacts build *.egg-info
+	rm -rf $(VENV) artifacts build dist *.egg-info

@@ -1,0 +1,200 @@
+"""The wheel, installed as a user installs it: one top-level name, and it works inside someone else's project.
+
+A wheel is built from the checkout's files, installed with the `[serve]` extra into a fresh venv (PyPI, the
+versions of constraints.txt, pip's cache reused), and everything runs with a user's project as the working
+directory: a project that has its own `client/`, `server/`, `models/` and `cli/` packages, which would shadow
+ours if anything we ship or spawn used a generic top-level name. Those folders raise when imported, so a
+shadowing shows up as a failure instead of a silent mix-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
+from PIL import Image
+
+from resnet_serve.formats.pixels import eval_pixels, normalize_array
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SHADOWS = ("client", "server", "models", "cli")
+READY = re.compile(r"ready: grpc=[^:\s]+:(\d+) metrics=")
+
+
+@dataclass
+class Installed:
+    wheel: Path
+    venv: Path
+    project: Path  # the user's project: the working directory of every command
+    env: dict[str, str]
+    seconds: dict[str, float]
+
+    def run(self, *argv: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=self.project, env=self.env, capture_output=True, text=True, timeout=timeout_s
+        )
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    @property
+    def script(self) -> str:
+        return str(self.venv / "bin" / "resnet-serve")
+
+
+def _checkout_copy(dest: Path) -> Path:
+    """The files git would commit (tracked, plus new files not ignored), links kept as links: the wheel is
+    built from them, not from whatever build/ or .egg-info an earlier build left in the checkout."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted in the working tree, not yet committed
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            target.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, target)
+    return dest
+
+
+def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds[step] = time.monotonic() - start
+    assert done.returncode == 0, f"{step} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    seconds: dict[str, float] = {}
+    base = tmp_path_factory.mktemp("wheel")
+    source = _checkout_copy(base / "source")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _timed(seconds, "build", [*pip, "wheel", "--no-deps", "--quiet", "-w", str(base / "dist"), str(source)])
+    (wheel,) = (base / "dist").glob("resnet_serve-*.whl")
+
+    # No pip inside the venv (ensurepip costs seconds): this pip installs into it with --python.
+    venv = base / "venv"
+    _timed(seconds, "venv", [sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python, constraints = str(venv / "bin" / "python"), str(REPO / "constraints.txt")
+    install = [*pip, "--python", python, "install", "--quiet", "-c", constraints, f"{wheel}[serve]"]
+    _timed(seconds, "install", install)
+
+    project = base / "project"
+    for name in SHADOWS:
+        (project / name).mkdir(parents=True)
+        (project / name / "__init__.py").write_text(
+            f"raise ImportError('the project\\'s own {name}/ was imported, not resnet_serve.{name}')\n"
+        )
+    # Only the venv: neither the checkout (PYTHONPATH, which the tests' own runs set) nor the test's venv.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    yield Installed(wheel, venv, project, env, seconds)
+    print("wheel install timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+
+
+def test_wheel_installs_one_top_level_package(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        tops = {name.split("/")[0] for name in wheel.namelist()}
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert len(dist_info) == 1, tops
+    assert tops - dist_info == {"resnet_serve"}, tops
+
+
+def test_installed_package_is_the_wheel_not_the_checkout(installed: Installed) -> None:
+    done = installed.run(installed.python, "-c", "import resnet_serve.server.app as m; print(m.__file__)")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).is_relative_to(installed.venv), done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("{script}", "--help"),
+        ("{python}", "-m", "resnet_serve", "serve", "--help"),
+        ("{python}", "-c", "from resnet_serve.client import Client; print(Client.__module__)"),
+    ],
+)
+def test_entry_points_work_inside_a_project_with_generic_folders(
+    installed: Installed, argv: tuple[str]
+) -> None:
+    done = installed.run(*(a.format(script=installed.script, python=installed.python) for a in argv))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip(), "nothing printed"
+
+
+def _expected_label(model: Path, image: Image.Image) -> str:
+    """What the server must answer: the contract's preprocessing and a bare ONNX Runtime session."""
+    x = normalize_array(eval_pixels(image, TINY_PREPROCESS)[None], TINY_PREPROCESS)
+    logits = ort.InferenceSession(str(model)).run(None, {"input": x})[0][0]
+    return TINY_LABELS[int(np.argmax(logits))]
+
+
+def test_serve_then_classify_round_trip(installed: Installed) -> None:
+    model = write_tiny_onnx(installed.project / "models" / "tiny.onnx")
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8), mode="L")
+    image.save(installed.project / "digit.png")
+
+    start = time.monotonic()
+    serve = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]
+    server = subprocess.Popen(
+        [installed.script, *serve, "--model", f"tiny={model}"],
+        cwd=installed.project,
+        env=installed.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    log: list[str] = []
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            if match := READY.search(line):
+                port = int(match[1])
+        assert port is not None, "server did not become ready:\n" + "".join(log)
+
+        classify = ["classify", "--server", f"127.0.0.1:{port}", "--format", "json", "--top-k", "1"]
+        done = installed.run(installed.script, *classify, "digit.png")
+        assert done.returncode == 0, done.stdout + done.stderr
+        (record,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert record["predictions"][0]["label"] == _expected_label(model, image), record
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+        rest = server.stderr.read()
+    installed.seconds["serve+classify"] = time.monotonic() - start
+    assert rc == 0, "".join(log) + rest
