@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.bench.stats import LatencySummary
+from resnet_serve.runtime.base import Backend
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,7 @@ def measure(
         spec = backend.info.inputs[0]
         for n in sorted(set(batch_sizes)):
             shape = (n, *spec.shape[1:]) if backend.info.max_batch_size > 0 else spec.shape
-            feeds = {spec.name: rng.standard_normal(shape).astype(spec.dtype)}
-            backend.infer(feeds)
-            times: list[float] = []
-            deadline = time.perf_counter() + seconds
-            while len(times) < 5 or time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                backend.infer(feeds)
-                times.append(time.perf_counter() - t0)
+            times = timed_runs(backend, {spec.name: rng.standard_normal(shape).astype(spec.dtype)}, seconds)
             real_batch = shape[0] if backend.info.max_batch_size > 0 else 1
             results.append(
                 BaselineResult(
@@ -70,3 +64,18 @@ def measure(
     finally:
         backend.close()
     return results
+
+
+def timed_runs(
+    backend: Backend, feeds: dict[str, np.ndarray], seconds: float, warmup: int = 1
+) -> list[float]:
+    """Seconds per `backend.infer(feeds)` after `warmup` untimed runs: about `seconds`, 5 runs at least."""
+    for _ in range(warmup):
+        backend.infer(feeds)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 5 or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        backend.infer(feeds)
+        times.append(time.perf_counter() - t0)
+    return times

@@ -151,6 +151,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnet_serve.bench import extras
     from resnet_serve.bench.loadgen import parse_concurrency, parse_rates
     from resnet_serve.bench.workload import WorkloadError
 
@@ -164,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline is not None and not args.baseline.is_file():
             # baseline.measure says the same, but only after the whole sweep has run
             raise FileNotFoundError(f"--baseline {args.baseline}: no such model file")
+        extras.check(extras.needs(args.protocol, args.images, args.baseline))
         return asyncio.run(_bench(args, loads))
-    except (WorkloadError, ValueError, ConnectionError, OSError) as exc:
+    except (WorkloadError, ValueError, ConnectionError, OSError, extras.MissingPackage) as exc:
         print(f"error: {exc}", file=sys.stderr)
         # An unreachable server is a failure (1); bad options or input files are usage errors (2).
         return 1 if isinstance(exc, ConnectionError) else 2

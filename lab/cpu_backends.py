@@ -5,7 +5,7 @@ Models: ResNet-50 at 224×224 (fixture weight fill: speed does not depend on tra
 one at a time on ResNet-50 (FP32 and INT8) and records what each gave; the table then uses the best settings.
 Prints a table and writes JSON. A script, not a test: numbers depend on the machine and its load.
 
-    python -m bench.cpu_backends --out artifacts/bench/cpu_backends.json
+    python -m lab.cpu_backends --out artifacts/bench/cpu_backends.json
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def print_table(cells: list[Cell]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.cpu_backends",
+        prog="python -m lab.cpu_backends",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,10 +1,10 @@
 """The floor under the server's latency overhead: what Python gRPC itself costs, measured side by side.
 
-    python -m bench.grpc_floor --model artifacts/resnet50/model.onnx --rounds 5
+    python -m lab.grpc_floor --model artifacts/resnet50/model.onnx --rounds 5
 
 Four targets answer the same batch-1 requests, one at a time, in alternating half-second slices so that drift
 on a shared machine hits all alike; the three servers are asked through tritonclient's ModelInfer:
-- bare: the server's backend class called in-process (what bench/server_overhead.py compares against);
+- bare: the server's backend class called in-process (what lab/server_overhead.py compares against);
 - minimal-aio: the least a grpc.aio server can do (one generic ModelInfer handler that parses the request
   with protobuf, runs the same backend on one worker thread and answers; no batcher, validation, metrics or
   interceptor), started by this script with the hidden `--minimal-server aio`;
@@ -35,6 +35,7 @@ from resnet_serve.formats.files import write_json_atomic
 from resnet_serve.server.launch import free_port, serve_command, stop
 
 _MB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "inference.GRPCInferenceService"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * _MB), ("grpc.http2.lookahead_bytes", 16 * _MB)]
 
@@ -150,8 +151,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
     minimal = {
         kind: (port, subprocess.Popen(
-            [sys.executable, __file__, "--minimal-server", kind, "--port", str(port),
-             "--model", str(args.model), "--threads", str(args.threads)]
+            [sys.executable, "-m", "lab.grpc_floor", "--minimal-server", kind, "--port", str(port),
+             "--model", str(args.model), "--threads", str(args.threads)],
+            cwd=ROOT,  # lab/ is not installed: it imports from the repository root
         ))
         for kind, port in (("aio", free_port()), ("sync", free_port()))
     }  # fmt: skip
@@ -220,7 +222,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lab.grpc_floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, required=True, help="an ONNX model from resnet-serve export")
     parser.add_argument("--rounds", type=int, default=3)

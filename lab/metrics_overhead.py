@@ -11,7 +11,7 @@ Two measurements, both printed and written as JSON:
    neighbours' load, CPU time per request much less. The model is tiny by default (8x8 digits,
    microseconds of compute), the worst case for relative metrics overhead.
 
-    python -m bench.metrics_overhead --rounds 4 --seconds 8 --out artifacts/bench/metrics_overhead.json
+    python -m lab.metrics_overhead --rounds 4 --seconds 8 --out artifacts/bench/metrics_overhead.json
 
 Target (docs/metrics.md): at most 2 % throughput difference.
 """
@@ -183,7 +183,7 @@ class Round:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.metrics_overhead",
+        prog="python -m lab.metrics_overhead",
         description="Server throughput with metrics on vs off (and the metric calls' own cost), in one run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

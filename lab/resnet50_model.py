@@ -3,7 +3,7 @@
 Weights are torchvision-format with a fixed seed (speed does not depend on their values); the file then goes
 through the real `resnet-serve export --arch resnet50 --weights` path, folding and parity checks included.
 
-    python -m bench.resnet50_model --out artifacts/resnet50/model.onnx
+    python -m lab.resnet50_model --out artifacts/resnet50/model.onnx
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from resnet_serve.models import registry
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lab.resnet50_model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("artifacts/resnet50/model.onnx"))
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """What serving costs on top of the model: the server (KServe v2 tensors from tritonclient) against the same
 ONNX model called in-process with the server's own backend class, measured side by side in one run.
 
-    python -m bench.server_overhead --model artifacts/resnet50/model.onnx --out artifacts/bench/overhead.json
+    python -m lab.server_overhead --model artifacts/resnet50/model.onnx --out artifacts/bench/overhead.json
 
 Rounds alternate the two so that a noisy neighbour hits both alike; each figure is the median over rounds:
 - concurrency 1: the server's median latency minus the bare batch-1 median (target: within 1 ms);
@@ -132,7 +132,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lab.server_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, required=True, help="an ONNX model from resnet-serve export")
     parser.add_argument("--name", default="model", help="the name it is served under")

@@ -19,4 +19,4 @@ else
 fi
 
 # A hard stop a little past the check's own 450 s budget, so a hung GPU call cannot outlive 8 minutes.
-exec timeout --kill-after=10 470 "$py" -m bench.gpu_check "$@"
+exec timeout --kill-after=10 470 "$py" -m lab.gpu_check "$@"

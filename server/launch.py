@@ -1,6 +1,6 @@
 """Start and stop `resnet-serve serve` as a subprocess: what the demo, the benchmarks and the tests share.
 
-Standard library only (no torch, no grpc), so that bench/gpu_check.py can import it on a machine that lacks
+Standard library only (no torch, no grpc), so that lab/gpu_check/ can import it on a machine that lacks
 optional packages. Readiness is left to each caller: they wait in different ways (health service, KServe
 readiness, the "ready:" log line, a first Classify) because each checks something different.
 """

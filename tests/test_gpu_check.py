@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.gpu_check import Model, Row, Settings, Skip, latency_stats, parity, table, targets
+from lab.gpu_check.model import Model
+from lab.gpu_check.parity import parity
+from lab.gpu_check.report import table, targets
+from lab.gpu_check.row import Row
+from lab.gpu_check.settings import Settings, Skip
+from lab.gpu_check.throughput import latency_stats
 
 BATCHES = (1, 8, 32, 128)
 CONCURRENCY = (1, 64)
@@ -116,7 +121,7 @@ def test_a_server_that_cannot_start_becomes_a_skip_with_its_last_words(tmp_path:
     import subprocess
     import sys
 
-    from lab.gpu_check import wait_ready
+    from lab.gpu_check.served import wait_ready
 
     log = tmp_path / "server.log"
     script = "print('starting'); print('error: unknown backend torch'); raise SystemExit(2)"
