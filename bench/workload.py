@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from PIL import Image
 
 from resnet_serve.client.paths import IMAGE_SUFFIXES
+from resnet_serve.formats.errors import UserError
 
 BUILTIN = ("auto", "digits", "photos")
 
 
-class WorkloadError(ValueError):
+class WorkloadError(UserError, ValueError):
     """The requested images or tensors cannot be prepared; the message is shown as is."""
 
 

@@ -1,7 +1,9 @@
 """The `resnet-serve` program: one subcommand per stage.
 
 Each stage's module is imported only when its subcommand runs, so `resnet-serve serve` never loads torch and
-`resnet-serve --help` starts instantly.
+`resnet-serve --help` starts instantly. Each subcommand's flags live in `cli/commands/<name>.py`, which turns
+them into the library's typed options; `main` is the one place where an error (a `UserError` or an
+`OSError`) becomes the one line a user sees and the exit status.
 """
 
 from __future__ import annotations
@@ -14,27 +16,55 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Command:
-    module: str
+    module: str  # under resnet_serve.cli.commands: configure(parser) and run(args) -> exit status
     summary: str
+    #: Exit status for a UserError or an OSError: 2 where the command treats bad input as a usage error.
+    #: A ConnectionError (no server answered) is always 1: a failure, not a usage error.
+    error_status: int = 1
+    #: Whether the error line names the command (``resnet-serve export: error: ...``) or not (``error: ...``).
+    named_errors: bool = False
+    #: Appended to the line for an OSError (a file that cannot be read or written).
+    os_hint: str = ""
+
+    @property
+    def import_path(self) -> str:
+        return f"{OUR_PACKAGE}.cli.commands.{self.module}"
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "training.loop", "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint"
+        "train",
+        "train a ResNet (digits, an image folder or CIFAR-10) and write a checkpoint",
+        error_status=2,
+        os_hint=" (check --out and --data)",
     ),
     "export": Command(
-        "export.onnx_export", "fold BatchNorm and export a checkpoint or torchvision weights to ONNX"
+        "export",
+        "fold BatchNorm and export a checkpoint or torchvision weights to ONNX",
+        named_errors=True,
     ),
-    "quantize": Command("export.quantize", "INT8 post-training quantization (QDQ) calibrated on real images"),
+    "quantize": Command(
+        "quantize", "INT8 post-training quantization (QDQ) calibrated on real images", named_errors=True
+    ),
     "verify": Command(
-        "export.verify", "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)"
+        "verify",
+        "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)",
+        named_errors=True,
     ),
-    "package": Command("export.package", "lay out ONNX models as a versioned model repository for serving"),
-    "build-engine": Command("export.engine", "compile an ONNX model to a TensorRT engine (GPU nodes)"),
-    "serve": Command("server.main", "run the gRPC inference server (image API + KServe v2) with metrics"),
-    "classify": Command("client.classify", "send image files to a server and print the top-k labels"),
-    "bench": Command("bench.main", "measure latency and throughput against a server (closed or open loop)"),
-    "demo": Command("cli.demo", "train, export, serve and classify the digits end to end"),
+    "package": Command(
+        "package", "lay out ONNX models as a versioned model repository for serving", named_errors=True
+    ),
+    "build-engine": Command("build_engine", "compile an ONNX model to a TensorRT engine (GPU nodes)"),
+    "serve": Command(
+        "serve", "run the gRPC inference server (image API + KServe v2) with metrics", error_status=2
+    ),
+    "classify": Command(
+        "classify", "send image files to a server and print the top-k labels", error_status=2
+    ),
+    "bench": Command(
+        "bench", "measure latency and throughput against a server (closed or open loop)", error_status=2
+    ),
+    "demo": Command("demo", "train, export, serve and classify the digits end to end"),
 }
 
 OUR_PACKAGE = "resnet_serve"
@@ -84,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     cmd = COMMANDS[name]
     try:
-        module = importlib.import_module(f"{OUR_PACKAGE}.{cmd.module}")
+        module = importlib.import_module(cmd.import_path)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == OUR_PACKAGE:
             raise  # a bug of ours, not a missing extra
@@ -101,11 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.configure(parser)
     args = parser.parse_args(rest)
+    from resnet_serve.formats.errors import UserError  # here: nothing but the subcommand loads before it runs
+
     try:
         return int(module.run(args))
+    except (UserError, OSError) as exc:
+        # The one place a user-facing error becomes its line: the layers raise, none of them prints.
+        prefix = f"resnet-serve {name}: error: " if cmd.named_errors else "error: "
+        hint = cmd.os_hint if isinstance(exc, OSError) else ""
+        print(f"{prefix}{error_line(exc)}{hint}", file=sys.stderr)
+        return 1 if isinstance(exc, ConnectionError) else cmd.error_status
     except KeyboardInterrupt:
         print(f"resnet-serve {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def error_line(exc: BaseException) -> str:
+    """The message of a user-facing error; for an OSError, its reason and the path it concerns (atomic
+    writes name the destination path)."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Command-line options for reaching a server, shared by `classify` and `bench`."""
+"""Command-line options for reaching a server, shared by `classify` and `bench`, and their checks."""
 
 from __future__ import annotations
 
 import argparse
 
 from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+from resnet_serve.formats.errors import UserError
+
+
+class OptionError(UserError):
+    """An option that parses but cannot be used (a bad list of rates, an unreadable certificate, ...)."""
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:

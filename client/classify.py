@@ -1,109 +1,71 @@
-"""`resnet-serve classify`: send image files to a server and print their top-k labels."""
+"""What `resnet-serve classify` does: send image files to a server and print their top-k labels."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from resnet_serve.cli.options import add_connection_arguments, positive_float, positive_int, tls_from_args
 from resnet_serve.client import output
 from resnet_serve.client.aio import AsyncClient
+from resnet_serve.client.channel import TLSConfig
 from resnet_serve.client.output import Outcome
-from resnet_serve.client.paths import Input, expand
+from resnet_serve.client.paths import Input
 from resnet_serve.client.results import ClassifyError
 
 PROGRESS_MIN_FILES = 20  # fewer files than this finish before a progress bar would tell anything
 
-EXAMPLES = """examples:
-  resnet-serve classify cat.jpg dog.png
-  resnet-serve classify --top-k 3 photos/                 # every image under photos/, recursively
-  resnet-serve classify 'scans/**/*.png' --format json > results.jsonl
-  resnet-serve classify --server gpu-box:8001 --model resnet50 --concurrency 16 --format csv images/
 
-The summary (count, errors, latency percentiles) goes to stderr; the exit status is 1 if any image failed
-(after all the others were classified), 2 for bad options."""
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """What `classify_all` sends where, and how it prints the results."""
 
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Classify image files with a running resnet-serve server."
-    parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
-    parser.add_argument("--model", default="", help="model name (default: the server's default model)")
-    parser.add_argument(
-        "--model-version", default="", metavar="VERSION", help="model version (default: the latest ready)"
-    )
-    parser.add_argument(
-        "--top-k", type=positive_int, default=5, metavar="K", help="labels per image (default: 5)"
-    )
-    parser.add_argument(
-        "--format",
-        choices=output.FORMATS,
-        default="human",
-        help="stdout: human lines, JSON lines or CSV (default: human)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="requests in flight at once (default: 8)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=30.0,
-        metavar="S",
-        help="deadline per image in seconds (default: 30)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
-    add_connection_arguments(parser)
+    server: str
+    model: str = ""  # "": the server's default model
+    model_version: str = ""  # "": the latest ready version
+    top_k: int = 5
+    format: str = "human"  # one of output.FORMATS
+    concurrency: int = 8
+    timeout: float = 30.0  # seconds per image
+    no_progress: bool = False
+    tls: TLSConfig | None = None
 
 
-def run(args: argparse.Namespace) -> int:
-    inputs = expand(args.paths)
-    try:
-        return asyncio.run(_classify_all(args, inputs))
-    except (OSError, ValueError) as exc:  # e.g. an unreadable certificate file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-async def _classify_all(args: argparse.Namespace, inputs: list[Input]) -> int:
+async def classify_all(options: ClassifyOptions, inputs: list[Input]) -> int:
+    """Classify ``inputs``, printing each outcome in input order and a summary on stderr; 0 when all
+    succeeded, 1 when any failed. Raises ConnectionError when no server answers."""
     client = AsyncClient(
-        args.server,
-        model=args.model,
-        version=args.model_version,
-        timeout=args.timeout,
-        tls=tls_from_args(args),
+        options.server,
+        model=options.model,
+        version=options.model_version,
+        timeout=options.timeout,
+        tls=options.tls,
     )
     async with client:
         try:
-            await client.wait_until_ready(timeout=min(args.timeout, 10.0))
+            await client.wait_until_ready(timeout=min(options.timeout, 10.0))
         except ClassifyError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
+            raise ConnectionError(exc.message) from None
         start = time.perf_counter()
-        outcomes = await _run_in_order(client, inputs, args)
+        outcomes = await _run_in_order(client, inputs, options)
         elapsed = time.perf_counter() - start
     print(summary(outcomes, elapsed), file=sys.stderr)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-async def _run_in_order(client: AsyncClient, inputs: list[Input], args: argparse.Namespace) -> list[Outcome]:
+async def _run_in_order(client: AsyncClient, inputs: list[Input], options: ClassifyOptions) -> list[Outcome]:
     """Classify with `concurrency` requests in flight, printing outcomes in input order as they complete."""
     from tqdm import tqdm
 
-    show_bar = len(inputs) >= PROGRESS_MIN_FILES and not args.no_progress
+    show_bar = len(inputs) >= PROGRESS_MIN_FILES and not options.no_progress
     bar = tqdm(total=len(inputs), unit="img", file=sys.stderr, disable=None if show_bar else True)
-    emit = _emitter(args.format, bar)
+    emit = _emitter(options.format, bar)
     done: list[Outcome | None] = [None] * len(inputs)
     next_to_print = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -114,16 +76,16 @@ async def _run_in_order(client: AsyncClient, inputs: list[Input], args: argparse
         nonlocal next_to_print
         while not queue.empty():
             i = queue.get_nowait()
-            done[i] = await _classify_one(client, inputs[i], args.top_k)
+            done[i] = await _classify_one(client, inputs[i], options.top_k)
             bar.update(1)
             while next_to_print < len(done) and (ready := done[next_to_print]) is not None:
                 emit(ready)
                 next_to_print += 1
 
-    if args.format == "csv":
+    if options.format == "csv":
         print(output.csv_header(), flush=True)
     try:
-        await asyncio.gather(*(worker() for _ in range(min(args.concurrency, len(inputs)))))
+        await asyncio.gather(*(worker() for _ in range(min(options.concurrency, len(inputs)))))
     finally:
         bar.close()
     return [o for o in done if o is not None]

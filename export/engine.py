@@ -13,7 +13,6 @@ TensorRT ever sees it. Everything except `build()` is pure Python and tested wit
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from resnet_serve.export.errors import os_error_line
+from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import PREFIX, props_of
 
@@ -40,7 +39,7 @@ _SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}
 MIN_TRT_MAJOR = 10
 
 
-class EngineError(ValueError):
+class EngineError(UserError, ValueError):
     """A build cannot proceed; the message says why and what to do."""
 
 
@@ -372,88 +371,3 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
     write_atomic(req.engine_path, engine_bytes)
     write_atomic(sidecar_path(req.engine_path), sidecar.to_json().encode())
     return sidecar
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Compile an ONNX model from `resnet-serve export` (or `quantize`) into a TensorRT engine for this "
-        "GPU, and write ENGINE.json beside it (TensorRT version, GPU, profile, precision, source hash). The "
-        "engine runs only with the same TensorRT version on the same GPU architecture; the server checks "
-        "the sidecar and asks for a rebuild otherwise."
-    )
-    parser.epilog = (
-        "precision: the engine runs in the types of the ONNX graph (strongly typed). --precision fp16 "
-        "converts an FP32 ONNX to FP16 first (float32 I/O kept); int8 needs the QDQ ONNX from "
-        "`resnet-serve quantize`. example:\n"
-        "  resnet-serve build-engine model.onnx --out model.plan --precision fp16 --max-batch 128"
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("onnx", type=Path, help="ONNX model (FP32, FP16 or INT8 QDQ from our export)")
-    parser.add_argument("--out", type=Path, required=True, help="engine file to write (e.g. model.plan)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto: the ONNX's own precision (default); fp16 converts an FP32 ONNX first",
-    )
-    parser.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts (1)")
-    parser.add_argument("--opt-batch", type=int, default=32, help="batch size TensorRT tunes for (32)")
-    parser.add_argument(
-        "--max-batch", type=int, default=128, help="largest batch (128); the server splits larger batches"
-    )
-    parser.add_argument(
-        "--workspace-mib", type=int, default=4096, help="builder workspace limit in MiB (4096)"
-    )
-    parser.add_argument(
-        "--timing-cache",
-        type=Path,
-        default=None,
-        help="persistent timing cache file: read if present, updated after the build; "
-        "makes rebuilds on the same GPU much faster",
-    )
-    parser.add_argument(
-        "--tf32",
-        action="store_true",
-        help="allow TF32 math in FP32 engines (faster on Ampere+, ~1e-3 relative error)",
-    )
-    parser.add_argument(
-        "--weak-typing",
-        action="store_true",
-        help="TensorRT 10 only: use the FP16/INT8 builder flags instead of a typed ONNX",
-    )
-    parser.add_argument("--device", type=int, default=0, help="CUDA device index (0)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.workspace_mib < 1:
-            raise EngineError(f"--workspace-mib must be positive, got {args.workspace_mib}")
-        if not args.onnx.is_file():
-            raise EngineError(f"no such ONNX file: {args.onnx}")
-        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
-        require_tensorrt()
-        sidecar = build(
-            BuildRequest(
-                onnx_path=args.onnx,
-                engine_path=args.out,
-                profile=profile,
-                precision=args.precision,
-                workspace_mib=args.workspace_mib,
-                timing_cache=args.timing_cache,
-                weak_typing=args.weak_typing,
-                tf32=args.tf32,
-                device=args.device,
-            )
-        )
-    except EngineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # --out or --timing-cache cannot be written
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
-        f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "
-        f"built in {sidecar.build_seconds:.0f} s) and {sidecar_path(args.out).name}"
-    )
-    return 0

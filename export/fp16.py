@@ -11,20 +11,19 @@ no new dependency); NVIDIA's ModelOpt AutoCast does the same job but is not inst
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import PREFIX, props_of
 
 PRECISION_KEY = PREFIX + "precision"
 
 
-class Fp16Error(ValueError):
+class Fp16Error(UserError, ValueError):
     """The model cannot be converted; the message says why."""
 
 
@@ -77,23 +76,3 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
     del graph.node[:]
     graph.node.extend(copies)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Convert an FP32 ONNX model from `resnet-serve export` to FP16 (weights and activations), keeping "
-        "the float32 input and output. Build a TensorRT FP16 engine from the result (TensorRT 11 has no "
-        "FP16 flag)."
-    )
-    parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the FP16 ONNX model")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        convert_file(args.onnx, args.out)
-    except Fp16Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (fp16, float32 I/O)")
-    return 0

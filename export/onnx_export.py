@@ -14,14 +14,10 @@ examples:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,11 +25,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from resnet_serve.cli.helpformat import HelpFormatter
-from resnet_serve.export.errors import ExportError, os_error_line
-from resnet_serve.export.samples import evaluation_batch
-from resnet_serve.export.sources import Source, add_source_arguments, load_source
-from resnet_serve.formats.files import write_bytes_atomic
+from resnet_serve.export.errors import ExportError
+from resnet_serve.export.sources import Source
 from resnet_serve.formats.metadata import write
 from resnet_serve.models.fold import FoldError, fold_batchnorm
 
@@ -174,7 +167,7 @@ def export_source(
     return proto, rel
 
 
-def _to_fp16(
+def to_fp16_checked(
     fp32: onnx.ModelProto, source: Source, inputs: NDArray[np.float32]
 ) -> tuple[onnx.ModelProto, float]:
     from resnet_serve.export.fp16 import Fp16Error, to_fp16
@@ -188,65 +181,3 @@ def _to_fp16(
     if not rel <= FP16_TOLERANCE:
         raise ExportError(f"FP16 logits differ from PyTorch: relative error {rel:.2e} > {FP16_TOLERANCE:.0e}")
     return model, rel
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
-    add_source_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (atomically)")
-    parser.add_argument(
-        "--no-fold",
-        dest="fold",
-        action="store_false",
-        help="keep BatchNormalization nodes (for debugging; serving wants folded models)",
-    )
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (why 18: docs/export.md)")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        help="folder of images to compare on (default: digits held-out split for digits "
-        "models, else scikit-learn's sample photos)",
-    )
-    parser.add_argument("--num-images", type=int, default=16, help="how many images to compare on")
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="fp16: convert the checked FP32 graph to FP16 (float32 I/O kept) with "
-        f"export.fp16, compared to PyTorch at relative error ≤ {FP16_TOLERANCE:.0e}",
-    )
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULT_TOLERANCE,
-        help="largest allowed relative error of ONNX Runtime vs PyTorch logits",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    try:
-        if args.num_images < 1:
-            raise ExportError("--num-images must be at least 1")
-        source = load_source(args)
-        inputs, _ = evaluation_batch(source.meta.preprocess, source.dataset, args.images, args.num_images)
-        print(
-            f"exporting {source.meta.arch} ({len(source.meta.labels)} classes, input "
-            f"{tuple(inputs.shape[1:])}, opset {args.opset})"
-        )
-        proto, rel = export_source(source, inputs, args.fold, args.opset, args.tolerance)
-        if args.precision == "fp16":
-            proto, rel = _to_fp16(proto, source, inputs)
-        data = proto.SerializeToString()
-        write_bytes_atomic(args.out, data)
-    except ExportError as exc:
-        print(f"resnet-serve export: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
-        print(f"resnet-serve export: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {args.out} ({len(data) / 1e6:.1f} MB, {len(proto.graph.node)} nodes, "
-        f"precision {args.precision}, rel error {rel:.1e}) in {time.perf_counter() - start:.1f} s"
-    )
-    return 0

@@ -14,17 +14,14 @@ examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.cli.helpformat import HelpFormatter
-from resnet_serve.export.errors import os_error_line
+from resnet_serve.formats.errors import UserError
 
 FORMAT = "resnet-serve-repository/1"
 CONFIG_NAME = "config.json"
@@ -33,7 +30,7 @@ _PLATFORM = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "to
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class RepositoryError(ValueError):
+class RepositoryError(UserError, ValueError):
     """A repository, model config or package request that cannot be used; the message is one line."""
 
 
@@ -322,54 +319,3 @@ def package(
         shutil.rmtree(version_dir, ignore_errors=True)
         raise
     return read_model(model_dir), entry
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
-    parser.add_argument("model", type=Path, help="ONNX model from `resnet-serve export` or `quantize`")
-    parser.add_argument("--repo", type=Path, required=True, help="model repository directory")
-    parser.add_argument("--name", required=True, help="model name (the directory under --repo)")
-    parser.add_argument("--version", type=int, help="version number (default: one above the latest)")
-    settings = parser.add_argument_group(
-        "serving settings (model-level; when adding a version, omitted ones keep the model's current values)"
-    )
-    settings.add_argument("--max-batch-size", type=int, help="largest batch the server may form [32]")
-    settings.add_argument(
-        "--preferred-batch-sizes",
-        type=int,
-        nargs="+",
-        help="batch sizes the batcher aims for [8 16 32 64, up to the max]",
-    )
-    settings.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        help="longest a request waits for a batch to fill, microseconds [2000]",
-    )
-    settings.add_argument("--backend", choices=BACKENDS, help="preferred backend [onnxruntime]")
-    settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        settings = ServingSettings(
-            args.max_batch_size,
-            args.preferred_batch_sizes,
-            args.max_queue_delay_us,
-            args.backend,
-            args.instances,
-        )
-        cfg, entry = package(args.model, args.repo, args.name, args.version, settings)
-    except RepositoryError as exc:
-        print(f"resnet-serve package: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
-        print(f"resnet-serve package: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    print(
-        f"packaged {args.model} as {cfg.name} version {entry.version} ({entry.precision}, {entry.arch}) "
-        f"in {args.repo}; versions now {[v.version for v in cfg.versions]}; "
-        f"max batch {cfg.max_batch_size}, "
-        f"preferred {cfg.dynamic_batching.preferred_batch_sizes}, queue delay "
-        f"{cfg.dynamic_batching.max_queue_delay_us} µs, backend {cfg.backend}"
-    )
-    return 0

@@ -18,12 +18,10 @@ examples:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +32,7 @@ from numpy.typing import NDArray
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from resnet_serve.cli.helpformat import HelpFormatter
-from resnet_serve.export.errors import ExportError, os_error_line
-from resnet_serve.export.samples import calibration_batch
-from resnet_serve.formats.files import atomic_path
+from resnet_serve.export.errors import ExportError
 from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -232,63 +227,3 @@ def output_paths(out: Path, variant: str) -> dict[str, Path]:
     if variant != "both":
         return {variant: out}
     return {v: out.with_name(f"{out.stem}-{v}{out.suffix or '.onnx'}") for v in VARIANTS}
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
-    parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx",
-    )
-    parser.add_argument(
-        "--variant",
-        choices=[*VARIANTS, "both"],
-        default="ort",
-        help="trt: symmetric S8S8 for TensorRT; ort: U8S8, fastest on ONNX Runtime CPU",
-    )
-    parser.add_argument(
-        "--method",
-        choices=METHODS,
-        default="minmax",
-        help="activation range calibration: min/max, KL entropy, or percentile histogram "
-        "(entropy clips ResNet activations too hard, see docs/export.md)",
-    )
-    parser.add_argument(
-        "--images",
-        type=Path,
-        help="folder of training images to calibrate on (default for the digits model: its training split)",
-    )
-    parser.add_argument("--num-calibration", type=int, default=256, help="calibration images to use")
-
-
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    try:
-        if args.num_calibration < 1:
-            raise ExportError("--num-calibration must be at least 1")
-        fp32, meta = load_fp32(args.onnx)
-        data = calibration_batch(meta.labels, meta.preprocess, args.images, args.num_calibration)
-        print(f"quantizing {meta.arch} to INT8 QDQ: {args.method} calibration on {len(data)} images")
-        paths = output_paths(args.out, args.variant)
-        models = quantize(fp32, meta, data, tuple(paths), args.method)
-        written = []
-        # All or nothing: every file is written beside its destination first and renamed only once all
-        # are written (a folder as destination, or a failed write such as a full disk, leaves neither).
-        with contextlib.ExitStack() as files:
-            for variant, path in paths.items():
-                payload = models[variant].SerializeToString()
-                files.enter_context(atomic_path(path)).write_bytes(payload)
-                written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
-    except ExportError as exc:
-        print(f"resnet-serve quantize: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
-        print(f"resnet-serve quantize: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    for line in written:
-        print(f"wrote {line}")
-    print(f"done in {time.perf_counter() - start:.1f} s; check it with `resnet-serve verify`")
-    return 0

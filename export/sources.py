@@ -5,7 +5,6 @@ Both end as the same thing: an eval-mode nn.Module plus the metadata that will t
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,70 +36,6 @@ class Source:
     meta: ModelMetadata
     model_config: dict[str, Any]
     dataset: str | None  # "digits" when the checkpoint says so: selects the held-out images to compare on
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, or --arch + --weights (+ preprocessing overrides): shared by export and verify."""
-    src = parser.add_argument_group("model source (give --checkpoint, or --arch with --weights)")
-    src.add_argument("--checkpoint", type=Path, help="a resnet-serve checkpoint (from `resnet-serve train`)")
-    src.add_argument(
-        "--arch",
-        help="architecture of --weights (e.g. resnet50, resnext50_32x4d); with "
-        "--checkpoint, the architecture the checkpoint must hold",
-    )
-    src.add_argument("--weights", type=Path, help="a torchvision-format state_dict (.pth) for --arch")
-    src.add_argument(
-        "--num-classes", type=int, help="classes of --weights (default: read from its fc.weight)"
-    )
-    src.add_argument("--labels", type=Path, help="text file, one label per line (default: class_0..)")
-    pre = parser.add_argument_group("preprocessing for --weights (defaults: torchvision's ImageNet recipe)")
-    pre.add_argument("--color", choices=["RGB", "L"], default=IMAGENET_PREPROCESS["color"])
-    pre.add_argument(
-        "--resize",
-        type=int,
-        default=IMAGENET_PREPROCESS["resize"],
-        help="shorter side after resizing, pixels",
-    )
-    pre.add_argument(
-        "--crop", type=int, default=IMAGENET_PREPROCESS["crop"], help="centre crop size = model input size"
-    )
-    pre.add_argument(
-        "--interpolation",
-        default=IMAGENET_PREPROCESS["interpolation"],
-        choices=["nearest", "bilinear", "bicubic", "lanczos"],
-    )
-    pre.add_argument(
-        "--mean",
-        type=float,
-        nargs="+",
-        default=IMAGENET_PREPROCESS["mean"],
-        help="per-channel mean on [0,1] pixels",
-    )
-    pre.add_argument(
-        "--std",
-        type=float,
-        nargs="+",
-        default=IMAGENET_PREPROCESS["std"],
-        help="per-channel std on [0,1] pixels",
-    )
-
-
-def load_source(args: argparse.Namespace) -> Source:
-    if args.checkpoint is not None and args.weights is not None:
-        raise ExportError("give either --checkpoint or --weights (with --arch), not both")
-    if args.checkpoint is not None:
-        return from_checkpoint(args.checkpoint, args.arch)
-    if args.arch is None or args.weights is None:
-        raise ExportError("need a model: --checkpoint FILE, or --arch NAME --weights FILE")
-    preprocess = {
-        "color": args.color,
-        "resize": args.resize,
-        "crop": args.crop,
-        "interpolation": args.interpolation,
-        "mean": list(args.mean),
-        "std": list(args.std),
-    }
-    return from_torchvision(args.arch, args.weights, args.num_classes, args.labels, preprocess)
 
 
 def from_checkpoint(path: Path, arch: str | None = None) -> Source:

@@ -15,21 +15,17 @@ examples:
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from resnet_serve.cli.helpformat import HelpFormatter
-from resnet_serve.export.errors import ExportError, os_error_line
+from resnet_serve.export.errors import ExportError
 from resnet_serve.export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
 from resnet_serve.export.samples import evaluation_batch
-from resnet_serve.export.sources import Source, add_source_arguments, load_source
-from resnet_serve.formats.files import write_json_atomic
+from resnet_serve.export.sources import Source
 from resnet_serve.formats.metadata import ModelMetadata, read
 
 CHUNK = 32
@@ -211,75 +207,3 @@ def print_table(results: list[StageResult], n: int) -> None:
             f"{_fmt(None if r.top1_agreement is None else r.top1_agreement * 100, '.2f'):>10}%"
             f"{_fmt(None if r.accuracy is None else r.accuracy * 100, '.2f'):>9}%  {verdict} ({r.reason})"
         )
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
-    add_source_arguments(parser)
-    parser.add_argument(
-        "--onnx",
-        type=Path,
-        action="append",
-        default=[],
-        help="an ONNX model from export/quantize (repeatable)",
-    )
-    parser.add_argument(
-        "--engine",
-        type=Path,
-        action="append",
-        default=[],
-        help="a TensorRT engine from build-engine (repeatable; skipped without TensorRT)",
-    )
-    parser.add_argument(
-        "--images",
-        type=Path,
-        help="image folder to compare on (default: digits held-out "
-        "split for digits models, else scikit-learn's sample photos)",
-    )
-    parser.add_argument("--num-images", type=int, default=512, help="at most this many images")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--fp32-tol", type=float, default=Tolerances.fp32_rel, help="FP32 relative error")
-    parser.add_argument("--fp16-tol", type=float, default=Tolerances.fp16_rel, help="FP16 relative error")
-    parser.add_argument(
-        "--int8-agreement",
-        type=float,
-        default=Tolerances.int8_agreement,
-        help="INT8 minimum top-1 agreement with PyTorch (fraction)",
-    )
-    parser.add_argument(
-        "--int8-acc-drop",
-        type=float,
-        default=Tolerances.int8_acc_drop,
-        help="INT8 largest accuracy drop (fraction: 0.005 = 0.5 points)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    tol = Tolerances(args.fp32_tol, args.fp16_tol, args.int8_agreement, args.int8_acc_drop)
-    try:
-        if args.num_images < 1:
-            raise ExportError("--num-images must be at least 1")
-        has_source = args.checkpoint is not None or args.weights is not None
-        source = load_source(args) if has_source else None
-        results, n = verify(source, list(args.onnx), list(args.engine), args.images, args.num_images, tol)
-        if args.json is not None:
-            payload = {
-                "images": n,
-                "tolerances": asdict(tol),
-                "stages": [asdict(r) for r in results],
-                "ok": all(r.ok for r in results),
-            }
-            write_json_atomic(args.json, payload)
-    except ExportError as exc:
-        print(f"resnet-serve verify: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)
-        print(f"resnet-serve verify: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    print_table(results, n)
-    failed = [r.stage for r in results if not r.ok]
-    if failed:
-        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    print("all stages within tolerance")
-    return 0

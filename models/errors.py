@@ -1,9 +1,11 @@
-"""Errors that reach the user as one-line messages (the CLI prints ``str(err)`` and exits non-zero)."""
+"""Errors of the models layer; each is a `UserError`, so the CLI prints ``str(err)`` as one line."""
 
 from __future__ import annotations
 
+from resnet_serve.formats.errors import UserError
 
-class ModelsError(Exception):
+
+class ModelsError(UserError):
     """Base class: every subclass message is a single line that says what went wrong and what to do."""
 
 

@@ -22,7 +22,6 @@ from that table, so they cannot drift apart.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import tomllib
@@ -31,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_serve.formats.errors import UserError
+
 ENV_PREFIX = "RESNET_SERVE_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message names the option and what it expects."""
 
 
@@ -264,55 +265,11 @@ _BY_KEY = {o.key: o for o in OPTIONS}
 _MODEL_TABLE_KEYS = {o.key for o in OPTIONS if o.scope == "model"} | {"path"}
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add `--config`, `--model` and one flag per option; defaults and env names appear in `--help`."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help=f"TOML configuration file (env {ENV_PREFIX}CONFIG)",
-    )
-    parser.add_argument(
-        "--model",
-        metavar="NAME=PATH",
-        action="append",
-        default=argparse.SUPPRESS,
-        help="serve an .onnx file (version 1) or a directory of numbered versions under NAME; repeatable",
-    )
-    groups = {
-        "server": parser.add_argument_group("server"),
-        "model": parser.add_argument_group(
-            "models (defaults for every model; a packaged config.json, then [models.NAME], override them)"
-        ),
-    }
-    for opt in OPTIONS:
-        default = opt.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        shown = str(shown).lower() if isinstance(shown, bool) else shown
-        groups[opt.scope].add_argument(
-            opt.flag,
-            dest=opt.key,
-            metavar=opt.metavar or None,
-            type=_flag_type(opt),
-            default=argparse.SUPPRESS,
-            help=f"{opt.help} (default: {shown if shown != '' else 'none'}; env {opt.env})",
-        )
-
-
-def _flag_type(opt: Option) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return opt.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{opt.flag}: {exc}") from None
-
-    return parse
-
-
-def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
-    """Merge defaults, the TOML file, env vars and flags into a validated ServerConfig."""
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Merge defaults, the TOML file, env vars and flags into a validated ServerConfig. ``flags`` holds the
+    options given on the command line only (keyed as in OPTIONS, plus ``config`` and ``model``)."""
     env = os.environ if env is None else env
-    flags = vars(args) if args is not None else {}
+    flags = flags or {}
     config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG", "")
     toml: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
 

@@ -166,7 +166,7 @@ def unprovided(command: str, project: dict[str, object]) -> list[str]:
     deps = COMMAND_DEPS[command]
     have = installed_by(project, deps.extras)
     missing = []
-    for name, where in sorted(third_party_imports(f"{PACKAGE}.{COMMANDS[command].module}").items()):
+    for name, where in sorted(third_party_imports(COMMANDS[command].import_path).items()):
         assert name in DISTRIBUTIONS, f"{where} imports {name}: add it to DISTRIBUTIONS"
         if DISTRIBUTIONS[name] not in have and name not in deps.checked:
             missing.append(f"{command}: {where} imports {name}, which {deps.extras or 'the base'} lacks")

@@ -3,7 +3,6 @@ and bad input is a one-line error with a non-zero exit."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -13,17 +12,15 @@ import pytest
 import torch
 from test_models_data import write_digit_folder
 
+from resnet_serve.cli.main import main
 from resnet_serve.models.checkpoint import load_model, read_checkpoint
-from resnet_serve.training import loop as train
 from resnet_serve.training.log import log_paths, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*argv: str | Path) -> int:
-    parser = argparse.ArgumentParser()
-    train.configure(parser)
-    return train.run(parser.parse_args([str(a) for a in argv]))
+    return main(["train", *map(str, argv)])
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +122,7 @@ def test_out_of_range_settings_are_a_one_line_error_and_write_nothing(
 def test_torchrun_with_two_gloo_processes_trains_and_rank_0_writes_once(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp" / "model.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "resnet_serve.training.loop", *map(str, _tiny_args(tiny, out, epochs=2))]  # fmt: skip
+           "-m", "resnet_serve", "train", *map(str, _tiny_args(tiny, out, epochs=2))]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

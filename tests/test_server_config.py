@@ -6,18 +6,21 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from resnet_serve.server.config import OPTIONS, ConfigError, ServerConfig, configure_parser, load_config
+from resnet_serve.cli.commands.serve import configure_parser
+from resnet_serve.server.config import OPTIONS, ConfigError, ServerConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str) -> dict[str, Any]:
+    """The flags given, as `resnet-serve serve` passes them to load_config."""
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    return parser.parse_args(list(argv))
+    return vars(parser.parse_args(list(argv)))
 
 
 def write_toml(tmp_path: Path, text: str) -> str:

@@ -3,7 +3,6 @@ FP16 ONNX conversion and the one-line refusal when TensorRT is missing."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from resnet_serve.cli.main import main
 from resnet_serve.export import engine
 from resnet_serve.export.engine import BatchProfile, EngineError, network_plan, resolve_precision
 from resnet_serve.export.fp16 import Fp16Error, to_fp16
@@ -159,10 +159,8 @@ def test_model_input_rejects_dynamic_image_size() -> None:
 # ---- the command ----
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    engine.configure(parser)
-    return parser.parse_args(list(argv))
+def _build_engine(*argv: str) -> int:
+    return main(["build-engine", *argv])
 
 
 def test_missing_tensorrt_is_one_line_and_non_zero(
@@ -170,7 +168,7 @@ def test_missing_tensorrt_is_one_line_and_non_zero(
 ) -> None:
     model = tmp_path / "m.onnx"
     onnx.save(tiny_classifier(), str(model))
-    code = engine.run(_args(str(model), "--out", str(tmp_path / "m.plan")))
+    code = _build_engine(str(model), "--out", str(tmp_path / "m.plan"))
     err = capsys.readouterr().err
     if tensorrt_installed():
         pytest.skip("TensorRT is installed here; the GPU tests cover the build")
@@ -184,9 +182,9 @@ def test_bad_arguments_fail_before_touching_tensorrt(
 ) -> None:
     model = tmp_path / "m.onnx"
     onnx.save(tiny_classifier(), str(model))
-    assert engine.run(_args(str(model), "--out", "x.plan", "--min-batch", "8", "--max-batch", "4")) == 1
+    assert _build_engine(str(model), "--out", "x.plan", "--min-batch", "8", "--max-batch", "4") == 1
     assert "min <= opt <= max" in capsys.readouterr().err
-    assert engine.run(_args(str(tmp_path / "absent.onnx"), "--out", "x.plan")) == 1
+    assert _build_engine(str(tmp_path / "absent.onnx"), "--out", "x.plan") == 1
     assert "no such ONNX file" in capsys.readouterr().err
 
 

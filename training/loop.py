@@ -1,4 +1,5 @@
-"""``resnet-serve train``: train a ResNet on digits, an image folder or CIFAR-10 and write a checkpoint.
+"""The training loop behind ``resnet-serve train``: a ResNet on digits, an image folder or CIFAR-10, written
+as a checkpoint.
 
 Single process by default; under ``torchrun --nproc_per_node=N`` it trains data-parallel
 (DistributedDataParallel, gloo on CPU, NCCL on GPU) with the same global batch, and rank 0 writes the
@@ -8,19 +9,18 @@ checkpoint, the JSON-lines log and the curves. A checkpoint is written atomicall
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise). Read when torch loads, so
-# it only helps where torch was not imported yet (`python -m models.train`, torchrun, the CLI). Measured on
+# it only helps where torch was not imported yet (torchrun, `python -m resnet_serve train`). Measured on
 # 2 cores shared with other jobs: 3-epoch digits runs took 14-30 s per epoch spinning, 3-7 s passive.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -33,143 +33,39 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from resnet_serve.models import registry
-from resnet_serve.models.checkpoint import FORMAT, check_arch, read_checkpoint, save_checkpoint
+from resnet_serve.models.checkpoint import FORMAT, read_checkpoint, save_checkpoint
 from resnet_serve.models.errors import CheckpointError, ModelsError
 from resnet_serve.training import data as datasets
 from resnet_serve.training.augment import augment, normalize
+from resnet_serve.training.config import TrainConfig, TrainOptions
 from resnet_serve.training.data import ImageSplit
 from resnet_serve.training.log import log_paths, plot_curves, write_log
 
-DEFAULTS: dict[str, Any] = {
-    "arch": "resnet20",
-    "dataset": "digits",
-    "data": None,
-    "epochs": 20,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "opt": "sgd",
-    "warmup_epochs": 2.0,
-    "label_smoothing": 0.1,
-    "seed": 0,
-    "amp": "auto",
-    "color": "RGB",
-    "image_size": 64,
-    "zero_init_residual": False,
-}
-#: Settings that define the run; a resumed run takes them from the checkpoint so it continues exactly.
-RUN_SETTINGS = tuple(DEFAULTS)
+
+def train(config: TrainConfig, options: TrainOptions) -> int:
+    """Train a fresh run; 0 when done, 3 when ``stop_after_steps`` stopped it. Raises UserError (a one-line
+    message) for an unusable data set or checkpoint, OSError for a file that cannot be written."""
+    return _session(lambda: _train(config, options, None))
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` flags to ``parser``."""
-    parser.description = (
-        "Train a ResNet and write a resnet-serve checkpoint (plus <out>.log.jsonl and <out>.curves.png). "
-        "The defaults train resnet20 on scikit-learn's digits to >= 99% held-out accuracy in under "
-        "3 minutes on 2 CPU cores. "
-        " Data-parallel: torchrun --nproc_per_node=2 -m models.train ..."
-    )
-    a = parser.add_argument
-    a("--arch", default=None, help=f"architecture, one of: {', '.join(registry.names())} [default: resnet20]")
-    a(
-        "--dataset",
-        choices=datasets.DATASETS,
-        default=None,
-        help="digits: sklearn's 8x8 digits (built in); folder: --data DIR/<class>/*.jpg "
-        "(or DIR/train + DIR/val); "
-        "cifar10: --data DIR of CIFAR-10 python batches [default: digits]",
-    )
-    a("--data", type=Path, default=None, help="data set location for folder and cifar10")
-    a(
-        "--out",
-        type=Path,
-        default=Path("artifacts/digits/model.pt"),
-        help="checkpoint path, rewritten after every epoch [default: artifacts/digits/model.pt]",
-    )
-    a("--epochs", type=int, default=None, help=f"training epochs [default: {DEFAULTS['epochs']}]")
-    a(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"global batch size, split across processes [default: {DEFAULTS['batch_size']}]",
-    )
-    a("--lr", type=float, default=None, help=f"peak learning rate [default: {DEFAULTS['lr']}]")
-    a(
-        "--momentum",
-        type=float,
-        default=None,
-        help=f"SGD momentum (Nesterov) [default: {DEFAULTS['momentum']}]",
-    )
-    a("--weight-decay", type=float, default=None, help=f"weight decay [default: {DEFAULTS['weight_decay']}]")
-    a("--opt", choices=("sgd", "adamw"), default=None, help="optimizer [default: sgd]")
-    a(
-        "--warmup-epochs",
-        type=float,
-        default=None,
-        help=f"linear warm-up before the cosine decay [default: {DEFAULTS['warmup_epochs']}]",
-    )
-    a(
-        "--label-smoothing",
-        type=float,
-        default=None,
-        help=f"cross-entropy label smoothing [default: {DEFAULTS['label_smoothing']}]",
-    )
-    a(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed for initialisation, shuffling and augmentation [default: 0]",
-    )
-    a(
-        "--amp",
-        choices=("auto", "off", "bf16", "fp16"),
-        default=None,
-        help="mixed precision: auto = fp16/bf16 autocast on CUDA, off on CPU; bf16 also works on CPU "
-        "[default: auto]",
-    )
-    a("--color", choices=("RGB", "L"), default=None, help="folder data: colour mode [default: RGB]")
-    a(
-        "--image-size",
-        type=int,
-        default=None,
-        help="folder data: crop size (images are resized to size*8/7 first) [default: 64]",
-    )
-    a(
-        "--zero-init-residual",
-        action="store_true",
-        default=None,
-        help="start each residual branch's last BatchNorm at 0 (helps large-batch ImageNet runs; on small "
-        "data sets like digits it slows the first epochs down a lot)",
-    )
-    a(
-        "--resume",
-        nargs="?",
-        const="",
-        default=None,
-        type=str,
-        metavar="CKPT",
-        help="continue an interrupted run from CKPT (default: --out) with the settings stored in it",
-    )
-    a("--workers", type=int, default=2, help="threads that decode folder images [default: 2]")
-    a("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if available]")
-    a("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
+def resume(options: TrainOptions, overrides: Mapping[str, Any]) -> int:
+    """Continue the run stored in ``options.resume`` with the settings stored in it; ``overrides`` are the
+    settings the user gave explicitly, which must agree with them. Returns and raises as `train`."""
+    path = options.resume or options.out
+    resumed = read_checkpoint(path)
+    if "train_config" not in resumed:
+        raise CheckpointError(
+            f"{path} holds no training state (was it written by an export step?): "
+            "train afresh without --resume"
+        )
+    config = TrainConfig.resumed(resumed, overrides, path)
+    return _session(lambda: _train(config, options, resumed))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train; 0 on success, 2 with a one-line message on bad input, an unusable data set/checkpoint or a file
-    that cannot be written, 130 on Ctrl-C (the last finished epoch is kept for ``--resume``)."""
+def _session(body: Callable[[], None]) -> int:
     try:
-        return _train(args)
-    except ModelsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.strerror or err}: {err.filename or ''} (check --out and --data)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with `resnet-serve train --resume --out {args.out}`", file=sys.stderr)
-        return 130
+        body()
+        return 0
     except _Interrupted:
         return 3
     finally:
@@ -207,42 +103,6 @@ def _setup_distributed(device_flag: str | None) -> _Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Dist(rank, world, device)
-
-
-def _settings(args: argparse.Namespace, resume_from: dict[str, Any] | None) -> dict[str, Any]:
-    """Run settings: the checkpoint's when resuming (explicit conflicting flags are an error), else flags."""
-    given = {k: getattr(args, k) for k in RUN_SETTINGS if getattr(args, k, None) is not None}
-    if resume_from is None:
-        cfg = {**DEFAULTS, **given}
-        if cfg["data"] is not None:
-            cfg["data"] = str(cfg["data"])
-        registry.check(cfg["arch"])
-        _check_ranges(cfg)
-        return cfg
-    stored = dict(resume_from["train_config"])
-    if "arch" in given:
-        check_arch(resume_from, given["arch"], args.resume or args.out)
-    for k, v in given.items():
-        if stored.get(k) != (str(v) if k == "data" else v):
-            raise CheckpointError(
-                f"--{k.replace('_', '-')} {v} differs from the resumed run's {stored.get(k)}: "
-                "drop the flag to continue that run, or train afresh without --resume"
-            )
-    return stored
-
-
-def _check_ranges(cfg: dict[str, Any]) -> None:
-    """Refuse numbers torch rejects with a traceback (``--lr -1``) or that train nothing (``--epochs 0``)."""
-    bounds = {
-        "epochs": 1, "batch_size": 1, "image_size": 1, "momentum": 0, "weight_decay": 0, "warmup_epochs": 0,
-    }  # fmt: skip
-    for key, low in bounds.items():
-        if not cfg[key] >= low:
-            raise ModelsError(f"--{key.replace('_', '-')} must be at least {low}, got {cfg[key]}")
-    if not cfg["lr"] > 0:
-        raise ModelsError(f"--lr must be positive, got {cfg['lr']}")
-    if not 0 <= cfg["label_smoothing"] <= 1:
-        raise ModelsError(f"--label-smoothing must be between 0 and 1, got {cfg['label_smoothing']}")
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Any:
@@ -293,54 +153,46 @@ def evaluate(
     return loss_sum / n, correct / n
 
 
-def _train(args: argparse.Namespace) -> int:
-    resume_path = Path(args.resume or args.out) if args.resume is not None else None
-    resumed = read_checkpoint(resume_path) if resume_path is not None else None
-    if resumed is not None and "train_config" not in resumed:
-        raise CheckpointError(
-            f"{resume_path} holds no training state (was it written by an export step?): "
-            "train afresh without --resume"
-        )
-    cfg = _settings(args, resumed)
-    env = _setup_distributed(args.device)
-    out: Path = args.out
+def _train(cfg: TrainConfig, options: TrainOptions, resumed: dict[str, Any] | None) -> None:
+    env = _setup_distributed(options.device)
+    out = options.out
 
     data = datasets.load(
-        cfg["dataset"],
-        Path(cfg["data"]) if cfg["data"] else None,
-        cfg["color"],
-        cfg["image_size"],
-        args.workers,
+        cfg.dataset,
+        Path(cfg.data) if cfg.data else None,
+        cfg.color,
+        cfg.image_size,
+        options.workers,
     )
     model_config = {"num_classes": len(data.classes), "in_chans": int(data.train_pixels.shape[1])}
-    torch.manual_seed(cfg["seed"])
-    model = registry.build(cfg["arch"], **model_config, zero_init_residual=cfg["zero_init_residual"])
+    torch.manual_seed(cfg.seed)
+    model = registry.build(cfg.arch, **model_config, zero_init_residual=cfg.zero_init_residual)
     model.to(env.device)
     if env.device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if cfg["opt"] == "sgd":
+    if cfg.opt == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(),
-            lr=cfg["lr"],
-            momentum=cfg["momentum"],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
             nesterov=True,
-            weight_decay=cfg["weight_decay"],
+            weight_decay=cfg.weight_decay,
         )
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     sampler: DistributedSampler[int] = DistributedSampler(
         range(len(data.train_labels)),  # type: ignore[arg-type]  # the sampler only needs len()
         num_replicas=env.world,
         rank=env.rank,
         shuffle=True,
-        seed=cfg["seed"],
+        seed=cfg.seed,
     )
-    per_rank_batch = max(1, cfg["batch_size"] // env.world)
+    per_rank_batch = max(1, cfg.batch_size // env.world)
     steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
-    warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, cfg["epochs"] * steps_per_epoch))
-    autocast, use_scaler = _autocast(cfg["amp"], env.device)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, cfg.epochs * steps_per_epoch))
+    autocast, use_scaler = _autocast(cfg.amp, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=use_scaler)
     start_epoch, history = 0, []
     if resumed is not None:
@@ -360,17 +212,17 @@ def _train(args: argparse.Namespace) -> int:
     if env.main:
         write_log(log_path, history)  # a resumed run drops log lines of the epoch it lost
         tqdm.write(
-            f"training {cfg['arch']} on {cfg['dataset']}: {len(data.train_labels)} train / "
+            f"training {cfg.arch} on {cfg.dataset}: {len(data.train_labels)} train / "
             f"{len(data.test_labels)} held-out images, {len(data.classes)} classes, {env.world} process(es) "
             f"on {env.device}" + (f", resuming after epoch {start_epoch}" if resumed else "")
         )
     steps_done = 0
     started = time.perf_counter()
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
         # Shuffling and augmentation derive from (seed, epoch, rank) only: a resumed epoch repeats exactly.
-        gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch * 7919 + env.rank)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + env.rank)
         net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=env.device)
@@ -378,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
         seen = 0
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="step",
             leave=False,
             disable=not env.main,
@@ -391,7 +243,7 @@ def _train(args: argparse.Namespace) -> int:
             y = data.train_labels[idx].to(env.device)
             with autocast:
                 logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg["label_smoothing"])
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(opt)
@@ -401,7 +253,7 @@ def _train(args: argparse.Namespace) -> int:
             correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
             steps_done += 1
-            if args.stop_after_steps is not None and steps_done >= args.stop_after_steps:
+            if options.stop_after_steps is not None and steps_done >= options.stop_after_steps:
                 raise _Interrupted
             if step % 4 == 0 or step == steps_per_epoch - 1:
                 elapsed = time.perf_counter() - t0
@@ -430,7 +282,7 @@ def _train(args: argparse.Namespace) -> int:
         history.append(record)
         if env.main:
             tqdm.write(
-                f"epoch {epoch + 1:>3}/{cfg['epochs']}  loss {record['train_loss']:.4f}  "
+                f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                 f"train {100 * record['train_acc']:.2f}%  held-out {100 * test_acc:.2f}% "
                 f"(loss {test_loss:.4f})  {train_time:.1f}s  {record['img_per_s']:.0f} img/s"
             )
@@ -438,7 +290,7 @@ def _train(args: argparse.Namespace) -> int:
                 out,
                 {
                     "format": FORMAT,
-                    "arch": cfg["arch"],
+                    "arch": cfg.arch,
                     "model_config": model_config,
                     "state_dict": model.state_dict(),
                     "labels": data.classes,
@@ -446,7 +298,7 @@ def _train(args: argparse.Namespace) -> int:
                     "epoch": epoch + 1,
                     "metrics": {k: v for k, v in record.items() if k != "epoch"},
                     "history": history,
-                    "train_config": cfg,
+                    "train_config": cfg.to_dict(),
                     "versions": {"torch": str(torch.__version__)},
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
@@ -456,24 +308,12 @@ def _train(args: argparse.Namespace) -> int:
             )
             write_log(log_path, history)
     if env.main and history:
-        plot_curves(png_path, history, f"{cfg['arch']} on {cfg['dataset']}")
+        plot_curves(png_path, history, f"{cfg.arch} on {cfg.dataset}")
         last = history[-1]
         best = max(history, key=lambda r: r["test_acc"])
         print(
-            f"done: {cfg['arch']} on {cfg['dataset']}, {len(history)} epochs, held-out top-1 "
+            f"done: {cfg.arch} on {cfg.dataset}, {len(history)} epochs, held-out top-1 "
             f"{100 * last['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), "
             f"{time.perf_counter() - started:.0f}s this session\n"
             f"checkpoint {out}\nlog {log_path}\ncurves {png_path}"
         )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m models.train`` (what ``torchrun`` launches)."""
-    parser = argparse.ArgumentParser(prog="resnet-serve train")
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

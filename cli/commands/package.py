@@ -1,0 +1,65 @@
+"""A Triton-like model repository: what `resnet-serve package` writes and what the server reads.
+
+    <repo>/<model>/config.json          model-level settings, and the list of versions
+    <repo>/<model>/<version>/model.onnx one directory per integer version (1, 2, ...)
+
+The layout and every config.json key are documented in docs/export.md. The reader (`read_repository`,
+`read_model`) uses the standard library only, so the server imports this module without torch or onnx.
+
+examples:
+  resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits
+  resnet-serve package artifacts/digits/model.int8-ort.onnx --repo model_repository --name digits \\
+      --max-batch-size 64 --preferred-batch-sizes 16 32 64 --max-queue-delay-us 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resnet_serve.cli.helpformat import HelpFormatter
+from resnet_serve.export import package
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    parser.add_argument("model", type=Path, help="ONNX model from `resnet-serve export` or `quantize`")
+    parser.add_argument("--repo", type=Path, required=True, help="model repository directory")
+    parser.add_argument("--name", required=True, help="model name (the directory under --repo)")
+    parser.add_argument("--version", type=int, help="version number (default: one above the latest)")
+    settings = parser.add_argument_group(
+        "serving settings (model-level; when adding a version, omitted ones keep the model's current values)"
+    )
+    settings.add_argument("--max-batch-size", type=int, help="largest batch the server may form [32]")
+    settings.add_argument(
+        "--preferred-batch-sizes",
+        type=int,
+        nargs="+",
+        help="batch sizes the batcher aims for [8 16 32 64, up to the max]",
+    )
+    settings.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        help="longest a request waits for a batch to fill, microseconds [2000]",
+    )
+    settings.add_argument("--backend", choices=package.BACKENDS, help="preferred backend [onnxruntime]")
+    settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = package.ServingSettings(
+        args.max_batch_size,
+        args.preferred_batch_sizes,
+        args.max_queue_delay_us,
+        args.backend,
+        args.instances,
+    )
+    cfg, entry = package.package(args.model, args.repo, args.name, args.version, settings)
+    print(
+        f"packaged {args.model} as {cfg.name} version {entry.version} ({entry.precision}, {entry.arch}) "
+        f"in {args.repo}; versions now {[v.version for v in cfg.versions]}; "
+        f"max batch {cfg.max_batch_size}, "
+        f"preferred {cfg.dynamic_batching.preferred_batch_sizes}, queue delay "
+        f"{cfg.dynamic_batching.max_queue_delay_us} µs, backend {cfg.backend}"
+    )
+    return 0

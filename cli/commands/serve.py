@@ -1,0 +1,75 @@
+"""Run the gRPC inference server: our image API and KServe v2 on one port, with dynamic batching, health,
+reflection and Prometheus metrics. Options come from a TOML file (--config), RESNET_SERVE_* environment
+variables and flags, in increasing precedence; model options apply to every model unless the config file's
+[models.NAME] table says otherwise (docs/server.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from resnet_serve.server import config
+from resnet_serve.server.observability.logging import add_logging_arguments, configure_logging
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    configure_parser(parser)
+    add_logging_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    server_config = config.load_config(vars(args))  # a ConfigError is the CLI's one-line error, exit 2
+    from resnet_serve.server.app import (
+        serve,  # imports onnxruntime and grpc: only once the config is known to be valid
+    )
+
+    return asyncio.run(serve(server_config))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add `--config`, `--model` and one flag per option; defaults and env names appear in `--help`."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"TOML configuration file (env {config.ENV_PREFIX}CONFIG)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME=PATH",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="serve an .onnx file (version 1) or a directory of numbered versions under NAME; repeatable",
+    )
+    groups = {
+        "server": parser.add_argument_group("server"),
+        "model": parser.add_argument_group(
+            "models (defaults for every model; a packaged config.json, then [models.NAME], override them)"
+        ),
+    }
+    for opt in config.OPTIONS:
+        default = opt.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = str(shown).lower() if isinstance(shown, bool) else shown
+        groups[opt.scope].add_argument(
+            opt.flag,
+            dest=opt.key,
+            metavar=opt.metavar or None,
+            type=_flag_type(opt),
+            default=argparse.SUPPRESS,
+            help=f"{opt.help} (default: {shown if shown != '' else 'none'}; env {opt.env})",
+        )
+
+
+def _flag_type(opt: config.Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return opt.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{opt.flag}: {exc}") from None
+
+    return parse
