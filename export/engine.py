@@ -30,10 +30,9 @@ from google.protobuf.message import DecodeError
 
 from resnet_serve.export.errors import os_error_line
 from resnet_serve.formats.files import write_bytes_atomic
-from resnet_serve.formats.metadata import PREFIX, props_of
+from resnet_serve.formats.metadata import PRECISION_KEY, props_of
 
 SIDECAR_FORMAT = "resnet-serve-engine/1"
-PRECISION_KEY = PREFIX + "precision"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # What each requested precision needs the ONNX to be, by its `resnet_serve.precision` metadata.
 _SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from resnet_serve.formats.errors import UserError
 
-class ExportError(Exception):
+
+class ExportError(UserError):
     """Bad input or a failed check in export/quantize/verify/package; `str()` is a one-line message."""
 
 

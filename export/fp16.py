@@ -19,9 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.files import write_bytes_atomic
-from resnet_serve.formats.metadata import PREFIX, props_of
-
-PRECISION_KEY = PREFIX + "precision"
+from resnet_serve.formats.metadata import PRECISION_KEY, props_of
 
 
 class Fp16Error(ValueError):

@@ -33,6 +33,7 @@ from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.export.errors import ExportError, os_error_line
 from resnet_serve.export.samples import evaluation_batch
 from resnet_serve.export.sources import Source, add_source_arguments, load_source
+from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import write
 from resnet_serve.models.fold import FoldError, fold_batchnorm
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             proto, rel = _to_fp16(proto, source, inputs)
         data = proto.SerializeToString()
         write_bytes_atomic(args.out, data)
-    except ExportError as exc:
+    except UserError as exc:  # ExportError, or a formats error (metadata, images)
         print(f"resnet-serve export: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)

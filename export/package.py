@@ -201,7 +201,7 @@ def _io_from_onnx(path: Path) -> tuple[TensorConfig, TensorConfig, Any]:
     """Input/output specs and metadata of an ONNX file (onnx imported here only: the reader stays light)."""
     import onnx
 
-    from resnet_serve.export.errors import ExportError
+    from resnet_serve.formats.errors import MetadataError
     from resnet_serve.formats.metadata import from_props, props_of
 
     try:
@@ -210,7 +210,7 @@ def _io_from_onnx(path: Path) -> tuple[TensorConfig, TensorConfig, Any]:
         raise RepositoryError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
     try:
         meta = from_props(props_of(model), str(path))
-    except ExportError as exc:
+    except MetadataError as exc:
         raise RepositoryError(str(exc)) from None
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise RepositoryError(f"{path}: expected one input and one output")

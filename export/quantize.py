@@ -37,6 +37,7 @@ from tqdm import tqdm
 from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.export.errors import ExportError, os_error_line
 from resnet_serve.export.samples import calibration_batch
+from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import atomic_path
 from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
 
@@ -282,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
                 payload = models[variant].SerializeToString()
                 files.enter_context(atomic_path(path)).write_bytes(payload)
                 written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
-    except ExportError as exc:
+    except UserError as exc:  # ExportError, or a formats error (metadata, images)
         print(f"resnet-serve quantize: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)

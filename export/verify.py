@@ -29,6 +29,7 @@ from resnet_serve.export.errors import ExportError, os_error_line
 from resnet_serve.export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
 from resnet_serve.export.samples import evaluation_batch
 from resnet_serve.export.sources import Source, add_source_arguments, load_source
+from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_json_atomic
 from resnet_serve.formats.metadata import ModelMetadata, read
 
@@ -270,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 "ok": all(r.ok for r in results),
             }
             write_json_atomic(args.json, payload)
-    except ExportError as exc:
+    except UserError as exc:  # ExportError, or a formats error (metadata, images)
         print(f"resnet-serve verify: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an output path that cannot be written (a folder, no permission, disk full)

@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class InvalidInput(UserError, ValueError):
     """Data that breaks a contract: an undecodable image, a tensor of the wrong datatype or shape."""
+
+
+class MetadataError(InvalidInput):
+    """A model file whose `resnet_serve.*` metadata is missing or malformed, or that cannot be read at all."""

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resnet_serve.export.engine import EngineError, Sidecar, require_tensorrt
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
 from resnet_serve.runtime import tensorrt as trt_backend
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.runtime.tensorrt import (
@@ -54,7 +55,7 @@ def write_engine(tmp_path: Path, data: bytes = b"serialized plan", **changes: ob
         strongly_typed=True,
         builder_flags=[],
         workspace_bytes=4 << 30,
-        metadata={"resnet_serve.labels": '["cat", "dog"]', "resnet_serve.precision": "fp16"},
+        metadata={LABELS_KEY: '["cat", "dog"]', PRECISION_KEY: "fp16"},
     )
     plan.with_name("model.plan.json").write_text(replace(sidecar, **changes).to_json())  # type: ignore[arg-type]
     return plan
@@ -64,7 +65,7 @@ def test_sidecar_written_by_build_engine_reads_back(tmp_path: Path) -> None:
     sidecar = read_sidecar(write_engine(tmp_path))
     assert sidecar.tensorrt_version == TRT
     assert (sidecar.min_shape, sidecar.max_shape) == ((1, 3, 224, 224), (128, 3, 224, 224))
-    assert sidecar.metadata["resnet_serve.labels"] == '["cat", "dog"]'
+    assert sidecar.metadata[LABELS_KEY] == '["cat", "dog"]'
     assert sidecar.source_onnx == "models/resnet50.onnx"
 
 
@@ -327,7 +328,7 @@ def test_oversized_and_undersized_batches_run_through_pinned_buffers(
     assert backend.info.max_batch_size == 16 and backend.info.device == "cuda:0"
     assert [(s.name, s.shape) for s in backend.info.inputs] == [("input", (-1, 3, 2, 2))]
     assert [(s.name, s.shape) for s in backend.info.outputs] == [("logits", (-1, 4))]
-    assert backend.info.metadata["resnet_serve.labels"] == '["cat", "dog"]'
+    assert backend.info.metadata[LABELS_KEY] == '["cat", "dog"]'
     for n in (1, 3, 16, 37):  # padded to the minimum 4; exact; split 16 + 16 + 5
         x = np.random.default_rng(n).normal(size=(n, 3, 2, 2)).astype(np.float32)
         out = backend.infer({"input": x})["logits"]

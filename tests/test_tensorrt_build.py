@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from resnet_serve.export import engine
 from resnet_serve.export.engine import BatchProfile, EngineError, network_plan, resolve_precision
 from resnet_serve.export.fp16 import Fp16Error, to_fp16
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
 
 
 def tiny_classifier(
@@ -45,7 +46,7 @@ def tiny_classifier(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in {"resnet_serve.labels": '["a", "b"]', "resnet_serve.precision": precision}.items():
+    for key, value in {LABELS_KEY: '["a", "b"]', PRECISION_KEY: precision}.items():
         model.metadata_props.add(key=key, value=value)
     return model
 
@@ -207,7 +208,7 @@ def test_fp16_model_keeps_float32_io_and_metadata() -> None:
     assert {t.type.tensor_type.elem_type for t in io} == {TensorProto.FLOAT}
     assert {t.data_type for t in converted.graph.initializer} == {TensorProto.FLOAT16}
     meta = {p.key: p.value for p in converted.metadata_props}
-    assert meta == {"resnet_serve.labels": '["a", "b"]', "resnet_serve.precision": "fp16"}
+    assert meta == {LABELS_KEY: '["a", "b"]', PRECISION_KEY: "fp16"}
     onnx.checker.check_model(converted)  # topologically sorted, unlike the raw converter output
 
 
