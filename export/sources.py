@@ -18,15 +18,7 @@ from resnet_serve.export.errors import ExportError
 from resnet_serve.export.samples import is_digits
 from resnet_serve.formats.files import sha256_file
 from resnet_serve.formats.metadata import ModelMetadata, tool_versions, validate_preprocess
-
-IMAGENET_PREPROCESS: dict[str, Any] = {
-    "color": "RGB",
-    "resize": 256,
-    "crop": 224,
-    "interpolation": "bilinear",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+from resnet_serve.formats.preprocess import IMAGENET
 
 
 @dataclass
@@ -54,33 +46,31 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--labels", type=Path, help="text file, one label per line (default: class_0..)")
     pre = parser.add_argument_group("preprocessing for --weights (defaults: torchvision's ImageNet recipe)")
-    pre.add_argument("--color", choices=["RGB", "L"], default=IMAGENET_PREPROCESS["color"])
+    pre.add_argument("--color", choices=["RGB", "L"], default=IMAGENET["color"])
     pre.add_argument(
         "--resize",
         type=int,
-        default=IMAGENET_PREPROCESS["resize"],
+        default=IMAGENET["resize"],
         help="shorter side after resizing, pixels",
     )
-    pre.add_argument(
-        "--crop", type=int, default=IMAGENET_PREPROCESS["crop"], help="centre crop size = model input size"
-    )
+    pre.add_argument("--crop", type=int, default=IMAGENET["crop"], help="centre crop size = model input size")
     pre.add_argument(
         "--interpolation",
-        default=IMAGENET_PREPROCESS["interpolation"],
+        default=IMAGENET["interpolation"],
         choices=["nearest", "bilinear", "bicubic", "lanczos"],
     )
     pre.add_argument(
         "--mean",
         type=float,
         nargs="+",
-        default=IMAGENET_PREPROCESS["mean"],
+        default=IMAGENET["mean"],
         help="per-channel mean on [0,1] pixels",
     )
     pre.add_argument(
         "--std",
         type=float,
         nargs="+",
-        default=IMAGENET_PREPROCESS["std"],
+        default=IMAGENET["std"],
         help="per-channel std on [0,1] pixels",
     )
 

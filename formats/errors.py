@@ -18,3 +18,7 @@ class InvalidInput(UserError, ValueError):
 
 class MetadataError(InvalidInput):
     """A model file whose `resnet_serve.*` metadata is missing or malformed, or that cannot be read at all."""
+
+
+class ImageError(InvalidInput):
+    """An image that cannot be used: empty, undecodable, corrupt, or over the size limits."""

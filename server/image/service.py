@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.batching.batcher import BatchResult
@@ -128,7 +129,10 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 k = self._k(model, request.top_k)
                 loop = asyncio.get_running_loop()
                 assert model.preprocessor is not None
-                x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
+                try:
+                    x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
+                except InvalidInput as exc:
+                    raise invalid_argument(str(exc)) from None
                 preprocess_s = time.perf_counter() - start
                 result: BatchResult = await model.infer(
                     {model.info.inputs[0].name: x[None]}, context.time_remaining()
@@ -212,8 +216,8 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         async def prepare(data: bytes) -> tuple[np.ndarray | ServeError, float]:
             try:
                 x = await loop.run_in_executor(self._pool, preprocessor, data)
-            except ServeError as exc:
-                return exc, time.perf_counter() - start
+            except InvalidInput as exc:
+                return invalid_argument(str(exc)), time.perf_counter() - start
             return x, time.perf_counter() - start
 
         prepared = await asyncio.gather(*(prepare(data) for data in images))

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec, numpy_to_kserve
 from resnet_serve.server.errors import invalid_argument
@@ -178,7 +179,10 @@ async def _decode_images(
         )
     model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
     loop = asyncio.get_running_loop()
-    rows = await asyncio.gather(*(loop.run_in_executor(executor, pre, bytes(item)) for item in array))
+    try:
+        rows = await asyncio.gather(*(loop.run_in_executor(executor, pre, bytes(item)) for item in array))
+    except InvalidInput as exc:
+        raise invalid_argument(str(exc)) from None
     return np.stack(rows).astype(spec.dtype, copy=False)
 
 
