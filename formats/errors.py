@@ -22,3 +22,7 @@ class MetadataError(InvalidInput):
 
 class ImageError(InvalidInput):
     """An image that cannot be used: empty, undecodable, corrupt, or over the size limits."""
+
+
+class SidecarError(UserError):
+    """A TensorRT engine without a usable sidecar, or one built for another TensorRT or GPU: rebuild it."""

@@ -16,7 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 from resnet_serve.export import engine
 from resnet_serve.export.engine import BatchProfile, EngineError, network_plan, resolve_precision
 from resnet_serve.export.fp16 import Fp16Error, to_fp16
+from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
+from resnet_serve.formats.sidecar import sidecar_path
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.runtime.tensorrt import require_tensorrt
 
 
 def tiny_classifier(
@@ -53,8 +57,8 @@ def tiny_classifier(
 
 def tensorrt_installed() -> bool:
     try:
-        engine.require_tensorrt()
-    except EngineError:
+        require_tensorrt()
+    except BackendError:
         return False
     return True
 
@@ -193,8 +197,8 @@ def test_bad_arguments_fail_before_touching_tensorrt(
 
 def test_sidecar_is_written_atomically_next_to_the_engine(tmp_path: Path) -> None:
     plan = tmp_path / "m.plan"
-    engine.write_atomic(plan, b"engine")
-    assert engine.sidecar_path(plan) == tmp_path / "m.plan.json"
+    write_bytes_atomic(plan, b"engine")
+    assert sidecar_path(plan) == tmp_path / "m.plan.json"
     assert plan.read_bytes() == b"engine"
     assert [p.name for p in tmp_path.iterdir()] == ["m.plan"]  # no temp file left behind
 
@@ -265,7 +269,7 @@ def test_built_engine_serves_like_onnx_runtime(tmp_path: Path, precision: str, t
     assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max()
     backend.close()
 
-    side = engine.sidecar_path(plan)
+    side = sidecar_path(plan)
     fields = json.loads(side.read_text())
     side.write_text(json.dumps({**fields, "tensorrt_version": "0.0.1"}))
     with pytest.raises(BackendError, match="rebuild"):
