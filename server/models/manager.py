@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet_serve.export.package import CONFIG_NAME, RepositoryError, read_model
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+from resnet_serve.formats.repository import CONFIG_NAME, RepositoryError, read_model
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads
