@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from resnet_serve.formats.errors import MetadataError
+from resnet_serve.formats.preprocess import PreprocessSpec
 
 PREFIX = "resnet_serve."
 LABELS_KEY = PREFIX + "labels"  # JSON list of class names, index = logit position
@@ -24,7 +25,6 @@ VERSIONS_KEY = PREFIX + "versions"  # JSON object: tool -> version
 PRECISION_KEY = PREFIX + "precision"  # one of PRECISIONS
 PRECISIONS = ("fp32", "fp16", "int8-qdq-trt", "int8-qdq-ort")
 REQUIRED_KEYS = (LABELS_KEY, PREPROCESS_KEY, ARCH_KEY, SOURCE_KEY, VERSIONS_KEY, PRECISION_KEY)
-PREPROCESS_KEYS = ("color", "resize", "crop", "interpolation", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,8 @@ def tool_versions() -> dict[str, str]:
 
 
 def validate_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in PREPROCESS_KEYS if k not in pre]
-    if missing:
-        raise MetadataError(f"preprocess settings lack {', '.join(missing)}")
-    if pre["color"] not in ("L", "RGB"):
-        raise MetadataError(f"preprocess color must be 'L' or 'RGB', got {pre['color']!r}")
-    channels = 1 if pre["color"] == "L" else 3
-    if len(pre["mean"]) != channels or len(pre["std"]) != channels:
-        raise MetadataError(f"preprocess mean/std need {channels} value(s) for color {pre['color']!r}")
-    if int(pre["crop"]) > int(pre["resize"]):
-        raise MetadataError(f"preprocess crop {pre['crop']} is larger than resize {pre['resize']}")
+    """`pre` unchanged, once it passes the preprocessing contract's own checks (a MetadataError if not)."""
+    PreprocessSpec.from_dict(pre)
     return pre
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from resnet_serve.formats.errors import ImageError
+from resnet_serve.formats.errors import ImageError, MetadataError
 
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -66,7 +66,7 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PreprocessSpec:
-        """Validate the metadata dict; raises ValueError naming the bad key."""
+        """Validate the metadata dict; raises MetadataError (a ValueError) naming the bad key."""
         try:
             spec = cls(
                 color=str(raw["color"]),
@@ -77,17 +77,17 @@ class PreprocessSpec:
                 std=tuple(float(v) for v in raw["std"]),
             )
         except KeyError as exc:
-            raise ValueError(f"preprocess metadata lacks {exc.args[0]!r}") from None
+            raise MetadataError(f"preprocess metadata lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"preprocess metadata is malformed: {exc}") from None
+            raise MetadataError(f"preprocess metadata is malformed: {exc}") from None
         if spec.color not in ("L", "RGB"):
-            raise ValueError(f"preprocess color must be 'L' or 'RGB', got {spec.color!r}")
+            raise MetadataError(f"preprocess color must be 'L' or 'RGB', got {spec.color!r}")
         if spec.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}")
+            raise MetadataError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}")
         if len(spec.mean) != spec.channels or len(spec.std) != spec.channels or 0.0 in spec.std:
-            raise ValueError(f"preprocess mean/std need {spec.channels} value(s) (std non-zero)")
+            raise MetadataError(f"preprocess mean/std need {spec.channels} value(s) (std non-zero)")
         if not 1 <= spec.crop <= spec.resize:
-            raise ValueError(f"preprocess crop must be in 1..resize ({spec.resize}), got {spec.crop}")
+            raise MetadataError(f"preprocess crop must be in 1..resize ({spec.resize}), got {spec.crop}")
         return spec
 
     @classmethod
@@ -95,9 +95,9 @@ class PreprocessSpec:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"preprocess metadata is not JSON: {exc}") from None
+            raise MetadataError(f"preprocess metadata is not JSON: {exc}") from None
         if not isinstance(raw, dict):
-            raise ValueError("preprocess metadata must be a JSON object")
+            raise MetadataError("preprocess metadata must be a JSON object")
         return cls.from_dict(raw)
 
 
