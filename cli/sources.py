@@ -7,6 +7,7 @@ from pathlib import Path
 
 from resnet_serve.export import sources
 from resnet_serve.export.errors import ExportError
+from resnet_serve.formats.preprocess import IMAGENET
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,36 +25,36 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--labels", type=Path, help="text file, one label per line (default: class_0..)")
     pre = parser.add_argument_group("preprocessing for --weights (defaults: torchvision's ImageNet recipe)")
-    pre.add_argument("--color", choices=["RGB", "L"], default=sources.IMAGENET_PREPROCESS["color"])
+    pre.add_argument("--color", choices=["RGB", "L"], default=IMAGENET["color"])
     pre.add_argument(
         "--resize",
         type=int,
-        default=sources.IMAGENET_PREPROCESS["resize"],
+        default=IMAGENET["resize"],
         help="shorter side after resizing, pixels",
     )
     pre.add_argument(
         "--crop",
         type=int,
-        default=sources.IMAGENET_PREPROCESS["crop"],
+        default=IMAGENET["crop"],
         help="centre crop size = model input size",
     )
     pre.add_argument(
         "--interpolation",
-        default=sources.IMAGENET_PREPROCESS["interpolation"],
+        default=IMAGENET["interpolation"],
         choices=["nearest", "bilinear", "bicubic", "lanczos"],
     )
     pre.add_argument(
         "--mean",
         type=float,
         nargs="+",
-        default=sources.IMAGENET_PREPROCESS["mean"],
+        default=IMAGENET["mean"],
         help="per-channel mean on [0,1] pixels",
     )
     pre.add_argument(
         "--std",
         type=float,
         nargs="+",
-        default=sources.IMAGENET_PREPROCESS["std"],
+        default=IMAGENET["std"],
         help="per-channel std on [0,1] pixels",
     )
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
-from resnet_serve.formats.metadata import PREFIX, props_of
+from resnet_serve.formats.metadata import PRECISION_KEY, props_of
+from resnet_serve.formats.sidecar import EngineSidecar, sidecar_path
+from resnet_serve.runtime.tensorrt import require_tensorrt
 
-SIDECAR_FORMAT = "resnet-serve-engine/1"
-PRECISION_KEY = PREFIX + "precision"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # What each requested precision needs the ONNX to be, by its `resnet_serve.precision` metadata.
 _SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}
@@ -79,35 +78,6 @@ class NetworkPlan:
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()  # names of trt.BuilderFlag members to set
     clear_flags: tuple[str, ...] = ()  # names of trt.BuilderFlag members to clear
-
-
-@dataclass
-class Sidecar:
-    """What an engine was built from and for; written next to the engine as ENGINE.json."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    input_name: str
-    profile: dict[str, list[int]]
-    source_onnx: str
-    source_sha256: str
-    engine_sha256: str
-    built_at: str
-    build_seconds: float
-    strongly_typed: bool
-    builder_flags: list[str]
-    workspace_bytes: int
-    metadata: dict[str, str] = field(default_factory=dict)  # the source ONNX's metadata_props
-    format: str = SIDECAR_FORMAT
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -196,10 +166,6 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-#: Kept under its old name for callers of this module; the one implementation is in :mod:`models.files`.
-write_atomic = write_bytes_atomic
-
-
 @dataclass(frozen=True)
 class GpuIdentity:
     name: str
@@ -232,19 +198,6 @@ def gpu_identity(device: int = 0) -> GpuIdentity:
     return GpuIdentity(name.strip(), cc.strip())
 
 
-def require_tensorrt() -> None:
-    """An EngineError unless TensorRT is importable. tensorrt-stubs installs a `tensorrt` namespace
-    package with no code in it, so a successful import alone does not mean TensorRT is there."""
-    try:
-        import tensorrt  # type: ignore[import-untyped]
-    except ImportError:
-        raise EngineError("TensorRT is not installed (pip install tensorrt on a GPU node)") from None
-    if not hasattr(tensorrt, "Builder"):
-        raise EngineError(
-            "TensorRT is not installed (only its type stubs are): pip install tensorrt on a GPU node"
-        )
-
-
 def engine_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
     """Logits of a serialized engine for a float32 NCHW batch: the parity report's TensorRT stage.
 
@@ -275,7 +228,7 @@ class BuildRequest:
     device: int = 0
 
 
-def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
+def build(req: BuildRequest, *, progress: bool = True) -> EngineSidecar:
     """Build, serialize and write the engine and its sidecar. Needs TensorRT and a GPU."""
     require_tensorrt()
     # tensorrt-stubs 10.13 cannot be read by mypy as installed (no py.typed, syntax errors); docs/gpu.md
@@ -348,8 +301,8 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
     engine_bytes = bytes(serialized)
 
     if req.timing_cache is not None:
-        write_atomic(req.timing_cache, bytes(config.get_timing_cache().serialize()))
-    sidecar = Sidecar(
+        write_bytes_atomic(req.timing_cache, bytes(config.get_timing_cache().serialize()))
+    sidecar = EngineSidecar(
         tensorrt_version=trt.__version__,
         gpu_name=gpu.name,
         compute_capability=gpu.compute_capability,
@@ -368,6 +321,6 @@ def build(req: BuildRequest, *, progress: bool = True) -> Sidecar:
     )
     # Engine first, sidecar second: a crash in between leaves a sidecar whose engine_sha256 no longer
     # matches, which the server refuses, rather than a new sidecar vouching for an old engine.
-    write_atomic(req.engine_path, engine_bytes)
-    write_atomic(sidecar_path(req.engine_path), sidecar.to_json().encode())
+    write_bytes_atomic(req.engine_path, engine_bytes)
+    write_bytes_atomic(sidecar_path(req.engine_path), sidecar.to_json().encode())
     return sidecar

@@ -18,9 +18,7 @@ from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
-from resnet_serve.formats.metadata import PREFIX, props_of
-
-PRECISION_KEY = PREFIX + "precision"
+from resnet_serve.formats.metadata import PRECISION_KEY, props_of
 
 
 class Fp16Error(UserError, ValueError):

@@ -1,10 +1,7 @@
-"""A Triton-like model repository: what `resnet-serve package` writes and what the server reads.
+"""`resnet-serve package`: copy an ONNX model into a Triton-like model repository as a new version.
 
-    <repo>/<model>/config.json          model-level settings, and the list of versions
-    <repo>/<model>/<version>/model.onnx one directory per integer version (1, 2, ...)
-
-The layout and every config.json key are documented in docs/export.md. The reader (`read_repository`,
-`read_model`) uses the standard library only, so the server imports this module without torch or onnx.
+The repository's layout, config.json schema and reader live in formats/repository.py (docs/export.md
+documents every key); this module writes what that reader accepts.
 
 examples:
   resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits
@@ -14,200 +11,42 @@ examples:
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.formats.errors import UserError
+import onnx
 
-FORMAT = "resnet-serve-repository/1"
-CONFIG_NAME = "config.json"
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
-_PLATFORM = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "torch": "pytorch_libtorch"}
+from resnet_serve.formats.errors import MetadataError
+from resnet_serve.formats.files import atomic_path, sha256_file, write_json_atomic
+from resnet_serve.formats.metadata import from_props, props_of
+from resnet_serve.formats.repository import (
+    BACKENDS,
+    CONFIG_NAME,
+    PLATFORMS,
+    DynamicBatching,
+    PackagedModel,
+    RepositoryError,
+    TensorConfig,
+    VersionConfig,
+    parse_config,
+    read_model,
+)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class RepositoryError(UserError, ValueError):
-    """A repository, model config or package request that cannot be used; the message is one line."""
-
-
-@dataclass(frozen=True)
-class TensorConfig:
-    name: str
-    dtype: str
-    shape: list[int]  # without the batch dimension (which is implied by max_batch_size > 0, as in Triton)
-
-
-@dataclass(frozen=True)
-class DynamicBatching:
-    preferred_batch_sizes: list[int]
-    max_queue_delay_us: int
-
-
-@dataclass(frozen=True)
-class VersionConfig:
-    version: int
-    file: str  # relative to the version directory
-    precision: str
-    sha256: str
-    arch: str
-    source_sha256: str
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One model's config.json, plus (after reading) where its directory is."""
-
-    name: str
-    backend: str
-    platform: str
-    max_batch_size: int
-    input: TensorConfig
-    output: TensorConfig
-    labels: list[str]
-    preprocess: dict[str, Any]
-    dynamic_batching: DynamicBatching
-    instance_count: int
-    versions: list[VersionConfig]
-    format: str = FORMAT
-    path: Path | None = field(default=None, compare=False)
-
-    def version_path(self, version: VersionConfig) -> Path:
-        if self.path is None:
-            raise RepositoryError(f"model {self.name} was not read from a repository")
-        return self.path / str(version.version) / version.file
-
-    def latest(self) -> VersionConfig:
-        return max(self.versions, key=lambda v: v.version)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("path")
-        return out
-
-
-def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in obj:
-        raise RepositoryError(f"{where}: missing key {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RepositoryError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _tensor(obj: Any, where: str) -> TensorConfig:
-    if not isinstance(obj, dict):
-        raise RepositoryError(f"{where}: expected an object")
-    shape = _get(obj, "shape", list, where)
-    if not all(isinstance(d, int) and d > 0 for d in shape):
-        raise RepositoryError(f"{where}: shape must list positive integers, got {shape}")
-    return TensorConfig(_get(obj, "name", str, where), _get(obj, "dtype", str, where), shape)
-
-
-def parse_config(data: dict[str, Any], where: str) -> ModelConfig:
-    """Validate a config.json payload; every problem is one RepositoryError line naming the file."""
-    fmt = data.get("format")
-    if fmt != FORMAT:
-        raise RepositoryError(f"{where}: format {fmt!r} is not {FORMAT!r}")
-    backend = _get(data, "backend", str, where)
-    if backend not in BACKENDS:
-        raise RepositoryError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    db = _get(data, "dynamic_batching", dict, where)
-    versions = []
-    for i, v in enumerate(_get(data, "versions", list, where)):
-        vw = f"{where} versions[{i}]"
-        if not isinstance(v, dict):
-            raise RepositoryError(f"{vw}: expected an object")
-        versions.append(
-            VersionConfig(
-                _get(v, "version", int, vw),
-                _get(v, "file", str, vw),
-                _get(v, "precision", str, vw),
-                _get(v, "sha256", str, vw),
-                _get(v, "arch", str, vw),
-                _get(v, "source_sha256", str, vw),
-            )
-        )
-    if not versions:
-        raise RepositoryError(f"{where}: no versions")
-    max_batch = _get(data, "max_batch_size", int, where)
-    preferred = _get(db, "preferred_batch_sizes", list, f"{where} dynamic_batching")
-    if any(not isinstance(b, int) or b < 1 or b > max(max_batch, 1) for b in preferred):
-        raise RepositoryError(f"{where}: preferred_batch_sizes {preferred} must lie in 1..{max_batch}")
-    return ModelConfig(
-        name=_get(data, "name", str, where),
-        backend=backend,
-        platform=_get(data, "platform", str, where),
-        max_batch_size=max_batch,
-        input=_tensor(data.get("input"), f"{where} input"),
-        output=_tensor(data.get("output"), f"{where} output"),
-        labels=[str(x) for x in _get(data, "labels", list, where)],
-        preprocess=_get(data, "preprocess", dict, where),
-        dynamic_batching=DynamicBatching(
-            preferred, _get(db, "max_queue_delay_us", int, f"{where} dynamic_batching")
-        ),
-        instance_count=_get(data, "instance_count", int, where),
-        versions=sorted(versions, key=lambda v: v.version),
-    )
-
-
-def read_model(model_dir: str | Path) -> ModelConfig:
-    """One model directory: its config.json, checked, with every listed version's file present."""
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise RepositoryError(f"{model_dir}: no {CONFIG_NAME} (package models with `resnet-serve package`)")
-    try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RepositoryError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RepositoryError(f"{cfg_path}: expected a JSON object")
-    cfg = parse_config(data, str(cfg_path))
-    if cfg.name != model_dir.name:
-        raise RepositoryError(f"{cfg_path}: name {cfg.name!r} differs from its directory {model_dir.name!r}")
-    cfg = replace(cfg, path=model_dir)
-    for v in cfg.versions:
-        if not cfg.version_path(v).is_file():
-            raise RepositoryError(f"{cfg.version_path(v)}: listed in {cfg_path} but missing")
-    return cfg
-
-
-def read_repository(repo: str | Path) -> list[ModelConfig]:
-    """Every model under `repo` (sub-directories holding a config.json), sorted by name."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise RepositoryError(f"model repository {repo} does not exist")
-    models = [
-        read_model(d)
-        for d in sorted(repo.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_NAME).exists()
-    ]
-    if not models:
-        raise RepositoryError(f"model repository {repo} holds no models (no <model>/{CONFIG_NAME})")
-    return models
-
-
-# --- writing (`resnet-serve package`) ----------------------------------------------------------------------
-
-
 def _io_from_onnx(path: Path) -> tuple[TensorConfig, TensorConfig, Any]:
-    """Input/output specs and metadata of an ONNX file (onnx imported here only: the reader stays light)."""
-    import onnx
-
-    from resnet_serve.export.errors import ExportError
-    from resnet_serve.formats.metadata import from_props, props_of
-
+    """Input/output specs and metadata of an ONNX file."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError and friends
         raise RepositoryError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
     try:
         meta = from_props(props_of(model), str(path))
-    except ExportError as exc:
+    except MetadataError as exc:
         raise RepositoryError(str(exc)) from None
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise RepositoryError(f"{path}: expected one input and one output")
@@ -234,7 +73,7 @@ class ServingSettings:
     instance_count: int | None = None
 
 
-def _resolve(s: ServingSettings, existing: ModelConfig | None) -> tuple[int, list[int], int, str, int]:
+def _resolve(s: ServingSettings, existing: PackagedModel | None) -> tuple[int, list[int], int, str, int]:
     # `is not None`, not `or`: an explicit 0 must reach the range check below, not become the default.
     max_batch = (
         s.max_batch_size if s.max_batch_size is not None else (existing.max_batch_size if existing else 32)
@@ -267,10 +106,8 @@ def package(
     name: str,
     version: int | None = None,
     settings: ServingSettings | None = None,
-) -> tuple[ModelConfig, VersionConfig]:
+) -> tuple[PackagedModel, VersionConfig]:
     """Copy `model_file` in as a new version of model `name` and (re)write its config.json atomically."""
-    from resnet_serve.formats.files import atomic_path, sha256_file, write_json_atomic
-
     if not _NAME_RE.match(name):
         raise RepositoryError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
     if not model_file.is_file():
@@ -295,10 +132,10 @@ def package(
     entry = VersionConfig(
         version, "model.onnx", meta.precision, sha256_file(model_file), meta.arch, meta.source_sha256
     )
-    cfg = ModelConfig(
+    cfg = PackagedModel(
         name=name,
         backend=backend,
-        platform=_PLATFORM[backend],
+        platform=PLATFORMS[backend],
         max_batch_size=max_batch_size,
         input=inp,
         output=out,

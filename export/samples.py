@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from resnet_serve.export.errors import ExportError
-from resnet_serve.formats.pixels import eval_pixels, normalize_array
+from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 

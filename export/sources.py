@@ -18,15 +18,6 @@ from resnet_serve.export.samples import is_digits
 from resnet_serve.formats.files import sha256_file
 from resnet_serve.formats.metadata import ModelMetadata, tool_versions, validate_preprocess
 
-IMAGENET_PREPROCESS: dict[str, Any] = {
-    "color": "RGB",
-    "resize": 256,
-    "crop": 224,
-    "interpolation": "bilinear",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
-
 
 @dataclass
 class Source:

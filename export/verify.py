@@ -93,10 +93,12 @@ def judge(
 def _engine_runner(path: Path) -> Runner | None:
     """The TensorRT stage's runner, or None where TensorRT is not installed (the stage is then skipped)."""
     from resnet_serve.export import engine
+    from resnet_serve.runtime.base import BackendError
+    from resnet_serve.runtime.tensorrt import require_tensorrt
 
     try:
-        engine.require_tensorrt()
-    except engine.EngineError:
+        require_tensorrt()
+    except BackendError:
         return None
     return lambda x: engine.engine_logits(path, x)
 

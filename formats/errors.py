@@ -14,3 +14,15 @@ class UserError(Exception):
 
 class InvalidInput(UserError, ValueError):
     """Data that breaks a contract: an undecodable image, a tensor of the wrong datatype or shape."""
+
+
+class MetadataError(InvalidInput):
+    """A model file whose `resnet_serve.*` metadata is missing or malformed, or that cannot be read at all."""
+
+
+class ImageError(InvalidInput):
+    """An image that cannot be used: empty, undecodable, corrupt, or over the size limits."""
+
+
+class SidecarError(UserError):
+    """A TensorRT engine without a usable sidecar, or one built for another TensorRT or GPU: rebuild it."""

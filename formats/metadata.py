@@ -13,7 +13,8 @@ from typing import Any
 
 import onnx
 
-from resnet_serve.export.errors import ExportError
+from resnet_serve.formats.errors import MetadataError
+from resnet_serve.formats.preprocess import PreprocessSpec
 
 PREFIX = "resnet_serve."
 LABELS_KEY = PREFIX + "labels"  # JSON list of class names, index = logit position
@@ -23,8 +24,7 @@ SOURCE_KEY = PREFIX + "source_sha256"  # of the checkpoint or weights file the m
 VERSIONS_KEY = PREFIX + "versions"  # JSON object: tool -> version
 PRECISION_KEY = PREFIX + "precision"  # one of PRECISIONS
 PRECISIONS = ("fp32", "fp16", "int8-qdq-trt", "int8-qdq-ort")
-REQUIRED_KEYS = ("labels", "preprocess", "arch", "source_sha256", "versions", "precision")
-PREPROCESS_KEYS = ("color", "resize", "crop", "interpolation", "mean", "std")
+REQUIRED_KEYS = (LABELS_KEY, PREPROCESS_KEY, ARCH_KEY, SOURCE_KEY, VERSIONS_KEY, PRECISION_KEY)
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,8 @@ def tool_versions() -> dict[str, str]:
 
 
 def validate_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in PREPROCESS_KEYS if k not in pre]
-    if missing:
-        raise ExportError(f"preprocess settings lack {', '.join(missing)}")
-    if pre["color"] not in ("L", "RGB"):
-        raise ExportError(f"preprocess color must be 'L' or 'RGB', got {pre['color']!r}")
-    channels = 1 if pre["color"] == "L" else 3
-    if len(pre["mean"]) != channels or len(pre["std"]) != channels:
-        raise ExportError(f"preprocess mean/std need {channels} value(s) for color {pre['color']!r}")
-    if int(pre["crop"]) > int(pre["resize"]):
-        raise ExportError(f"preprocess crop {pre['crop']} is larger than resize {pre['resize']}")
+    """`pre` unchanged, once it passes the preprocessing contract's own checks (a MetadataError if not)."""
+    PreprocessSpec.from_dict(pre)
     return pre
 
 
@@ -94,31 +86,31 @@ def props_of(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
-    """Parse our keys; a model without them (made by another tool) gets a one-line ExportError."""
-    missing = [k for k in REQUIRED_KEYS if PREFIX + k not in props]
+    """Parse our keys; a model without them (made by another tool) gets a one-line MetadataError."""
+    missing = [k for k in REQUIRED_KEYS if k not in props]
     if len(missing) == len(REQUIRED_KEYS):
-        raise ExportError(
+        raise MetadataError(
             f"{source} has no resnet_serve metadata: it was not written by `resnet-serve export` "
             "(export the checkpoint with resnet-serve, or add the metadata_props of docs/export.md)"
         )
     if missing:
-        raise ExportError(f"{source} lacks metadata {', '.join(PREFIX + k for k in missing)}")
+        raise MetadataError(f"{source} lacks metadata {', '.join(missing)}")
     try:
-        labels = json.loads(props[PREFIX + "labels"])
-        preprocess = json.loads(props[PREFIX + "preprocess"])
-        versions = json.loads(props[PREFIX + "versions"])
+        labels = json.loads(props[LABELS_KEY])
+        preprocess = json.loads(props[PREPROCESS_KEY])
+        versions = json.loads(props[VERSIONS_KEY])
     except json.JSONDecodeError as exc:
-        raise ExportError(f"{source} has malformed resnet_serve metadata: {exc}") from None
+        raise MetadataError(f"{source} has malformed resnet_serve metadata: {exc}") from None
     if not isinstance(labels, list) or not isinstance(preprocess, dict) or not isinstance(versions, dict):
-        raise ExportError(f"{source} has malformed resnet_serve metadata (labels/preprocess/versions)")
-    precision = props[PREFIX + "precision"]
+        raise MetadataError(f"{source} has malformed resnet_serve metadata (labels/preprocess/versions)")
+    precision = props[PRECISION_KEY]
     if precision not in PRECISIONS:
-        raise ExportError(f"{source} has unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        raise MetadataError(f"{source} has unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     return ModelMetadata(
-        arch=props[PREFIX + "arch"],
+        arch=props[ARCH_KEY],
         labels=[str(x) for x in labels],
         preprocess=validate_preprocess(preprocess),
-        source_sha256=props[PREFIX + "source_sha256"],
+        source_sha256=props[SOURCE_KEY],
         versions={str(k): str(v) for k, v in versions.items()},
         precision=precision,
     )
@@ -128,9 +120,9 @@ def read(path: str | Path) -> ModelMetadata:
     """Our metadata from an ONNX file, reading the graph structure but not the weights into memory twice."""
     p = Path(path)
     if not p.is_file():
-        raise ExportError(f"no such ONNX file: {p}")
+        raise MetadataError(f"no such ONNX file: {p}")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX model"
-        raise ExportError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+        raise MetadataError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
     return from_props(props_of(model), str(p))

@@ -33,9 +33,9 @@ from tqdm import tqdm
 from resnet_serve.export.onnx_export import to_onnx
 from resnet_serve.export.quantize import quantize
 from resnet_serve.export.samples import digits_training, preprocess_images, sample_photos
-from resnet_serve.export.sources import IMAGENET_PREPROCESS
 from resnet_serve.formats.files import write_json_atomic
 from resnet_serve.formats.metadata import ModelMetadata, tool_versions
+from resnet_serve.formats.preprocess import IMAGENET
 from resnet_serve.models import registry
 from resnet_serve.models.fill import deterministic_fill
 from resnet_serve.models.fold import fold_batchnorm
@@ -211,8 +211,8 @@ def prepare(name: str, model: nn.Module, meta: ModelMetadata, calib: NDArray[np.
 def resnet50(calib_images: int) -> tuple[dict[str, Any], NDArray[np.float32]]:
     model = registry.build("resnet50", num_classes=1000)
     deterministic_fill(model)
-    calib = preprocess_images(sample_photos(calib_images), IMAGENET_PREPROCESS)
-    return prepare("resnet50", model, _meta("resnet50", 1000, IMAGENET_PREPROCESS), calib), calib
+    calib = preprocess_images(sample_photos(calib_images), IMAGENET)
+    return prepare("resnet50", model, _meta("resnet50", 1000, IMAGENET), calib), calib
 
 
 def digits(checkpoint: Path | None) -> tuple[dict[str, Any], NDArray[np.float32]]:

@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.launch import serving
@@ -98,8 +99,8 @@ def write_tiny_onnx(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = {
-        "resnet_serve.labels": json.dumps([str(i) for i in range(10)]),
-        "resnet_serve.preprocess": json.dumps(
+        LABELS_KEY: json.dumps([str(i) for i in range(10)]),
+        PREPROCESS_KEY: json.dumps(
             {"color": "L", "resize": 8, "crop": 8, "interpolation": "bilinear", "mean": [0.5], "std": [0.25]}
         ),
     }

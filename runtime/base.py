@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from resnet_serve.formats.errors import UserError
 
-class BackendError(RuntimeError):
-    """A backend failed to load or to run a batch; the message is shown to the user as is."""
+
+class BackendError(UserError, RuntimeError):
+    """A backend failed to load or to run a batch; the message is shown to the user as is (one line from the
+    CLI; INTERNAL from the server when a batch fails)."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ split into profile-sized runs; one smaller than the profile's minimum is zero-pa
 
 An engine only deserializes on the TensorRT version and GPU architecture it was built for, and a mismatch
 inside TensorRT is an opaque error at best. So the sidecar JSON that `build-engine` writes next to every
-engine is checked first, and a mismatch is refused with a message that says to rebuild.
+engine (formats/sidecar.py) is checked first, and a mismatch is refused with a message that says to rebuild.
 
 tensorrt and cuda-python (`cuda.bindings.runtime`, no torch) are imported only when a backend is created,
 so `server` imports fine on machines without them. Everything above `TensorRTBackend` is pure Python.
@@ -15,39 +15,22 @@ so `server` imports fine on machines without them. Everything above `TensorRTBac
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from resnet_serve.formats.errors import SidecarError
+from resnet_serve.formats.sidecar import load_checked, read_sidecar
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo, TensorSpec
 
-SIDECAR_FORMAT = "resnet-serve-engine/1"  # written by export/engine.py
 PLATFORM = "tensorrt_plan"
 
 if TYPE_CHECKING:
     # tensorrt-stubs 10.13 is unreadable to mypy as installed; docs/gpu.md shows the patched-stub check.
     import tensorrt as trt  # type: ignore[import-untyped]
-
-
-@dataclass(frozen=True)
-class EngineSidecar:
-    """The parts of ENGINE.json the server relies on."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    input_name: str
-    min_shape: tuple[int, ...]
-    max_shape: tuple[int, ...]
-    engine_sha256: str
-    source_onnx: str = "MODEL.onnx"
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,86 +40,6 @@ class Chunk:
     start: int
     stop: int
     run_size: int
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: Path) -> EngineSidecar:
-    path = sidecar_path(engine)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BackendError(
-            f"{engine} has no sidecar {path.name}: rebuild it with `resnet-serve build-engine`, which "
-            "records the TensorRT version and GPU the engine needs"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise BackendError(f"cannot read {path}: {err}") from None
-    if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
-        found = raw.get("format") if isinstance(raw, dict) else None
-        raise BackendError(f"{path} is not a {SIDECAR_FORMAT} sidecar (format {found!r}); rebuild the engine")
-    try:
-        profile = raw["profile"]
-        return EngineSidecar(
-            tensorrt_version=str(raw["tensorrt_version"]),
-            gpu_name=str(raw["gpu_name"]),
-            compute_capability=str(raw["compute_capability"]),
-            precision=str(raw["precision"]),
-            input_name=str(raw["input_name"]),
-            min_shape=tuple(int(d) for d in profile["min"]),
-            max_shape=tuple(int(d) for d in profile["max"]),
-            engine_sha256=str(raw["engine_sha256"]),
-            source_onnx=str(raw.get("source_onnx") or "MODEL.onnx"),
-            metadata={str(k): str(v) for k, v in raw.get("metadata", {}).items()},
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        problem = f"{path} is incomplete ({err!r} missing or malformed); rebuild the engine"
-        raise BackendError(problem) from None
-
-
-def check_compatible(
-    sidecar: EngineSidecar, *, engine: Path, tensorrt_version: str, compute_capability: str, gpu_name: str
-) -> None:
-    """Refuse an engine built for another TensorRT or GPU architecture, with the command that fixes it.
-
-    TensorRT plans are tied to the exact TensorRT build and to the compute capability; a different GPU
-    model of the same architecture runs them (TensorRT only warns), so the name alone is not refused."""
-    rebuild = f"rebuild it on this node with `resnet-serve build-engine {sidecar.source_onnx} --out {engine}`"
-    if sidecar.tensorrt_version != tensorrt_version:
-        raise BackendError(
-            f"{engine} was built with TensorRT {sidecar.tensorrt_version} but this server has "
-            f"TensorRT {tensorrt_version}; {rebuild}"
-        )
-    if sidecar.compute_capability != compute_capability:
-        raise BackendError(
-            f"{engine} was built for {sidecar.gpu_name} (compute capability "
-            f"{sidecar.compute_capability}) but this GPU is {gpu_name} (compute capability "
-            f"{compute_capability}); {rebuild}"
-        )
-
-
-def load_checked(
-    engine: Path, *, tensorrt_version: str, compute_capability: str, gpu_name: str
-) -> tuple[EngineSidecar, bytes]:
-    """The sidecar and the engine bytes, once both are known to belong together and to fit this node."""
-    sidecar = read_sidecar(engine)
-    check_compatible(
-        sidecar,
-        engine=engine,
-        tensorrt_version=tensorrt_version,
-        compute_capability=compute_capability,
-        gpu_name=gpu_name,
-    )
-    try:
-        data = engine.read_bytes()
-    except OSError as err:
-        raise BackendError(f"cannot read engine {engine}: {err.strerror or err}") from None
-    if hashlib.sha256(data).hexdigest() != sidecar.engine_sha256:
-        name = sidecar_path(engine).name
-        raise BackendError(f"{name} does not describe {engine} (its engine hash differs); rebuild it")
-    return sidecar, data
 
 
 def plan_chunks(batch: int, min_batch: int, max_batch: int) -> list[Chunk]:
@@ -155,15 +58,22 @@ def plan_chunks(batch: int, min_batch: int, max_batch: int) -> list[Chunk]:
 # ---- everything below needs TensorRT, cuda-python and a GPU ----
 
 
-def _require_tensorrt() -> None:
-    missing = BackendError("the TensorRT backend needs TensorRT: pip install tensorrt (GPU nodes only)")
+def require_tensorrt() -> None:
+    """A BackendError unless TensorRT is importable: the one check for the engine build and the backend.
+    tensorrt-stubs installs a `tensorrt` namespace package with no code in it, so a successful import alone
+    does not mean TensorRT is there."""
     try:
         import tensorrt  # type: ignore[import-untyped]
     except ImportError:
-        raise missing from None
-    # tensorrt-stubs alone leaves an empty namespace package named tensorrt.
-    if not hasattr(tensorrt, "Runtime"):
-        raise missing
+        found = ""
+    else:
+        if hasattr(tensorrt, "Runtime"):
+            return
+        found = " (only its type stubs are)"
+    raise BackendError(
+        f"TensorRT is not installed{found}: building or serving engines needs TensorRT; "
+        "pip install tensorrt on a GPU node"
+    )
 
 
 def _import_cudart() -> Any:
@@ -246,15 +156,21 @@ class _Buffer:
 class TensorRTBackend(Backend):
     def __init__(self, engine_path: str | Path, *, device: int = 0) -> None:
         engine_path = Path(engine_path)
-        read_sidecar(engine_path)  # a missing or foreign sidecar is reported before anything heavy loads
-        _require_tensorrt()
+        try:
+            read_sidecar(engine_path)  # a missing or foreign sidecar is reported before anything heavy loads
+        except SidecarError as err:
+            raise BackendError(str(err)) from None
+        require_tensorrt()
         import tensorrt as trt  # type: ignore[import-untyped]
 
         self._cuda = _Cuda(_import_cudart(), device)
         gpu_name, cc = self._cuda.identity()
-        sidecar, data = load_checked(
-            engine_path, tensorrt_version=trt.__version__, compute_capability=cc, gpu_name=gpu_name
-        )
+        try:
+            sidecar, data = load_checked(
+                engine_path, tensorrt_version=trt.__version__, compute_capability=cc, gpu_name=gpu_name
+            )
+        except SidecarError as err:
+            raise BackendError(str(err)) from None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(data)

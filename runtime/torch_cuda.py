@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY, SOURCE_KEY
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo, TensorSpec
 from resnet_serve.runtime.tensorrt import plan_chunks
 
@@ -83,11 +84,11 @@ def input_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
 def metadata_for(meta: dict[str, Any], dtype: str, source_sha256: str) -> dict[str, str]:
     """The same metadata keys an exported ONNX carries, so the server treats both alike."""
     return {
-        "resnet_serve.labels": json.dumps(list(meta.get("labels", []))),
-        "resnet_serve.preprocess": json.dumps(meta.get("preprocess", {})),
-        "resnet_serve.arch": str(meta.get("arch", "")),
-        "resnet_serve.precision": dtype,
-        "resnet_serve.source_sha256": source_sha256,
+        LABELS_KEY: json.dumps(list(meta.get("labels", []))),
+        PREPROCESS_KEY: json.dumps(meta.get("preprocess", {})),
+        ARCH_KEY: str(meta.get("arch", "")),
+        PRECISION_KEY: dtype,
+        SOURCE_KEY: source_sha256,
     }
 
 

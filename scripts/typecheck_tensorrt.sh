@@ -26,4 +26,5 @@ ignore_errors = True
 [mypy-onnxruntime.*,cuda.*,sklearn.*,onnxscript.*,pynvml.*]
 ignore_missing_imports = True
 INI
-"$bin/mypy" --config-file "$work/mypy.ini" resnet_serve/export/engine.py resnet_serve/runtime/tensorrt.py
+"$bin/mypy" --config-file "$work/mypy.ini" resnet_serve/export/engine.py resnet_serve/runtime/tensorrt.py \
+  resnet_serve/formats/sidecar.py

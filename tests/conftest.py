@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
+
+from resnet_serve.formats.metadata import ModelMetadata
 
 
 def _cuda_available() -> bool:
@@ -89,14 +90,8 @@ def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10, slow_layers: i
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     labels = TINY_LABELS if classes == 10 else [str(i) for i in range(classes)]
-    for key, value in {
-        "resnet_serve.labels": json.dumps(labels),
-        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
-        "resnet_serve.arch": "tiny",
-        "resnet_serve.source_sha256": "0" * 64,
-        "resnet_serve.versions": json.dumps({"onnx": onnx.__version__}),
-        "resnet_serve.precision": "fp32",
-    }.items():
+    meta = ModelMetadata("tiny", labels, TINY_PREPROCESS, "0" * 64, {"onnx": onnx.__version__}, "fp32")
+    for key, value in meta.to_props().items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.server.launch import serve_command, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +97,9 @@ def write_half_onnx(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in {
-        "resnet_serve.labels": json.dumps(TINY_LABELS),
-        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
-        "resnet_serve.precision": "fp16",
+        LABELS_KEY: json.dumps(TINY_LABELS),
+        PREPROCESS_KEY: json.dumps(TINY_PREPROCESS),
+        PRECISION_KEY: "fp16",
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)

@@ -25,7 +25,7 @@ from resnet_serve.cli.main import main
 from resnet_serve.export.quantize import check_trt_compatible
 from resnet_serve.export.samples import digits_held_out
 from resnet_serve.formats.metadata import read
-from resnet_serve.formats.pixels import normalize_array
+from resnet_serve.formats.preprocess import normalize_array
 from resnet_serve.models import registry
 from resnet_serve.models.checkpoint import FORMAT, load_model, save_checkpoint
 from resnet_serve.models.errors import ModelsError

@@ -13,7 +13,7 @@ import torch
 from conftest import assert_one_line_error
 
 from resnet_serve.cli.main import main
-from resnet_serve.formats.metadata import PREFIX, read
+from resnet_serve.formats.metadata import LABELS_KEY, read
 from resnet_serve.models import registry
 from resnet_serve.models.checkpoint import save_checkpoint
 from resnet_serve.training.data import DIGITS_PREPROCESS
@@ -78,7 +78,7 @@ def test_export_metadata_describes_the_checkpoint(digits_onnx: tuple[Path, Path]
     assert meta.precision == "fp32"
     assert {"torch", "onnx", "onnxruntime", "resnet-serve"} <= meta.versions.keys()
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert json.loads(props[PREFIX + "labels"]) == meta.labels
+    assert json.loads(props[LABELS_KEY]) == meta.labels
 
 
 @pytest.mark.parametrize("batch", [1, 3, 7])

@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from resnet_serve.cli.main import main
-from resnet_serve.export.package import RepositoryError, read_model, read_repository
 from resnet_serve.formats.metadata import ModelMetadata, write
+from resnet_serve.formats.repository import RepositoryError, read_model, read_repository
 
 
 def _tiny_onnx(path: Path, precision: str = "fp32", classes: int = 3, side: int = 4) -> Path:
@@ -156,7 +156,7 @@ def test_packaging_a_missing_file_is_a_one_line_error(
 
 def test_the_reader_imports_neither_torch_nor_onnx() -> None:
     code = (
-        "import sys, resnet_serve.export.package; "
+        "import sys, resnet_serve.formats.repository; "
         "sys.exit(1 if {'torch', 'onnx', 'onnxruntime'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0

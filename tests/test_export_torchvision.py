@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from resnet_serve.cli.main import main
 from resnet_serve.export.onnx_export import relative_error, to_onnx
+from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.models import registry
 from resnet_serve.models.fill import deterministic_fill, fixture_input
 from resnet_serve.models.fold import fold_batchnorm
@@ -88,7 +89,7 @@ def test_export_of_torchvision_weights_matches_the_golden_logits(tmp_path: Path)
     logits = session.run(["logits"], {"input": fixture_input(2).numpy()})[0]
     assert _within_fixture_tolerance(logits, _golden("resnet50"))
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
-    pre = json.loads(meta["resnet_serve.preprocess"])
+    pre = json.loads(meta[PREPROCESS_KEY])
     assert (pre["color"], pre["resize"], pre["crop"]) == ("RGB", 256, 224)
     assert pre["mean"] == [0.485, 0.456, 0.406] and pre["std"] == [0.229, 0.224, 0.225]
-    assert json.loads(meta["resnet_serve.labels"])[:2] == ["class_0", "class_1"]
+    assert json.loads(meta[LABELS_KEY])[:2] == ["class_0", "class_1"]

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY  # noqa: E402
 from resnet_serve.models.checkpoint import load_model, save_checkpoint  # noqa: E402
 from resnet_serve.models.registry import build  # noqa: E402
 from resnet_serve.runtime.base import BackendError  # noqa: E402
@@ -101,9 +102,9 @@ def test_info_carries_the_onnx_metadata_keys(checkpoint: Path) -> None:
     assert info.platform == "pytorch_libtorch" and info.max_batch_size == 128
     assert [(s.name, s.shape) for s in info.inputs] == [("input", (-1, 1, 16, 16))]
     assert [(s.name, s.shape) for s in info.outputs] == [("logits", (-1, 10))]
-    assert json.loads(info.metadata["resnet_serve.labels"]) == [str(i) for i in range(10)]
-    assert json.loads(info.metadata["resnet_serve.preprocess"]) == PREPROCESS
-    assert info.metadata["resnet_serve.precision"] == "fp32"
+    assert json.loads(info.metadata[LABELS_KEY]) == [str(i) for i in range(10)]
+    assert json.loads(info.metadata[PREPROCESS_KEY]) == PREPROCESS
+    assert info.metadata[PRECISION_KEY] == "fp32"
 
 
 def test_wrong_input_is_a_backend_error(checkpoint: Path) -> None:
@@ -136,7 +137,7 @@ def test_cuda_request_without_a_gpu_is_refused(checkpoint: Path) -> None:
 def test_server_factory_follows_the_device_setting(checkpoint: Path) -> None:
     assert create_backend(checkpoint, "cpu").info.device == "cpu"
     if torch.cuda.is_available():
-        assert create_backend(checkpoint, "cuda").info.metadata["resnet_serve.precision"] == "fp16"
+        assert create_backend(checkpoint, "cuda").info.metadata[PRECISION_KEY] == "fp16"
     else:
         assert create_backend(checkpoint, "auto").info.device == "cpu"
         with pytest.raises(BackendError, match="sees none"):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from resnet_serve.formats.pixels import eval_pixels
+from resnet_serve.formats.preprocess import eval_pixels
 from resnet_serve.models.errors import DatasetError
 from resnet_serve.training import data as datasets
 from resnet_serve.training.augment import augment, normalize, random_crop_flip

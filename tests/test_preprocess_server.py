@@ -1,4 +1,5 @@
-"""Server-side preprocessing: the training contract exactly, any colour mode, EXIF, limits, corrupt input."""
+"""Preprocessing of encoded bytes (the server's path): the same pixels as a decoded image gets, any colour
+mode, EXIF, limits, corrupt input."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import struct
 import zlib
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_serve.formats.pixels import eval_pixels, normalize_array
-from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
-from resnet_serve.server.errors import ServeError
+from resnet_serve.formats.errors import ImageError, InvalidInput
+from resnet_serve.formats.preprocess import (
+    ImageLimits,
+    Preprocessor,
+    PreprocessSpec,
+    eval_pixels,
+    normalize_array,
+)
 
 RGB_SPEC: dict[str, Any] = {
     "color": "RGB", "resize": 36, "crop": 32, "interpolation": "bilinear",
@@ -38,7 +43,7 @@ def photo(size: tuple[int, int] = (97, 61)) -> Image.Image:
 
 
 def contract(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """The training side's implementation of the contract (models/preprocess.py)."""
+    """The contract applied to a decoded image (training evaluation and export parity use this path)."""
     return np.asarray(normalize_array(eval_pixels(img, spec)[None], spec)[0])
 
 
@@ -116,31 +121,31 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def test_decompression_bomb_is_refused_from_its_header() -> None:
     # Were pixels decoded, this file would fail as truncated; the pixel limit answers first.
-    with pytest.raises(ServeError) as info:
+    with pytest.raises(ImageError) as info:
         preprocessor(RGB_SPEC, max_pixels=1_000_000)(png_header_only(12_000, 12_000))
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "12000x12000" in info.value.message and "max_image_pixels=1000000" in info.value.message
-    with pytest.raises(ServeError) as info:  # beyond PIL's own bomb threshold, which refuses it at open
+    assert isinstance(info.value, InvalidInput)  # the server answers INVALID_ARGUMENT
+    assert "12000x12000" in str(info.value) and "max_image_pixels=1000000" in str(info.value)
+    with pytest.raises(ImageError) as info:  # beyond PIL's own bomb threshold, which refuses it at open
         preprocessor(RGB_SPEC, max_pixels=10**12)(png_header_only(60_000, 60_000))
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "pixel" in info.value.message
+    assert isinstance(info.value, InvalidInput)  # the server answers INVALID_ARGUMENT
+    assert "pixel" in str(info.value)
 
 
 def test_encoded_size_limit_names_the_limit() -> None:
     data = encode(photo())
-    with pytest.raises(ServeError) as info:
+    with pytest.raises(ImageError) as info:
         preprocessor(RGB_SPEC, max_bytes=len(data) - 1)(data)
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"max_image_bytes={len(data) - 1}" in info.value.message
+    assert isinstance(info.value, InvalidInput)  # the server answers INVALID_ARGUMENT
+    assert f"max_image_bytes={len(data) - 1}" in str(info.value)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_corrupt_and_truncated_images_are_invalid_argument(fmt: str) -> None:
     data = encode(photo((200, 150)), fmt)
     for bad in (data[: len(data) // 3], b"\x00" * 100, b""):
-        with pytest.raises(ServeError) as info:
+        with pytest.raises(ImageError) as info:
             preprocessor(RGB_SPEC)(bad)
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert isinstance(info.value, InvalidInput)  # the server answers INVALID_ARGUMENT
 
 
 def test_jpeg_draft_decodes_large_photos_smaller_and_stays_within_a_grey_level() -> None:

@@ -36,6 +36,7 @@ from conftest import TINY_PREPROCESS
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.launch import free_port, serving
@@ -95,10 +96,10 @@ def write_slow_onnx(path: Path, channels: int = 256, layers: int = 4) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in {
-        "resnet_serve.labels": json.dumps([str(i) for i in range(10)]),
-        "resnet_serve.preprocess": json.dumps(TINY_PREPROCESS),
-        "resnet_serve.arch": "slow-mlp",
-        "resnet_serve.precision": "fp32",
+        LABELS_KEY: json.dumps([str(i) for i in range(10)]),
+        PREPROCESS_KEY: json.dumps(TINY_PREPROCESS),
+        ARCH_KEY: "slow-mlp",
+        PRECISION_KEY: "fp32",
     }.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)

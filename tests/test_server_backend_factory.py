@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from resnet_serve.formats.sidecar import SIDECAR_FORMAT, sidecar_path
 from resnet_serve.runtime import tensorrt as trt_backend
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.runtime.factory import backend_for, create_backend
@@ -25,7 +26,7 @@ def write_plan(directory: Path) -> Path:
     plan = directory / "model.plan"
     plan.write_bytes(b"serialized plan")
     sidecar = {
-        "format": trt_backend.SIDECAR_FORMAT,
+        "format": SIDECAR_FORMAT,
         "tensorrt_version": "10.13.0.35",
         "gpu_name": "NVIDIA H100 80GB HBM3",
         "compute_capability": "9.0",
@@ -34,13 +35,13 @@ def write_plan(directory: Path) -> Path:
         "profile": {"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]},
         "engine_sha256": hashlib.sha256(b"serialized plan").hexdigest(),
     }
-    trt_backend.sidecar_path(plan).write_text(json.dumps(sidecar))
+    sidecar_path(plan).write_text(json.dumps(sidecar))
     return plan
 
 
 def tensorrt_installed() -> bool:
     try:
-        trt_backend._require_tensorrt()
+        trt_backend.require_tensorrt()
     except BackendError:
         return False
     return True

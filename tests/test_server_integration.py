@@ -20,7 +20,7 @@ from conftest import TINY_LABELS, TINY_PREPROCESS
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from resnet_serve.formats.pixels import eval_pixels, normalize_array
+from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 

@@ -19,17 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resnet_serve.export.engine import EngineError, Sidecar, require_tensorrt
+from resnet_serve.formats.errors import SidecarError
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
+from resnet_serve.formats.sidecar import EngineSidecar, check_compatible, load_checked, read_sidecar
 from resnet_serve.runtime import tensorrt as trt_backend
 from resnet_serve.runtime.base import BackendError
-from resnet_serve.runtime.tensorrt import (
-    Chunk,
-    TensorRTBackend,
-    check_compatible,
-    load_checked,
-    plan_chunks,
-    read_sidecar,
-)
+from resnet_serve.runtime.tensorrt import Chunk, TensorRTBackend, plan_chunks, require_tensorrt
 
 TRT = "10.13.0.35"
 H100 = ("NVIDIA H100 80GB HBM3", "9.0")
@@ -39,7 +34,7 @@ def write_engine(tmp_path: Path, data: bytes = b"serialized plan", **changes: ob
     """An engine file and the sidecar `build-engine` would write for it (built on an H100, TensorRT 10.13)."""
     plan = tmp_path / "model.plan"
     plan.write_bytes(data)
-    sidecar = Sidecar(
+    sidecar = EngineSidecar(
         tensorrt_version=TRT,
         gpu_name=H100[0],
         compute_capability=H100[1],
@@ -54,7 +49,7 @@ def write_engine(tmp_path: Path, data: bytes = b"serialized plan", **changes: ob
         strongly_typed=True,
         builder_flags=[],
         workspace_bytes=4 << 30,
-        metadata={"resnet_serve.labels": '["cat", "dog"]', "resnet_serve.precision": "fp16"},
+        metadata={LABELS_KEY: '["cat", "dog"]', PRECISION_KEY: "fp16"},
     )
     plan.with_name("model.plan.json").write_text(replace(sidecar, **changes).to_json())  # type: ignore[arg-type]
     return plan
@@ -64,7 +59,7 @@ def test_sidecar_written_by_build_engine_reads_back(tmp_path: Path) -> None:
     sidecar = read_sidecar(write_engine(tmp_path))
     assert sidecar.tensorrt_version == TRT
     assert (sidecar.min_shape, sidecar.max_shape) == ((1, 3, 224, 224), (128, 3, 224, 224))
-    assert sidecar.metadata["resnet_serve.labels"] == '["cat", "dog"]'
+    assert sidecar.metadata[LABELS_KEY] == '["cat", "dog"]'
     assert sidecar.source_onnx == "models/resnet50.onnx"
 
 
@@ -76,7 +71,7 @@ def test_matching_engine_loads_its_bytes(tmp_path: Path) -> None:
 
 def test_other_tensorrt_version_is_refused_with_a_rebuild_command(tmp_path: Path) -> None:
     plan = write_engine(tmp_path)
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(SidecarError) as err:
         load_checked(plan, tensorrt_version="11.2.0.1", compute_capability="9.0", gpu_name=H100[0])
     message = str(err.value)
     assert "TensorRT 10.13.0.35" in message and "TensorRT 11.2.0.1" in message
@@ -85,7 +80,7 @@ def test_other_tensorrt_version_is_refused_with_a_rebuild_command(tmp_path: Path
 
 def test_other_gpu_architecture_is_refused(tmp_path: Path) -> None:
     plan = write_engine(tmp_path)
-    with pytest.raises(BackendError, match=r"compute capability 9\.0.*NVIDIA A10G.*8\.6.*rebuild"):
+    with pytest.raises(SidecarError, match=r"compute capability 9\.0.*NVIDIA A10G.*8\.6.*rebuild"):
         load_checked(plan, tensorrt_version=TRT, compute_capability="8.6", gpu_name="NVIDIA A10G")
 
 
@@ -98,14 +93,14 @@ def test_same_architecture_other_model_is_accepted(tmp_path: Path) -> None:
 def test_engine_replaced_after_its_sidecar_is_refused(tmp_path: Path) -> None:
     plan = write_engine(tmp_path)
     plan.write_bytes(b"another build")
-    with pytest.raises(BackendError, match="does not describe"):
+    with pytest.raises(SidecarError, match="does not describe"):
         load_checked(plan, tensorrt_version=TRT, compute_capability="9.0", gpu_name=H100[0])
 
 
 def test_missing_sidecar_asks_for_a_rebuild(tmp_path: Path) -> None:
     plan = tmp_path / "bare.plan"
     plan.write_bytes(b"x")
-    with pytest.raises(BackendError, match=r"no sidecar bare\.plan\.json.*build-engine"):
+    with pytest.raises(SidecarError, match=r"no sidecar bare\.plan\.json.*build-engine"):
         read_sidecar(plan)
 
 
@@ -116,7 +111,7 @@ def test_missing_sidecar_asks_for_a_rebuild(tmp_path: Path) -> None:
 def test_foreign_or_incomplete_sidecar_is_refused(tmp_path: Path, content: str) -> None:
     plan = write_engine(tmp_path)
     plan.with_name("model.plan.json").write_text(content)
-    with pytest.raises(BackendError, match=r"model\.plan\.json"):
+    with pytest.raises(SidecarError, match=r"model\.plan\.json"):
         read_sidecar(plan)
 
 
@@ -124,7 +119,7 @@ def test_backend_refuses_cleanly_without_tensorrt(tmp_path: Path) -> None:
     try:
         require_tensorrt()
         pytest.skip("TensorRT is installed; the GPU tests cover loading")
-    except EngineError:
+    except BackendError:
         pass
     with pytest.raises(BackendError, match="needs TensorRT"):
         TensorRTBackend(write_engine(tmp_path))
@@ -139,7 +134,7 @@ def test_backend_checks_the_sidecar_before_anything_else(tmp_path: Path) -> None
 
 def test_check_compatible_names_both_gpus(tmp_path: Path) -> None:
     sidecar = read_sidecar(write_engine(tmp_path))
-    with pytest.raises(BackendError, match=r"NVIDIA H100 80GB HBM3.*NVIDIA L4"):
+    with pytest.raises(SidecarError, match=r"NVIDIA H100 80GB HBM3.*NVIDIA L4"):
         check_compatible(
             sidecar,
             engine=tmp_path / "model.plan",
@@ -327,7 +322,7 @@ def test_oversized_and_undersized_batches_run_through_pinned_buffers(
     assert backend.info.max_batch_size == 16 and backend.info.device == "cuda:0"
     assert [(s.name, s.shape) for s in backend.info.inputs] == [("input", (-1, 3, 2, 2))]
     assert [(s.name, s.shape) for s in backend.info.outputs] == [("logits", (-1, 4))]
-    assert backend.info.metadata["resnet_serve.labels"] == '["cat", "dog"]'
+    assert backend.info.metadata[LABELS_KEY] == '["cat", "dog"]'
     for n in (1, 3, 16, 37):  # padded to the minimum 4; exact; split 16 + 16 + 5
         x = np.random.default_rng(n).normal(size=(n, 3, 2, 2)).astype(np.float32)
         out = backend.infer({"input": x})["logits"]

@@ -16,6 +16,11 @@ from resnet_serve.cli.main import main
 from resnet_serve.export import engine
 from resnet_serve.export.engine import BatchProfile, EngineError, network_plan, resolve_precision
 from resnet_serve.export.fp16 import Fp16Error, to_fp16
+from resnet_serve.formats.files import write_bytes_atomic
+from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
+from resnet_serve.formats.sidecar import sidecar_path
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.runtime.tensorrt import require_tensorrt
 
 
 def tiny_classifier(
@@ -45,15 +50,15 @@ def tiny_classifier(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in {"resnet_serve.labels": '["a", "b"]', "resnet_serve.precision": precision}.items():
+    for key, value in {LABELS_KEY: '["a", "b"]', PRECISION_KEY: precision}.items():
         model.metadata_props.add(key=key, value=value)
     return model
 
 
 def tensorrt_installed() -> bool:
     try:
-        engine.require_tensorrt()
-    except EngineError:
+        require_tensorrt()
+    except BackendError:
         return False
     return True
 
@@ -190,8 +195,8 @@ def test_bad_arguments_fail_before_touching_tensorrt(
 
 def test_sidecar_is_written_atomically_next_to_the_engine(tmp_path: Path) -> None:
     plan = tmp_path / "m.plan"
-    engine.write_atomic(plan, b"engine")
-    assert engine.sidecar_path(plan) == tmp_path / "m.plan.json"
+    write_bytes_atomic(plan, b"engine")
+    assert sidecar_path(plan) == tmp_path / "m.plan.json"
     assert plan.read_bytes() == b"engine"
     assert [p.name for p in tmp_path.iterdir()] == ["m.plan"]  # no temp file left behind
 
@@ -205,7 +210,7 @@ def test_fp16_model_keeps_float32_io_and_metadata() -> None:
     assert {t.type.tensor_type.elem_type for t in io} == {TensorProto.FLOAT}
     assert {t.data_type for t in converted.graph.initializer} == {TensorProto.FLOAT16}
     meta = {p.key: p.value for p in converted.metadata_props}
-    assert meta == {"resnet_serve.labels": '["a", "b"]', "resnet_serve.precision": "fp16"}
+    assert meta == {LABELS_KEY: '["a", "b"]', PRECISION_KEY: "fp16"}
     onnx.checker.check_model(converted)  # topologically sorted, unlike the raw converter output
 
 
@@ -262,7 +267,7 @@ def test_built_engine_serves_like_onnx_runtime(tmp_path: Path, precision: str, t
     assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max()
     backend.close()
 
-    side = engine.sidecar_path(plan)
+    side = sidecar_path(plan)
     fields = json.loads(side.read_text())
     side.write_text(json.dumps({**fields, "tensorrt_version": "0.0.1"}))
     with pytest.raises(BackendError, match="rebuild"):

@@ -28,7 +28,7 @@ import pytest
 from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 from PIL import Image
 
-from resnet_serve.formats.pixels import eval_pixels, normalize_array
+from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from resnet_serve.formats.pixels import center_crop, eval_pixels, prepare, to_uint8_chw
+from resnet_serve.formats.preprocess import center_crop, eval_pixels, prepare, to_uint8_chw
 from resnet_serve.models.errors import DatasetError
 
 DATASETS = ("digits", "folder", "cifar10")
@@ -171,7 +171,7 @@ def _decode(path: Path, preprocess: dict[str, Any]) -> tuple[NDArray[np.uint8], 
     try:
         with Image.open(path) as raw:
             raw.load()
-            img = prepare(raw, preprocess["color"], preprocess["resize"], preprocess["interpolation"])
+            img = prepare(raw, preprocess)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DatasetError(f"cannot read image {path} ({reason}): fix or remove the file") from None

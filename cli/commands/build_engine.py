@@ -17,6 +17,8 @@ import argparse
 from pathlib import Path
 
 from resnet_serve.export import engine
+from resnet_serve.formats.sidecar import sidecar_path
+from resnet_serve.runtime.tensorrt import require_tensorrt
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.onnx.is_file():
         raise engine.EngineError(f"no such ONNX file: {args.onnx}")
     profile = engine.BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
-    engine.require_tensorrt()
+    require_tensorrt()
     sidecar = engine.build(
         engine.BuildRequest(
             onnx_path=args.onnx,
@@ -92,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name} "
         f"sm_{sidecar.compute_capability.replace('.', '')}, batch {profile.min}..{profile.max}, "
-        f"built in {sidecar.build_seconds:.0f} s) and {engine.sidecar_path(args.out).name}"
+        f"built in {sidecar.build_seconds:.0f} s) and {sidecar_path(args.out).name}"
     )
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.export import package
+from resnet_serve.formats.repository import BACKENDS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="longest a request waits for a batch to fill, microseconds [2000]",
     )
-    settings.add_argument("--backend", choices=package.BACKENDS, help="preferred backend [onnxruntime]")
+    settings.add_argument("--backend", choices=BACKENDS, help="preferred backend [onnxruntime]")
     settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
 
 

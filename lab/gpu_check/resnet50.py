@@ -15,7 +15,7 @@ def resnet50_model(work: Path, on_gpu: bool) -> Model:
     random network)."""
     import torch
 
-    from resnet_serve.export.sources import IMAGENET_PREPROCESS
+    from resnet_serve.formats.preprocess import IMAGENET
     from resnet_serve.models.checkpoint import FORMAT, save_checkpoint
     from resnet_serve.models.registry import build
 
@@ -38,9 +38,9 @@ def resnet50_model(work: Path, on_gpu: bool) -> Model:
             "model_config": {"num_classes": 1000, "in_chans": 3},
             "state_dict": model.state_dict(),
             "labels": [f"class_{i}" for i in range(1000)],
-            "preprocess": IMAGENET_PREPROCESS,
+            "preprocess": IMAGENET,
         },
     )
-    crop = int(IMAGENET_PREPROCESS["crop"])
+    crop = int(IMAGENET["crop"])
     x = np.random.default_rng(0).normal(size=(32, 3, crop, crop)).astype(np.float32)
     return Model("resnet50", ckpt, x, None, x[:16])

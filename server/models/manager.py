@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.export.package import CONFIG_NAME
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+from resnet_serve.formats.repository import CONFIG_NAME
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads

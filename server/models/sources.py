@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.export.package import CONFIG_NAME, RepositoryError, read_model
+from resnet_serve.formats.repository import CONFIG_NAME, RepositoryError, read_model
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.server.config import ConfigError, ModelSettings, with_values
 
