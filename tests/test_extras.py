@@ -36,7 +36,7 @@ COMMAND_DEPS: dict[str, Deps] = {
     "train": Deps(("train",)),
     "export": Deps(("train",)),
     "quantize": Deps(("train",)),
-    # The TensorRT column: export.engine.require_tensorrt says which package is missing.
+    # The TensorRT column: runtime.tensorrt.require_tensorrt says which package is missing.
     "verify": Deps(("train",), {"tensorrt": "gpu", "cuda": "gpu"}),
     "package": Deps(("serve",)),
     "build-engine": Deps(("train", "gpu")),
