@@ -16,13 +16,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
-COPY cli cli
+# The layer folders and resnet_serve/, whose links to them make the one installed package (docs/architecture.md).
+COPY resnet_serve resnet_serve
+COPY formats formats
+COPY protos protos
 COPY models models
+COPY training training
+COPY runtime runtime
 COPY export export
 COPY server server
-COPY protos protos
 COPY client client
 COPY bench bench
+COPY cli cli
 # constraints.txt pins what the test suite ran against; the serve extra pulls neither torch nor CUDA.
 RUN pip install -c constraints.txt ".[serve]" \
     && useradd --system --no-create-home resnet

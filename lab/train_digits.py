@@ -3,7 +3,7 @@
 Prints wall time and held-out top-1 and writes them as JSON. The target (issue 3) is >= 99.0 % within
 3 minutes on 2 CPU cores. Extra arguments go to ``resnet-serve train`` unchanged, e.g. ``--epochs 10``:
 
-    .venv/bin/python -m bench.train_digits --json artifacts/bench/train_digits.json -- --epochs 10
+    .venv/bin/python -m lab.train_digits --json artifacts/bench/train_digits.json -- --epochs 10
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TARGET_S = 180.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.train_digits",
+        prog="python -m lab.train_digits",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

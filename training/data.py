@@ -1,6 +1,6 @@
 """Data sets held in memory as uint8 pixels: scikit-learn digits, an ImageFolder-style directory, CIFAR-10.
 
-Every loader returns an :class:`ImageSplit`: training pixels (augmented per batch by :mod:`models.augment`),
+Every loader returns an :class:`ImageSplit`: training pixels (augmented per batch by :mod:`training.augment`),
 held-out pixels made by exactly the preprocessing contract, the class names, and the ``preprocess`` dict
 (with mean/std measured on the training pixels) that goes into the checkpoint and from there to the server.
 """
