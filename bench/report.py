@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from resnet_serve.bench.baseline import BaselineResult
 from resnet_serve.bench.loadgen import Closed, Open, StepResult
 from resnet_serve.bench.stats import PERCENTILES, percentile_key
+from resnet_serve.formats.files import write_bytes_atomic, write_json_atomic
 
 FORMAT = "resnet-serve-bench/1"
 
@@ -114,23 +112,10 @@ def csv_text(doc: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(doc: dict[str, Any], out: Path) -> list[Path]:
     written = [out / "bench.json", out / "bench.csv"]
-    write_atomic(written[0], json.dumps(doc, indent=2) + "\n")
-    write_atomic(written[1], csv_text(doc))
+    write_json_atomic(written[0], doc)
+    write_bytes_atomic(written[1], csv_text(doc).encode())
     return written
 
 

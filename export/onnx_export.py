@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,7 +28,8 @@ from torch import nn
 
 from resnet_serve.export.errors import ExportError
 from resnet_serve.export.sources import Source
-from resnet_serve.formats.metadata import write
+from resnet_serve.formats.errors import MetadataError
+from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
 from resnet_serve.models.fold import FoldError, fold_batchnorm
 
 # Opset 18: QDQ with per-channel axes (≥13) and ReduceMean with axes as an input (18) are all we need; it is
@@ -38,6 +40,18 @@ DEFAULT_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Our metadata (formats/metadata.py) from an ONNX file, its graph loaded without the external weights."""
+    p = Path(path)
+    if not p.is_file():
+        raise MetadataError(f"no such ONNX file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX model"
+        raise MetadataError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+    return from_props(props_of(model), str(p))
 
 
 def relative_error(actual: NDArray[np.floating], reference: NDArray[np.floating]) -> float:

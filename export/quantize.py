@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from resnet_serve.export.errors import ExportError
+from resnet_serve.formats.files import atomic_path
 from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -236,3 +237,16 @@ def output_paths(out: Path, variant: str) -> dict[str, Path]:
     if variant != "both":
         return {variant: out}
     return {v: out.with_name(f"{out.stem}-{v}{out.suffix or '.onnx'}") for v in VARIANTS}
+
+
+def write_all(models: dict[str, onnx.ModelProto], paths: dict[str, Path]) -> list[str]:
+    """Write each variant's model to its path, all or nothing: every file is written beside its destination
+    first and renamed only once all are written (a folder as destination, or a failed write such as a full
+    disk, leaves neither). Returns one "PATH (precision, size)" line per file."""
+    written = []
+    with contextlib.ExitStack() as files:
+        for variant, path in paths.items():
+            payload = models[variant].SerializeToString()
+            files.enter_context(atomic_path(path)).write_bytes(payload)
+            written.append(f"{path} ({PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
+    return written

@@ -23,10 +23,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resnet_serve.export.errors import ExportError
-from resnet_serve.export.onnx_export import ort_logits, ort_session, relative_error, torch_logits
+from resnet_serve.export.onnx_export import (
+    ort_logits,
+    ort_session,
+    read_metadata,
+    relative_error,
+    torch_logits,
+)
 from resnet_serve.export.samples import evaluation_batch
 from resnet_serve.export.sources import Source
-from resnet_serve.formats.metadata import ModelMetadata, read
+from resnet_serve.formats.metadata import ModelMetadata
 
 CHUNK = 32
 Runner = Callable[[NDArray[np.float32]], NDArray[np.float32]]
@@ -120,7 +126,7 @@ def verify(
     tol: Tolerances,
 ) -> tuple[list[StageResult], int]:
     """Run every stage on the same images; returns the results and how many images were used."""
-    metas = [(p, read(p)) for p in onnx_files]
+    metas = [(p, read_metadata(p)) for p in onnx_files]
     for p, m in metas:
         _check_same_source(m, source, p)
     if source is None and not metas:

@@ -1,6 +1,8 @@
 """The `resnet_serve.*` metadata_props that travel inside every ONNX model we write (docs/architecture.md).
 
-Torch-free on purpose: the model repository reader, and through it the server, use this module.
+Torch-free on purpose, and onnx-free: the keys and their parsing need only the standard library, so whoever
+names a key (the server, the PyTorch backend, the benchmarks) needs nothing more installed. Reading them from
+an ONNX file is `export.onnx_export.read_metadata`.
 """
 
 from __future__ import annotations
@@ -8,13 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
-from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from resnet_serve.formats.errors import MetadataError
 from resnet_serve.formats.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 PREFIX = "resnet_serve."
 LABELS_KEY = PREFIX + "labels"  # JSON list of class names, index = logit position
@@ -114,15 +116,3 @@ def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
         versions={str(k): str(v) for k, v in versions.items()},
         precision=precision,
     )
-
-
-def read(path: str | Path) -> ModelMetadata:
-    """Our metadata from an ONNX file, reading the graph structure but not the weights into memory twice."""
-    p = Path(path)
-    if not p.is_file():
-        raise MetadataError(f"no such ONNX file: {p}")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX model"
-        raise MetadataError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
-    return from_props(props_of(model), str(p))

@@ -22,9 +22,9 @@ from conftest import assert_one_line_error
 from onnx import numpy_helper
 
 from resnet_serve.cli.main import main
+from resnet_serve.export.onnx_export import read_metadata
 from resnet_serve.export.quantize import check_trt_compatible
 from resnet_serve.export.samples import digits_held_out
-from resnet_serve.formats.metadata import read
 from resnet_serve.formats.preprocess import normalize_array
 from resnet_serve.models import registry
 from resnet_serve.models.checkpoint import FORMAT, load_model, save_checkpoint
@@ -100,7 +100,7 @@ def digits_models(
 
 
 def _held_out_accuracy(path: Path) -> float:
-    meta = read(path)
+    meta = read_metadata(path)
     x, labels = digits_held_out(meta.preprocess)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": x})[0]
@@ -153,7 +153,7 @@ def test_int8_weights_leave_every_cpu_kernel_int16_headroom(
 
 
 def _logits(path: Path, level: ort.GraphOptimizationLevel) -> np.ndarray:
-    x, _ = digits_held_out(read(path).preprocess)
+    x, _ = digits_held_out(read_metadata(path).preprocess)
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -178,9 +178,9 @@ def test_int8_fused_kernels_compute_what_the_qdq_graph_says(
 def test_quantized_models_keep_the_metadata_and_record_their_precision(
     digits_models: dict[str, Path],
 ) -> None:
-    fp32 = read(digits_models["fp32"])
+    fp32 = read_metadata(digits_models["fp32"])
     for variant, precision in (("trt", "int8-qdq-trt"), ("ort", "int8-qdq-ort")):
-        meta = read(digits_models[variant])
+        meta = read_metadata(digits_models[variant])
         assert meta.precision == precision
         assert (meta.arch, meta.labels, meta.preprocess, meta.source_sha256) == (
             fp32.arch,

@@ -13,7 +13,8 @@ import torch
 from conftest import assert_one_line_error
 
 from resnet_serve.cli.main import main
-from resnet_serve.formats.metadata import LABELS_KEY, read
+from resnet_serve.export.onnx_export import read_metadata
+from resnet_serve.formats.metadata import LABELS_KEY
 from resnet_serve.models import registry
 from resnet_serve.models.checkpoint import save_checkpoint
 from resnet_serve.training.data import DIGITS_PREPROCESS
@@ -69,7 +70,7 @@ def test_export_metadata_describes_the_checkpoint(digits_onnx: tuple[Path, Path]
     import hashlib
 
     ckpt, out = digits_onnx
-    meta = read(out)
+    meta = read_metadata(out)
     assert meta.arch == "resnet20"
     assert meta.labels == [str(d) for d in range(10)]
     assert meta.preprocess["color"] == "L" and meta.preprocess["crop"] == 32
@@ -162,7 +163,7 @@ def test_fp16_export_keeps_float32_io_and_records_its_precision(
     ckpt, _ = digits_onnx
     out = tmp_path / "fp16.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--precision", "fp16", "--out", str(out)]) == 0
-    assert read(out).precision == "fp16"
+    assert read_metadata(out).precision == "fp16"
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from resnet_serve.cli.commands.serve import add_logging_arguments
 from resnet_serve.server.observability.logging import (
     MAX_REQUEST_ID_LEN,
     access_log,
-    add_logging_arguments,
     configure_logging,
     current_request_id,
     request_id_from_metadata,

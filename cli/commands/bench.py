@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     a server that does not answer (ConnectionError) exits 1."""
     from resnet_serve.bench import extras
     from resnet_serve.bench.loadgen import parse_concurrency, parse_rates
-    from resnet_serve.bench.main import bench
+    from resnet_serve.bench.main import BenchOptions, bench
     from resnet_serve.bench.workload import WorkloadError
 
     tls = tls_from_args(args)
@@ -173,7 +173,30 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--baseline {args.baseline}: no such model file")
         # Everything the run will import, checked before it starts (bench/extras.py).
         extras.check(extras.needs(args.protocol, args.images, args.baseline))
-        return asyncio.run(bench(args, loads, tls))
+        options = BenchOptions(
+            server=args.server,
+            tls=tls,
+            protocol=args.protocol,
+            model=args.model,
+            images=args.images,
+            batch_size=args.batch_size,
+            open_loop=bool(args.rate),
+            slo_p99_ms=args.slo_p99_ms,
+            slo_iterations=args.slo_iterations,
+            warmup=args.warmup,
+            window=args.window,
+            max_step_time=args.max_step_time,
+            stability=args.stability,
+            timeout=args.timeout,
+            seed=args.seed,
+            baseline=args.baseline,
+            baseline_time=args.baseline_time,
+            baseline_device=args.baseline_device,
+            baseline_threads=args.baseline_threads,
+            out=args.out,
+            title=args.title,
+        )
+        return asyncio.run(bench(options, loads))
     except WorkloadError:
         raise
     except ValueError as exc:  # a bad --rate/--concurrency list or --warmup

@@ -19,7 +19,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.export import quantize
 from resnet_serve.export.errors import ExportError
 from resnet_serve.export.samples import calibration_batch
-from resnet_serve.formats.files import atomic_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,14 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"quantizing {meta.arch} to INT8 QDQ: {args.method} calibration on {len(data)} images")
     paths = quantize.output_paths(args.out, args.variant)
     models = quantize.quantize(fp32, meta, data, tuple(paths), args.method)
-    written = []
-    # All or nothing: every file is written beside its destination first and renamed only once all
-    # are written (a folder as destination, or a failed write such as a full disk, leaves neither).
-    with contextlib.ExitStack() as files:
-        for variant, path in paths.items():
-            payload = models[variant].SerializeToString()
-            files.enter_context(atomic_path(path)).write_bytes(payload)
-            written.append(f"{path} ({quantize.PRECISION[variant]}, {len(payload) / 1e6:.1f} MB)")
+    written = quantize.write_all(models, paths)
     for line in written:
         print(f"wrote {line}")
     print(f"done in {time.perf_counter() - start:.1f} s; check it with `resnet-serve verify`")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
 from resnet_serve.server import config
-from resnet_serve.server.observability.logging import add_logging_arguments, configure_logging
+from resnet_serve.server.observability.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,3 +74,22 @@ def _flag_type(opt: config.Option) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"{opt.flag}: {exc}") from None
 
     return parse
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, defaulting to $RESNET_SERVE_LOG_FORMAT / $RESNET_SERVE_LOG_LEVEL."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("RESNET_SERVE_LOG_FORMAT", "text"),
+        help="text for people, json (one object per line, with request_id) for log collectors "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default=os.environ.get("RESNET_SERVE_LOG_LEVEL", "info"),
+        help="debug adds one access-log line per request; info logs nothing per request "
+        "(default: %(default)s)",
+    )

@@ -12,11 +12,9 @@ request only when the `resnet_serve.access` logger is enabled for DEBUG.
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import json
 import logging
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -154,25 +152,6 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     root.setLevel(level.upper())
     # grpc's own loggers are chatty at DEBUG and say nothing about our requests.
     logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
-
-
-def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    """--log-format and --log-level, defaulting to $RESNET_SERVE_LOG_FORMAT / $RESNET_SERVE_LOG_LEVEL."""
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=os.environ.get("RESNET_SERVE_LOG_FORMAT", "text"),
-        help="text for people, json (one object per line, with request_id) for log collectors "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        type=str.lower,
-        default=os.environ.get("RESNET_SERVE_LOG_LEVEL", "info"),
-        help="debug adds one access-log line per request; info logs nothing per request "
-        "(default: %(default)s)",
-    )
 
 
 def access_log(
