@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 from resnet_serve.client.paths import IMAGE_SUFFIXES
+from resnet_serve.formats.datatypes import WIRE_DTYPES
 from resnet_serve.formats.errors import UserError
 
 BUILTIN = ("auto", "digits", "photos")
@@ -93,8 +94,7 @@ def random_tensors(shape: tuple[int, ...], datatype: str, count: int = 4, seed: 
     """`count` distinct inputs: standard normal floats (as if normalised) or uniform bytes for UINT8."""
     rng = np.random.default_rng(seed)
     if datatype in ("FP32", "FP16"):
-        dtype = np.float32 if datatype == "FP32" else np.float16
-        return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]
+        return [rng.standard_normal(shape).astype(WIRE_DTYPES[datatype]) for _ in range(count)]
     if datatype == "UINT8":
         return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
     raise WorkloadError(f"the model's input is {datatype}; bench sends FP32, FP16 or UINT8 tensors")

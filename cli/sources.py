@@ -7,7 +7,7 @@ from pathlib import Path
 
 from resnet_serve.export import sources
 from resnet_serve.export.errors import ExportError
-from resnet_serve.formats.preprocess import IMAGENET
+from resnet_serve.formats.preprocess import IMAGENET, INTERPOLATIONS
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     pre.add_argument(
         "--interpolation",
         default=IMAGENET["interpolation"],
-        choices=["nearest", "bilinear", "bicubic", "lanczos"],
+        choices=list(INTERPOLATIONS),
     )
     pre.add_argument(
         "--mean",

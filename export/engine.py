@@ -1,4 +1,4 @@
-"""`resnet-serve build-engine`: compile an ONNX model to a serialized TensorRT engine, with a sidecar JSON.
+"""Compile an ONNX model to a serialized TensorRT engine, with its sidecar (formats/sidecar.py).
 
 Precision follows TensorRT's strongly typed model (the only one TensorRT 11 has): the network runs in the
 types the ONNX graph declares. FP32 is the exported model as is; FP16 is an FP16 ONNX (`export.fp16`, made
@@ -6,9 +6,10 @@ on the fly from an FP32 model when asked); INT8 is our symmetric QDQ ONNX (expli
 precision flags (weak typing) are used only on TensorRT 10 when asked for, or when the installed TensorRT
 has no strongly typed networks; implicit INT8 calibration is never used (TensorRT 11 removed it).
 
-An engine only runs on the TensorRT version and GPU architecture it was built with. The sidecar
-(`ENGINE.json`) records both, so the server refuses a mismatched engine with a "rebuild" message before
-TensorRT ever sees it. Everything except `build()` is pure Python and tested without TensorRT.
+An engine only runs on the TensorRT version and GPU architecture it was built with; the sidecar records both,
+so the server refuses a mismatched engine with a "rebuild" message before TensorRT ever sees it. Everything
+except `build()` is pure Python and tested without TensorRT. The command: cli/commands/build_engine.py
+(`resnet-serve build-engine`).
 """
 
 from __future__ import annotations

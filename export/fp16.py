@@ -11,13 +11,9 @@ no new dependency); NVIDIA's ModelOpt AutoCast does the same job but is not inst
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
-from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import UserError
-from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import PRECISION_KEY, props_of
 
 
@@ -43,18 +39,6 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         converted.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(converted)
     return converted
-
-
-def convert_file(source: Path, target: Path) -> None:
-    try:
-        model = onnx.load(str(source))
-    except (OSError, DecodeError, ValueError) as err:
-        raise Fp16Error(f"cannot read ONNX model {source}: {err}") from None
-    save_atomic(to_fp16(model), target)
-
-
-def save_atomic(model: onnx.ModelProto, target: Path) -> None:
-    write_bytes_atomic(target, model.SerializeToString())
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:

@@ -1,15 +1,10 @@
-"""Fold BatchNorm and export a resnet-serve checkpoint, or torchvision-format weights, to one ONNX file.
+"""Export a model source (our checkpoint or torchvision-format weights) to one self-contained ONNX file.
 
-The file is self-contained (weights inside, no external data), has input `input` (batch, C, H, W) float32 and
-output `logits` (batch, classes) with a dynamic batch dimension, and carries the resnet_serve.* metadata the
-server needs (labels, preprocessing, architecture, source hash, tool versions). Before it is written it must
-pass onnx's full checker, contain no BatchNormalization node, and match PyTorch on real images in ONNX
-Runtime (relative error ≤ --tolerance, at batch 1 and at the full batch).
-
-examples:
-  resnet-serve export --checkpoint artifacts/digits/model.pt --out artifacts/digits/model.onnx
-  resnet-serve export --arch resnet50 --weights resnet50-11ad3fa6.pth --out resnet50.onnx \\
-      --labels imagenet_classes.txt
+`export_source` folds BatchNorm (models/fold.py), exports with input `input` (batch, C, H, W) float32 and
+output `logits` (batch, classes), a dynamic batch dimension and our metadata (formats/metadata.py), and
+accepts the result only if it passes onnx's full checker, holds no BatchNormalization node and matches PyTorch
+on real images in ONNX Runtime at batch 1 and at the full batch. The command, its flags and examples:
+cli/commands/export.py (`resnet-serve export`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
-"""INT8 post-training quantization (static, QDQ) of an FP32 model from `resnet-serve export`.
+"""Static INT8 post-training quantization to QDQ ONNX, calibrated on real images.
 
-Calibrates activation ranges on real training images (the digits training split for the digits model, or
---images DIR), quantizes weights per output channel, and writes a QDQ model in one of two flavours:
-
-  trt  symmetric signed INT8 activations and weights, every zero point 0, float bias: what TensorRT's explicit
-       quantization accepts (precision "int8-qdq-trt").
-  ort  unsigned INT8 activations with zero points, signed INT8 weights (U8S8): what ONNX Runtime's CPU
-       kernels run fastest (precision "int8-qdq-ort").
-
-All other resnet_serve metadata is kept. Quantize the folded FP32 model (the default export).
-
-examples:
-  resnet-serve quantize artifacts/digits/model.onnx --out artifacts/digits/model.int8.onnx
-  resnet-serve quantize resnet50.onnx --images calib/ --variant both --method percentile \\
-      --out resnet50.int8.onnx
+`quantize` calibrates activation ranges once (minmax, entropy or percentile) and makes each requested flavour:
+"trt" (symmetric signed INT8, zero points 0: TensorRT's explicit quantization) and "ort" (U8S8: ONNX Runtime's
+fastest CPU kernels), weights per output channel, logits left in float, our metadata kept with the precision
+updated. `write_all` writes the flavours all or nothing. The command, its flags and examples:
+cli/commands/quantize.py (`resnet-serve quantize`).
 """
 
 from __future__ import annotations

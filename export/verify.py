@@ -1,16 +1,10 @@
-"""Parity report: the same held-out images through every stage, each compared with the PyTorch model.
+"""Parity of every stage of a model against its PyTorch original, on the same held-out images.
 
-Stages: PyTorch (the reference), folded PyTorch, and every model file given with --onnx (FP32, FP16 or INT8,
-told apart by their resnet_serve.precision metadata) in ONNX Runtime, plus TensorRT engines given with
---engine where TensorRT is installed. Per stage it prints the max abs and relative error of the logits
-(max |x − ref| / max |ref|), top-1 agreement with PyTorch and accuracy (when the images have labels), and it
-exits 1 when a stage breaks its tolerance:
-  fp32 and folded: relative error ≤ --fp32-tol;  fp16: relative error ≤ --fp16-tol;
-  int8: top-1 agreement ≥ --int8-agreement and accuracy drop ≤ --int8-acc-drop points (when labelled).
-
-examples:
-  resnet-serve verify --checkpoint artifacts/digits/model.pt --onnx artifacts/digits/model.onnx \\
-      --onnx artifacts/digits/model.int8.onnx --json artifacts/digits/verify.json
+A stage is the folded PyTorch model, an ONNX file in ONNX Runtime (FP32, FP16 or INT8, told apart by their
+precision metadata) or a TensorRT engine; each gets the max absolute and relative error of its logits
+(max |x − ref| / max |ref|), its top-1 agreement with PyTorch and its accuracy where the images are labelled,
+checked against the tolerance of its precision. The command, its flags and examples: cli/commands/verify.py
+(`resnet-serve verify`).
 """
 
 from __future__ import annotations

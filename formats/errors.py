@@ -1,8 +1,9 @@
 """The error every layer raises for a failure the user can fix, and the one way it reaches them.
 
 Each layer has its own subclasses (ExportError, ModelsError, ConfigError, ...); all of them derive from
-`UserError`, whose `str()` is one line saying what went wrong and what to do. The CLI prints it once, as
-`resnet-serve COMMAND: error: MESSAGE`; the server answers INVALID_ARGUMENT for `InvalidInput`.
+`UserError`, whose `str()` is one line saying what went wrong and what to do. The CLI prints it once, in
+cli/main.py (`error: MESSAGE`, or `resnet-serve COMMAND: error: MESSAGE` for the export commands); the server
+answers INVALID_ARGUMENT for `InvalidInput`.
 """
 
 from __future__ import annotations

@@ -87,6 +87,21 @@ def props_of(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def labels_of(props: dict[str, str], source: str = "model") -> list[str]:
+    """The class names a model's metadata lists (LABELS_KEY), [] when it has none; a value that is not a JSON
+    list is a MetadataError."""
+    raw = props.get(LABELS_KEY)
+    if not raw:
+        return []
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{source}: {LABELS_KEY} is not a JSON list ({exc})") from None
+    if not isinstance(labels, list):
+        raise MetadataError(f"{source}: {LABELS_KEY} is not a JSON list")
+    return [str(x) for x in labels]
+
+
 def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
     """Parse our keys; a model without them (made by another tool) gets a one-line MetadataError."""
     missing = [k for k in REQUIRED_KEYS if k not in props]
@@ -97,13 +112,13 @@ def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
         )
     if missing:
         raise MetadataError(f"{source} lacks metadata {', '.join(missing)}")
+    labels = labels_of(props, source)
     try:
-        labels = json.loads(props[LABELS_KEY])
         preprocess = json.loads(props[PREPROCESS_KEY])
         versions = json.loads(props[VERSIONS_KEY])
     except json.JSONDecodeError as exc:
         raise MetadataError(f"{source} has malformed resnet_serve metadata: {exc}") from None
-    if not isinstance(labels, list) or not isinstance(preprocess, dict) or not isinstance(versions, dict):
+    if not isinstance(preprocess, dict) or not isinstance(versions, dict):
         raise MetadataError(f"{source} has malformed resnet_serve metadata (labels/preprocess/versions)")
     precision = props[PRECISION_KEY]
     if precision not in PRECISIONS:

@@ -23,7 +23,7 @@ TRAINING_STATE = ("state_dict", "optimizer", "scheduler", "scaler", "rng")
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (:func:`models.files.atomic_path`), fsync'd before the rename.
+    """Write ``payload`` to ``path`` atomically (:func:`formats.files.atomic_path`), fsync'd before renaming.
 
     A reader (or a run killed mid-write) sees either the old file or the new one, never half of one.
     """

@@ -1,6 +1,6 @@
 """PyTorch CUDA backend: serves a training checkpoint directly, for GPU nodes without TensorRT.
 
-The checkpoint's model is BatchNorm-folded (export.fold), cast to FP16 or BF16 and laid out channels_last
+The checkpoint's model is BatchNorm-folded (models.fold), cast to FP16 or BF16 and laid out channels_last
 (tensor cores want NHWC). Each batch size is padded up to a power-of-two bucket, and each bucket gets a
 CUDA graph captured on first use, so a batch is one graph replay instead of ~150 kernel launches from
 Python; all graphs share one memory pool because they never run concurrently. Host↔device copies go

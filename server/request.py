@@ -32,7 +32,7 @@ class Call:
 
     A context manager class rather than a generator: it is on every request's path."""
 
-    __slots__ = ("_count", "_result", "_rows", "_summary", "model", "preprocess_s", "rpc", "start")
+    __slots__ = ("_count", "_gauge", "_result", "_rows", "_summary", "model", "preprocess_s", "rpc", "start")
 
     def __init__(
         self,
@@ -76,7 +76,8 @@ class Call:
         self._summary = (outcome, batch_size, detail)
 
     def __enter__(self) -> Call:
-        self.model.metrics.in_flight().__enter__()
+        self._gauge = self.model.metrics.in_flight()
+        self._gauge.__enter__()
         return self
 
     def __exit__(
@@ -107,6 +108,6 @@ class Call:
                 metrics.request_done(outcome, total, preprocess_s=self.preprocess_s)
             access_log(model.name, model.version, outcome, total, detail=detail)
         finally:
-            metrics.in_flight().__exit__(None, None, None)
+            self._gauge.__exit__(None, None, None)
         if error is not None and error is not exc:
             raise error from None

@@ -1,4 +1,4 @@
-"""bench/grpc_floor.py end to end on a tiny model: three real servers, each checked to run the model."""
+"""lab/grpc_floor.py end to end on a tiny model: three real servers, each checked to run the model."""
 
 from __future__ import annotations
 

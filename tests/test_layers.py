@@ -259,6 +259,11 @@ def check(root: Path, doc: str) -> list[str]:
         for imp in module.imports:
             if imp.dynamic and not resolve(imp.target, modules):
                 continue  # a string that only looks like a module name (a metadata key, a logger)
+            if imp.target.split(".")[0] in set(table) - {NOT_INSTALLED} and not imp.dynamic:
+                # The spelling from before the one installed name: in a user's project it would import the
+                # user's own `server/` or `models/` folder, and installed it finds nothing.
+                problems.append(f"{where(imp)}: imports {imp.target} without the {PACKAGE}. prefix")
+                continue
             if imp.target.split(".")[0] == TORCH and allowed.torch_free:
                 problems.append(f"{where(imp)}: imports torch; {module.layer}/ is torch-free (the table)")
             target_layer = layer_of(imp.target, table)
@@ -380,6 +385,15 @@ def test_checker_passes_a_house_in_order(tmp_path: Path) -> None:
         ({"models/net.py": "from ..server import app\n"}, "models/net.py:1: imports resnet_serve.server.app"),
         # sideways: models and formats only, not runtime beside... nor lab from an installed layer
         ({"server/app.py": "import lab.exp\n"}, "server/app.py:1: imports lab.exp (layer lab/)"),
+        # the old spelling, without the installed name
+        (
+            {"server/app.py": "from server.batcher import x\n"},
+            "server/app.py:1: imports server.batcher.x without the resnet_serve. prefix",
+        ),
+        (
+            {"cli/demo.py": "import models\n"},
+            "cli/demo.py:1: imports models without the resnet_serve. prefix",
+        ),
         # a module name in an import_module table counts
         (
             {"models/net.py": 'WHERE = "resnet_serve.server.app"\n'},

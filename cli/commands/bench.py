@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from resnet_serve.bench import extras
     from resnet_serve.bench.loadgen import parse_concurrency, parse_rates
     from resnet_serve.bench.main import BenchOptions, bench
-    from resnet_serve.bench.workload import WorkloadError
+    from resnet_serve.formats.errors import UserError
 
     tls = tls_from_args(args)
     try:
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             title=args.title,
         )
         return asyncio.run(bench(options, loads))
-    except WorkloadError:
-        raise
-    except ValueError as exc:  # a bad --rate/--concurrency list or --warmup
+    except ValueError as exc:  # a bad --rate/--concurrency list or --warmup; WorkloadError is a UserError
+        if isinstance(exc, UserError):
+            raise
         raise OptionError(str(exc)) from None

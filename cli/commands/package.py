@@ -1,10 +1,9 @@
-"""A Triton-like model repository: what `resnet-serve package` writes and what the server reads.
+"""Add an ONNX model to a Triton-like model repository, as the next version, for `resnet-serve serve`.
 
     <repo>/<model>/config.json          model-level settings, and the list of versions
     <repo>/<model>/<version>/model.onnx one directory per integer version (1, 2, ...)
 
-The layout and every config.json key are documented in docs/export.md. The reader (`read_repository`,
-`read_model`) uses the standard library only, so the server imports this module without torch or onnx.
+The layout and every config.json key are documented in docs/export.md.
 
 examples:
   resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from resnet_serve.server import config
 from resnet_serve.server.observability.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+
+log = logging.getLogger("resnet_serve.server")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +26,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
-    server_config = config.load_config(vars(args))  # a ConfigError is the CLI's one-line error, exit 2
-    from resnet_serve.server.app import (
-        serve,  # imports onnxruntime and grpc: only once the config is known to be valid
-    )
+    try:
+        server_config = config.load_config(vars(args))
+    except config.ConfigError as exc:
+        # A server reports through its log (JSON lines under --log-format json), as it does every other
+        # start-up failure, rather than through the CLI's plain stderr line.
+        log.error("invalid configuration: %s", exc)
+        return 2
+    from resnet_serve.server.app import serve  # onnxruntime and grpc: only once the config is valid
 
     return asyncio.run(serve(server_config))
 

@@ -24,6 +24,7 @@ from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
+from resnet_serve.server.streams import answer_concurrently
 
 DEFAULT_TOP_K = 5
 Context = grpc.aio.ServicerContext[object, object]
@@ -217,13 +218,11 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: Context
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        out: asyncio.Queue[pb.ClassifyStreamResponse | BaseException | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
         # An item's own request_id wins; one without gets "<stream id>/<n>", the stream id being the
         # stream's x-request-id metadata (or a new id), so a client can find a whole stream in the logs.
         stream_id = echo_request_id(context)
 
-        async def one(request: pb.ClassifyRequest, n: int) -> None:
+        async def answer(request: pb.ClassifyRequest, n: int) -> pb.ClassifyStreamResponse:
             request_id = resolve_request_id(request.request_id, f"{stream_id}/{n}")
             try:
                 with request_scope(request_id), self._in_flight:
@@ -231,39 +230,11 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             except Exception as exc:
                 failure = status_of(exc, "ClassifyStream")
                 error = pb.Error(code=failure.code.value[0], message=failure.message)
-                await out.put(pb.ClassifyStreamResponse(request_id=request_id, error=error))
-            else:
-                await out.put(pb.ClassifyStreamResponse(request_id=request_id, response=response))
+                return pb.ClassifyStreamResponse(request_id=request_id, error=error)
+            return pb.ClassifyStreamResponse(request_id=request_id, response=response)
 
-        async def read() -> None:
-            try:
-                n = 0
-                async for request in request_iterator:
-                    task = asyncio.create_task(one(request, n))
-                    n += 1
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                await out.put(None)
-            except BaseException as exc:  # the stream broke: let the writer end the RPC
-                await out.put(exc)
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    if isinstance(item, asyncio.CancelledError):
-                        return
-                    raise item  # the boundary answers it (a malformed request: INVALID_ARGUMENT)
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        async for item in answer_concurrently(request_iterator, answer):
+            yield item
 
     @boundary
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:

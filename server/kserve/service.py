@@ -13,7 +13,6 @@ classification strings) and the differences from Triton.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from importlib import metadata as importlib_metadata
 from typing import Any, Final
@@ -34,6 +33,7 @@ from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_requ
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
+from resnet_serve.server.streams import answer_concurrently
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS: Final = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
@@ -133,18 +133,14 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[InferRequest], context: Context
     ) -> AsyncIterator[Any]:
-        # Requests on one stream run concurrently (so they can share a batch); each answer is written as it
-        # completes. A failed request is answered in-stream with error_message, as Triton does, and the
-        # stream goes on. Each request counts as in flight until answered, so shutdown waits for it even
-        # before it reaches a batcher.
-        answers: asyncio.Queue[Any] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
+        # A failed request is answered in-stream with error_message, as Triton does, and the stream goes on.
+        # Each request counts as in flight until answered, so shutdown waits for it even before it reaches a
+        # batcher. A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the
+        # stream's x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
         in_flight = self._ctx.in_flight
-        # A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the stream's
-        # x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
         stream_id = echo_request_id(context)
 
-        async def one(request: InferRequest, n: int) -> None:
+        async def answer(request: InferRequest, n: int) -> Any:
             m = request.message
             request_id = resolve_request_id(m.id, f"{stream_id}/{n}")
             with in_flight, request_scope(request_id):
@@ -152,38 +148,16 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                     response = await self._infer(
                         request, context.time_remaining(), request_id, "ModelStreamInfer"
                     )
-                    answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
                 except Exception as exc:
                     error = status_of(exc, "ModelStreamInfer")
                     echo = pb.ModelInferResponse(
                         model_name=m.model_name, model_version=m.model_version, id=m.id or request_id
                     )
-                    answers.put_nowait(
-                        pb.ModelStreamInferResponse(error_message=error.message, infer_response=echo)
-                    )
+                    return pb.ModelStreamInferResponse(error_message=error.message, infer_response=echo)
+                return pb.ModelStreamInferResponse(infer_response=response)
 
-        async def read() -> None:
-            try:
-                n = 0
-                async for request in request_iterator:
-                    task = asyncio.create_task(one(request, n))
-                    n += 1
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running)
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-            await reader  # re-raises a failure of the request stream itself
-        finally:
-            reader.cancel()
-            for task in list(running):
-                task.cancel()
+        async for item in answer_concurrently(request_iterator, answer):
+            yield item
 
     async def _infer(
         self, incoming: InferRequest, time_remaining: float | None, request_id: str, rpc: str

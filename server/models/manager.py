@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
+from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
@@ -378,13 +377,7 @@ class ModelManager:
         # The model file's own metadata first; a packaged config.json fills in for files that carry none
         # (TensorRT plans).
         classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else -1
-        labels: list[str] = []
-        raw_labels = info.metadata.get(LABELS_KEY)
-        if raw_labels:
-            try:
-                labels = [str(x) for x in json.loads(raw_labels)]
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"model {name!r}: {LABELS_KEY} is not a JSON list ({exc})") from None
+        labels = labels_of(info.metadata, f"model {name!r}")
         if classes > 0 and labels and len(labels) != classes:
             raise ValueError(f"model {name!r} has {classes} outputs but {len(labels)} labels")
         labels = labels or source.labels
