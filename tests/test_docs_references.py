@@ -7,6 +7,7 @@ starts with one of the repository's folders or layers, and checks it against the
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -92,3 +93,32 @@ def test_the_reference_checker_catches_a_moved_module() -> None:
     assert _resolves("resnet_serve.server.app")
     assert _code_reference("resnet_serve.labels") is None
     assert _path_reference("server/batcher.py") and not _path_reference("artifacts/model.onnx")
+
+
+_COMMAND = re.compile(r"(?:^|[\s$;&(])(?:resnet-serve|python3? -m resnet_serve) ([a-z][a-z-]*)")
+_MODULE = re.compile(r"python3? -m ([A-Za-z_][\w.]*)")
+
+
+def _fenced_lines(doc: Path) -> list[tuple[int, str]]:
+    lines, in_fence = [], False
+    for number, line in enumerate(doc.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        elif in_fence:
+            lines.append((number, line))
+    return lines
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_command_a_doc_shows_exists(doc: Path) -> None:
+    from resnet_serve.cli.main import COMMANDS
+
+    stale = []
+    for number, line in _fenced_lines(doc):
+        for command in _COMMAND.findall(line):
+            if command not in COMMANDS:
+                stale.append(f"{doc.name}:{number}: `resnet-serve {command}` is not a command")
+        for module in _MODULE.findall(line):
+            if module not in ("torch.distributed.run",) and importlib.util.find_spec(module) is None:
+                stale.append(f"{doc.name}:{number}: `python -m {module}` names no module")
+    assert not stale, "stale commands in the docs:\n" + "\n".join(stale)
