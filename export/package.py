@@ -1,7 +1,9 @@
 """`resnet-serve package`: copy an ONNX model into a Triton-like model repository as a new version.
 
 The repository's layout, config.json schema and reader live in formats/repository.py (docs/export.md
-documents every key); this module writes what that reader accepts.
+documents every key); this module writes what that reader accepts. With the Triton format it also writes the
+model's config.pbtxt (Triton's ModelConfig message from protos/, in protobuf text format) and labels.txt, so
+Triton itself can serve the directory; server/models/triton_config.py reads it back.
 
 examples:
   resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits
@@ -17,15 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from google.protobuf import text_format
 
+from resnet_serve.formats.datatypes import config_type, numpy_to_kserve
 from resnet_serve.formats.errors import MetadataError
-from resnet_serve.formats.files import atomic_path, sha256_file, write_json_atomic
+from resnet_serve.formats.files import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 from resnet_serve.formats.metadata import from_props, props_of
 from resnet_serve.formats.repository import (
     BACKENDS,
     CONFIG_NAME,
     PLATFORMS,
+    TRITON_CONFIG_NAME,
     DynamicBatching,
     PackagedModel,
     RepositoryError,
@@ -34,6 +40,10 @@ from resnet_serve.formats.repository import (
     parse_config,
     read_model,
 )
+from resnet_serve.protos import model_config_pb2 as mc
+
+FORMATS = ("resnet-serve", "triton")
+LABELS_NAME = "labels.txt"  # Triton's output label_filename: its classification extension reads it
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -100,19 +110,70 @@ def _resolve(s: ServingSettings, existing: PackagedModel | None) -> tuple[int, l
     return max_batch, preferred, delay, backend, instances
 
 
+def triton_config(model: PackagedModel) -> mc.ModelConfig:
+    """A packaged model's config.pbtxt: only fields the server acts on, so it reads back without warnings;
+    the instance kind is left to the server (KIND_AUTO) because a package does not know the device."""
+
+    def dtype(name: str) -> str:
+        return config_type(numpy_to_kserve(np.dtype(name)))  # the enum value's name: "TYPE_FP32"
+
+    batching = mc.ModelDynamicBatching(
+        preferred_batch_size=model.dynamic_batching.preferred_batch_sizes,
+        max_queue_delay_microseconds=model.dynamic_batching.max_queue_delay_us,
+    )
+    inp, out = model.input, model.output
+    return mc.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        max_batch_size=model.max_batch_size,
+        input=[mc.ModelInput(name=inp.name, data_type=dtype(inp.dtype), dims=inp.shape)],
+        output=[
+            mc.ModelOutput(
+                name=out.name,
+                data_type=dtype(out.dtype),
+                dims=out.shape,
+                label_filename=LABELS_NAME if model.labels else "",
+            )
+        ],
+        instance_group=[mc.ModelInstanceGroup(count=model.instance_count)],
+        dynamic_batching=batching,
+    )
+
+
+def _write_triton_config(model_dir: Path, model: PackagedModel) -> None:
+    if model.labels:
+        write_bytes_atomic(model_dir / LABELS_NAME, ("\n".join(model.labels) + "\n").encode())
+    text = text_format.MessageToString(triton_config(model))
+    header = "# Triton's model configuration, written by `resnet-serve package --format triton`.\n"
+    write_bytes_atomic(model_dir / TRITON_CONFIG_NAME, (header + text).encode())
+
+
 def package(
     model_file: Path,
     repo: Path,
     name: str,
     version: int | None = None,
     settings: ServingSettings | None = None,
+    repository_format: str | None = None,
 ) -> tuple[PackagedModel, VersionConfig]:
-    """Copy `model_file` in as a new version of model `name` and (re)write its config.json atomically."""
+    """Copy `model_file` in as a new version of model `name` and (re)write its config.json atomically; with
+    `repository_format` "triton" also its config.pbtxt and labels.txt. None: "triton" when the model already
+    has a config.pbtxt (so the two files keep agreeing), else "resnet-serve"."""
     if not _NAME_RE.match(name):
         raise RepositoryError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
     if not model_file.is_file():
         raise RepositoryError(f"no such model file: {model_file}")
     model_dir = repo / name
+    has_pbtxt = (model_dir / TRITON_CONFIG_NAME).exists()
+    if repository_format is None:
+        repository_format = "triton" if has_pbtxt else "resnet-serve"
+    if repository_format not in FORMATS:
+        raise RepositoryError(f"format {repository_format!r} is not one of {', '.join(FORMATS)}")
+    if repository_format == "resnet-serve" and has_pbtxt:
+        raise RepositoryError(
+            f"{model_dir / TRITON_CONFIG_NAME} exists and its settings win over config.json when served: "
+            "package with --format triton to rewrite it, or remove it"
+        )
     existing = read_model(model_dir) if (model_dir / CONFIG_NAME).exists() else None
     max_batch_size, preferred, max_queue_delay_us, backend, instance_count = _resolve(
         settings or ServingSettings(), existing
@@ -151,6 +212,8 @@ def package(
     try:
         with atomic_path(version_dir / entry.file) as tmp:
             shutil.copyfile(model_file, tmp)
+        if repository_format == "triton":
+            _write_triton_config(model_dir, cfg)
         write_json_atomic(model_dir / CONFIG_NAME, cfg.to_json())
     except BaseException:
         shutil.rmtree(version_dir, ignore_errors=True)

@@ -18,6 +18,7 @@ from resnet_serve.formats.errors import UserError
 
 FORMAT = "resnet-serve-repository/1"
 CONFIG_NAME = "config.json"
+TRITON_CONFIG_NAME = "config.pbtxt"  # Triton's model configuration (server/models/triton_config.py reads it)
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "torch": "pytorch_libtorch"}
 

@@ -1,14 +1,16 @@
 """Add an ONNX model to a Triton-like model repository, as the next version, for `resnet-serve serve`.
 
     <repo>/<model>/config.json          model-level settings, and the list of versions
+    <repo>/<model>/config.pbtxt         with --format triton: Triton's model configuration (and labels.txt)
     <repo>/<model>/<version>/model.onnx one directory per integer version (1, 2, ...)
 
-The layout and every config.json key are documented in docs/export.md.
+The layout and every config.json key are documented in docs/export.md; config.pbtxt in docs/server.md.
 
 examples:
   resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits
   resnet-serve package artifacts/digits/model.int8-ort.onnx --repo model_repository --name digits \\
       --max-batch-size 64 --preferred-batch-sizes 16 32 64 --max-queue-delay-us 1000
+  resnet-serve package artifacts/digits/model.onnx --repo model_repository --name digits --format triton
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", type=Path, required=True, help="model repository directory")
     parser.add_argument("--name", required=True, help="model name (the directory under --repo)")
     parser.add_argument("--version", type=int, help="version number (default: one above the latest)")
+    parser.add_argument(
+        "--format",
+        choices=package.FORMATS,
+        help="triton: also write config.pbtxt and labels.txt, so Triton serves the directory too "
+        "[triton when the model already has a config.pbtxt, else resnet-serve]",
+    )
     settings = parser.add_argument_group(
         "serving settings (model-level; when adding a version, omitted ones keep the model's current values)"
     )
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         args.backend,
         args.instances,
     )
-    cfg, entry = package.package(args.model, args.repo, args.name, args.version, settings)
+    cfg, entry = package.package(args.model, args.repo, args.name, args.version, settings, args.format)
     print(
         f"packaged {args.model} as {cfg.name} version {entry.version} ({entry.precision}, {entry.arch}) "
         f"in {args.repo}; versions now {[v.version for v in cfg.versions]}; "

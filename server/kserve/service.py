@@ -263,7 +263,8 @@ def _triton_config(model: ServedModel) -> Any:
         specific = mc.ModelVersionPolicy.Specific(versions=list(settings.versions))
         policy = mc.ModelVersionPolicy(specific=specific)
     else:
-        policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
+        latest = mc.ModelVersionPolicy.Latest(num_versions=settings.latest_versions)
+        policy = mc.ModelVersionPolicy(latest=latest)
     parameters = {
         key.removeprefix(PREFIX): mc.ModelParameter(string_value=value)
         for key, value in model.info.metadata.items()
@@ -311,6 +312,10 @@ def _triton_config(model: ServedModel) -> Any:
                 preferred_batch_size=list(b.preferred_batch_sizes),
                 max_queue_delay_microseconds=round(b.max_queue_delay_ms * 1000),
                 preserve_ordering=False,
+                default_queue_policy=mc.ModelQueuePolicy(
+                    max_queue_size=b.max_queue_size,
+                    default_timeout_microseconds=round(b.timeout_ms * 1000),
+                ),
             )
         )
     return out

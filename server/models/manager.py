@@ -26,7 +26,7 @@ from pathlib import Path
 
 from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
-from resnet_serve.formats.repository import CONFIG_NAME
+from resnet_serve.formats.repository import CONFIG_NAME, TRITON_CONFIG_NAME, RepositoryError
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads
@@ -34,7 +34,13 @@ from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError, not_found, unavailable
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
-from resnet_serve.server.models.sources import ModelSource, read_source, select_versions, version_key
+from resnet_serve.server.models.sources import (
+    ModelSource,
+    check_tensors,
+    read_source,
+    select_versions,
+    version_key,
+)
 from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -189,18 +195,41 @@ class ModelManager:
             for p in root.iterdir()
             if p.is_dir()
             and not p.name.startswith(".")
-            and ((p / CONFIG_NAME).is_file() or any(c.name.isdigit() for c in p.iterdir()))
+            and (
+                (p / CONFIG_NAME).is_file()
+                or (p / TRITON_CONFIG_NAME).is_file()
+                or any(c.name.isdigit() for c in p.iterdir())
+            )
         )
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load every configured model and every repository model; a failure aborts start-up."""
+        """Load every configured model and every repository model. A missing model repository aborts
+        start-up (RepositoryError), and so do an empty one and a model that fails to load (ServeError), unless
+        `exit_on_error` is false: then each failure is one logged line and the server starts unready."""
+        repo = self.config.model_repository
+        names = self.repository_models()
+        if repo and not Path(repo).is_dir():
+            raise RepositoryError(f"model repository {repo} does not exist (--model-repository)")
+        if repo and not names:
+            message = f"model repository {repo} holds no models (no <model>/<version>/ directories)"
+            if self.config.exit_on_error:
+                raise RepositoryError(message)
+            log.warning("%s; starting without its models (exit_on_error = false)", message)
         for settings in self.config.models:
-            await self.load(settings.name, settings)
-        for name in self.repository_models():
+            await self._start_one(settings.name, settings)
+        for name in names:
             if name not in self._entries:
-                await self.load(name)
+                await self._start_one(name)
+
+    async def _start_one(self, name: str, settings: ModelSettings | None = None) -> None:
+        try:
+            await self.load(name, settings)
+        except ServeError as exc:
+            if self.config.exit_on_error:
+                raise
+            log.error("%s (exit_on_error = false: serving the other models, unready)", exc.message)
 
     def _settings_for(self, name: str) -> ModelSettings:
         for settings in self.config.models:
@@ -333,6 +362,8 @@ class ModelManager:
                     create_backend(path, backend_name, settings.device, threads, settings.intra_op_spinning)
                 )
             info = backends[0].info
+            if source.triton is not None:
+                check_tensors(source.triton, info)
             labels, preprocessor = self._describe(settings.name, info, source)
             metrics = self.metrics.model(settings.name, version)
             batcher = DynamicBatcher(settings.name, version, backends, settings.batching, metrics)

@@ -1,0 +1,216 @@
+"""Triton's config.pbtxt: parsed by protobuf's text format against Triton's schema, served with the settings
+it states (ModelConfig shows them), ignored fields warned about once by name, mismatches refused by field,
+and written by `package --format triton`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as tc_aio
+from conftest import write_tiny_onnx
+from prometheus_client import CollectorRegistry
+
+from resnet_serve.export.package import ServingSettings, package
+from resnet_serve.formats.repository import TRITON_CONFIG_NAME, RepositoryError, read_model
+from resnet_serve.server.app import InferenceServer
+from resnet_serve.server.config import ModelSettings, ServerConfig
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.triton_config import parse, read_config
+from resnet_serve.server.observability.metrics import ServerMetrics
+
+TINY = """
+name: "tiny"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "input", data_type: TYPE_FP32, dims: [ 1, 8, 8 ] } ]
+output [ { name: "logits", data_type: TYPE_FP32, dims: [ 10 ] } ]
+instance_group [ { count: 2, kind: KIND_CPU } ]
+dynamic_batching {
+  preferred_batch_size: [ 2, 4 ]
+  max_queue_delay_microseconds: 500
+  default_queue_policy { max_queue_size: 7, default_timeout_microseconds: 250000 }
+}
+"""
+IGNORED = """
+optimization { cuda { graphs: true } }
+parameters { key: "foo" value { string_value: "bar" } }
+"""
+
+
+def triton_repo(tmp_path: Path, config: str = TINY, name: str = "tiny") -> Path:
+    repo = tmp_path / "repo"
+    write_tiny_onnx(repo / name / "1" / "model.onnx")
+    (repo / name / TRITON_CONFIG_NAME).write_text(config)
+    return repo
+
+
+def manager_for(repo: Path, *models: ModelSettings) -> ModelManager:
+    config = ServerConfig(model_repository=str(repo), models=models)
+    return ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+
+def load_error(repo: Path) -> str:
+    async def main() -> str:
+        manager = manager_for(repo)
+        try:
+            with pytest.raises(ServeError) as info:
+                await manager.start()
+        finally:
+            await manager.close(5)
+        return info.value.message
+
+    return asyncio.run(main())
+
+
+def test_every_field_we_act_on_is_read_and_the_rest_are_named_by_dotted_path(tmp_path: Path) -> None:
+    repo = triton_repo(tmp_path, TINY + IGNORED + "instance_group [ { count: 1, gpus: [ 1 ] } ]\n")
+    cfg = read_config(repo / "tiny")
+    assert (cfg.backend, cfg.max_batch_size, cfg.instances, cfg.device) == ("onnxruntime", 8, 3, "cpu")
+    assert (cfg.preferred_batch_sizes, cfg.max_queue_delay_us) == ((2, 4), 500)
+    assert (cfg.max_queue_size, cfg.timeout_us) == (7, 250000)
+    assert [(t.field, t.name, t.datatype, t.dims) for t in cfg.inputs] == [
+        ("input[0]", "input", "FP32", (1, 8, 8))
+    ]
+    assert cfg.ignored == ("instance_group.gpus", "optimization.cuda.graphs", "parameters.foo")
+
+
+def test_platform_names_map_to_our_backends_and_an_unserved_one_is_refused(tmp_path: Path) -> None:
+    repo = triton_repo(tmp_path, 'platform: "tensorrt_plan"')
+    assert read_config(repo / "tiny").backend == "tensorrt"
+    assert read_config(repo / "tiny").model_filename == "model.plan"
+    (repo / "tiny" / TRITON_CONFIG_NAME).write_text('platform: "tensorflow_savedmodel"')
+    with pytest.raises(RepositoryError, match="platform 'tensorflow_savedmodel' is not served here"):
+        read_config(repo / "tiny")
+
+
+def test_a_field_triton_does_not_know_is_a_parse_error_naming_its_line() -> None:
+    with pytest.raises(RepositoryError) as info:
+        parse('name: "tiny"\nmax_batch_size: 8\ncount: 2\n', "m/config.pbtxt")
+    assert str(info.value).startswith("m/config.pbtxt:3:1 : ")
+    assert 'no field named "count"' in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_triton_repository_is_served_with_its_instances_delay_and_preferred_sizes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = triton_repo(tmp_path, TINY + IGNORED)
+    config = ServerConfig(host="127.0.0.1", grpc_port=0, metrics_port=-1, model_repository=str(repo))
+
+    async def main() -> dict[str, object]:
+        server = InferenceServer(config, ServerMetrics(registry=CollectorRegistry()))
+        await server.start()
+        try:
+            client = tc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+            answer = await client.get_model_config("tiny", as_json=True)
+            tensor = tc_aio.InferInput("input", [3, 1, 8, 8], "FP32")
+            tensor.set_data_from_numpy(np.zeros((3, 1, 8, 8), np.float32))
+            result = await client.infer("tiny", [tensor])
+            assert result.as_numpy("logits").shape == (3, 10)
+            await client.close()
+            return dict(answer["config"])
+        finally:
+            await server.stop(5)
+
+    with caplog.at_level(logging.WARNING, logger="resnet_serve"):
+        served = asyncio.run(main())
+    assert served["instance_group"][0]["count"] == 2  # type: ignore[index]
+    batching = served["dynamic_batching"]
+    assert batching["preferred_batch_size"] == [2, 4]  # type: ignore[index]
+    assert batching["max_queue_delay_microseconds"] == "500"  # type: ignore[index]  # uint64: JSON string
+    assert batching["default_queue_policy"]["max_queue_size"] == 7  # type: ignore[index]
+    assert served["max_batch_size"] == 8
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for field in ("optimization.cuda.graphs", "parameters.foo"):
+        assert len([w for w in warnings if field in w]) == 1, warnings
+    assert len(warnings) == 2, warnings
+
+
+def test_dims_that_do_not_match_the_model_are_refused_naming_the_field(tmp_path: Path) -> None:
+    repo = triton_repo(tmp_path, TINY.replace("dims: [ 1, 8, 8 ]", "dims: [ 3, 224, 224 ]"))
+    message = load_error(repo)
+    assert "input[0].dims [3, 224, 224] do not match the model's 'input' [1, 8, 8]" in message
+    assert str(repo / "tiny" / TRITON_CONFIG_NAME) in message
+
+
+def test_a_datatype_or_name_the_model_lacks_is_refused_naming_the_field(tmp_path: Path) -> None:
+    repo = triton_repo(tmp_path, TINY.replace("data_type: TYPE_FP32, dims: [ 10 ]", "data_type: TYPE_INT64"))
+    assert "output[0].data_type TYPE_INT64 does not match the model's 'logits' (FP32)" in load_error(repo)
+    (repo / "tiny" / TRITON_CONFIG_NAME).write_text(TINY.replace('name: "input"', 'name: "pixels"'))
+    assert "input[0].name 'pixels' is not an input of the model (its inputs: input)" in load_error(repo)
+
+
+def test_version_policy_latest_num_versions_serves_the_highest_ones(tmp_path: Path) -> None:
+    repo = triton_repo(tmp_path, TINY + "version_policy { latest { num_versions: 2 } }")
+    for v in ("2", "3"):
+        write_tiny_onnx(repo / "tiny" / v / "model.onnx", seed=int(v))
+
+    async def main() -> list[str]:
+        manager = manager_for(repo)
+        await manager.start()
+        served = [m.version for m in manager.versions("tiny")]
+        await manager.close(5)
+        return served
+
+    assert asyncio.run(main()) == ["2", "3"]
+
+
+def test_package_format_triton_round_trips_and_keeps_both_files_in_step(tmp_path: Path) -> None:
+    onnx_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    repo = tmp_path / "repo"
+    settings = ServingSettings(max_batch_size=6, preferred_batch_sizes=[2, 4], instance_count=2)
+    package(onnx_file, repo, "tiny", settings=settings, repository_format="triton")
+    cfg = read_config(repo / "tiny")
+    assert (cfg.max_batch_size, cfg.preferred_batch_sizes, cfg.instances) == (6, (2, 4), 2)
+    assert cfg.max_queue_delay_us == 2000 and cfg.backend == "onnxruntime" and cfg.device == ""
+    assert cfg.ignored == ()  # the writer writes only what the reader acts on
+    assert list(cfg.labels) == read_model(repo / "tiny").labels
+    assert [(t.name, t.datatype, t.dims) for t in cfg.inputs] == [("input", "FP32", (1, 8, 8))]
+    # A later version without --format keeps the config.pbtxt in step with config.json.
+    package(onnx_file, repo, "tiny", settings=ServingSettings(max_queue_delay_us=300))
+    assert read_config(repo / "tiny").max_queue_delay_us == 300
+    with pytest.raises(RepositoryError, match="package with --format triton to rewrite it"):
+        package(onnx_file, repo, "tiny", repository_format="resnet-serve")
+
+    async def main() -> tuple[int, float, tuple[int, ...]]:
+        manager = manager_for(repo)
+        await manager.start()
+        model = manager.get("tiny")
+        await manager.close(5)
+        return (
+            len(model.backends),
+            model.settings.batching.max_queue_delay_ms,
+            (model.batcher.max_batch_size,),
+        )
+
+    assert asyncio.run(main()) == (2, 0.3, (6,))
+
+
+def test_config_pbtxt_wins_over_config_json_and_the_servers_model_table_wins_over_both(
+    tmp_path: Path,
+) -> None:
+    onnx_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    repo = tmp_path / "repo"
+    package(onnx_file, repo, "tiny", settings=ServingSettings(max_batch_size=6, preferred_batch_sizes=[2]))
+    (repo / "tiny" / TRITON_CONFIG_NAME).write_text(TINY)
+    table = ModelSettings(
+        name="tiny", path=str(repo / "tiny"), instances=1, explicit=frozenset({"instances"})
+    )
+
+    async def main() -> tuple[int, int, tuple[int, ...]]:
+        manager = manager_for(repo, table)
+        await manager.start()
+        model = manager.get("tiny")
+        await manager.close(5)
+        return (
+            len(model.backends),
+            model.batcher.max_batch_size,
+            model.settings.batching.preferred_batch_sizes,
+        )
+
+    assert asyncio.run(main()) == (1, 8, (2, 4))
