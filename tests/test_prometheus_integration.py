@@ -428,3 +428,58 @@ def test_every_dashboard_query_answers_from_a_live_server(server: Server, promet
             concrete = expr.replace("$__rate_interval", "1m").replace("$model", ".*").replace("$job", ".*")
             values = [float(series["value"][1]) for series in prometheus.query(concrete)]
             assert any(math.isfinite(v) for v in values), f"panel {panel['title']!r}: no data for {concrete}"
+
+
+# Panels of a Triton Grafana dashboard, written for Triton's metric names (Triton's own example dashboard
+# and the usual request-rate / latency / queue panels), with the model selector filled in.
+TRITON_PANELS = (
+    f'nv_inference_request_success{{model="{MODEL}"}}',
+    f'sum by (model) (rate(nv_inference_request_success{{model="{MODEL}"}}[1m]))',
+    f'sum by (model, reason) (nv_inference_request_failure{{model="{MODEL}"}})',
+    f'avg(delta(nv_inference_queue_duration_us{{model="{MODEL}"}}[1m])'
+    f' / (1 + delta(nv_inference_request_success{{model="{MODEL}"}}[1m])))',
+    f'rate(nv_inference_request_duration_us{{model="{MODEL}"}}[1m])'
+    f' / rate(nv_inference_request_success{{model="{MODEL}"}}[1m]) / 1000',
+    f'rate(nv_inference_compute_infer_duration_us{{model="{MODEL}"}}[1m]) / 1000',
+    f'sum(nv_inference_count{{model="{MODEL}"}}) / sum(nv_inference_exec_count{{model="{MODEL}"}})',
+    f'nv_inference_pending_request_count{{model="{MODEL}"}}',
+)
+
+
+def test_triton_dashboard_queries_on_nv_names_answer_with_the_same_counts(
+    server: Server, prometheus: Prometheus
+) -> None:
+    # Traffic of its own (the 15 ms server timeout may expire some on a busy machine: counted either way).
+    assert any(r.code == grpc.StatusCode.OK for r in send_paced(server, n=8, concurrency=4))
+    scraped = server.scrape()
+    labels = (("model", MODEL), ("version", "1"))
+
+    def value(name: str, *extra: tuple[str, str]) -> float:
+        return scraped[(name, tuple(sorted((*labels, *extra))))]
+
+    # One scrape, two namings of the same counters: equal, durations in whole microseconds.
+    assert value("nv_inference_request_success") == value(
+        "resnet_serve_requests_total", ("outcome", "success")
+    )
+    assert value("nv_inference_count") == value("resnet_serve_inferences_total")
+    assert value("nv_inference_exec_count") == value("resnet_serve_executions_total")
+    for ours, triton in (
+        ("request", "request"),
+        ("queue", "queue"),
+        ("preprocess", "compute_input"),
+        ("compute", "compute_infer"),
+    ):
+        seconds = value(f"resnet_serve_{ours}_duration_seconds_sum")
+        assert value(f"nv_inference_{triton}_duration_us") == pytest.approx(seconds * 1e6, abs=1.0)
+    rejected = sum(
+        value("resnet_serve_requests_total", ("outcome", o)) for o in ("queue_full", "deadline_exceeded")
+    )
+    assert value("nv_inference_request_failure", ("reason", "REJECTED")) == rejected
+    assert rejected > 0  # the outcome test's bursts overflowed the queue
+
+    expected = value("nv_inference_request_success")
+    success = f'nv_inference_request_success{{model="{MODEL}",version="1"}}'
+    wait_for(lambda: prometheus.scalar(success) == expected, 30, "Prometheus to scrape nv_inference_*")
+    for expr in TRITON_PANELS:
+        values = [float(series["value"][1]) for series in prometheus.query(expr)]
+        assert any(math.isfinite(v) for v in values), f"no data for the Triton panel query {expr}"

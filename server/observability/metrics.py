@@ -8,7 +8,9 @@ of the KServe `ModelStatistics` RPC. One source for both means they cannot drift
 costs about a microsecond instead of a dozen lock round trips through prometheus_client's metric objects.
 
 Every `ServerMetrics` has its own `CollectorRegistry`, so tests and benchmarks can build several side by
-side. Metric names, buckets and the mapping to Triton's `nv_inference_*` names are in docs/metrics.md.
+side. The same counters are also exported under Triton's `nv_inference_*` names and labels (on by default:
+they are built at scrape time, so a request costs nothing more). Metric names, buckets and the mapping to
+Triton's names are in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ LATENCY_BUCKETS_S: Final = (
 BATCH_SIZE_BUCKETS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 _NS_PER_S: Final = 1_000_000_000
+
+# Triton's `reason` label of nv_inference_request_failure (Triton 2.4x: REJECTED for a full queue or an
+# expired queue timeout, CANCELED, BACKEND for a failed execution, OTHER) for each of our failure outcomes.
+TRITON_FAILURE_REASONS: Final = {
+    "queue_full": "REJECTED",
+    "deadline_exceeded": "REJECTED",
+    "cancelled": "CANCELED",
+    "backend_error": "BACKEND",
+    "invalid_input": "OTHER",
+    "unavailable": "OTHER",
+}
 
 
 @dataclass(frozen=True)
@@ -143,12 +156,13 @@ class _Snapshot:
 
     __slots__ = (
         "batch", "executions", "failed_ns", "in_flight", "inferences", "labels", "load_s", "outcomes",
-        "phases", "queue_depth", "ready",
+        "phase_ns", "phases", "queue_depth", "ready",
     )  # fmt: skip
 
     def __init__(self, m: ModelMetrics) -> None:
         self.labels = [m.name, m.version]
         self.phases = {k: (h.cumulative(), h.sum / _NS_PER_S) for k, h in m._phases.items()}
+        self.phase_ns = {k: h.sum for k, h in m._phases.items()}
         self.batch = (m._batch.cumulative(), float(m._batch.sum))
         self.outcomes = dict(m._outcomes)
         self.failed_ns = m._failed_ns
@@ -338,11 +352,14 @@ class _ModelsCollector(Collector):
         self._owner = owner
 
     def describe(self) -> list[Metric]:
-        return list(self._families([], 0))
+        triton = list(_triton_families([])) if self._owner.triton_names else []
+        return [*self._families([], 0), *triton]
 
     def collect(self) -> Iterator[Metric]:
         snapshots = [m._snapshot() for m in self._owner.models()]
         yield from self._families(snapshots, self._owner.unknown_model_count)
+        if self._owner.triton_names:
+            yield from _triton_families(snapshots)
 
     @staticmethod
     def _families(snapshots: Iterable[_Snapshot], unknown: int) -> Iterator[Metric]:
@@ -405,11 +422,66 @@ class _ModelsCollector(Collector):
         yield from (batch, requests, failed, inferences, executions, queue_depth, in_flight, ready, load)
 
 
-class ServerMetrics:
-    """All of one server's metrics, in one registry, optionally served over HTTP for Prometheus."""
+def _triton_counter(name: str, help_text: str) -> Metric:
+    # Triton's counters carry no `_total` suffix, and dashboards query them by that exact name; a
+    # CounterMetricFamily would add it, so the family is a plain counter-typed Metric with its samples named
+    # as Triton names them (Prometheus stores them as counters: tests/test_prometheus_integration.py).
+    return Metric(name, help_text, "counter")
 
-    def __init__(self, registry: CollectorRegistry | None = None, enabled: bool = True) -> None:
+
+def _triton_families(snapshots: Iterable[_Snapshot]) -> Iterator[Metric]:
+    """Triton's per-model inference metrics (docs/metrics.md, "Triton's metric names"), from the snapshots
+    the resnet_serve_* families were built from: durations are successful requests' cumulative µs."""
+    success = _triton_counter("nv_inference_request_success", "Number of successful inference requests.")
+    failure = _triton_counter(
+        "nv_inference_request_failure", "Number of failed inference requests, by Triton's reason."
+    )
+    inferences = _triton_counter("nv_inference_count", "Number of inferences performed (a batch of n: n).")
+    executions = _triton_counter("nv_inference_exec_count", "Number of batch executions performed.")
+    durations = {
+        phase: _triton_counter(f"nv_inference_{name}_duration_us", help_text)
+        for phase, name, help_text in (
+            ("request", "request", "Cumulative end-to-end inference request duration in microseconds."),
+            ("queue", "queue", "Cumulative time requests waited in the scheduling queue, microseconds."),
+            ("preprocess", "compute_input", "Cumulative input processing duration in microseconds."),
+            ("compute", "compute_infer", "Cumulative model execution duration in microseconds."),
+            (
+                "",
+                "compute_output",
+                "Cumulative output processing duration in microseconds (not measured: 0).",
+            ),
+        )
+    }
+    pending = GaugeMetricFamily(
+        "nv_inference_pending_request_count",
+        "Number of requests awaiting execution (queued in the batcher).",
+        labels=_LABELS,
+    )
+    for s in snapshots:
+        labels = dict(zip(_LABELS, s.labels, strict=True))
+        success.add_sample(success.name, labels, s.outcomes[SUCCESS])
+        reasons = dict.fromkeys(sorted(set(TRITON_FAILURE_REASONS.values())), 0)
+        for outcome in FAILURE_OUTCOMES:
+            reasons[TRITON_FAILURE_REASONS[outcome]] += s.outcomes[outcome]
+        for reason, n in reasons.items():
+            failure.add_sample(failure.name, {**labels, "reason": reason}, n)
+        inferences.add_sample(inferences.name, labels, s.inferences)
+        executions.add_sample(executions.name, labels, s.executions)
+        for phase, family in durations.items():
+            family.add_sample(family.name, labels, s.phase_ns.get(phase, 0) // 1000)
+        pending.add_metric(s.labels, s.queue_depth)
+    yield from (success, failure, inferences, executions, *durations.values(), pending)
+
+
+class ServerMetrics:
+    """All of one server's metrics, in one registry, optionally served over HTTP for Prometheus.
+    `triton_names` adds Triton's `nv_inference_*` families (built at scrape time only)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, enabled: bool = True, triton_names: bool = True
+    ) -> None:
         self.enabled = enabled
+        self.triton_names = triton_names
         self.registry = registry if registry is not None else CollectorRegistry()
         self._models: dict[tuple[str, str], ModelMetrics] = {}
         self._lock = threading.Lock()
