@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -43,7 +44,7 @@ class InferenceServer:
 
     def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or ServerMetrics(enabled=config.metrics)
+        self.metrics = metrics or ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
         self.manager = ModelManager(config, self.metrics)
         threads = config.preprocess_threads or default_threads()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="preprocess")
@@ -58,18 +59,12 @@ class InferenceServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        """Bind the ports, load the models, then serve. Fails fast (StartupError, one line saying what and
+        where) on a port in use before any model loads, on a missing or empty repository, and on a model that
+        fails to load unless exit_on_error is false."""
         config = self.config
-        try:
-            await self.manager.start()
-        except Exception as exc:
-            await self.manager.close(0)
-            raise StartupError(str(getattr(exc, "message", exc))) from None
-        if config.default_model and config.default_model not in self.manager.names():
-            await self.manager.close(0)
-            served = ", ".join(self.manager.names())
-            raise StartupError(
-                f"default_model {config.default_model!r} is not one of the served models ({served})"
-            )
+        _check_port_free(config.host, config.grpc_port, "grpc_port")
+        _check_port_free(config.host, config.metrics_port, "metrics_port")
         limit = max(64 * _MB, config.max_image_bytes + _MB)
         server = grpc.aio.server(
             interceptors=[InFlightInterceptor(self.ctx.in_flight)],
@@ -97,6 +92,11 @@ class InferenceServer:
             raise StartupError(f"cannot listen on {address}: {exc}") from None
         if self.grpc_port == 0:
             raise StartupError(f"cannot listen on {address} (port in use?)")
+        try:
+            await self._load_models()
+        except StartupError:
+            await server.stop(0)
+            raise
         await server.start()
         self._server = server
         if config.metrics_port >= 0:
@@ -104,11 +104,26 @@ class InferenceServer:
                 self.metrics_port = self.metrics.start_http_server(config.host, config.metrics_port)
             except OSError as exc:
                 await server.stop(0)
+                await self.manager.close(0)
                 raise StartupError(
                     f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
                 ) from None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.manager.add_listener(self._readiness_changed)
+
+    async def _load_models(self) -> None:
+        config = self.config
+        try:
+            await self.manager.start()
+        except Exception as exc:
+            await self.manager.close(0)
+            raise StartupError(str(getattr(exc, "message", exc))) from None
+        if config.default_model and config.default_model not in self.manager.names():
+            await self.manager.close(0)
+            served = ", ".join(self.manager.names())
+            raise StartupError(
+                f"default_model {config.default_model!r} is not one of the served models ({served})"
+            )
 
     def _readiness_changed(self) -> None:
         # Health follows readiness (a model unloaded or failing to reload), so load balancers that probe
@@ -179,6 +194,19 @@ class InferenceServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
         self._stopped.set()
+
+
+def _check_port_free(host: str, port: int, option: str) -> None:
+    """Refuse a fixed port that is taken before any model loads (minutes for a big model with warm-up), and
+    in one line: grpc's own bind failure also prints a C-core error line to stderr."""
+    if port <= 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc and http.server bind
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port} ({option}): {exc.strerror}") from None
 
 
 async def serve(config: ServerConfig) -> int:

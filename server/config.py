@@ -63,6 +63,7 @@ class ModelSettings:
     intra_op_spinning: bool = False
     version_policy: str = "latest"  # latest | all | specific
     versions: tuple[int, ...] = ()  # for version_policy = "specific"
+    latest_versions: int = 1  # version_policy = "latest" serves this many of the highest (config.pbtxt)
     warmup: bool = True
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     # Keys the server config set for this model itself ([models.NAME]); they win over a repository
@@ -88,6 +89,8 @@ class ServerConfig:
     max_image_pixels: int = 40_000_000
     jpeg_draft: bool = True
     grace_period_s: float = 15.0
+    exit_on_error: bool = True  # false: a model that fails to load is logged and left unready (Triton's flag)
+    triton_metrics: bool = True  # also export Triton's nv_inference_* names (docs/metrics.md)
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -183,6 +186,21 @@ OPTIONS: tuple[Option, ...] = (
         "on SIGTERM/SIGINT, time allowed for accepted requests to finish",
         "server",
         "SECONDS",
+    ),
+    Option(
+        "exit_on_error",
+        _bool,
+        "exit at start-up when a model fails to load or the repository is empty "
+        "(false: serve what loads, unready until every model does, as Triton's --exit-on-error=false)",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "triton_metrics",
+        _bool,
+        "also export Triton's metric names (nv_inference_request_success, ...) for Triton dashboards",
+        "server",
+        "BOOL",
     ),
     Option(
         "backend",
@@ -403,6 +421,8 @@ def _validate_model(m: ModelSettings) -> ModelSettings:
         raise ConfigError(
             f"{where}: version_policy must be latest, all or specific, got {m.version_policy!r}"
         )
+    if m.latest_versions < 1:
+        raise ConfigError(f"{where}: latest_versions must be >= 1, got {m.latest_versions}")
     if m.version_policy == "specific" and not m.versions:
         raise ConfigError(f"{where}: version_policy=specific needs versions, e.g. versions = [1, 3]")
     return m
