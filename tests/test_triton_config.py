@@ -214,3 +214,21 @@ def test_config_pbtxt_wins_over_config_json_and_the_servers_model_table_wins_ove
         )
 
     assert asyncio.run(main()) == (1, 8, (2, 4))
+
+
+def test_what_a_config_pbtxt_leaves_out_is_config_jsons(tmp_path: Path) -> None:
+    onnx_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    repo = tmp_path / "repo"
+    settings = ServingSettings(max_batch_size=6, preferred_batch_sizes=[2], max_queue_delay_us=700)
+    package(onnx_file, repo, "tiny", settings=settings)
+    (repo / "tiny" / TRITON_CONFIG_NAME).write_text("instance_group [ { count: 2 } ]\n")
+
+    async def main() -> tuple[int, int, tuple[int, ...], float]:
+        manager = manager_for(repo)
+        await manager.start()
+        model = manager.get("tiny")
+        await manager.close(5)
+        b = model.settings.batching
+        return len(model.backends), b.max_batch_size, b.preferred_batch_sizes, b.max_queue_delay_ms
+
+    assert asyncio.run(main()) == (2, 6, (2,), 0.7)

@@ -78,7 +78,7 @@ def read_source(settings: ModelSettings) -> ModelSource:
     try:
         packaged = read_model(path) if packaged_file else None
         triton = read_config(path) if triton_file else None
-        values = {**_packaged_values(packaged), **_triton_values(triton)}
+        values = {**_packaged_values(packaged), **_triton_values(triton, alone=packaged is None)}
         merged = with_values(settings, {k: v for k, v in values.items() if k not in settings.explicit})
     except (RepositoryError, ConfigError) as exc:
         raise BackendError(str(exc)) from None
@@ -107,16 +107,19 @@ def _packaged_values(packaged: PackagedModel | None) -> dict[str, Any]:
     }
 
 
-def _triton_values(triton: TritonModelConfig | None) -> dict[str, Any]:
-    """The settings a config.pbtxt states, as model option keys. Without `dynamic_batching` Triton runs
-    requests as they come: the closest here is no queue delay and no preferred sizes."""
+def _triton_values(triton: TritonModelConfig | None, alone: bool) -> dict[str, Any]:
+    """The settings a config.pbtxt states, as model option keys. `alone` (no config.json beside it): what it
+    leaves out means what it means to Triton, so no max_batch_size is batches of 1, and no `dynamic_batching`
+    runs requests as they come (the closest here: no queue delay, no preferred sizes); beside a config.json,
+    what it leaves out is config.json's."""
     if triton is None:
         return {}
-    values: dict[str, Any] = {
-        "max_batch_size": max(1, triton.max_batch_size),
-        "preferred_batch_sizes": triton.preferred_batch_sizes,
-        "max_queue_delay_ms": triton.max_queue_delay_us / 1000.0,
-    }
+    values: dict[str, Any] = {}
+    if triton.max_batch_size or alone:
+        values["max_batch_size"] = max(1, triton.max_batch_size)
+    if triton.dynamic_batching or alone:
+        values["preferred_batch_sizes"] = triton.preferred_batch_sizes
+        values["max_queue_delay_ms"] = triton.max_queue_delay_us / 1000.0
     if triton.version_policy:
         values |= {
             "version_policy": triton.version_policy,
