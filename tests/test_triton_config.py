@@ -232,3 +232,32 @@ def test_what_a_config_pbtxt_leaves_out_is_config_jsons(tmp_path: Path) -> None:
         return len(model.backends), b.max_batch_size, b.preferred_batch_sizes, b.max_queue_delay_ms
 
     assert asyncio.run(main()) == (2, 6, (2,), 0.7)
+
+
+def test_the_package_command_writes_a_config_pbtxt_triton_parses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as triton_schema  # Triton's own copy of the schema
+
+    from resnet_serve.cli.main import main
+
+    onnx_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    args = [
+        "package",
+        str(onnx_file),
+        "--repo",
+        str(tmp_path / "repo"),
+        "--name",
+        "tiny",
+        "--format",
+        "triton",
+    ]
+    assert main([*args, "--instances", "3"]) == 0
+    text = (tmp_path / "repo" / "tiny" / TRITON_CONFIG_NAME).read_text()
+    theirs = text_format.Parse(text, triton_schema.ModelConfig())
+    assert (theirs.platform, theirs.instance_group[0].count) == ("onnxruntime_onnx", 3)
+    assert theirs.output[0].label_filename == "labels.txt"
+    assert (tmp_path / "repo" / "tiny" / "labels.txt").read_text().splitlines() == [
+        f"class-{i}" for i in range(10)
+    ]
