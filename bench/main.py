@@ -55,7 +55,7 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
     from resnet_serve.bench import baseline, plots, report, slo
     from resnet_serve.bench.loadgen import Closed, Open, StepResult, Timing, run_step
 
-    sender, workload, model = await _sender(options)
+    sender, workload, model = await make_sender(options)
     timing = Timing(
         options.warmup,
         options.window,
@@ -133,7 +133,7 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
     return 0 if any(s.requests for s in steps) else 1
 
 
-async def _sender(options: BenchOptions) -> tuple[Any, str, str]:
+async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:
     """The sender for --protocol, its workload's description and the model name."""
     from resnet_serve.bench.senders import ImageSender, kserve_sender
     from resnet_serve.bench.workload import load_images

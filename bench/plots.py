@@ -12,7 +12,7 @@ from resnet_serve.bench.loadgen import StepResult
 CURVES = (("p50", "o-"), ("p90", "s--"), ("p99", "^-."), ("p99.9", "v:"))
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
@@ -23,7 +23,7 @@ def _pyplot() -> Any:
 
 def latency_throughput(doc: dict[str, Any], path: Path, title: str) -> Path:
     """Latency percentiles against throughput, one point per sweep step, labelled with its load."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = sorted((s for s in doc["steps"] if s["requests"] > 0), key=lambda s: s["throughput"])
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     x = [s["throughput"] for s in steps]
@@ -48,12 +48,12 @@ def latency_throughput(doc: dict[str, Any], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def latency_cdf(steps: list[StepResult], path: Path, title: str) -> Path:
     """The empirical CDF of each step's latencies (log time axis), tail emphasised."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for step in steps:
         if step.latencies_s.size == 0:
@@ -69,7 +69,7 @@ def latency_cdf(steps: list[StepResult], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def _plain_log_ticks(axis: Any) -> None:
@@ -81,7 +81,7 @@ def _plain_log_ticks(axis: Any) -> None:
     axis.set_minor_formatter(plain)
 
 
-def _save(fig: Any, plt: Any, path: Path) -> Path:
+def save(fig: Any, plt: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fig.tight_layout()

@@ -64,6 +64,11 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         "bench", "measure latency and throughput against a server (closed or open loop)", error_status=2
     ),
+    "tune": Command(
+        "tune",
+        "find the serving settings with the most throughput within a p99 latency SLO",
+        error_status=2,
+    ),
     "demo": Command("demo", "train, export, serve and classify the digits end to end"),
 }
 

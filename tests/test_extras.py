@@ -46,6 +46,9 @@ COMMAND_DEPS: dict[str, Deps] = {
     "classify": Deps(()),
     # --baseline's runtimes: bench.extras checks them before the run starts.
     "bench": Deps(("bench",), {n.module: n.extra for needs in extras.BASELINE.values() for n in needs}),
+    # tune checks parity in-process (onnxruntime) and starts real servers; openvino is tried only where found.
+    # Other runtimes come through runtime.factory, which turns a missing one into one BackendError line.
+    "tune": Deps(("bench", "serve"), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu"}),
     "demo": Deps(("train", "serve")),
 }
 
