@@ -231,3 +231,30 @@ def test_a_candidate_whose_server_cannot_start_is_recorded_as_failed_with_its_re
     m = measurer.measure(Candidate("onnxruntime", "fp32", str(broken), 1, 1, 1, 0.0), "runtime")
     assert m.failed.startswith("the server did not start:") and "broken" in m.failed
     assert m.throughput == 0 and not list(tmp_path.glob("candidate-*.toml"))
+
+
+def test_repository_update_writes_the_winner_into_config_json_and_config_pbtxt(tmp_path: Path) -> None:
+    from resnet_serve.bench.tune.report import update_repository
+    from resnet_serve.bench.tune.search import Scored
+    from resnet_serve.export.package import ServingSettings, package
+    from resnet_serve.formats.repository import RepositoryError, read_model
+    from resnet_serve.server.models.triton_config import read_config
+
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    repo = tmp_path / "repo"
+    settings = ServingSettings(max_batch_size=16, preferred_batch_sizes=[4, 16], instance_count=1)
+    package(model, repo, "tiny", settings=settings, repository_format="triton")
+    winner = Candidate("onnxruntime", "fp32", str(model), 2, 1, 8, 2.0)
+    update_repository(repo, "tiny", Scored(winner, [], 10.0))
+    packaged = read_model(repo / "tiny")
+    assert (packaged.instance_count, packaged.max_batch_size) == (2, 8)
+    assert packaged.dynamic_batching.max_queue_delay_us == 2000
+    pbtxt = read_config(repo / "tiny")
+    assert (pbtxt.instances, pbtxt.max_batch_size, pbtxt.max_queue_delay_us) == (2, 8, 2000)
+    assert pbtxt.preferred_batch_sizes == (4,) and pbtxt.ignored == ()
+    # Another file than the repository serves: its settings would describe another model.
+    other = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
+    with pytest.raises(RepositoryError, match="package that file first"):
+        update_repository(
+            repo, "tiny", Scored(Candidate("onnxruntime", "int8", str(other), 1, 2, 4, 0.0), [], 1)
+        )

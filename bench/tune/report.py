@@ -7,10 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from resnet_serve.bench.tune.candidates import Candidate
 from resnet_serve.bench.tune.parity import ParityResult
 from resnet_serve.bench.tune.search import Choice, Outcome, Scored
-from resnet_serve.formats.files import sha256_file, write_json_atomic
-from resnet_serve.formats.repository import CONFIG_NAME, DynamicBatching, RepositoryError, read_model
+from resnet_serve.formats.files import sha256_file, write_bytes_atomic, write_json_atomic
+from resnet_serve.formats.repository import (
+    CONFIG_NAME,
+    TRITON_CONFIG_NAME,
+    DynamicBatching,
+    RepositoryError,
+    read_model,
+)
 
 
 def document(
@@ -124,4 +131,27 @@ def update_repository(repository: Path, name: str, winner: Scored) -> Path:
     )
     path = repository / name / CONFIG_NAME
     write_json_atomic(path, updated.to_json())
+    if (repository / name / TRITON_CONFIG_NAME).is_file():
+        _update_triton_config(repository / name / TRITON_CONFIG_NAME, c)
     return path
+
+
+def _update_triton_config(path: Path, c: Candidate) -> None:
+    """The same settings in a config.pbtxt beside it (it wins over config.json when served), every other
+    field kept as written."""
+    from google.protobuf import text_format
+
+    from resnet_serve.protos import model_config_pb2 as mc
+
+    text = path.read_text(encoding="utf-8")
+    config = text_format.Parse(text, mc.ModelConfig())
+    config.max_batch_size = c.max_batch
+    batching = config.dynamic_batching
+    kept = [b for b in batching.preferred_batch_size if b <= c.max_batch]
+    del batching.preferred_batch_size[:]
+    batching.preferred_batch_size.extend(kept)
+    batching.max_queue_delay_microseconds = round(c.delay_ms * 1000)
+    del config.instance_group[:]
+    config.instance_group.add(count=c.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    write_bytes_atomic(path, (header + text_format.MessageToString(config)).encode())
