@@ -40,7 +40,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def mutual(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[KServeServer, Path]]:
-    """An mTLS server whose certificate files live in a folder of their own (the reload test replaces them)."""
+    """An mTLS server whose certificate files are copies (the reload test replaces them)."""
     tmp = tmp_path_factory.mktemp("mutual")
     certs = tmp / "certs"
     certs.mkdir()
@@ -76,9 +76,11 @@ def test_acceptance_an_mtls_port_refuses_a_client_without_a_certificate(
     mutual: tuple[KServeServer, Path], pki: Pki
 ) -> None:
     server, _ = mutual
-    with grpc.secure_channel(server.url, credentials(pki, client_cert=False)) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            check(channel)
+    with (
+        grpc.secure_channel(server.url, credentials(pki, client_cert=False)) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        check(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no call reaches a servicer
     no_cert = tc.InferenceServerClient(server.url, ssl=True, root_certificates=str(pki.ca))
     with pytest.raises(InferenceServerException):
