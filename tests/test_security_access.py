@@ -188,3 +188,18 @@ def test_model_control_is_off_by_default_load_and_unload_are_refused_as_triton_d
             await server.stop(5)
 
     asyncio.run(main_())
+
+
+def test_bench_measures_over_tls_with_the_token_on_both_apis(
+    secured: KServeServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("RESNET_SERVE_AUTH_TOKEN", TOKEN)  # bench's other way to get a token
+    quick = ["--warmup", "0.2", "--window", "0.4", "--max-step-time", "1.2", "--concurrency", "1"]
+    for protocol in ("image", "kserve"):
+        out = tmp_path / protocol
+        args = ["bench", "--server", secured.url, "--ca-cert", str(pki.ca), "--out", str(out)]
+        assert main([*args, *quick, "--protocol", protocol, "--model", "tiny"]) == 0
+        step = json.loads((out / "bench.json").read_text())["steps"][0]
+        assert step["requests"] > 0 and step["error_count"] == 0, protocol
