@@ -203,3 +203,36 @@ def test_bench_measures_over_tls_with_the_token_on_both_apis(
         assert main([*args, *quick, "--protocol", protocol, "--model", "tiny"]) == 0
         step = json.loads((out / "bench.json").read_text())["steps"][0]
         assert step["requests"] > 0 and step["error_count"] == 0, protocol
+
+
+def test_a_restricted_stream_is_refused_and_the_header_opens_it(tiny_onnx: Path) -> None:
+    from resnet_serve.protos import classifier_pb2 as pb
+    from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+    from resnet_serve.server.security.restrict import parse_restriction
+
+    config = ServerConfig(
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
+        grpc_restricted_protocol=(parse_restriction(f"inference:{ADMIN_KEY}={ADMIN_VALUE}"),),
+    )
+
+    async def main_() -> None:
+        server = InferenceServer(config)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
+                requests = [pb.ClassifyRequest(image=png())]
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    _ = [r async for r in stub.ClassifyStream(iter(requests), timeout=10)]
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert info.value.details() == "This protocol is restricted"
+                headers = tuple(ADMIN_HEADERS.items())
+                replies = [r async for r in stub.ClassifyStream(iter(requests), timeout=10, metadata=headers)]
+                assert replies[0].response.predictions
+        finally:
+            await server.stop(5)
+
+    asyncio.run(main_())
