@@ -236,3 +236,54 @@ def test_a_restricted_stream_is_refused_and_the_header_opens_it(tiny_onnx: Path)
             await server.stop(5)
 
     asyncio.run(main_())
+
+
+def test_a_reload_replaces_the_tokens_and_a_bad_token_file_keeps_the_old_ones(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    from resnet_serve.protos import classifier_pb2 as pb
+    from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    tokens.chmod(0o600)
+    new_token = "rotated-token-" + "9" * 20
+    config = ServerConfig(
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
+        auth_token_file=str(tokens),
+    )
+
+    async def main_() -> None:
+        server = InferenceServer(config)
+        await server.start()
+        assert server.security is not None
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
+
+                async def code(token: str) -> grpc.StatusCode:
+                    try:
+                        await stub.ListModels(
+                            pb.ListModelsRequest(),
+                            timeout=10,
+                            metadata=(("authorization", f"Bearer {token}"),),
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code()
+                    return grpc.StatusCode.OK
+
+                assert await code(TOKEN) == grpc.StatusCode.OK
+                tokens.write_text(new_token + "\n")
+                assert server.security.reload()  # what SIGHUP calls
+                assert await code(TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+                assert await code(new_token) == grpc.StatusCode.OK
+                tokens.write_text("short\n")
+                assert not server.security.reload()
+                assert await code(new_token) == grpc.StatusCode.OK
+        finally:
+            await server.stop(5)
+
+    asyncio.run(main_())

@@ -271,3 +271,14 @@ def test_transport_options_carry_the_keepalive_enforcement_and_limits() -> None:
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     big = dict(grpc_options(ServerConfig(grpc_max_message_bytes=100 * 1024 * 1024)))
     assert big["grpc.max_receive_message_length"] == 100 * 1024 * 1024
+
+
+def test_a_key_or_token_file_others_can_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        assert len(read_tokens(str(path))) == 1
+    assert "can be read by other users" in caplog.text and TOKEN not in caplog.text
