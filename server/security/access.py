@@ -3,8 +3,9 @@ headers, proceed? Restricted groups (restrict.py) first, then the bearer token f
 (tokens.py); health always proceeds.
 
 `AccessRules.refusal(group, headers, grpc=..., image_api=...)` is the contract: None to proceed, else the
-`Refusal` to answer with (its gRPC status; an HTTP server answers 503 for UNAVAILABLE and 401 with
-`WWW-Authenticate: Bearer` for UNAUTHENTICATED). gRPC callers use `grpc_refusal(method, metadata)`.
+`Refusal` to answer with, as a gRPC status (an HTTP front end maps it as its error boundary maps the other
+statuses; UNAUTHENTICATED is 401 with `WWW-Authenticate: Bearer`, RFC 6750). HTTP callers pass the group of
+`restrict.http_group(path)` and lowercase header names. gRPC callers use `grpc_refusal(method, metadata)`.
 """
 
 from __future__ import annotations
