@@ -13,7 +13,7 @@ import datetime
 import platform
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class BenchOptions:
 
     server: str
     tls: TLSConfig | None = None
+    token: str | None = field(default=None, repr=False)  # image API bearer token (--token-file)
     protocol: str = "image"  # "image": our ImageClassifier API; "kserve": KServe v2 tensors
     model: str = ""  # "" = the server's default model
     images: str = "auto"
@@ -147,7 +148,12 @@ async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:
         return sender, sender.description, sender.model_name
     # No retries: a benchmark must see every UNAVAILABLE, not hide it behind backoff.
     client = AsyncClient(
-        options.server, model=options.model, timeout=options.timeout, retry=None, tls=options.tls
+        options.server,
+        model=options.model,
+        timeout=options.timeout,
+        retry=None,
+        tls=options.tls,
+        token=options.token,
     )
     try:
         await client.wait_until_ready(timeout=min(options.timeout, 10.0))

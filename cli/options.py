@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+from resnet_serve.client.channel import DEFAULT_TARGET, TOKEN_ENV, TLSConfig
 from resnet_serve.formats.errors import UserError
 
 
@@ -24,6 +26,25 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--server-name", metavar="NAME", help="name to check the server's certificate against (default: HOST)"
     )
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"send the bearer token in FILE to the image API (default: env {TOKEN_ENV}, if set)",
+    )
+
+
+def token_from_args(args: argparse.Namespace) -> str | None:
+    """The bearer token of --token-file (its first line), else $RESNET_SERVE_AUTH_TOKEN, else None. Never a
+    flag value: a token on the command line would show in `ps`."""
+    if args.token_file:
+        try:
+            lines = Path(args.token_file).read_text().split()
+        except OSError as exc:
+            raise OptionError(f"--token-file {args.token_file}: {exc.strerror or exc}") from None
+        if not lines:
+            raise OptionError(f"--token-file {args.token_file}: holds no token")
+        return lines[0]
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:

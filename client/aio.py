@@ -23,6 +23,7 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
+    auth_metadata,
     channel_options,
 )
 from resnet_serve.client.images import ImageLike
@@ -44,7 +45,9 @@ class AsyncClient(wire.CallDefaults):
         retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
         tls: TLSConfig | None = None,
         options: Sequence[tuple[str, str | int]] = (),
+        token: str | None = None,
     ) -> None:
+        self._metadata = auth_metadata(token)
         opts = channel_options(retry, tls, options)
         if tls is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
@@ -71,7 +74,9 @@ class AsyncClient(wire.CallDefaults):
         request = wire.classify_request(self._model(model), self._version(version), image, top_k, rid)
         start = time.perf_counter()
         try:
-            response = await self._stub.Classify(request, timeout=self._timeout(timeout))
+            response = await self._stub.Classify(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc, rid) from None
         return wire.classification(response, time.perf_counter() - start)
@@ -91,7 +96,9 @@ class AsyncClient(wire.CallDefaults):
         request = wire.batch_request(self._model(model), self._version(version), images, top_k, rid)
         start = time.perf_counter()
         try:
-            response = await self._stub.ClassifyBatch(request, timeout=self._timeout(timeout))
+            response = await self._stub.ClassifyBatch(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc, rid) from None
         return wire.batch_results(response, len(request.images), time.perf_counter() - start)
@@ -123,7 +130,7 @@ class AsyncClient(wire.CallDefaults):
                     if (msg := ledger.request(i, image)) is not None:
                         yield msg
 
-        call = self._stub.ClassifyStream(requests(), timeout=timeout)
+        call = self._stub.ClassifyStream(requests(), timeout=timeout, metadata=self._metadata)
         try:
             async for msg in call:
                 while ledger.local_errors:
@@ -138,7 +145,9 @@ class AsyncClient(wire.CallDefaults):
 
     async def list_models(self, *, timeout: float | UseDefault | None = USE_DEFAULT) -> list[ModelInfo]:
         try:
-            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+            response = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc) from None
         return wire.models(response)

@@ -76,6 +76,24 @@ class TLSConfig:
         )
 
 
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+TOKEN_ENV = "RESNET_SERVE_AUTH_TOKEN"
+
+
+def auth_metadata(token: str | None) -> Metadata | None:
+    """The call metadata that carries a bearer token (`authorization: Bearer <token>`), or None without one.
+
+    Sent on every call of the image API; the server compares it in constant time and never logs it. Use TLS
+    whenever the network between client and server is not trusted: over plaintext a token travels in clear.
+    """
+    if not token:
+        return None
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("a bearer token cannot be empty or contain whitespace")
+    return (("authorization", f"Bearer {token}"),)
+
+
 def _pem(source: PemSource | None) -> bytes | None:
     if source is None or isinstance(source, bytes):
         return source

@@ -7,7 +7,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -35,6 +35,7 @@ class ClassifyOptions:
     timeout: float = 30.0  # seconds per image
     no_progress: bool = False
     tls: TLSConfig | None = None
+    token: str | None = field(default=None, repr=False)  # bearer token for a server with --auth-token-file
 
 
 async def classify_all(options: ClassifyOptions, inputs: list[Input]) -> int:
@@ -46,6 +47,7 @@ async def classify_all(options: ClassifyOptions, inputs: list[Input]) -> int:
         version=options.model_version,
         timeout=options.timeout,
         tls=options.tls,
+        token=options.token,
     )
     async with client:
         try:

@@ -21,6 +21,7 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
+    auth_metadata,
     channel_options,
 )
 from resnet_serve.client.images import ImageLike
@@ -34,7 +35,8 @@ class Client(wire.CallDefaults):
 
     `timeout` is the default deadline in seconds for single and batch calls (None: no deadline); each call
     may override it. `retry` retries UNAVAILABLE with exponential backoff (None disables retries). `tls`
-    switches to a TLS channel (`TLSConfig()` for the system's trust store).
+    switches to a TLS channel (`TLSConfig()` for the system's trust store). `token` is sent as
+    `authorization: Bearer <token>` on every call, for a server started with `--auth-token-file`.
     """
 
     def __init__(
@@ -47,7 +49,9 @@ class Client(wire.CallDefaults):
         retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
         tls: TLSConfig | None = None,
         options: Sequence[tuple[str, str | int]] = (),
+        token: str | None = None,
     ) -> None:
+        self._metadata = auth_metadata(token)
         opts = channel_options(retry, tls, options)
         if tls is None:
             self._channel = grpc.insecure_channel(target, options=opts)
@@ -74,7 +78,7 @@ class Client(wire.CallDefaults):
         request = wire.classify_request(self._model(model), self._version(version), image, top_k, rid)
         start = time.perf_counter()
         try:
-            response = self._stub.Classify(request, timeout=self._timeout(timeout))
+            response = self._stub.Classify(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc, rid) from None
         return wire.classification(response, time.perf_counter() - start)
@@ -97,7 +101,9 @@ class Client(wire.CallDefaults):
         request = wire.batch_request(self._model(model), self._version(version), images, top_k, rid)
         start = time.perf_counter()
         try:
-            response = self._stub.ClassifyBatch(request, timeout=self._timeout(timeout))
+            response = self._stub.ClassifyBatch(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc, rid) from None
         return wire.batch_results(response, len(request.images), time.perf_counter() - start)
@@ -125,7 +131,7 @@ class Client(wire.CallDefaults):
                     yield msg
 
         try:
-            for msg in self._stub.ClassifyStream(requests(), timeout=timeout):
+            for msg in self._stub.ClassifyStream(requests(), timeout=timeout, metadata=self._metadata):
                 while ledger.local_errors:
                     yield ledger.local_errors.pop(0)
                 yield ledger.result(msg)
@@ -137,7 +143,9 @@ class Client(wire.CallDefaults):
     def list_models(self, *, timeout: float | UseDefault | None = USE_DEFAULT) -> list[ModelInfo]:
         """The models the server serves, with their versions' states."""
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise wire.rpc_error(exc) from None
         return wire.models(response)

@@ -31,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from resnet_serve.formats.errors import UserError
+from resnet_serve.server.security import model_control, restrict
+from resnet_serve.server.security.files import SecurityError
+from resnet_serve.server.security.restrict import Restriction
+from resnet_serve.server.security.tokens import check_token
 
 ENV_PREFIX = "RESNET_SERVE_"
 
@@ -91,6 +95,23 @@ class ServerConfig:
     grace_period_s: float = 15.0
     exit_on_error: bool = True  # false: a model that fails to load is logged and left unready (Triton's flag)
     triton_metrics: bool = True  # also export Triton's nv_inference_* names (docs/metrics.md)
+    # Security and transport limits (server/security/, docs/security.md); Triton's option names.
+    grpc_use_ssl: bool = False
+    grpc_server_cert: str = ""
+    grpc_server_key: str = ""
+    grpc_root_cert: str = ""
+    grpc_use_ssl_mutual: bool = False
+    grpc_restricted_protocol: tuple[Restriction, ...] = ()
+    model_control_mode: str = "none"
+    auth_token_file: str = ""
+    auth_token: str = field(default="", repr=False)  # from RESNET_SERVE_AUTH_TOKEN only, never a flag
+    grpc_max_message_bytes: int = 0  # 0: max(64 MiB, max_image_bytes + 1 MiB)
+    grpc_max_concurrent_streams: int = 256
+    grpc_keepalive_time: int = 7_200_000  # ms, as Triton's flags
+    grpc_keepalive_timeout: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_min_recv_ping_interval: int = 300_000
+    grpc_http2_max_ping_strikes: int = 2
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -116,6 +137,7 @@ class Option:
     help: str
     scope: str  # "server" or "model"
     metavar: str = ""
+    repeat: bool = False  # the flag may be given several times; `parse` returns a tuple to append
 
     @property
     def default(self) -> Any:
@@ -186,6 +208,98 @@ OPTIONS: tuple[Option, ...] = (
         "on SIGTERM/SIGINT, time allowed for accepted requests to finish",
         "server",
         "SECONDS",
+    ),
+    # -- security and transport limits (server/security/, docs/security.md) --
+    Option(
+        "grpc_use_ssl",
+        _bool,
+        "serve the gRPC port over TLS (needs --grpc-server-cert/-key)",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "grpc_server_cert",
+        str,
+        "PEM certificate chain of the gRPC port (reloaded on SIGHUP)",
+        "server",
+        "PEM",
+    ),
+    Option("grpc_server_key", str, "PEM private key of --grpc-server-cert (unencrypted)", "server", "PEM"),
+    Option(
+        "grpc_root_cert",
+        str,
+        "PEM CA bundle that client certificates must chain to (mutual TLS)",
+        "server",
+        "PEM",
+    ),
+    Option(
+        "grpc_use_ssl_mutual",
+        _bool,
+        "require a client certificate signed by --grpc-root-cert",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "grpc_restricted_protocol",
+        restrict.parse_restrictions,
+        "require header triton-grpc-protocol-KEY=VALUE for these protocol groups (metadata, inference, "
+        "shared-memory, model-config, model-repository, statistics, trace, logging); repeatable; "
+        "the env variable takes several, separated by ';'",
+        "server",
+        "GROUPS:KEY=VALUE",
+        repeat=True,
+    ),
+    Option(
+        "model_control_mode",
+        model_control.parse_mode,
+        "none: RepositoryModelLoad/Unload are refused; explicit: clients may load and unload models",
+        "server",
+        "MODE",
+    ),
+    Option(
+        "auth_token_file",
+        str,
+        "file of bearer tokens (one per line) the image API requires; re-read on SIGHUP "
+        "(env RESNET_SERVE_AUTH_TOKEN adds one token)",
+        "server",
+        "FILE",
+    ),
+    Option(
+        "grpc_max_message_bytes",
+        int,
+        "largest gRPC message received or sent (0: 64 MiB or max_image_bytes + 1 MiB, the larger)",
+        "server",
+        "BYTES",
+    ),
+    Option("grpc_max_concurrent_streams", int, "concurrent calls per client connection", "server", "N"),
+    Option(
+        "grpc_keepalive_time",
+        int,
+        "ms between the server's keepalive pings to an idle client",
+        "server",
+        "MS",
+    ),
+    Option("grpc_keepalive_timeout", int, "ms to wait for a keepalive ping's answer", "server", "MS"),
+    Option(
+        "grpc_keepalive_permit_without_calls",
+        _bool,
+        "accept client keepalive pings on a connection with no call open",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "grpc_http2_min_recv_ping_interval",
+        int,
+        "ms a client must leave between pings while it sends no data; faster pings are strikes",
+        "server",
+        "MS",
+    ),
+    Option(
+        "grpc_http2_max_ping_strikes",
+        int,
+        "strikes before the server closes a connection that pings too often (0: never)",
+        "server",
+        "N",
     ),
     Option(
         "exit_on_error",
@@ -310,7 +424,7 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
             except ValueError as exc:
                 raise ConfigError(f"{opt.env}: {exc}") from None
         if opt.key in flags:
-            target[opt.key] = flags[opt.key]
+            target[opt.key] = tuple(flags[opt.key]) if opt.repeat else flags[opt.key]
 
     models: dict[str, dict[str, Any]] = {}
     tables = toml.get("models", {})
@@ -344,7 +458,12 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
         _model_settings(name, {**model_defaults, **values}, frozenset(values) - {"path"})
         for name, values in models.items()
     )
-    config = ServerConfig(**server_values, models=built, model_defaults=_model_settings("", model_defaults))
+    config = ServerConfig(
+        **server_values,
+        models=built,
+        model_defaults=_model_settings("", model_defaults),
+        auth_token=env.get(ENV_PREFIX + "AUTH_TOKEN", ""),
+    )
     return validate(config)
 
 
@@ -368,6 +487,11 @@ def with_values(config: ModelSettings, values: Mapping[str, Any]) -> ModelSettin
 def _coerce(opt: Option, value: Any, where: str) -> Any:
     default = opt.default
     try:
+        if opt.repeat:
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"expected a string or a list of strings, got {value!r}")
+            return tuple(item for v in values for item in opt.parse(v))
         if isinstance(value, str) and not isinstance(default, str):
             return opt.parse(value)
         if isinstance(default, tuple):
@@ -442,8 +566,47 @@ def validate(config: ServerConfig) -> ServerConfig:
         raise ConfigError(f"preprocess_threads must be >= 0, got {config.preprocess_threads}")
     if config.grace_period_s < 0:
         raise ConfigError(f"grace_period_s must be >= 0, got {config.grace_period_s}")
+    config = _validate_security(config)
     if not config.models and not config.model_repository:
         raise ConfigError(
             "no models to serve: pass --model NAME=PATH, --model-repository DIR or a config file"
         )
     return config
+
+
+def _validate_security(config: ServerConfig) -> ServerConfig:
+    """The TLS options' combinations, the restricted groups, the mode and the transport limits; the files
+    themselves are read when the server starts (server/security/policy.py)."""
+    if config.grpc_use_ssl:
+        if not config.grpc_server_cert or not config.grpc_server_key:
+            raise ConfigError("grpc_use_ssl needs both grpc_server_cert and grpc_server_key")
+        if config.grpc_use_ssl_mutual and not config.grpc_root_cert:
+            raise ConfigError("grpc_use_ssl_mutual needs grpc_root_cert, the CA client certificates chain to")
+    else:
+        given = [k for k in ("grpc_server_cert", "grpc_server_key", "grpc_root_cert") if getattr(config, k)]
+        if config.grpc_use_ssl_mutual:
+            given.append("grpc_use_ssl_mutual")
+        if given:
+            # Serving plaintext while the operator configured certificates would be the worst surprise.
+            raise ConfigError(f"{', '.join(given)} set but grpc_use_ssl is false: set --grpc-use-ssl true")
+    try:
+        restrict.check_disjoint(config.grpc_restricted_protocol)
+        mode = model_control.parse_mode(config.model_control_mode)
+        if config.auth_token:
+            check_token(config.auth_token, "RESNET_SERVE_AUTH_TOKEN")
+    except (ValueError, SecurityError) as exc:
+        raise ConfigError(str(exc)) from None
+    if config.grpc_max_message_bytes < 0:
+        raise ConfigError(f"grpc_max_message_bytes must be >= 0, got {config.grpc_max_message_bytes}")
+    if 0 < config.grpc_max_message_bytes <= config.max_image_bytes:
+        raise ConfigError(
+            f"grpc_max_message_bytes ({config.grpc_max_message_bytes}) must exceed max_image_bytes "
+            f"({config.max_image_bytes}), or no image of the largest accepted size could arrive"
+        )
+    for key in ("grpc_max_concurrent_streams", "grpc_keepalive_time", "grpc_keepalive_timeout"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    for key in ("grpc_http2_min_recv_ping_interval", "grpc_http2_max_ping_strikes"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)}")
+    return dataclasses.replace(config, model_control_mode=mode)

@@ -149,7 +149,8 @@ def stop_server(server: KServeServer) -> None:
 
 @pytest.fixture(scope="module")
 def kserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
-    server = start_server(tmp_path_factory.mktemp("kserve"))
+    # explicit: the repository tests load and unload `spare` (model control is off by default, as in Triton).
+    server = start_server(tmp_path_factory.mktemp("kserve"), "--model-control-mode", "explicit")
     try:
         yield server
     finally:

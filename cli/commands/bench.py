@@ -19,6 +19,7 @@ from resnet_serve.cli.options import (
     positive_float,
     positive_int,
     tls_from_args,
+    token_from_args,
 )
 
 EXAMPLES = """examples:
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         options = BenchOptions(
             server=args.server,
             tls=tls,
+            token=token_from_args(args),
             protocol=args.protocol,
             model=args.model,
             images=args.images,

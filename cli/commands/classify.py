@@ -11,6 +11,7 @@ from resnet_serve.cli.options import (
     positive_float,
     positive_int,
     tls_from_args,
+    token_from_args,
 )
 from resnet_serve.client import output
 from resnet_serve.client.classify import ClassifyOptions, classify_all
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         no_progress=args.no_progress,
         tls=tls_from_args(args),
+        token=token_from_args(args),
     )
     try:
         return asyncio.run(classify_all(options, inputs))

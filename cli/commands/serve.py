@@ -66,6 +66,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         groups[opt.scope].add_argument(
             opt.flag,
             dest=opt.key,
+            action="extend" if opt.repeat else "store",  # a repeat option's parse returns a tuple
             metavar=opt.metavar or None,
             type=_flag_type(opt),
             default=argparse.SUPPRESS,

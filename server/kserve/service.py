@@ -27,12 +27,13 @@ from resnet_serve.protos import model_config_pb2 as mc
 from resnet_serve.runtime.base import BackendError, TensorSpec
 from resnet_serve.runtime.factory import backend_for
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.errors import boundary, invalid_argument, status_of, stream_boundary
+from resnet_serve.server.errors import boundary, invalid_argument, status_of, stream_boundary, unavailable
 from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
+from resnet_serve.server.security import model_control
 from resnet_serve.server.streams import answer_concurrently
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -215,6 +216,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        self._model_control_allowed()
         unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
         if unsupported:
             raise invalid_argument(
@@ -226,10 +228,15 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        self._model_control_allowed()
         await self._manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ---------------------------------------------------------------------------------------------- helpers
+
+    def _model_control_allowed(self) -> None:
+        if not model_control.load_unload_allowed(self._ctx.config.model_control_mode):
+            raise unavailable(model_control.REFUSED)  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:
         return self._manager.get(name, version, count=False)  # metadata: not an inference request

@@ -1,0 +1,127 @@
+"""TLS and mutual TLS for the server: the certificate files checked before the server starts, gRPC
+credentials that pick up new certificates on reload without dropping a connection, and the same material
+as an `ssl.SSLContext` for an HTTP front end.
+
+Options are Triton's: `--grpc-use-ssl`, `--grpc-server-cert`, `--grpc-server-key`, `--grpc-root-cert`,
+`--grpc-use-ssl-mutual`. The files are checked with the standard library's `ssl` (a key that does not match
+its certificate, a file that holds no PEM certificate), so a mistake stops the server with a message naming
+the option, instead of gRPC failing every handshake later.
+
+Reload: `grpc.dynamic_ssl_server_credentials` asks its fetcher for a new certificate configuration at every
+new handshake; `ReloadableTLS.reload()` (SIGHUP) reads and checks the files and hands the fetcher the new
+configuration once. Connections already open keep the certificate they were made with; new ones get the new
+one. A reload that fails the checks leaves the old certificate in use and says why in the log.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+
+from resnet_serve.server.security.files import SecurityError, read_secret_file
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Where the certificate, its key and the client CA live, and whether clients must present one."""
+
+    cert: str
+    key: str
+    root: str = ""  # the CA bundle client certificates must chain to (needed for mutual TLS)
+    mutual: bool = False
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """The checked contents of the TLS files."""
+
+    cert_chain: bytes
+    key: bytes = field(repr=False)
+    root: bytes | None
+
+    def grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.key, self.cert_chain)], self.root)
+
+
+def _pem_check(data: bytes, marker: bytes, option: str, path: str, what: str) -> None:
+    if b"-----BEGIN " not in data or marker not in data:
+        raise SecurityError(f"{option} {path}: holds no PEM {what}")
+
+
+def read_tls(files: TLSFiles) -> TLSMaterial:
+    """Read and check the files; SecurityError names the option and path of the first problem."""
+    cert = read_secret_file(files.cert, "--grpc-server-cert")
+    key = read_secret_file(files.key, "--grpc-server-key", private=True)
+    _pem_check(cert, b"CERTIFICATE-----", "--grpc-server-cert", files.cert, "certificate")
+    _pem_check(key, b"PRIVATE KEY-----", "--grpc-server-key", files.key, "private key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # password=b"": an encrypted key fails here instead of OpenSSL prompting on the terminal.
+        context.load_cert_chain(files.cert, files.key, password=b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise SecurityError(
+                f"--grpc-server-key {files.key} does not match the certificate in --grpc-server-cert "
+                f"{files.cert}"
+            ) from None
+        raise SecurityError(
+            f"--grpc-server-cert {files.cert} / --grpc-server-key {files.key}: not a usable certificate and "
+            f"unencrypted private key ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:  # the file changed between the two reads
+        raise SecurityError(f"--grpc-server-cert {files.cert}: {exc.strerror or exc}") from None
+    root = None
+    if files.root:
+        root = read_secret_file(files.root, "--grpc-root-cert")
+        try:
+            context.load_verify_locations(cadata=root.decode("ascii"))
+        except (ssl.SSLError, ValueError, UnicodeDecodeError):
+            raise SecurityError(f"--grpc-root-cert {files.root}: holds no PEM certificate") from None
+    return TLSMaterial(cert, key, root)
+
+
+def server_ssl_context(files: TLSFiles) -> ssl.SSLContext:
+    """The same TLS settings as an `ssl.SSLContext` (TLS 1.2 or later), for an HTTP server. Calling
+    `load_cert_chain` on it again later changes the certificate for new connections."""
+    read_tls(files)  # the same checks and messages as the gRPC port
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key, password=b"")
+    if files.root:
+        context.load_verify_locations(files.root)
+    context.verify_mode = ssl.CERT_REQUIRED if files.mutual else ssl.CERT_NONE
+    return context
+
+
+class ReloadableTLS:
+    """gRPC server credentials whose certificate `reload()` replaces for new connections."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self.material = read_tls(files)
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._lock = threading.Lock()  # the fetcher runs on gRPC's threads
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.material.grpc_configuration(),
+            self._fetch,  # type: ignore[arg-type]  # the stubs omit that None means "unchanged"
+            require_client_authentication=self.files.mutual,
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # None: keep the current configuration (called at every new handshake, so it must stay cheap).
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def reload(self) -> None:
+        """Read the files again; new connections use them. SecurityError (old certificate kept) if they
+        fail the checks."""
+        material = read_tls(self.files)
+        with self._lock:
+            self.material = material
+            self._pending = material.grpc_configuration()

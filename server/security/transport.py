@@ -1,0 +1,39 @@
+"""The gRPC server's transport options: message size, streams per connection, keepalive enforcement.
+
+Keepalive enforcement is gRPC's own: a client that pings more often than
+`grpc_http2_min_recv_ping_interval` while it has nothing to send (or at all without an open call,
+unless `grpc_keepalive_permit_without_calls`) earns a strike, and after `grpc_http2_max_ping_strikes` strikes
+the server closes the connection with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings"). The defaults are
+Triton's and gRPC's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resnet_serve.server.config import ServerConfig
+
+_MB = 1024 * 1024
+
+
+def max_message_bytes(config: ServerConfig) -> int:
+    """The configured limit, or (0) the larger of 64 MiB and the largest image plus 1 MiB of envelope."""
+    return config.grpc_max_message_bytes or max(64 * _MB, config.max_image_bytes + _MB)
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    limit = max_message_bytes(config)
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", config.grpc_keepalive_time),
+        ("grpc.keepalive_timeout_ms", config.grpc_keepalive_timeout),
+        ("grpc.keepalive_permit_without_calls", int(config.grpc_keepalive_permit_without_calls)),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            config.grpc_http2_min_recv_ping_interval,
+        ),
+        ("grpc.http2.max_ping_strikes", config.grpc_http2_max_ping_strikes),
+    ]
