@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -186,7 +187,7 @@ def test_misuse_is_a_clear_error_and_the_server_stays_healthy(
         ),
     ]
     for inputs, outputs, expected in cases:
-        status, message = error_of(lambda i=inputs, o=outputs: client.infer("tiny", i, outputs=o))
+        status, message = error_of(functools.partial(client.infer, "tiny", inputs, outputs=outputs))
         assert status == "StatusCode.INVALID_ARGUMENT" and expected in message, message
         still_healthy(client)
     status, message = error_of(lambda: client.get_system_shared_memory_status("nope"))

@@ -3,6 +3,7 @@ the CUDA path driven through a fake cuda-python runtime module (no GPU here)."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import os
@@ -306,3 +307,26 @@ def test_cuda_runtime_errors_become_statuses() -> None:
     fake.cudaSetDevice = lambda device: (1,)  # type: ignore[method-assign]
     code, message = code_and_message(lambda: CudaRuntime(fake).close(1234, 0))
     assert code == grpc.StatusCode.INTERNAL and "select device 0" in message
+
+
+@pytest.mark.slow
+def test_server_stop_releases_every_region(key: str, tiny_onnx: Path) -> None:
+    from test_server_app import config_for
+
+    from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
+    from resnet_serve.server.app import InferenceServer
+
+    async def main() -> None:
+        server = InferenceServer(config_for(tiny_onnx))
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            request = pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=SIZE)
+            await stub.SystemSharedMemoryRegister(request, timeout=10)
+            status = await stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10)
+            assert list(status.regions) == ["r"] and status.regions["r"].key == key
+        assert mapped(key)
+        await server.stop(grace_s=5)
+        assert not mapped(key) and len(server.ctx.shared_memory) == 0
+
+    asyncio.run(main())
