@@ -9,9 +9,16 @@ lab/grpc_floor.py does, so that drift on a shared machine hits all alike):
 - grpc: `resnet-serve serve` through `tritonclient.grpc`, the tensor in the message (raw_input_contents);
 - grpc+shm: the same server, the input and the output in system shared memory regions registered once
   (`tritonclient.utils.shared_memory`); each timed call writes the input into its region and reads the output
-  back, as a client must.
+  back, as a client must;
+- grpc+shm-nocopy: the same without writing the input each time (a client that produces its tensors in the
+  region: what the server side and the protocol cost);
+- live: an empty RPC (ServerLive) to the same server, the floor of any gRPC round trip here.
 Both served answers are checked against the bare call first. Prints each round and the medians; `--out` writes
 them as JSON.
+
+`--make-model` first writes a trivial model to `--model` (FP32 [N, 3, 224, 224] → global average pool → a
+1000-class linear layer): the same 600 KB input as ResNet-50 with almost no compute, so the transport's cost
+shows even on a loaded machine where ResNet-50's own time varies by more than that cost.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +41,19 @@ from resnet_serve.server.launch import free_port, serve_command, stop
 
 
 def _shm_call(
-    client: Any, handles: tuple[Any, Any], names: tuple[str, str], array: np.ndarray, out_shape: list[int]
+    client: Any,
+    handles: tuple[Any, Any],
+    names: tuple[str, str],
+    array: np.ndarray,
+    out_shape: list[int],
+    copy: bool = True,
 ) -> np.ndarray:
     import tritonclient.grpc as triton
     import tritonclient.utils.shared_memory as shm
 
     handle_in, handle_out = handles
-    shm.set_shared_memory_region(handle_in, [array])
+    if copy:
+        shm.set_shared_memory_region(handle_in, [array])
     tensor = triton.InferInput(names[0], list(array.shape), "FP32")
     tensor.set_shared_memory("in", array.nbytes)
     output = triton.InferRequestedOutput(names[1])
@@ -47,6 +61,35 @@ def _shm_call(
     client.infer("model", [tensor], outputs=[output])
     result: np.ndarray = shm.get_contents_as_numpy(handle_out, np.float32, out_shape).copy()
     return result
+
+
+def write_transport_model(path: Path) -> None:
+    """A model with ResNet-50's input and output tensors and next to no compute."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.1, (1000, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(1000, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "transport",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,6 +130,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             "bare": lambda: bare.infer({spec.name: array}),
             "grpc": functools.partial(client.infer, "model", [tensor]),
             "grpc+shm": functools.partial(_shm_call, client, handles, names, array, out_shape),
+            "grpc+shm-nocopy": functools.partial(_shm_call, client, handles, names, array, out_shape, False),
+            "live": client.is_server_live,
         }
         answers = {
             "grpc": client.infer("model", [tensor]).as_numpy(output.name),
@@ -99,12 +144,14 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             _time(call, args.warmup, [])
         for r in range(args.rounds):
             row = one_round(targets, args)
-            for name in ("grpc", "grpc+shm"):
+            for name in ("grpc", "grpc+shm", "grpc+shm-nocopy", "live"):
                 row[f"{name}_overhead_ms"] = row[f"{name}_ms"] - row["bare_ms"]
             rounds.append(row)
             print(
                 f"round {r + 1}: bare {row['bare_ms']:.2f} ms; grpc {row['grpc_overhead_ms']:+.2f} ms; "
-                f"grpc+shm {row['grpc+shm_overhead_ms']:+.2f} ms",
+                f"grpc+shm {row['grpc+shm_overhead_ms']:+.2f} ms (without the client's input copy "
+                f"{row['grpc+shm-nocopy_overhead_ms']:+.2f} ms); an empty RPC (ServerLive) "
+                f"{row['live_ms']:.2f} ms",
                 flush=True,
             )
         client.unregister_system_shared_memory()
@@ -133,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     timing_arguments(parser)
+    parser.add_argument(
+        "--make-model", action="store_true", help="first write the trivial 224² model to --model"
+    )
     args = parser.parse_args(argv)
+    if args.make_model:
+        write_transport_model(args.model)
     if not args.model.is_file():
         parser.error(f"no such model file: {args.model}")
     from tritonclient.utils import InferenceServerException
@@ -145,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     medians = result["median_ms"]
     print(
         f"median over {args.rounds} rounds at concurrency 1: bare {medians['bare_ms']:.2f} ms; over it, "
-        f"grpc {medians['grpc_overhead_ms']:+.2f} ms, grpc+shm {medians['grpc+shm_overhead_ms']:+.2f} ms"
+        f"grpc {medians['grpc_overhead_ms']:+.2f} ms, grpc+shm {medians['grpc+shm_overhead_ms']:+.2f} ms; "
+        f"an empty RPC takes {medians['live_ms']:.2f} ms"
     )
     if args.out is not None:
         write_json_atomic(args.out, result)
