@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -243,3 +244,34 @@ def _accepted(server: ServerProcess) -> float:
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_streamed_requests_use_shared_memory_and_classification_does_not(
+    client: tc.InferenceServerClient, region: Callable[[int], tuple[Any, str]]
+) -> None:
+    rows = 3
+    x = batch(rows, seed=4)
+    handle_in, key_in = region(rows * ROW_BYTES)
+    handle_out, key_out = region(1024)
+    shm.set_shared_memory_region(handle_in, [x])
+    client.register_system_shared_memory("in", key_in, rows * ROW_BYTES)
+    client.register_system_shared_memory("out", key_out, 1024)
+    # tritonclient refuses shared memory on a classification output; a client that sends it anyway is refused
+    # by the server too, before any work.
+    top = tc.InferRequestedOutput("logits", class_count=2)
+    top._output.parameters["shared_memory_region"].string_param = "out"
+    top._output.parameters["shared_memory_byte_size"].int64_param = 1024
+    status, message = error_of(lambda: client.infer("tiny", [shm_input("in", rows)], outputs=[top]))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "classification" in message
+
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer("tiny", [shm_input("in", rows)], outputs=[shm_output("out", rows)])
+        _, error = answers.get(timeout=30)
+    finally:
+        client.stop_stream()
+    assert error is None, error
+    np.testing.assert_array_equal(
+        shm.get_contents_as_numpy(handle_out, np.float32, [rows, 10]), plain_logits(client, x)
+    )

@@ -98,6 +98,12 @@ async def decode_request(
             "one per input" if in_message == len(request.inputs) else "one per input not in shared memory"
         )
         raise invalid_argument(f"expected {in_message} raw_input_contents ({one_per}), got {len(raw)}")
+    # Output regions too are checked before any work (decoding images is work); the rows are the first
+    # input's (the batcher refuses inputs that disagree, and every write is checked again).
+    outputs, shared_outputs = _requested_outputs(model, request, regions)
+    if shared_outputs and request.inputs and request.inputs[0].shape:
+        for name, where in shared_outputs.items():
+            _check_output_room(model, name, request.inputs[0].shape[0], where)
     arrays: dict[str, np.ndarray] = {}
     preprocess_s: float | None = None
     next_raw = 0
@@ -129,9 +135,6 @@ async def decode_request(
             f"missing input(s) {missing} for model '{model.name}'; expected {_describe(specs)}"
         )
     rows = next(iter(arrays.values())).shape[0] if arrays else 0
-    outputs, shared_outputs = _requested_outputs(model, request, regions)
-    for name, where in shared_outputs.items():
-        _check_output_room(model, name, rows, where)
     return DecodedRequest(
         arrays,
         rows,
@@ -263,6 +266,11 @@ def _requested_outputs(
                 raise invalid_argument(
                     f"output '{requested.name}': the classification parameter must be an integer >= 1"
                 )
+            if where is not None:
+                raise invalid_argument(
+                    f"output '{requested.name}': a classification output cannot be written to shared memory "
+                    "(as in Triton); request it without shared memory"
+                )
         out.append((requested.name, k))
     return out, shared
 
@@ -311,8 +319,8 @@ def from_region(name: str, datatype: str, shape: Sequence[int], where: SharedTen
 
 
 def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTensor) -> None:
-    """Refuse, before any work, an output region too small for the output (when its size is known now:
-    no classification, no dynamic dimension besides the batch)."""
+    """Refuse, before any work, an output region too small for the output (when its size is known now: no
+    dynamic dimension besides the batch)."""
     spec = next(s for s in model.info.outputs if s.name == name)
     dims = [rows, *spec.shape[1:]] if model.info.max_batch_size > 0 else list(spec.shape)
     if any(d < 0 for d in dims):
@@ -327,7 +335,7 @@ def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTe
 
 def write_region(name: str, where: SharedTensor, data: memoryview, echo: Any) -> None:
     """Write an output's bytes into its region and echo the region in the output's parameters (`echo`)."""
-    if data.nbytes > where.byte_size:  # a classification output, whose size was not known before the work
+    if data.nbytes > where.byte_size:  # an output with dynamic dimensions: its size is known only now
         raise invalid_argument(
             f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for the "
             f"{data.nbytes} bytes of the output"
