@@ -102,8 +102,8 @@ async def decode_request(
     # input's (the batcher refuses inputs that disagree, and every write is checked again).
     outputs, shared_outputs = _requested_outputs(model, request, regions)
     if shared_outputs and request.inputs and request.inputs[0].shape:
-        for name, where in shared_outputs.items():
-            _check_output_room(model, name, request.inputs[0].shape[0], where)
+        for name, place in shared_outputs.items():
+            _check_output_room(model, name, request.inputs[0].shape[0], place)
     arrays: dict[str, np.ndarray] = {}
     preprocess_s: float | None = None
     next_raw = 0
