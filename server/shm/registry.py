@@ -31,8 +31,9 @@ from resnet_serve.server.errors import ServeError, invalid_argument, not_found
 from resnet_serve.server.shm.cuda import CudaRegion, CudaRuntime, import_cudart, installed
 from resnet_serve.server.shm.system import SHM_DIR, SystemRegion
 
-# Each region holds a file descriptor and a mapping; a client that registers in a loop must not exhaust them.
-MAX_REGIONS: Final = 1024
+# Each region holds a file descriptor (kept to re-check its size) and a mapping: a client that registers in a
+# loop must not exhaust the process's descriptors (a soft limit of 1024 is common).
+MAX_REGIONS: Final = 256
 
 Region = SystemRegion | CudaRegion
 
