@@ -330,3 +330,27 @@ def test_server_stop_releases_every_region(key: str, tiny_onnx: Path) -> None:
         assert not mapped(key) and len(server.ctx.shared_memory) == 0
 
     asyncio.run(main())
+
+
+def test_an_output_in_shared_memory_keeps_raw_contents_one_per_output(key: str) -> None:
+    """tritonclient.grpc finds an output's bytes by its position among the outputs, so an output written to
+    shared memory keeps an (empty) raw_output_contents entry and the next output's bytes stay in place."""
+    import tritonclient.grpc as tc
+    from tritonclient.grpc import service_pb2
+
+    from resnet_serve.server.kserve.codec import DecodedRequest, encode_response
+
+    registry = SharedMemoryRegistry()
+    registry.register("r", key, 0, SIZE)
+    region = SharedTensor(registry.resolve("r", 0, 40, "output 'first'"), "r", 0, 40)
+    first = np.arange(10, dtype=np.float32).reshape(1, 10)
+    second = np.full((1, 3), 7, dtype=np.int64)
+    decoded = DecodedRequest({}, 1, [("first", 0), ("second", 0)], None, None, {"first": region})
+    model: Any = SimpleNamespace(name="m", version="1", labels=[])
+    response = encode_response(model, decoded, {"first": first, "second": second}, "id")
+    result = tc.InferResult(service_pb2.ModelInferResponse.FromString(response.SerializeToString()))
+    np.testing.assert_array_equal(result.as_numpy("second"), second)
+    assert list(response.raw_output_contents) == [b"", second.tobytes()]
+    np.testing.assert_array_equal(np.frombuffer(region.region.view(0, 40), dtype=np.float32), first.ravel())
+    del region
+    registry.close()
