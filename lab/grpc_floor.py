@@ -135,6 +135,27 @@ def _time(call: Callable[[], object], seconds: float, into: list[float]) -> None
         into.append(time.perf_counter() - start)
 
 
+def one_round(targets: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
+    """The median milliseconds of each target over `args.slices` alternations of `args.slice` seconds each:
+    short slices, alternating, so that drift on a shared machine hits every target alike."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(args.slices):
+        for name, call in targets.items():
+            _time(call, args.slice, times[name])
+    return {f"{name}_ms": 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every alternating-slices measurement takes (this script's and lab/shm_overhead.py's)."""
+    parser.add_argument("--model", type=Path, required=True, help="an ONNX model from resnet-serve export")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=8, help="alternations per round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target")
+    parser.add_argument("--slice", type=float, default=0.5, help="seconds per target per alternation")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads everywhere (0: all cores)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+
+
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     import tritonclient.grpc as triton
 
@@ -182,12 +203,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         for call in targets.values():  # warm-up
             _time(call, args.warmup, [])
         for r in range(args.rounds):
-            # Short slices, alternating, so that drift on a shared machine hits all three alike.
-            times: dict[str, list[float]] = {name: [] for name in targets}
-            for _ in range(args.slices):
-                for name, call in targets.items():
-                    _time(call, args.slice, times[name])
-            row = {f"{name}_ms": 1000 * statistics.median(t) for name, t in times.items()}
+            row = one_round(targets, args)
             for name in clients:
                 row[f"{name}_overhead_ms"] = row[f"{name}_ms"] - row["bare_ms"]
             row["resnet-serve_over_minimal-aio_ms"] = row["resnet-serve_ms"] - row["minimal-aio_ms"]
@@ -226,15 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="an ONNX model from resnet-serve export")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--slices", type=int, default=8, help="alternations per round")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target")
-    parser.add_argument("--slice", type=float, default=0.5, help="seconds per target per alternation")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads everywhere (0: all cores)")
+    timing_arguments(parser)
     parser.add_argument("--minimal-server", choices=("aio", "sync"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"no such model file: {args.model}")

@@ -200,6 +200,7 @@ class InferenceServer:
         if self._server is not None:
             await self._server.stop(min(1.0, max(0.0, deadline - loop.time())))
         await self.manager.close(max(0.0, deadline - loop.time()))
+        self.ctx.shared_memory.close()  # after the drain: no request uses a region any more
         self.metrics.stop_http_server()
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")

@@ -14,6 +14,7 @@ from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 
 @dataclass
@@ -26,6 +27,8 @@ class ServerContext:
     # Unary RPCs are counted by an interceptor; a streaming RPC wraps each item it works on in
     # `with ctx.in_flight:` so that shutdown waits for it.
     in_flight: InFlight = field(default_factory=InFlight)
+    # Triton's shared-memory extension: the regions clients registered (released in InferenceServer.stop).
+    shared_memory: SharedMemoryRegistry = field(default_factory=SharedMemoryRegistry)
 
     def live(self) -> bool:
         """The process is up and answering (also while it drains)."""

@@ -165,9 +165,9 @@ def test_loading_with_a_config_override_is_refused(client: tc.InferenceServerCli
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
-def test_shared_memory_is_unimplemented(client: tc.InferenceServerClient) -> None:
+def test_log_settings_are_unimplemented(client: tc.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as info:
-        client.get_system_shared_memory_status()
+        client.get_log_settings()
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
 
 

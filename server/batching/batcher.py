@@ -289,6 +289,9 @@ class DynamicBatcher:
                 log.exception("model %s version %s: the worker failed on a batch", self.name, self.version)
                 error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
                 self._deliver([(p, error) for p in batch])  # futures already answered are skipped
+            # Drop the finished batch before waiting for the next: its inputs may be views of a client's
+            # shared memory, which must not stay mapped until this worker's next batch.
+            del batch
 
     def _next_batch(self) -> list[_Pending] | None:
         expired: list[Outcome] = []

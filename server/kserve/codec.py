@@ -15,6 +15,16 @@ Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte li
 (what tritonclient sends). The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
 copy) with `np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
+
+Shared memory (Triton's extension; server/shm/): an input or requested output whose parameters name a
+`shared_memory_region` (with `shared_memory_byte_size` and optionally `shared_memory_offset`) is read from, or
+written to, that registered region instead of the message. Every region, offset and size is checked before
+any work: an input's byte size must be exactly its shape × datatype, an output's at least that. A
+system-memory input is a zero-copy view of the mapping (the batcher copies rows into its batch buffer, or a
+batch of one goes straight to the backend, which reads it during `infer`); nothing keeps the view after the
+request. The `DecodedRequest` holds the regions it uses, so a region unregistered meanwhile stays mapped until
+the request is done. Outputs written to a region travel with no bytes (an empty raw_output_contents entry, to
+keep the entries one per output) and their parameters echo the region, as Triton's do.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import struct
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -35,11 +45,24 @@ from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.errors import invalid_argument
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.shm.registry import Region, SharedMemoryRegistry
 
 UINT8: Final = "UINT8"
 SHARED_MEMORY: Final = "shared_memory_region"
-_NO_SHARED_MEMORY: Final = "shared memory is not supported; send tensors in raw_input_contents"
+SHARED_MEMORY_BYTE_SIZE: Final = "shared_memory_byte_size"
+SHARED_MEMORY_OFFSET: Final = "shared_memory_offset"
+_NO_SHARED_MEMORY: Final = "shared memory is not supported here; send tensors in raw_input_contents"
 _US: Final = 1e-6
+
+
+@dataclass(frozen=True)
+class SharedTensor:
+    """Where a tensor lives in shared memory: `byte_size` bytes at `offset` of the registered `region`."""
+
+    region: Region
+    name: str  # the region's name, as the request gave it
+    offset: int
+    byte_size: int
 
 
 @dataclass
@@ -51,6 +74,9 @@ class DecodedRequest:
     outputs: list[tuple[str, int]]  # (output name, classification k or 0)
     timeout_s: float | None
     preprocess_s: float | None
+    # Outputs to write into shared memory, by name; holding them keeps their regions mapped (module doc).
+    shared_outputs: dict[str, SharedTensor] = field(default_factory=dict)
+    shared_inputs: list[SharedTensor] = field(default_factory=list)
 
 
 async def decode_request(
@@ -58,18 +84,30 @@ async def decode_request(
     incoming: InferRequest,
     time_remaining: float | None,
     executor: Executor | None,
+    regions: SharedMemoryRegistry | None = None,
 ) -> DecodedRequest:
-    """Validate and decode a ModelInferRequest for `model`; raises ServeError INVALID_ARGUMENT."""
+    """Validate and decode a ModelInferRequest for `model`; raises ServeError INVALID_ARGUMENT. `regions`:
+    the server's shared-memory registry (None: tensors in shared memory are refused)."""
     specs = {spec.name: spec for spec in model.info.inputs}
     request = incoming.message
     raw = incoming.raw
-    if raw and len(raw) != len(request.inputs):
-        raise invalid_argument(
-            f"expected {len(request.inputs)} raw_input_contents (one per input), got {len(raw)}"
+    shared = [shared_tensor(t.parameters, f"input '{t.name}'", regions) for t in request.inputs]
+    in_message = sum(1 for where in shared if where is None)
+    if raw and len(raw) != in_message:
+        one_per = (
+            "one per input" if in_message == len(request.inputs) else "one per input not in shared memory"
         )
+        raise invalid_argument(f"expected {in_message} raw_input_contents ({one_per}), got {len(raw)}")
+    # Output regions too are checked before any work (decoding images is work); the rows are the first
+    # input's (the batcher refuses inputs that disagree, and every write is checked again).
+    outputs, shared_outputs = _requested_outputs(model, request, regions)
+    if shared_outputs and request.inputs and request.inputs[0].shape:
+        for name, place in shared_outputs.items():
+            _check_output_room(model, name, request.inputs[0].shape[0], place)
     arrays: dict[str, np.ndarray] = {}
     preprocess_s: float | None = None
-    for i, tensor in enumerate(request.inputs):
+    next_raw = 0
+    for tensor, where in zip(request.inputs, shared, strict=True):
         spec = specs.get(tensor.name)
         if spec is None:
             raise invalid_argument(
@@ -77,11 +115,12 @@ async def decode_request(
             )
         if tensor.name in arrays:
             raise invalid_argument(f"input '{tensor.name}' is given twice")
-        if SHARED_MEMORY in tensor.parameters:
-            raise invalid_argument(_NO_SHARED_MEMORY)
         shape = tuple(tensor.shape)
-        if raw:
-            array = from_raw(tensor.name, tensor.datatype, shape, raw[i])
+        if where is not None:
+            array = from_region(tensor.name, tensor.datatype, shape, where)
+        elif raw:
+            array = from_raw(tensor.name, tensor.datatype, shape, raw[next_raw])
+            next_raw += 1
         else:
             array = from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
         if tensor.datatype == BYTES:
@@ -97,14 +136,21 @@ async def decode_request(
         )
     rows = next(iter(arrays.values())).shape[0] if arrays else 0
     return DecodedRequest(
-        arrays, rows, _requested_outputs(model, request), _timeout(request, time_remaining), preprocess_s
+        arrays,
+        rows,
+        outputs,
+        _timeout(request, time_remaining),
+        preprocess_s,
+        shared_outputs,
+        [where for where in shared if where is not None],
     )
 
 
 def encode_response(
     model: ServedModel, decoded: DecodedRequest, outputs: dict[str, np.ndarray], response_id: str
 ) -> Any:
-    """Build the ModelInferResponse with every requested output in raw_output_contents."""
+    """Build the ModelInferResponse with every requested output in raw_output_contents, or written to its
+    shared memory region (then its raw_output_contents entry is empty)."""
     tensors = []
     raws: list[bytes] = []
     for name, k in decoded.outputs:
@@ -112,15 +158,20 @@ def encode_response(
         if k:
             strings = top_k_strings(array, k, model.labels)
             shape = [array.shape[0], len(strings) // max(1, array.shape[0])]
-            tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=shape))
-            raws.append(join_bytes(strings))
+            tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=shape)
+            data: bytes | np.ndarray = join_bytes(strings)
         else:
-            tensors.append(
-                pb.ModelInferResponse.InferOutputTensor(
-                    name=name, datatype=numpy_to_kserve(array.dtype), shape=array.shape
-                )
+            tensor = pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=numpy_to_kserve(array.dtype), shape=array.shape
             )
-            raws.append(array.tobytes())
+            data = array
+        tensors.append(tensor)
+        where = decoded.shared_outputs.get(name)
+        if where is None:
+            raws.append(data if isinstance(data, bytes) else data.tobytes())
+        else:
+            write_region(name, where, _byte_view(data), tensor.parameters)
+            raws.append(b"")
     return pb.ModelInferResponse(
         model_name=model.name,
         model_version=model.version,
@@ -190,14 +241,18 @@ async def _decode_images(
     return np.stack(rows).astype(spec.dtype, copy=False)
 
 
-def _requested_outputs(model: ServedModel, request: Any) -> list[tuple[str, int]]:
+def _requested_outputs(
+    model: ServedModel, request: Any, regions: SharedMemoryRegistry | None
+) -> tuple[list[tuple[str, int]], dict[str, SharedTensor]]:
     names = [spec.name for spec in model.info.outputs]
     if not request.outputs:
-        return [(name, 0) for name in names]
+        return [(name, 0) for name in names], {}
     out: list[tuple[str, int]] = []
+    shared: dict[str, SharedTensor] = {}
     for requested in request.outputs:
-        if SHARED_MEMORY in requested.parameters:
-            raise invalid_argument(_NO_SHARED_MEMORY)
+        where = shared_tensor(requested.parameters, f"output '{requested.name}'", regions)
+        if where is not None:
+            shared[requested.name] = where
         if requested.name not in names:
             raise invalid_argument(
                 f"unknown output '{requested.name}' for model '{model.name}'; expected one of {names}"
@@ -211,8 +266,91 @@ def _requested_outputs(model: ServedModel, request: Any) -> list[tuple[str, int]
                 raise invalid_argument(
                     f"output '{requested.name}': the classification parameter must be an integer >= 1"
                 )
+            if where is not None:
+                raise invalid_argument(
+                    f"output '{requested.name}': a classification output cannot be written to shared memory "
+                    "(as in Triton); request it without shared memory"
+                )
         out.append((requested.name, k))
-    return out
+    return out, shared
+
+
+# ------------------------------------------------------------------------------------------ shared memory
+
+
+def shared_tensor(parameters: Any, tensor: str, regions: SharedMemoryRegistry | None) -> SharedTensor | None:
+    """The region a tensor's parameters name, checked against it; None when the tensor is in the message.
+    `tensor` ("input 'x'") starts each error message."""
+    param = parameters.get(SHARED_MEMORY)
+    if param is None:
+        return None
+    if regions is None:
+        raise invalid_argument(_NO_SHARED_MEMORY)
+    if param.WhichOneof("parameter_choice") != "string_param" or not param.string_param:
+        raise invalid_argument(f"{tensor}: the {SHARED_MEMORY} parameter must be a region name (a string)")
+    if SHARED_MEMORY_BYTE_SIZE not in parameters:
+        raise invalid_argument(f"{tensor}: a tensor in shared memory needs {SHARED_MEMORY_BYTE_SIZE}")
+    byte_size = _int_parameter(parameters, SHARED_MEMORY_BYTE_SIZE, tensor)
+    offset = (
+        _int_parameter(parameters, SHARED_MEMORY_OFFSET, tensor) if SHARED_MEMORY_OFFSET in parameters else 0
+    )
+    region = regions.resolve(param.string_param, offset, byte_size, tensor)
+    return SharedTensor(region, param.string_param, offset, byte_size)
+
+
+def _int_parameter(parameters: Any, key: str, tensor: str) -> int:
+    param = parameters[key]
+    choice = param.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param") or getattr(param, choice) < 0:
+        raise invalid_argument(f"{tensor}: the {key} parameter must be a non-negative integer")
+    return int(getattr(param, choice))
+
+
+def from_region(name: str, datatype: str, shape: Sequence[int], where: SharedTensor) -> np.ndarray:
+    """An input read from shared memory: a zero-copy view of system memory, a host copy of CUDA memory."""
+    if datatype != BYTES:
+        expected = element_count(name, shape) * _wire_dtype(name, datatype).itemsize
+        if where.byte_size != expected:
+            raise invalid_argument(
+                f"input '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} does not match {datatype} "
+                f"{list(shape)} ({expected} bytes)"
+            )
+    return from_raw(name, datatype, shape, where.region.view(where.offset, where.byte_size))
+
+
+def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTensor) -> None:
+    """Refuse, before any work, an output region too small for the output (when its size is known now: no
+    dynamic dimension besides the batch)."""
+    spec = next(s for s in model.info.outputs if s.name == name)
+    dims = [rows, *spec.shape[1:]] if model.info.max_batch_size > 0 else list(spec.shape)
+    if any(d < 0 for d in dims):
+        return
+    needed = int(np.prod(dims)) * spec.dtype.itemsize
+    if where.byte_size < needed:
+        raise invalid_argument(
+            f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for "
+            f"{numpy_to_kserve(spec.dtype)} {dims} ({needed} bytes)"
+        )
+
+
+def write_region(name: str, where: SharedTensor, data: memoryview, echo: Any) -> None:
+    """Write an output's bytes into its region and echo the region in the output's parameters (`echo`)."""
+    if data.nbytes > where.byte_size:  # an output with dynamic dimensions: its size is known only now
+        raise invalid_argument(
+            f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for the "
+            f"{data.nbytes} bytes of the output"
+        )
+    where.region.write(where.offset, data)
+    echo[SHARED_MEMORY].string_param = where.name
+    echo[SHARED_MEMORY_BYTE_SIZE].int64_param = data.nbytes
+    if where.offset:
+        echo[SHARED_MEMORY_OFFSET].int64_param = where.offset
+
+
+def _byte_view(data: bytes | np.ndarray) -> memoryview:
+    if isinstance(data, bytes):
+        return memoryview(data)
+    return np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
 
 
 def _timeout(request: Any, time_remaining: float | None) -> float | None:

@@ -2,8 +2,9 @@
 `tritonclient.grpc` can use resnet-serve. server/app.py registers it with `register(server, ctx)`.
 
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's
-ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload.
-Shared memory, trace and log settings answer UNIMPLEMENTED (the generated base class).
+ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload,
+and the shared-memory extension's System/CudaSharedMemoryRegister/Status/Unregister (server/shm/).
+Trace and log settings answer UNIMPLEMENTED (the generated base class).
 
 A ModelInfer: wire.py deserializes it (tensor bytes not copied) → `ModelInfer` here → codec.py decodes it
 for its model → server/request.py's `Call` (lookup, in-flight, metrics, access log) runs it on the model's
@@ -13,6 +14,7 @@ classification strings) and the differences from Triton.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from importlib import metadata as importlib_metadata
 from typing import Any, Final
@@ -34,10 +36,18 @@ from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
+from resnet_serve.server.shm import registry as shm
 from resnet_serve.server.streams import answer_concurrently
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-EXTENSIONS: Final = ("classification", "model_repository", "model_configuration", "statistics", "parameters")
+EXTENSIONS: Final = (
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    *shm.extensions(),
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -84,6 +94,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
         self._manager = ctx.manager
+        self._shm = ctx.shared_memory
         self._version = _server_version()
 
     # ------------------------------------------------------------------------------------- health, metadata
@@ -173,7 +184,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             return self._manager.get(request.model_name, request.model_version)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
-            decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool)
+            decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool, self._shm)
             call.preprocess_s = decoded.preprocess_s
             result = await call.infer(decoded.inputs, decoded.timeout_s, decoded.rows)
             return encode_response(call.model, decoded, result.outputs, request.id or request_id)
@@ -231,6 +242,49 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._model_control_allowed()
         await self._manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # ---------------------------------------------------------------------------------------- shared memory
+
+    @boundary
+    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @boundary
+    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = {
+            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in self._shm.status(request.name)
+        }
+        return pb.SystemSharedMemoryStatusResponse(regions=regions)
+
+    @boundary
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        self._shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @boundary
+    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        # Off the event loop: the first CUDA call of the process creates its context (a second or so).
+        await asyncio.to_thread(
+            self._shm.register_cuda, request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @boundary
+    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        status = pb.CudaSharedMemoryStatusResponse.RegionStatus
+        regions = {
+            r.name: status(name=r.name, device_id=r.device_id, byte_size=r.byte_size)
+            for r in self._shm.cuda_status(request.name)
+        }
+        return pb.CudaSharedMemoryStatusResponse(regions=regions)
+
+    @boundary
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        self._shm.unregister_cuda(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # ---------------------------------------------------------------------------------------------- helpers
 
