@@ -62,6 +62,7 @@ DISTRIBUTIONS = {
     "grpc_health": "grpcio-health-checking",
     "grpc_reflection": "grpcio-reflection",
     "prometheus_client": "prometheus-client",
+    "aiohttp": "aiohttp",
     "torch": "torch",
     "sklearn": "scikit-learn",
     "matplotlib": "matplotlib",

@@ -132,9 +132,9 @@ class HttpServer:
 
     async def stop(self) -> None:
         """Stop listening and close the connections (the server has waited for the accepted requests)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     def _handler(self, route: Route, drain_refused: bool) -> Callable[[web.Request], Awaitable[Any]]:
         ctx = self._ctx
