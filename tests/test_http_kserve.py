@@ -462,3 +462,18 @@ def test_metrics_port_serves_metrics_only(kserve_server: KServeServer) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(base + path, timeout=10)
         assert info.value.code == 404, path
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_accepted_and_answers_come_back_plain(
+    client: Any, kserve_server: KServeServer, algorithm: str
+) -> None:
+    x = batch(2, seed=12)
+    result = client.infer(
+        "tiny",
+        [fp32_input(x)],
+        model_version="1",
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    assert_close(result.as_numpy("logits"), reference_logits(kserve_server.model_file("tiny", "1"), x))
