@@ -477,3 +477,19 @@ def test_compressed_requests_are_accepted_and_answers_come_back_plain(
         response_compression_algorithm=algorithm,
     )
     assert_close(result.as_numpy("logits"), reference_logits(kserve_server.model_file("tiny", "1"), x))
+
+
+def test_a_body_over_the_limit_is_refused_by_its_content_length_with_413(kserve_server: KServeServer) -> None:
+    import http.client
+
+    host, port = kserve_server.http_url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:  # announce 1 GiB, send nothing: the answer must not wait for the body
+        connection.putrequest("POST", "/v2/models/tiny/infer")
+        connection.putheader("Content-Length", str(1 << 30))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "exceeded" in json.loads(response.read())["error"]
+    finally:
+        connection.close()

@@ -77,6 +77,7 @@ class HttpServer:
 
     def __init__(self, ctx: ServerContext, max_body_bytes: int) -> None:
         self._ctx = ctx
+        self._max_body = max_body_bytes
         self._kserve = KServeService(ctx)
         self._image = ImageClassifierService(ctx.manager, ctx.pool, ctx.in_flight)
         self._runner: web.AppRunner | None = None
@@ -139,10 +140,14 @@ class HttpServer:
     def _handler(self, route: Route, drain_refused: bool) -> Callable[[web.Request], Awaitable[Any]]:
         ctx = self._ctx
         name = route.__name__.lstrip("_")
+        limit = self._max_body
 
         async def handle(request: web.Request) -> web.StreamResponse:
             call = HttpContext(request.headers.get(REQUEST_ID_METADATA))
             try:
+                size = request.content_length
+                if size is not None and size > limit:  # refused before a byte of it is read
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
                 if drain_refused and ctx.shutting_down:
                     raise unavailable("server is shutting down; not accepting new requests")
                 with ctx.in_flight:
