@@ -264,6 +264,23 @@ def test_fp16_model_answers_fp16(client: Any, kserve_server: KServeServer) -> No
     np.testing.assert_array_equal(got, reference_logits(kserve_server.model_file("half", "1"), x))
 
 
+def test_sync_clients_async_infer_delivers_every_result(kserve_server: KServeServer) -> None:
+    client = httpclient.InferenceServerClient(kserve_server.http_url, concurrency=4)
+    inputs = [batch(1, seed=30 + i) for i in range(4)]
+    try:
+        pending = [
+            client.async_infer("tiny", [fp32_input(x)], model_version="1", request_id=str(i))
+            for i, x in enumerate(inputs)
+        ]
+        results = [p.get_result(timeout=30) for p in pending]
+    finally:
+        client.close()
+    reference = kserve_server.model_file("tiny", "1")
+    for i, (x, result) in enumerate(zip(inputs, results, strict=True)):
+        assert result.get_response()["id"] == str(i)
+        assert_close(result.as_numpy("logits"), reference_logits(reference, x))
+
+
 def test_request_id_header_wins_and_is_echoed(kserve_server: KServeServer) -> None:
     body = json.dumps(
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *SHAPE], "data": [0.0] * 64}]}
@@ -273,6 +290,11 @@ def test_request_id_header_wins_and_is_echoed(kserve_server: KServeServer) -> No
     )
     assert status == 200 and headers["x-request-id"] == "from-header"
     assert json.loads(answer)["outputs"][0]["shape"] == [1, 10]
+    # Refused before the service saw it (not JSON): the client's id still comes back.
+    status, headers, _ = fetch(
+        kserve_server, "POST", "/v2/models/tiny/infer", b"{", {"x-request-id": "bad-1"}
+    )
+    assert status == 400 and headers["x-request-id"] == "bad-1"
 
 
 def test_statistics_count_http_requests_like_grpc_ones(
@@ -358,6 +380,13 @@ def test_other_invalid_requests_are_400(client: Any) -> None:
     assert status == "400" and str(rows - 1) in message
     status, _ = failure(lambda: client.load_model("spare", config=json.dumps({"max_batch_size": 4})))
     assert status == "400"
+
+
+def test_loading_a_path_outside_the_repository_is_404(client: Any) -> None:
+    for name in ("", "..", "../repository", "tiny/1"):
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model(name)
+        assert info.value.status() == "404", name
 
 
 def test_timeout_parameter_expires_a_queued_request_with_504(client: Any) -> None:

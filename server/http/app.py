@@ -34,11 +34,11 @@ from resnet_serve.server.http.context import HttpContext
 from resnet_serve.server.http.protojson import to_json
 from resnet_serve.server.http.status import http_status
 from resnet_serve.server.image.service import ImageClassifierService
-from resnet_serve.server.kserve.service import EXTENSIONS, KServeService, implemented, unimplemented
-from resnet_serve.server.observability.logging import REQUEST_ID_METADATA
+from resnet_serve.server.kserve.service import KServeService, implemented, unimplemented
+from resnet_serve.server.observability.logging import REQUEST_ID_METADATA, resolve_request_id
 
 # Triton lists the binary tensor data extension on HTTP only: gRPC always carries raw bytes.
-HTTP_EXTENSIONS: Final = (*EXTENSIONS, "binary_tensor_data")
+BINARY_TENSOR_DATA: Final = "binary_tensor_data"
 JSON: Final = "application/json"
 _MODEL: Final = "/v2/models/{model}"
 _VERSION: Final = "/v2/models/{model}/versions/{version}"
@@ -143,7 +143,8 @@ class HttpServer:
         limit = self._max_body
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            call = HttpContext(request.headers.get(REQUEST_ID_METADATA))
+            header = request.headers.get(REQUEST_ID_METADATA)
+            call = HttpContext(header)
             try:
                 size = request.content_length
                 if size is not None and size > limit:  # refused before a byte of it is read
@@ -157,6 +158,8 @@ class HttpServer:
             except Exception as exc:
                 error = status_of(exc, f"HTTP {name}")
                 response = error_response(http_status(error.code), error.message)
+            if call.request_id is None and header is not None and resolve_request_id(header) == header:
+                call.request_id = header  # refused before a service saw it: the client's id still comes back
             if call.request_id is not None:
                 response.headers[REQUEST_ID_METADATA] = call.request_id
             return response
@@ -179,7 +182,7 @@ class HttpServer:
 
     async def _server_metadata(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
         answer = to_json(await self._rpc("ServerMetadata", pb.ServerMetadataRequest(), call))
-        answer["extensions"] = list(HTTP_EXTENSIONS)
+        answer["extensions"] = [*answer["extensions"], BINARY_TENSOR_DATA]
         return _json(answer)
 
     async def _model_metadata(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
