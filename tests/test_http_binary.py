@@ -146,3 +146,26 @@ def test_malformed_json_is_invalid_argument_naming_the_problem(body: bytes, expe
     with pytest.raises(ServeError, match=expected) as info:
         parse_request(body, None, "m", "")
     assert info.value.code.name == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("empty_entry", [True, False], ids=["empty-raw-entry", "no-raw-entry"])
+def test_an_output_in_shared_memory_has_no_data_and_the_next_output_keeps_its_own(empty_entry: bool) -> None:
+    logits = np.arange(3, dtype=np.float32)
+    in_region = pb.ModelInferResponse.InferOutputTensor(name="a", datatype="FP32", shape=[1, 3])
+    in_region.parameters["shared_memory_region"].string_param = "out"
+    in_region.parameters["shared_memory_byte_size"].int64_param = 12
+    response = pb.ModelInferResponse(
+        model_name="m",
+        outputs=[in_region, pb.ModelInferResponse.InferOutputTensor(name="b", datatype="FP32", shape=[1, 3])],
+        raw_output_contents=[b"", logits.tobytes()] if empty_entry else [logits.tobytes()],
+    )
+    tensor = httpclient.InferInput("x", [1], "FP32")
+    tensor.set_data_from_numpy(np.zeros(1, np.float32))
+    parsed = parse_request(*body_of([tensor]), "m", "")
+    body, json_length = encode_response(response, parsed)
+    result = httpclient.InferenceServerClient.parse_response_body(body, header_length=json_length)
+    assert result.get_output("a")["parameters"] == {
+        "shared_memory_region": "out",
+        "shared_memory_byte_size": 12,
+    }
+    np.testing.assert_array_equal(result.as_numpy("b"), logits[None])

@@ -135,13 +135,17 @@ def encode_response(response: Any, request: HttpInferRequest) -> tuple[bytes, in
     """The HTTP body of a ModelInferResponse and its JSON header's length (None: all JSON)."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    # An output written to shared memory has no data here: its raw entry is empty (one per output, as
+    # tritonclient.grpc looks them up by position) or, from a server that leaves it out, absent.
+    positional = len(response.raw_output_contents) == len(response.outputs)
     raws = iter(response.raw_output_contents)
     for tensor in response.outputs:
         shape = list(tensor.shape)
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
         parameters = parameters_json(tensor.parameters)
-        if SHARED_MEMORY_REGION not in parameters:  # else the data is in the region, not in the answer
-            raw = next(raws)
+        in_region = SHARED_MEMORY_REGION in parameters
+        raw = next(raws) if positional or not in_region else b""
+        if not in_region:
             if request.wants_binary(tensor.name):
                 parameters[BINARY_DATA_SIZE] = len(raw)
                 blobs.append(raw)
