@@ -182,7 +182,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     served = subprocess.Popen(
         serve_command(
             "--model", f"model={args.model}", "--host", "127.0.0.1", "--grpc-port", str(serve_port),
-            "--metrics-port", "-1", "--intra-op-threads", str(args.threads), "--log-level", "warning",
+            "--metrics-port", "-1", "--http-port", "-1", "--intra-op-threads", str(args.threads),
+            "--log-level", "warning",
         )
     )  # fmt: skip
     targets: dict[str, Callable[[], object]] = {"bare": lambda: bare.infer({spec.name: array})}

@@ -114,7 +114,7 @@ def write_tiny_onnx(path: Path) -> Path:
 def running_server(model: Path, metrics: bool, extra: list[str], log_path: Path) -> Iterator[tuple[str, int]]:
     args = (
         "--model", f"{MODEL}={model}",
-        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1",
         "--metrics", "true" if metrics else "false", *extra,
     )  # fmt: skip
     with (

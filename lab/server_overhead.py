@@ -32,7 +32,7 @@ from resnet_serve.server.launch import free_port, serve_command, stop
 def _start_server(model: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     cmd = serve_command(
         "--model", f"{args.name}={model}",
-        "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
+        "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1", "--http-port", "-1",
         "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
         "--intra-op-threads", str(args.server_threads if args.server_threads is not None else args.threads),
         "--instances", str(args.instances), "--log-level", "warning",

@@ -1,5 +1,5 @@
-"""The gRPC server: our image API, KServe v2, health and reflection on one grpc.aio server, with Prometheus
-metrics on their own HTTP port.
+"""The gRPC server: our image API, KServe v2, health and reflection on one grpc.aio server, the same KServe
+v2 API over HTTP/REST on the same event loop (server/http/), and Prometheus metrics on their own HTTP port.
 
 Shutdown (SIGTERM/SIGINT, or `stop()`): health turns NOT_SERVING and every new request is refused with
 UNAVAILABLE, requests already accepted complete within the grace period, then the batchers drain and the
@@ -23,13 +23,16 @@ from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
+from resnet_serve.server.http.app import HttpServer
+from resnet_serve.server.http.tls import ssl_context
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.inflight import InFlightInterceptor
 from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.security.files import SecurityError
-from resnet_serve.server.security.policy import SecurityPolicy
+from resnet_serve.server.security.policy import SecurityPolicy, tls_files
+from resnet_serve.server.security.transport import max_message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class InferenceServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.services: list[str] = []
         self.grpc_port = 0
+        self.http_port: int | None = None
+        self._http: HttpServer | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.security: SecurityPolicy | None = None
@@ -72,6 +77,7 @@ class InferenceServer:
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
         _check_port_free(config.host, config.grpc_port, "grpc_port")
+        _check_port_free(config.host, config.http_port, "http_port")
         _check_port_free(config.host, config.metrics_port, "metrics_port")
         server = grpc.aio.server(
             # Access first: a refused call is neither parsed nor counted in flight.
@@ -106,12 +112,24 @@ class InferenceServer:
             raise
         await server.start()
         self._server = server
+        if config.http_port >= 0:
+            http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
+            tls = ssl_context(tls_files(config))  # the gRPC port's certificate protects this port too
+            try:
+                self.http_port = await http.start(config.host, config.http_port, tls)
+            except OSError as exc:
+                await server.stop(0)
+                await self.manager.close(0)
+                raise StartupError(f"cannot serve HTTP on {config.host}:{config.http_port}: {exc}") from None
+            self._http = http
         if config.metrics_port >= 0:
             try:
                 self.metrics_port = self.metrics.start_http_server(config.host, config.metrics_port)
             except OSError as exc:
                 await server.stop(0)
                 await self.manager.close(0)
+                if self._http is not None:
+                    await self._http.stop()
                 raise StartupError(
                     f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
                 ) from None
@@ -155,7 +173,8 @@ class InferenceServer:
         models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
         metrics = f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port is not None else "off"
         security = f" {self.security.describe()}" if self.security is not None else ""
-        return f"ready: grpc={host}:{self.grpc_port} metrics={metrics}{security} models: {models}"
+        http = f"{host}:{self.http_port}" if self.http_port is not None else "off"
+        return f"ready: grpc={host}:{self.grpc_port} metrics={metrics} http={http}{security} models: {models}"
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -197,6 +216,8 @@ class InferenceServer:
         # would hold grpc's own stop() for the whole grace period.
         while (self.ctx.in_flight.count > 0 or not self.manager.idle()) and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self._http is not None:
+            await self._http.stop()
         if self._server is not None:
             await self._server.stop(min(1.0, max(0.0, deadline - loop.time())))
         await self.manager.close(max(0.0, deadline - loop.time()))

@@ -81,6 +81,7 @@ class ServerConfig:
 
     host: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_port: int = 8000  # KServe v2 over HTTP/REST (server/http/); -1: none
     metrics_port: int = 8002  # -1: no metrics endpoint
     metrics: bool = True
     model_repository: str = ""
@@ -163,6 +164,14 @@ OPTIONS: tuple[Option, ...] = (
         "grpc_port",
         int,
         "gRPC port: image API, KServe v2, health and reflection (0: a free port)",
+        "server",
+        "PORT",
+    ),
+    Option(
+        "http_port",
+        int,
+        "HTTP/REST port: KServe v2 (Triton's HTTP API) and POST /v1/models/NAME/classify "
+        "(0: a free port, -1: none)",
         "server",
         "PORT",
     ),
@@ -554,9 +563,9 @@ def _validate_model(m: ModelSettings) -> ModelSettings:
 
 def validate(config: ServerConfig) -> ServerConfig:
     """Check server-wide values (model values are checked as each ModelSettings is built)."""
-    for key in ("grpc_port", "metrics_port"):
+    for key in ("grpc_port", "http_port", "metrics_port"):
         port = getattr(config, key)
-        low = -1 if key == "metrics_port" else 0
+        low = 0 if key == "grpc_port" else -1
         if not low <= port <= 65535:
             raise ConfigError(f"{key} must be in {low}..65535, got {port}")
     for key in ("max_image_bytes", "max_image_pixels"):

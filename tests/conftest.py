@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from resnet_serve.formats.metadata import ModelMetadata
+
+# Every server a test starts in a subprocess (they inherit this) serves HTTP/REST on a free port: the
+# default, Triton's 8000, would collide between test runs sharing a machine. A test's own --http-port wins.
+os.environ.setdefault("RESNET_SERVE_HTTP_PORT", "0")
 
 
 def _cuda_available() -> bool:

@@ -24,7 +24,7 @@ from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_
 from resnet_serve.server.launch import serve_command, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-_READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics")
+_READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics http=([^ ]+)")
 START_TIMEOUT_S = 60.0
 
 __all__ = ["TINY_LABELS", "TINY_PREPROCESS", "KServeServer", "reference_logits", "start_server"]
@@ -37,6 +37,7 @@ class KServeServer:
     repository: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_url: str = ""  # host:port of the KServe v2 HTTP/REST API
 
     def model_file(self, name: str, version: str) -> Path:
         return self.repository / name / version / "model.onnx"
@@ -119,7 +120,7 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
         "--model-repository", str(repository),
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--version-policy", "all",
         "--max-queue-delay-ms", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
-        *extra,
+        "--http-port", "0", *extra,
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
@@ -134,6 +135,7 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
                 repository,
                 process,
                 log_path,
+                found.group(3),
             )
         if process.poll() is not None:
             break

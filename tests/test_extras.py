@@ -65,6 +65,7 @@ DISTRIBUTIONS = {
     "grpc_health": "grpcio-health-checking",
     "grpc_reflection": "grpcio-reflection",
     "prometheus_client": "prometheus-client",
+    "aiohttp": "aiohttp",
     "torch": "torch",
     "sklearn": "scikit-learn",
     "matplotlib": "matplotlib",

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"3/5 starting the server on 127.0.0.1:{grpc_port} (metrics on :{metrics_port})")
     command = serve_command(
         "--model", f"digits={onnx_path}", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics_port), "--max-queue-delay-ms", "2",
+        "--metrics-port", str(metrics_port), "--max-queue-delay-ms", "2", "--http-port", "-1",
     )  # fmt: skip
     server = subprocess.Popen(command)
     try:

@@ -56,7 +56,7 @@ def server(
         log_path.open("w") as sink,
         serving(
             "--model", f"{model_name}={path}",
-            "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
+            "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1", "--http-port", "-1",
             "--max-batch-size", "128", "--max-queue-delay-ms", "2", "--log-level", "warning",
             *args,
             stdout=sink, stderr=subprocess.STDOUT,

@@ -4,7 +4,8 @@
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's
 ModelStreamInfer, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload,
 and the shared-memory extension's System/CudaSharedMemoryRegister/Status/Unregister (server/shm/).
-Trace and log settings answer UNIMPLEMENTED (the generated base class).
+Every other RPC of the service (today: trace and log settings) answers UNIMPLEMENTED with one line and
+nothing in the log (`unimplemented`). server/http/ serves the same methods over HTTP/REST.
 
 A ModelInfer: wire.py deserializes it (tensor bytes not copied) → `ModelInfer` here → codec.py decodes it
 for its model → server/request.py's `Call` (lookup, in-flight, metrics, access log) runs it on the model's
@@ -29,7 +30,14 @@ from resnet_serve.protos import model_config_pb2 as mc
 from resnet_serve.runtime.base import BackendError, TensorSpec
 from resnet_serve.runtime.factory import backend_for
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.errors import boundary, invalid_argument, status_of, stream_boundary, unavailable
+from resnet_serve.server.errors import (
+    ServeError,
+    boundary,
+    invalid_argument,
+    status_of,
+    stream_boundary,
+    unavailable,
+)
 from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
@@ -60,8 +68,31 @@ def register(server: grpc.aio.Server, ctx: ServerContext) -> str:
     return SERVICE
 
 
+def implemented(name: str) -> bool:
+    """Whether KServeService serves the RPC `name` (rather than inheriting the generated stub)."""
+    return getattr(KServeService, name) is not getattr(pb_grpc.GRPCInferenceServiceServicer, name)
+
+
+def unimplemented(name: str) -> ServeError:
+    """The answer to an RPC this server does not serve: UNIMPLEMENTED, one line for the client. The
+    generated stub raised NotImplementedError, which grpc logged as a 12-line traceback per call."""
+    return ServeError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"{name} is not implemented by resnet-serve (extensions: {', '.join(EXTENSIONS)})",
+    )
+
+
+def _refuse(name: str) -> Any:
+    async def refuse(request: Any, context: Context) -> Any:
+        error = unimplemented(name)
+        await context.abort(error.code, error.message)
+
+    return refuse
+
+
 def method_handlers(servicer: KServeService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """The generated registration, except that inference requests use the zero-copy deserializer."""
+    """The generated registration, except that inference requests use the zero-copy deserializer and an
+    RPC the service does not implement answers UNIMPLEMENTED without a traceback."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_type = getattr(pb, method.input_type.name)
@@ -74,7 +105,7 @@ def method_handlers(servicer: KServeService) -> dict[str, grpc.RpcMethodHandler[
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            getattr(servicer, method.name) if implemented(method.name) else _refuse(method.name),
             request_deserializer=deserializer,
             response_serializer=response_type.SerializeToString,
         )

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -41,6 +44,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds shutdown
+
+
+class _SilentHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # no line per scrape on stderr
+        pass
+
 
 PREFIX: Final = "resnet_serve"
 
@@ -533,8 +546,24 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
     def start_http_server(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port from a daemon thread; port 0 picks a free port. Returns the port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics on host:port from a daemon thread; port 0 picks a free port. Returns the port.
+
+        Only /metrics: every other path is 404, so a probe pointed at this port by mistake (Triton's
+        /v2/health/ready on :8002) fails instead of reading the metrics as "ready"."""
+        exposition = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"not found: this port serves /metrics only\n"]
+            result: Iterable[bytes] = exposition(environ, start_response)
+            return result
+
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
+        server: WSGIServer = make_server(host, port, app, server_class, handler_class=_SilentHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
         self._http.append((server, thread))
         bound: int = server.server_port
         log.info("metrics on http://%s:%d/metrics", host, bound)

@@ -1,0 +1,373 @@
+"""KServe v2 over HTTP/REST (Triton's HTTP API) and our image API's `POST /v1/models/NAME/classify`, served
+by aiohttp on the gRPC server's event loop.
+
+Every route runs the same servicer method a gRPC request runs: the HTTP request becomes the gRPC request
+message (server/http/binary.py for inference, the binary tensor data extension included), the method runs
+with an `HttpContext` (server/http/context.py) in place of gRPC's, and its answer (or its `ServeError`)
+becomes the HTTP answer (server/http/protojson.py; server/http/status.py's one table of statuses, with the
+JSON body `{"error": "..."}`). So lookup, batching, metrics, access log, request ids and error messages are
+the gRPC path's, by construction. docs/kserve.md lists the routes.
+
+Why aiohttp: it is asyncio-native, so it runs on grpc.aio's loop and awaits the batcher's futures with no
+thread hop (an ASGI server such as uvicorn would add a framework layer and want to own the loop); its HTTP
+parser is C (llhttp), keep-alive is on by default, and it hands over the whole body as one `bytes` that the
+binary extension views without copying; tritonclient.http.aio is built on it, so it was in the dependency
+tree already. Measured with lab/http_overhead.py (ResNet-50's 600 KB tensors): the server spends ~1.3 ms of
+CPU per HTTP request against ~1.8 ms per gRPC one (docs/benchmarking.md). Each request is counted in flight
+(`ServerContext.in_flight`), so shutdown waits for the HTTP requests it accepted; while the server drains,
+the health routes answer truthfully and every other request is answered 503 (inference by the model manager,
+which counts the refusals as it counts gRPC's).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, cast
+
+import grpc
+from aiohttp import web
+
+from resnet_serve.protos import classifier_pb2 as image_pb
+from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.server.context import ServerContext
+from resnet_serve.server.errors import ServeError, invalid_argument, status_of, unavailable
+from resnet_serve.server.http.binary import HEADER_LENGTH, encode_response, header_length, parse_request
+from resnet_serve.server.http.context import HttpContext
+from resnet_serve.server.http.protojson import to_json
+from resnet_serve.server.http.status import http_status
+from resnet_serve.server.image.service import ImageClassifierService
+from resnet_serve.server.kserve.service import KServeService, implemented, unimplemented
+from resnet_serve.server.observability.logging import REQUEST_ID_METADATA, resolve_request_id
+from resnet_serve.server.security import restrict
+from resnet_serve.server.security.access import AccessRules
+
+# Triton lists the binary tensor data extension on HTTP only: gRPC always carries raw bytes.
+BINARY_TENSOR_DATA: Final = "binary_tensor_data"
+JSON: Final = "application/json"
+_MODEL: Final = "/v2/models/{model}"
+_VERSION: Final = "/v2/models/{model}/versions/{version}"
+
+Route = Callable[[web.Request, HttpContext], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=json.dumps({"error": message}), content_type=JSON)
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(text=json.dumps(value, separators=(",", ":")), content_type=JSON)
+
+
+def _empty(ok: bool) -> web.Response:
+    # Not ready is not an error, so no body: 503 (Triton answers 400; any non-200 means "not ready" to
+    # tritonclient and to a Kubernetes httpGet probe, and 503 is what a drain or a load balancer expects).
+    return web.Response(status=200 if ok else 503)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, wrong method) as JSON error bodies like every other failure."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, f"{exc.reason}: {request.method} {request.path[:200]}")
+    return response
+
+
+class HttpServer:
+    """The HTTP/REST API of one InferenceServer: `port = await start(host, port)`, then `await stop()`."""
+
+    def __init__(self, ctx: ServerContext, max_body_bytes: int, rules: AccessRules | None = None) -> None:
+        self._ctx = ctx
+        self._max_body = max_body_bytes
+        self._rules = rules
+        self._kserve = KServeService(ctx)
+        self._image = ImageClassifierService(ctx.manager, ctx.pool, ctx.in_flight)
+        self._runner: web.AppRunner | None = None
+        app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
+        routes: list[tuple[str, str, Route, bool]] = [
+            ("GET", "/v2/health/live", self._live, False),
+            ("GET", "/v2/health/ready", self._ready, False),
+            ("GET", "/v2", self._server_metadata, True),
+            ("GET", "/v2/models/stats", self._statistics, True),
+            ("POST", "/v2/repository/index", self._repository_index, True),
+            ("POST", "/v2/repository/models/{model}/load", self._load, True),
+            ("POST", "/v2/repository/models/{model}/unload", self._unload, True),
+            ("POST", "/v1/models/{model}/classify", self._classify, False),
+        ]
+        for base in (_MODEL, _VERSION):
+            routes += [
+                ("GET", base, self._model_metadata, True),
+                ("GET", base + "/ready", self._model_ready, True),
+                ("GET", base + "/config", self._model_config, True),
+                ("GET", base + "/stats", self._statistics, True),
+                # The model manager refuses inference while draining, and counts it as gRPC's are counted.
+                ("POST", base + "/infer", self._infer, False),
+            ]
+        for kind in ("systemsharedmemory", "cudasharedmemory"):
+            routes += [
+                ("GET", f"/v2/{kind}/status", self._shm_status, True),
+                ("GET", f"/v2/{kind}/region/{{region}}/status", self._shm_status, True),
+                ("POST", f"/v2/{kind}/region/{{region}}/register", self._shm_register, True),
+                ("POST", f"/v2/{kind}/unregister", self._shm_unregister, True),
+                ("POST", f"/v2/{kind}/region/{{region}}/unregister", self._shm_unregister, True),
+            ]
+        for path in ("/v2/trace/setting", _MODEL + "/trace/setting", "/v2/logging"):
+            for method in ("GET", "POST"):
+                routes.append((method, path, self._settings, True))
+        for method, path, route, drain_refused in routes:
+            app.router.add_route(method, path, self._handler(route, drain_refused))
+        self._app = app
+
+    # --------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0: a free port), with TLS when given; returns the bound port. Raises OSError
+        (port in use)."""
+        runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound: int = runner.addresses[0][1]
+        return bound
+
+    async def stop(self) -> None:
+        """Stop listening and close the connections (the server has waited for the accepted requests)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def _handler(self, route: Route, drain_refused: bool) -> Callable[[web.Request], Awaitable[Any]]:
+        ctx = self._ctx
+        name = route.__name__.lstrip("_")
+        limit = self._max_body
+        rules = self._rules
+        image_api = route == self._classify
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            header = request.headers.get(REQUEST_ID_METADATA)
+            call = HttpContext(header)
+            try:
+                if rules:  # restricted groups and image-API tokens, as the gRPC interceptor does
+                    _check_access(rules, request, image_api)
+                size = request.content_length
+                if size is not None and size > limit:  # refused before a byte of it is read
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                if drain_refused and ctx.shutting_down:
+                    raise unavailable("server is shutting down; not accepting new requests")
+                with ctx.in_flight:
+                    response = await route(request, call)
+            except web.HTTPException as exc:  # aiohttp's own refusal, e.g. a body over the size limit
+                response = error_response(exc.status, exc.text or exc.reason)
+            except Exception as exc:
+                error = status_of(exc, f"HTTP {name}")
+                response = error_response(http_status(error.code), error.message)
+                if error.code == grpc.StatusCode.UNAUTHENTICATED:
+                    response.headers["WWW-Authenticate"] = "Bearer"  # RFC 6750
+            if call.request_id is None and header is not None and resolve_request_id(header) == header:
+                call.request_id = header  # refused before a service saw it: the client's id still comes back
+            if call.request_id is not None:
+                response.headers[REQUEST_ID_METADATA] = call.request_id
+            return response
+
+        return handle
+
+    async def _rpc(self, name: str, message: Any, call: HttpContext) -> Any:
+        """Run the KServe servicer's method `name` (UNIMPLEMENTED where the service does not serve it)."""
+        if not implemented(name):
+            raise unimplemented(name)
+        return await getattr(self._kserve, name)(message, call)
+
+    # ------------------------------------------------------------------------------- health, metadata
+
+    async def _live(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        return _empty((await self._rpc("ServerLive", pb.ServerLiveRequest(), call)).live)
+
+    async def _ready(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        return _empty((await self._rpc("ServerReady", pb.ServerReadyRequest(), call)).ready)
+
+    async def _server_metadata(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        answer = to_json(await self._rpc("ServerMetadata", pb.ServerMetadataRequest(), call))
+        answer["extensions"] = [*answer["extensions"], BINARY_TENSOR_DATA]
+        return _json(answer)
+
+    async def _model_metadata(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.ModelMetadataRequest(**_model_version(request))
+        return _json(to_json(await self._rpc("ModelMetadata", message, call)))
+
+    async def _model_ready(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.ModelReadyRequest(**_model_version(request))
+        return _empty((await self._rpc("ModelReady", message, call)).ready)
+
+    async def _model_config(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.ModelConfigRequest(**_model_version(request))
+        return _json(to_json(await self._rpc("ModelConfig", message, call))["config"])
+
+    async def _statistics(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.ModelStatisticsRequest(**_model_version(request))
+        return _json(to_json(await self._rpc("ModelStatistics", message, call)))
+
+    # ---------------------------------------------------------------------------------------- inference
+
+    async def _infer(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        body = await request.read()
+        parsed = parse_request(
+            body,
+            header_length(request.headers.get(HEADER_LENGTH), len(body)),
+            request.match_info["model"],
+            request.match_info.get("version", ""),
+        )
+        response = await self._rpc("ModelInfer", parsed.incoming, call)
+        data, json_length = encode_response(response, parsed)
+        if json_length is None:
+            return web.Response(body=data, content_type=JSON)
+        return web.Response(
+            body=data,
+            content_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(json_length)},
+        )
+
+    async def _classify(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        """Our image API: the encoded image is the body; ?version=V&top_k=K as in ClassifyRequest."""
+        image = await request.read()
+        top_k = request.query.get("top_k", "0")
+        if not top_k.isdigit():
+            raise invalid_argument(f"top_k must be a non-negative integer, got {top_k[:40]!r}")
+        message = image_pb.ClassifyRequest(
+            model=request.match_info["model"],
+            version=request.query.get("version", ""),
+            image=image,
+            top_k=int(top_k),
+        )
+        # The servicer is typed for grpc's context; HttpContext has the part of it the service uses.
+        return _json(to_json(await self._image.Classify(message, cast(Any, call))))
+
+    # --------------------------------------------------------------------------------------- repository
+
+    async def _repository_index(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        body = await _body(request)
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise invalid_argument("'ready' must be true or false")
+        answer = to_json(await self._rpc("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready), call))
+        return _json(answer["models"])
+
+    async def _load(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
+        _repository_parameters(await _body(request), message.parameters)
+        await self._rpc("RepositoryModelLoad", message, call)
+        return web.Response()
+
+    async def _unload(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
+        _repository_parameters(await _body(request), message.parameters)
+        await self._rpc("RepositoryModelUnload", message, call)
+        return web.Response()
+
+    # ------------------------------------------------------------------ shared memory, trace, logging
+    # The HTTP forms of the shared-memory RPCs: they answer whatever the gRPC service answers (today
+    # UNIMPLEMENTED), so implementing an RPC in server/kserve/service.py serves it on both protocols.
+
+    async def _shm_status(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        name = request.match_info.get("region", "")
+        if _is_cuda(request):
+            message: Any = pb.CudaSharedMemoryStatusRequest(name=name)
+            answer = await self._rpc("CudaSharedMemoryStatus", message, call)
+        else:
+            message = pb.SystemSharedMemoryStatusRequest(name=name)
+            answer = await self._rpc("SystemSharedMemoryStatus", message, call)
+        return _json(list(to_json(answer)["regions"].values()))
+
+    async def _shm_register(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        body = await _body(request)
+        name = request.match_info["region"]
+        try:
+            if _is_cuda(request):
+                handle = base64.b64decode(body["raw_handle"]["b64"], validate=True)
+                message: Any = pb.CudaSharedMemoryRegisterRequest(
+                    name=name, raw_handle=handle, device_id=body["device_id"], byte_size=body["byte_size"]
+                )
+                await self._rpc("CudaSharedMemoryRegister", message, call)
+            else:
+                message = pb.SystemSharedMemoryRegisterRequest(
+                    name=name, key=body["key"], offset=body.get("offset", 0), byte_size=body["byte_size"]
+                )
+                await self._rpc("SystemSharedMemoryRegister", message, call)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise invalid_argument(f"malformed shared memory registration: {exc!r}") from None
+        return web.Response()
+
+    async def _shm_unregister(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        name = request.match_info.get("region", "")
+        if _is_cuda(request):
+            message: Any = pb.CudaSharedMemoryUnregisterRequest(name=name)
+            await self._rpc("CudaSharedMemoryUnregister", message, call)
+        else:
+            message = pb.SystemSharedMemoryUnregisterRequest(name=name)
+            await self._rpc("SystemSharedMemoryUnregister", message, call)
+        return web.Response()
+
+    async def _settings(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
+        if request.path == "/v2/logging":
+            await self._rpc("LogSettings", pb.LogSettingsRequest(), call)
+        else:
+            model = request.match_info.get("model", "")
+            await self._rpc("TraceSetting", pb.TraceSettingRequest(model_name=model), call)
+        return web.Response()
+
+
+def _check_access(rules: AccessRules, request: web.Request, image_api: bool) -> None:
+    """Raise the refusal `rules` answer this request with (docs/security.md), as a ServeError."""
+    headers: dict[str, str | bytes] = {}
+    for key, value in request.headers.items():
+        headers.setdefault(key.lower(), value)
+    group = "inference" if image_api else restrict.http_group(request.path)
+    refusal = rules.refusal(group, headers, grpc=False, image_api=image_api)
+    if refusal is not None:
+        raise ServeError(refusal.code, refusal.message)
+
+
+def _model_version(request: web.Request) -> dict[str, str]:
+    return {"name": request.match_info.get("model", ""), "version": request.match_info.get("version", "")}
+
+
+def _is_cuda(request: web.Request) -> bool:
+    return request.path.startswith("/v2/cudasharedmemory")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body; an empty body is an empty object."""
+    data = await request.read()
+    if not data.strip():
+        return {}
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid_argument(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise invalid_argument("the body must be a JSON object")
+    return value
+
+
+def _repository_parameters(body: dict[str, Any], target: Any) -> None:
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise invalid_argument("'parameters' must be a JSON object")
+    for key, value in parameters.items():
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int):
+            target[key].int64_param = value
+        elif isinstance(value, str):
+            target[key].string_param = value
+        else:
+            raise invalid_argument(f"parameter '{key}' must be a boolean, integer or string")

@@ -1,0 +1,266 @@
+"""KServe v2 HTTP inference bodies ⇄ the gRPC messages: a request body (JSON, or JSON followed by binary
+tensors: Triton's binary tensor data extension) becomes the `InferRequest` (server/kserve/wire.py) that the
+gRPC path decodes, and a ModelInferResponse becomes the HTTP answer.
+
+The binary extension: the `Inference-Header-Content-Length` header gives the JSON header's length; the
+tensor bytes follow it in input order, each input saying its length in its `binary_data_size` parameter
+(the same bytes as gRPC's raw_input_contents: little-endian, BYTES elements with 4-byte length prefixes).
+Outputs come back binary when the output's `binary_data` parameter, else the request's `binary_data_output`
+parameter, is true (tritonclient.http asks for binary by default); the answer's JSON then has its own
+`Inference-Header-Content-Length`.
+
+Every input becomes a raw tensor (JSON `data` is packed with NumPy, binary data is a zero-copy view into the
+body), so the codec sees what tritonclient.grpc sends. Parameters travel unchanged into the message's
+parameters (shared memory's `shared_memory_region/offset/byte_size` included: an input in shared memory has
+no raw tensor, as on gRPC); only the HTTP-only `binary_data*` parameters are consumed here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from resnet_serve.formats.datatypes import BYTES, WIRE_DTYPES
+from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.server.errors import invalid_argument
+from resnet_serve.server.kserve.codec import element_count, join_bytes, split_bytes
+from resnet_serve.server.kserve.wire import InferRequest
+
+HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+BINARY_DATA: Final = "binary_data"
+BINARY_DATA_SIZE: Final = "binary_data_size"
+BINARY_DATA_OUTPUT: Final = "binary_data_output"
+SHARED_MEMORY_REGION: Final = "shared_memory_region"
+_INT64: Final = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class HttpInferRequest:
+    """An HTTP inference request as the gRPC path's InferRequest, plus how its outputs go back."""
+
+    incoming: InferRequest
+    binary_output: bool = False  # the request's binary_data_output
+    binary: dict[str, bool] = field(default_factory=dict)  # outputs' own binary_data parameters
+
+    def wants_binary(self, output: str) -> bool:
+        return self.binary.get(output, self.binary_output)
+
+
+def header_length(value: str | None, body_length: int) -> int | None:
+    """The Inference-Header-Content-Length header, checked against the body."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise invalid_argument(f"{HEADER_LENGTH} must be an integer, got {value[:40]!r}") from None
+    if not 0 <= length <= body_length:
+        raise invalid_argument(f"{HEADER_LENGTH} {length} is outside the body of {body_length} bytes")
+    return length
+
+
+def parse_request(body: bytes, json_length: int | None, model: str, version: str) -> HttpInferRequest:
+    """The InferRequest for `model`/`version` from an HTTP inference body; raises ServeError
+    INVALID_ARGUMENT naming what is wrong."""
+    json_length = len(body) if json_length is None else json_length
+    header = _json_object(body[:json_length], "inference request")
+    view = memoryview(body)
+    offset = json_length
+    message = pb.ModelInferRequest(model_name=model, model_version=version)
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid_argument("the request's id must be a string")
+    message.id = request_id
+    parameters = dict(_object(header.get("parameters", {}), "the request's parameters"))
+    binary_output = parameters.pop(BINARY_DATA_OUTPUT, False)
+    if not isinstance(binary_output, bool):
+        raise invalid_argument(f"parameter {BINARY_DATA_OUTPUT} must be true or false")
+    _copy_parameters(parameters, message.parameters, "the request")
+    raw: list[memoryview] = []
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise invalid_argument("the request needs a non-empty 'inputs' list")
+    for item in inputs:
+        tensor = _object(item, "each input")
+        name = _string(tensor, "name", "an input")
+        datatype = _string(tensor, "datatype", f"input '{name}'")
+        shape = _shape(tensor.get("shape"), name)
+        params = dict(_object(tensor.get("parameters", {}), f"input '{name}' parameters"))
+        size = params.pop(BINARY_DATA_SIZE, None)
+        message.inputs.add(name=name, datatype=datatype, shape=shape)
+        _copy_parameters(params, message.inputs[-1].parameters, f"input '{name}'")
+        if size is not None:
+            if "data" in tensor:
+                raise invalid_argument(f"input '{name}' has both data and {BINARY_DATA_SIZE}")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise invalid_argument(f"input '{name}': {BINARY_DATA_SIZE} must be a non-negative integer")
+            if offset + size > len(body):
+                raise invalid_argument(
+                    f"input '{name}': {BINARY_DATA_SIZE} {size} runs past the end of the body "
+                    f"({len(body) - offset} binary bytes left)"
+                )
+            raw.append(view[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            raw.append(memoryview(_pack(name, datatype, shape, tensor["data"])))
+        elif SHARED_MEMORY_REGION not in params:
+            raise invalid_argument(f"input '{name}' has no data, {BINARY_DATA_SIZE} or shared memory region")
+    if offset != len(body):
+        raise invalid_argument(
+            f"the body has {len(body) - offset} bytes after the inputs' binary data; "
+            f"{HEADER_LENGTH} and the {BINARY_DATA_SIZE} parameters must add up to the body's length"
+        )
+    binary: dict[str, bool] = {}
+    outputs = header.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise invalid_argument("'outputs' must be a list")
+    for item in outputs:
+        tensor = _object(item, "each output")
+        name = _string(tensor, "name", "an output")
+        params = dict(_object(tensor.get("parameters", {}), f"output '{name}' parameters"))
+        wants = params.pop(BINARY_DATA, None)
+        if wants is not None:
+            if not isinstance(wants, bool):
+                raise invalid_argument(f"output '{name}': {BINARY_DATA} must be true or false")
+            binary[name] = wants
+        requested = message.outputs.add(name=name)
+        _copy_parameters(params, requested.parameters, f"output '{name}'")
+    return HttpInferRequest(InferRequest(message, raw), binary_output, binary)
+
+
+def encode_response(response: Any, request: HttpInferRequest) -> tuple[bytes, int | None]:
+    """The HTTP body of a ModelInferResponse and its JSON header's length (None: all JSON)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    # An output written to shared memory has no data here: its raw entry is empty (one per output, as
+    # tritonclient.grpc looks them up by position) or, from a server that leaves it out, absent.
+    positional = len(response.raw_output_contents) == len(response.outputs)
+    raws = iter(response.raw_output_contents)
+    for tensor in response.outputs:
+        shape = list(tensor.shape)
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
+        parameters = parameters_json(tensor.parameters)
+        in_region = SHARED_MEMORY_REGION in parameters
+        raw = next(raws) if positional or not in_region else b""
+        if not in_region:
+            if request.wants_binary(tensor.name):
+                parameters[BINARY_DATA_SIZE] = len(raw)
+                blobs.append(raw)
+            else:
+                entry["data"] = _unpack(tensor.name, tensor.datatype, raw)
+        if parameters:
+            entry["parameters"] = parameters
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        answer["id"] = response.id
+    if response.parameters:
+        answer["parameters"] = parameters_json(response.parameters)
+    answer["outputs"] = outputs
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join((header, *blobs)), len(header)
+
+
+def parameters_json(parameters: Any) -> dict[str, Any]:
+    """A protobuf map of InferParameter as plain JSON values."""
+    out: dict[str, Any] = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            out[key] = getattr(value, choice)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid_argument(f"the {what} is not valid JSON: {exc}") from None
+    return _object(value, f"the {what}")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise invalid_argument(f"{what} must be a JSON object")
+    return value
+
+
+def _string(value: dict[str, Any], key: str, what: str) -> str:
+    found = value.get(key)
+    if not isinstance(found, str):
+        raise invalid_argument(f"{what} needs a string '{key}'")
+    return found
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise invalid_argument(f"input '{name}' needs a 'shape': a list of integers")
+    return value
+
+
+def _copy_parameters(values: dict[str, Any], target: Any, where: str) -> None:
+    for key, value in values.items():
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+            parameter.int64_param = value
+        elif isinstance(value, int) and 0 <= value < 2**64:
+            parameter.uint64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        elif isinstance(value, str):
+            parameter.string_param = value
+        else:
+            raise invalid_argument(f"{where}: parameter '{key}' must be a boolean, number or string")
+
+
+def _pack(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
+    """JSON `data` (flat or nested, row-major) as raw little-endian bytes."""
+    count = element_count(name, shape)
+    if datatype == BYTES:
+        flat = _flatten(data)
+        if not all(isinstance(item, str) for item in flat):
+            raise invalid_argument(f"input '{name}': BYTES data must be strings (send binary data for bytes)")
+        if len(flat) != count:
+            raise invalid_argument(
+                f"input '{name}': expected {count} values in data for shape {shape}, got {len(flat)}"
+            )
+        return join_bytes([item.encode() for item in flat])
+    dtype = WIRE_DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid_argument(f"input '{name}': unsupported datatype {datatype!r}")
+    try:
+        array = np.array(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise invalid_argument(f"input '{name}': data is not a list of {datatype} values ({exc})") from None
+    if array.size != count:
+        raise invalid_argument(
+            f"input '{name}': expected {count} values in data for shape {shape}, got {array.size}"
+        )
+    return array.tobytes()
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flatten(item))
+    return out
+
+
+def _unpack(name: str, datatype: str, raw: bytes) -> list[Any]:
+    """Raw output bytes as a flat JSON list (BYTES elements as text)."""
+    if datatype == BYTES:
+        return [item.decode("utf-8", "replace") for item in split_bytes(name, raw)]
+    values: list[Any] = np.frombuffer(raw, dtype=WIRE_DTYPES[datatype]).tolist()
+    return values
