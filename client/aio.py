@@ -24,6 +24,7 @@ from resnet_serve.client.channel import (
     TLSConfig,
     UseDefault,
     channel_options,
+    target_of,
 )
 from resnet_serve.client.images import ImageLike
 from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
@@ -36,7 +37,7 @@ class AsyncClient(wire.CallDefaults):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         model: str = "",
         version: str = "",
@@ -46,12 +47,13 @@ class AsyncClient(wire.CallDefaults):
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         opts = channel_options(retry, tls, options)
+        address = target_of(target)
         if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
+            self._channel = grpc.aio.insecure_channel(address, options=opts)
         else:
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=opts)
+            self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.model = model
         self.version = version
         self.timeout = timeout

@@ -22,6 +22,7 @@ from resnet_serve.client.channel import (
     TLSConfig,
     UseDefault,
     channel_options,
+    target_of,
 )
 from resnet_serve.client.images import ImageLike
 from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
@@ -30,7 +31,12 @@ from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 
 class Client(wire.CallDefaults):
-    """A connection to one server. Thread-safe; reuse one per process rather than one per call.
+    """A connection to one server, or to several balanced round-robin. Thread-safe; reuse one per process
+    rather than one per call.
+
+    `target` is ``host:port``, several (``"a:8001,b:8001"`` or a list) or a name resolving to several
+    addresses (``dns:///resnet-serve-headless:8001``); every request goes to the next healthy address, and
+    one refused with UNAVAILABLE (a replica draining) is retried on another by `retry`.
 
     `timeout` is the default deadline in seconds for single and batch calls (None: no deadline); each call
     may override it. `retry` retries UNAVAILABLE with exponential backoff (None disables retries). `tls`
@@ -39,7 +45,7 @@ class Client(wire.CallDefaults):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         model: str = "",
         version: str = "",
@@ -49,12 +55,13 @@ class Client(wire.CallDefaults):
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         opts = channel_options(retry, tls, options)
+        address = target_of(target)
         if tls is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
+            self._channel = grpc.insecure_channel(address, options=opts)
         else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=opts)
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.model = model
         self.version = version
         self.timeout = timeout
