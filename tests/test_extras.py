@@ -47,6 +47,9 @@ COMMAND_DEPS: dict[str, Deps] = {
     # --baseline's runtimes: bench.extras checks them before the run starts.
     "bench": Deps(("bench",), {n.module: n.extra for needs in extras.BASELINE.values() for n in needs}),
     "demo": Deps(("train", "serve")),
+    "health": Deps(("serve",)),  # the images' HEALTHCHECK: grpcio-health-checking
+    # The images' entrypoint: serve, and with --build-engines the TensorRT build (require_tensorrt's line).
+    "entrypoint": Deps(("serve",), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu"}),
 }
 
 # Import name → the distribution that provides it, as pyproject.toml spells it.
