@@ -114,6 +114,18 @@ def test_build_engines_needs_a_model_repository(tmp_path: Path, capsys: pytest.C
     assert "--build-engines needs --model-repository" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("make", "needle"), [(False, "does not exist"), (True, "is empty")])
+def test_a_missing_or_empty_model_repository_stops_the_container_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: bool, needle: str
+) -> None:
+    repo = tmp_path / "models"
+    if make:
+        (repo / ".hidden").mkdir(parents=True)
+    rc = main(["entrypoint", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"])
+    assert rc == 1
+    assert f"cannot serve: model repository {repo} {needle}" in capsys.readouterr().err
+
+
 def test_health_says_unavailable_when_no_server_answers(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "1"])
     assert rc == 1
