@@ -245,7 +245,7 @@ def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
     # with several addresses), without retries (a benchmark must see every UNAVAILABLE).
     url = target_of(target)
     if tls is None:
-        return triton_aio.InferenceServerClient(url=url, channel_args=channel_options(None, None))
+        return triton_aio.InferenceServerClient(url=url, channel_args=channel_options(None, None, target=url))
     # tritonclient reads PEM files by path.
     return triton_aio.InferenceServerClient(
         url=url,
@@ -253,7 +253,7 @@ def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
         root_certificates=_path(tls.root_certs),
         private_key=_path(tls.client_key),
         certificate_chain=_path(tls.client_cert),
-        channel_args=channel_options(None, tls),
+        channel_args=channel_options(None, tls, target=url),
     )
 
 

@@ -96,15 +96,20 @@ def _pem(source: PemSource | None) -> bytes | None:
 
 
 def channel_options(
-    retry: RetryPolicy | None, tls: TLSConfig | None, extra: Sequence[tuple[str, str | int]] = ()
+    retry: RetryPolicy | None,
+    tls: TLSConfig | None,
+    extra: Sequence[tuple[str, str | int]] = (),
+    *,
+    target: str = "",
 ) -> ChannelOptions:
+    """Options for a channel to `target` (as `target_of` returns it; it decides the health checking)."""
     options: ChannelOptions = [
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
     options += [
         ("grpc.enable_retries", 0 if retry is None else 1),
-        ("grpc.service_config", service_config(retry)),
+        ("grpc.service_config", service_config(retry, health_checked=balanced(target))),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -112,21 +117,28 @@ def channel_options(
     return options
 
 
-def service_config(retry: RetryPolicy | None) -> str:
-    """The channel's service config: round-robin over every address the target resolves to, each address
-    health-checked (grpc.health.v1 Watch), plus the retry policy when there is one.
+def service_config(retry: RetryPolicy | None, *, health_checked: bool = False) -> str:
+    """The channel's service config: round-robin over every address the target resolves to, plus the retry
+    policy when there is one; with `health_checked`, each address is watched through grpc.health.v1 and
+    leaves the rotation while it is not SERVING.
 
     With one address round_robin behaves as pick_first; with several (a list of servers, or a DNS name such
     as a Kubernetes headless Service) every request goes to the next healthy one, so one client spreads its
-    load instead of pinning one HTTP/2 connection to one replica.
+    load instead of pinning one HTTP/2 connection to one replica. Health checking is for balanced targets
+    only: against a lone server it would hide the server's own answer (a model that is not ready) behind
+    a client-side UNAVAILABLE, and there is no other replica to fail over to.
     """
-    config: dict[str, object] = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
-    }
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if health_checked:
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
     if retry is not None:
         config["methodConfig"] = [retry.method_config()]
     return json.dumps(config)
+
+
+def balanced(target: str) -> bool:
+    """Whether a target (from `target_of`) names several servers: a list, or a `dns:` name to balance over."""
+    return target.startswith(("ipv4:", "ipv6:", "dns:"))
 
 
 def target_of(servers: str | Sequence[str]) -> str:

@@ -54,8 +54,8 @@ class Client(wire.CallDefaults):
         tls: TLSConfig | None = None,
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
-        opts = channel_options(retry, tls, options)
         address = target_of(target)
+        opts = channel_options(retry, tls, options, target=address)
         if tls is None:
             self._channel = grpc.insecure_channel(address, options=opts)
         else:

@@ -60,7 +60,7 @@ def test_a_bad_server_list_is_a_clear_error(servers: str, needle: str) -> None:
 def test_the_service_config_balances_round_robin_health_checked_and_retries_unavailable() -> None:
     from resnet_serve.client import RetryPolicy
 
-    config = json.loads(service_config(RetryPolicy()))
+    config = json.loads(service_config(RetryPolicy(), health_checked=True))
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["healthCheckConfig"] == {"serviceName": ""}
     (method,) = config["methodConfig"]
@@ -70,9 +70,18 @@ def test_the_service_config_balances_round_robin_health_checked_and_retries_unav
         "inference.GRPCInferenceService",
     }
     # Without retries (bench) the channel still balances.
-    options = dict(channel_options(None, None))
+    options = dict(channel_options(None, None, target=target_of("10.0.0.1:8001,10.0.0.2:8001")))
     assert options["grpc.enable_retries"] == 0
-    assert "methodConfig" not in json.loads(str(options["grpc.service_config"]))
+    config = json.loads(str(options["grpc.service_config"]))
+    assert "methodConfig" not in config and "healthCheckConfig" in config
+
+
+def test_a_lone_server_is_not_health_checked_so_its_own_answers_reach_the_client() -> None:
+    for target in ("localhost:8001", "unix:/tmp/s"):
+        config = json.loads(str(dict(channel_options(None, None, target=target))["grpc.service_config"]))
+        assert "healthCheckConfig" not in config
+    config = json.loads(str(dict(channel_options(None, None, target="dns:///x:8001"))["grpc.service_config"]))
+    assert config["healthCheckConfig"] == {"serviceName": ""}
 
 
 def test_classify_takes_repeated_and_comma_separated_servers(
@@ -141,6 +150,20 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[KServeSe
     finally:
         for server in started:
             stop_server(server)
+
+
+@pytest.mark.slow
+def test_bench_spreads_kserve_requests_over_repeated_servers(
+    replicas: list[KServeServer], tmp_path: Path
+) -> None:
+    """`bench --protocol kserve` (tritonclient's channel, our channel options) balances too."""
+    before = [_served(r) for r in replicas]
+    servers = [arg for r in replicas for arg in ("--server", r.url)]
+    timing = ["--warmup", "0.5", "--window", "1", "--max-step-time", "3", "--stability", "0.5"]
+    argv = ["bench", "--protocol", "kserve", "--model", "tiny", "--concurrency", "3", *servers, *timing]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    counts = [_served(r) - b for r, b in zip(replicas, before, strict=True)]
+    assert min(counts) > 0.2 * sum(counts), counts
 
 
 @pytest.mark.slow
