@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from typing import Any
 
 from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
 from resnet_serve.formats.errors import UserError
@@ -40,7 +38,7 @@ class _ServerList(argparse.Action):
         self,
         parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
+        values: object,
         option_string: str | None = None,
     ) -> None:
         given = getattr(namespace, "_servers_given", [])

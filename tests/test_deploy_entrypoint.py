@@ -8,6 +8,7 @@ the image's extras, as the container would run them.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -89,6 +90,21 @@ def test_engines_are_built_once_per_node_and_served_from_a_derived_repository(tm
     assert job3.version == 3
 
 
+def test_a_model_whose_latest_version_is_not_onnx_is_served_as_it_is(tmp_path: Path) -> None:
+    repo = _repository(tmp_path)
+    config_path = repo / "tiny" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["versions"][-1]["file"] = "model.plan"  # a prebuilt engine, as version 2
+    config_path.write_text(json.dumps(config))
+    (repo / "tiny" / "2" / "model.plan").write_bytes(b"prebuilt")
+    root, built = engine_cache.prepare(repo, tmp_path / "engines", NODE, FakeBuilder())
+    assert built == []
+    link = root / "tiny" / "2" / "model.plan"
+    assert link.is_symlink() and link.read_bytes() == b"prebuilt"
+    (model,) = read_repository(root)
+    assert model.backend == "onnxruntime" and [v.file for v in model.versions] == ["model.plan"]
+
+
 def test_an_engine_whose_sidecar_no_longer_matches_is_rebuilt(tmp_path: Path) -> None:
     repo = _repository(tmp_path)
     root, _ = engine_cache.prepare(repo, tmp_path / "engines", NODE, FakeBuilder())
@@ -112,18 +128,6 @@ def test_build_engines_needs_a_model_repository(tmp_path: Path, capsys: pytest.C
     rc = main(["entrypoint", "--build-engines", "--model", f"tiny={model}"])
     assert rc == 2
     assert "--build-engines needs --model-repository" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("make", "needle"), [(False, "does not exist"), (True, "is empty")])
-def test_a_missing_or_empty_model_repository_stops_the_container_with_the_reason(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: bool, needle: str
-) -> None:
-    repo = tmp_path / "models"
-    if make:
-        (repo / ".hidden").mkdir(parents=True)
-    rc = main(["entrypoint", "--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"])
-    assert rc == 1
-    assert f"cannot serve: model repository {repo} {needle}" in capsys.readouterr().err
 
 
 def test_health_says_unavailable_when_no_server_answers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,17 +78,13 @@ def _bool(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.build_engines:
+        return serve.run(args)
     configure_logging(args.log_level, args.log_format)
     try:
         repository = config.load_config(vars(args)).model_repository
     except config.ConfigError:
         return serve.run(args)  # which logs the configuration's problem, as it always does
-    if repository and (problem := _unusable(Path(repository))):
-        # A container without models serves nothing: say so and exit, rather than report ready.
-        log.error("cannot serve: %s", problem)
-        return 1
-    if not args.build_engines:
-        return serve.run(args)
     if not repository:
         log.error("--build-engines needs --model-repository (the models to build engines for)")
         return 2
@@ -103,18 +99,6 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot build TensorRT engines: %s", exc)
         return 1
     return serve.run(args)
-
-
-def _unusable(repository: Path) -> str:
-    """Why a model repository cannot be served ("" when it can): missing, or without a model directory."""
-    if not repository.is_dir():
-        return f"model repository {repository} does not exist (is the volume mounted there?)"
-    if not any(p.is_dir() and not p.name.startswith(".") for p in repository.iterdir()):
-        return (
-            f"model repository {repository} is empty: put the folder `resnet-serve package --repo DIR` wrote "
-            "there (one directory per model)"
-        )
-    return ""
 
 
 def _build(repository: Path, args: argparse.Namespace) -> Path:
