@@ -14,7 +14,7 @@ from typing import Any
 
 from resnet_serve.bench.workload import random_tensors
 from resnet_serve.client.aio import AsyncClient
-from resnet_serve.client.channel import TLSConfig, channel_options, target_of
+from resnet_serve.client.channel import TLSConfig, balance, channel_options
 from resnet_serve.client.results import Classification, ClassifyError
 
 OK = "OK"
@@ -243,9 +243,9 @@ async def kserve_sender(
 def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
     # Our client's channel options: message limits and round-robin over several servers (or a DNS name
     # with several addresses), without retries (a benchmark must see every UNAVAILABLE).
-    url = target_of(target)
+    url, args = balance(target, channel_options(None, tls))
     if tls is None:
-        return triton_aio.InferenceServerClient(url=url, channel_args=channel_options(None, None, target=url))
+        return triton_aio.InferenceServerClient(url=url, channel_args=args)
     # tritonclient reads PEM files by path.
     return triton_aio.InferenceServerClient(
         url=url,
@@ -253,7 +253,7 @@ def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
         root_certificates=_path(tls.root_certs),
         private_key=_path(tls.client_key),
         certificate_chain=_path(tls.client_cert),
-        channel_args=channel_options(None, tls, target=url),
+        channel_args=args,
     )
 
 

@@ -23,8 +23,8 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
+    balance,
     channel_options,
-    target_of,
 )
 from resnet_serve.client.images import ImageLike
 from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
@@ -46,8 +46,8 @@ class AsyncClient(wire.CallDefaults):
         tls: TLSConfig | None = None,
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
-        address = target_of(target)
-        opts = channel_options(retry, tls, options, target=address)
+        opts = channel_options(retry, tls, options)
+        address, opts = balance(target, opts)
         if tls is None:
             self._channel = grpc.aio.insecure_channel(address, options=opts)
         else:

@@ -96,20 +96,15 @@ def _pem(source: PemSource | None) -> bytes | None:
 
 
 def channel_options(
-    retry: RetryPolicy | None,
-    tls: TLSConfig | None,
-    extra: Sequence[tuple[str, str | int]] = (),
-    *,
-    target: str = "",
+    retry: RetryPolicy | None, tls: TLSConfig | None, extra: Sequence[tuple[str, str | int]] = ()
 ) -> ChannelOptions:
-    """Options for a channel to `target` (as `target_of` returns it; it decides the health checking)."""
     options: ChannelOptions = [
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
     options += [
         ("grpc.enable_retries", 0 if retry is None else 1),
-        ("grpc.service_config", service_config(retry, health_checked=balanced(target))),
+        ("grpc.service_config", service_config(retry)),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -139,6 +134,22 @@ def service_config(retry: RetryPolicy | None, *, health_checked: bool = False) -
 def balanced(target: str) -> bool:
     """Whether a target (from `target_of`) names several servers: a list, or a `dns:` name to balance over."""
     return target.startswith(("ipv4:", "ipv6:", "dns:"))
+
+
+def balance(servers: str | Sequence[str], options: ChannelOptions) -> tuple[str, ChannelOptions]:
+    """The gRPC target for `servers` (`target_of`) and `options` (from `channel_options`) for it: when the
+    target is balanced, its service config also health-checks every address."""
+    target = target_of(servers)
+    if not balanced(target):
+        return target, options
+    checked: ChannelOptions = []
+    for key, value in options:
+        if key == "grpc.service_config":
+            config = json.loads(str(value))
+            config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+            value = json.dumps(config)
+        checked.append((key, value))
+    return target, checked
 
 
 def target_of(servers: str | Sequence[str]) -> str:

@@ -21,8 +21,8 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
+    balance,
     channel_options,
-    target_of,
 )
 from resnet_serve.client.images import ImageLike
 from resnet_serve.client.results import Classification, ClassifyError, ModelInfo
@@ -54,8 +54,8 @@ class Client(wire.CallDefaults):
         tls: TLSConfig | None = None,
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
-        address = target_of(target)
-        opts = channel_options(retry, tls, options, target=address)
+        opts = channel_options(retry, tls, options)
+        address, opts = balance(target, opts)
         if tls is None:
             self._channel = grpc.insecure_channel(address, options=opts)
         else:

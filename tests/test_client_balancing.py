@@ -22,7 +22,7 @@ from PIL import Image
 
 from resnet_serve.cli.main import main
 from resnet_serve.client import AsyncClient, ClassifyError
-from resnet_serve.client.channel import channel_options, service_config, target_of
+from resnet_serve.client.channel import balance, channel_options, service_config, target_of
 
 REPLICAS = 3
 REQUESTS = 3_000
@@ -69,19 +69,21 @@ def test_the_service_config_balances_round_robin_health_checked_and_retries_unav
         "resnetserve.v1.ImageClassifier",
         "inference.GRPCInferenceService",
     }
-    # Without retries (bench) the channel still balances.
-    options = dict(channel_options(None, None, target=target_of("10.0.0.1:8001,10.0.0.2:8001")))
-    assert options["grpc.enable_retries"] == 0
-    config = json.loads(str(options["grpc.service_config"]))
-    assert "methodConfig" not in config and "healthCheckConfig" in config
+    # Without retries (bench) the channel still balances, health-checked.
+    target, options = balance("10.0.0.1:8001,10.0.0.2:8001", channel_options(None, None))
+    assert target == "ipv4:10.0.0.1:8001,10.0.0.2:8001"
+    assert dict(options)["grpc.enable_retries"] == 0
+    config = json.loads(str(dict(options)["grpc.service_config"]))
+    assert "methodConfig" not in config and config["healthCheckConfig"] == {"serviceName": ""}
 
 
 def test_a_lone_server_is_not_health_checked_so_its_own_answers_reach_the_client() -> None:
-    for target in ("localhost:8001", "unix:/tmp/s"):
-        config = json.loads(str(dict(channel_options(None, None, target=target))["grpc.service_config"]))
-        assert "healthCheckConfig" not in config
-    config = json.loads(str(dict(channel_options(None, None, target="dns:///x:8001"))["grpc.service_config"]))
-    assert config["healthCheckConfig"] == {"serviceName": ""}
+    for server in ("localhost:8001", "unix:/tmp/s"):
+        target, options = balance(server, channel_options(None, None))
+        assert target == server
+        assert "healthCheckConfig" not in json.loads(str(dict(options)["grpc.service_config"]))
+    _, options = balance("dns:///x:8001", channel_options(None, None))
+    assert "healthCheckConfig" in json.loads(str(dict(options)["grpc.service_config"]))
 
 
 def test_classify_takes_repeated_and_comma_separated_servers(
