@@ -15,7 +15,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from resnet_serve.client import wire
+from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
@@ -23,7 +23,6 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
-    balance,
     channel_options,
 )
 from resnet_serve.client.images import ImageLike
@@ -47,7 +46,7 @@ class AsyncClient(wire.CallDefaults):
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         opts = channel_options(retry, tls, options)
-        address, opts = balance(target, opts)
+        address, opts = channel.balance(target, opts)
         if tls is None:
             self._channel = grpc.aio.insecure_channel(address, options=opts)
         else:

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import grpc
 
-from resnet_serve.client import wire
+from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
@@ -21,7 +21,6 @@ from resnet_serve.client.channel import (
     RetryPolicy,
     TLSConfig,
     UseDefault,
-    balance,
     channel_options,
 )
 from resnet_serve.client.images import ImageLike
@@ -55,7 +54,7 @@ class Client(wire.CallDefaults):
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         opts = channel_options(retry, tls, options)
-        address, opts = balance(target, opts)
+        address, opts = channel.balance(target, opts)
         if tls is None:
             self._channel = grpc.insecure_channel(address, options=opts)
         else:
