@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +131,46 @@ def test_build_engines_needs_a_model_repository(tmp_path: Path, capsys: pytest.C
     rc = main(["entrypoint", "--build-engines", "--model", f"tiny={model}"])
     assert rc == 2
     assert "--build-engines needs --model-repository" in capsys.readouterr().err
+
+
+BUILD_FOREVER = """
+import subprocess, sys
+from resnet_serve.cli.main import main
+from resnet_serve.export import engine_cache
+
+engine_cache.node_gpu = lambda device=0: engine_cache.NodeGpu("11.4.0.106", "9.0", "stand-in")
+real_run = subprocess.run
+# The build: a child that says it started, then takes a minute (a ResNet-50 engine takes minutes).
+child = [sys.executable, "-c", "import time; print('child building', flush=True); time.sleep(60)"]
+subprocess.run = lambda command, check=False: real_run(child, check=check)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_engine_build_stops_the_build_and_the_container_at_once(tmp_path: Path) -> None:
+    repo = _repository(tmp_path)
+    argv = ["entrypoint", "--build-engines", "--model-repository", str(repo)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", BUILD_FOREVER, *argv, "--engine-cache", str(tmp_path / "engines")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(DOCKERFILES["Dockerfile"].parent)},
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "child building" in line:
+            break
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rc = process.wait(timeout=20)
+    rest = process.stdout.read()
+    assert rc == 128 + signal.SIGTERM, "".join(lines) + rest
+    assert time.monotonic() - started < 10  # not the minute the build would have taken
+    assert "received SIGTERM while building engines" in rest
 
 
 def test_health_says_unavailable_when_no_server_answers(capsys: pytest.CaptureFixture[str]) -> None:
