@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     except _Terminated:
         log.info("received SIGTERM while building engines: stopped")
         return 128 + signal.SIGTERM
-    except UserError as exc:  # no TensorRT, no GPU, an unreadable repository, a failed build
+    # No TensorRT, no GPU, a bad repository, a read-only engine cache, a failed build: one logged line.
+    except (UserError, OSError) as exc:
         log.error("cannot build TensorRT engines: %s", exc)
         return 1
     return serve.run(args)
