@@ -1,40 +1,45 @@
-# resnet-serve's serving image: the gRPC server with ONNX Runtime on CPU and Prometheus metrics, no torch.
+# syntax=docker/dockerfile:1
+# resnet-serve's CPU serving image: the gRPC server with ONNX Runtime (CPU) and Prometheus metrics, no torch.
+# The GPU image is Dockerfile.gpu; docs/deploy.md has every step and what was verified without a Docker engine.
 #
-#   docker build -t resnet-serve .
-#   docker run -p 8001:8001 -p 8002:8002 -v $PWD/artifacts/repository:/models:ro resnet-serve
+#   docker build -t resnet-serve:cpu .
+#   docker run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" resnet-serve:cpu
 #
-# GPU variant: build FROM an nvidia/cuda *-cudnn-runtime image with Python 3.11, install
-# `.[serve,gpu]` and replace onnxruntime with onnxruntime-gpu (same version), then pass --device cuda.
-# nvidia-ml-py (in the gpu extra) turns on the resnet_serve_gpu_* metrics; docker-compose.yml reserves
-# the GPU. The TensorRT backend additionally needs the tensorrt wheel matching the image's CUDA.
-FROM python:3.11-slim
+# Stage 1 builds our wheel and the wheels of everything [serve] needs, at the versions of constraints.txt;
+# stage 2 installs them offline (--no-index), so the runtime image has no build context, compiler or cache.
 
+FROM python:3.11-slim AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# .dockerignore keeps .venv/, artifacts/, tests/ and the rest of a dev checkout out of the context.
+COPY . .
+RUN pip wheel --wheel-dir /wheels -c constraints.txt ".[serve]"
+
+FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-
-WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-# The layer folders and resnet_serve/, whose links to them make the one installed package (docs/architecture.md).
-COPY resnet_serve resnet_serve
-COPY formats formats
-COPY protos protos
-COPY models models
-COPY training training
-COPY runtime runtime
-COPY export export
-COPY server server
-COPY client client
-COPY bench bench
-COPY cli cli
-# constraints.txt pins what the test suite ran against; the serve extra pulls neither torch nor CUDA.
-RUN pip install -c constraints.txt ".[serve]" \
-    && useradd --system --no-create-home resnet
-
-USER resnet
-WORKDIR /
-# 8001: gRPC (image API, KServe v2, health, reflection); 8002: Prometheus /metrics.
-EXPOSE 8001 8002
-ENTRYPOINT ["resnet-serve", "serve"]
-CMD ["--model-repository", "/models", "--log-format", "json"]
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RESNET_SERVE_MODEL_REPOSITORY=/models \
+    RESNET_SERVE_LOG_FORMAT=json
+# Offline (--no-index) from the wheels stage 1 built at constraints.txt's versions: pinned there, not here.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels "resnet-serve[serve]" \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin resnet \
+    && mkdir -p /models \
+    && chown resnet /models
+USER 10001
+WORKDIR /home/resnet
+# The model repository (`resnet-serve package --repo ...`): mount it read-only.
+VOLUME ["/models"]
+# 8000: HTTP/REST (KServe v2), 8001: gRPC (image API, KServe v2, health, reflection), 8002: /metrics.
+EXPOSE 8000 8001 8002
+# The health probe asks the grpc.health.v1 service on this container's gRPC port: NOT_SERVING while no model
+# is ready and from the moment a drain starts. start-period covers loading and warming the models.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["resnet-serve", "health", "--timeout", "3"]
+# Exec form, no shell: the server is PID 1 and receives SIGTERM itself, then drains (grace period 15 s by
+# default: give `docker stop` more, e.g. `docker stop -t 30`; docker-compose.yml sets stop_grace_period).
+# Options come from RESNET_SERVE_* variables (above) or arguments after the image name.
+ENTRYPOINT ["resnet-serve", "entrypoint"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from resnet_serve.bench.workload import random_tensors
 from resnet_serve.client.aio import AsyncClient
-from resnet_serve.client.channel import TLSConfig
+from resnet_serve.client.channel import TLSConfig, balance, channel_options
 from resnet_serve.client.results import Classification, ClassifyError
 
 OK = "OK"
@@ -241,12 +241,14 @@ async def kserve_sender(
 
 
 def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:
+    # Our client's channel options: message limits and round-robin over several servers (or a DNS name
+    # with several addresses), without retries (a benchmark must see every UNAVAILABLE).
+    url, args = balance(target, channel_options(None, tls))
     if tls is None:
-        return triton_aio.InferenceServerClient(url=target)
+        return triton_aio.InferenceServerClient(url=url, channel_args=args)
     # tritonclient reads PEM files by path.
-    args = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else None
     return triton_aio.InferenceServerClient(
-        url=target,
+        url=url,
         ssl=True,
         root_certificates=_path(tls.root_certs),
         private_key=_path(tls.client_key),

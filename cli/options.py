@@ -17,7 +17,12 @@ class OptionError(UserError):
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--server", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address (default: %(default)s)"
+        "--server",
+        default=DEFAULT_TARGET,
+        action=_ServerList,
+        metavar="HOST:PORT",
+        help="server address (default: %(default)s); several (repeat the flag or separate with commas) or "
+        "dns:///NAME:PORT (a name resolving to several addresses) are balanced round-robin, health-checked",
     )
     group.add_argument("--tls", action="store_true", help="use TLS (implied by the certificate options)")
     group.add_argument("--ca-cert", metavar="PEM", help="root certificates to trust (default: the system's)")
@@ -45,6 +50,22 @@ def token_from_args(args: argparse.Namespace) -> str | None:
             raise OptionError(f"--token-file {args.token_file}: holds no token")
         return lines[0]
     return os.environ.get(TOKEN_ENV) or None
+
+
+class _ServerList(argparse.Action):
+    """--server given several times: the servers joined with commas (client.channel.target_of's list)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, "_servers_given", [])
+        given.append(str(values))
+        namespace._servers_given = given
+        setattr(namespace, self.dest, ",".join(given))
 
 
 def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:

@@ -15,7 +15,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from resnet_serve.client import wire
+from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
@@ -37,7 +37,7 @@ class AsyncClient(wire.CallDefaults):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         model: str = "",
         version: str = "",
@@ -49,12 +49,13 @@ class AsyncClient(wire.CallDefaults):
     ) -> None:
         self._metadata = auth_metadata(token)
         opts = channel_options(retry, tls, options)
+        address, opts = channel.balance(target, opts)
         if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
+            self._channel = grpc.aio.insecure_channel(address, options=opts)
         else:
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=opts)
+            self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.model = model
         self.version = version
         self.timeout = timeout

@@ -1,10 +1,13 @@
-"""Channel construction shared by the sync and asyncio clients: TLS, retries and message limits."""
+"""Channel construction shared by the sync and asyncio clients: TLS, retries, message limits and
+client-side load balancing over several servers (gRPC's own `round_robin` policy, health-checked)."""
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,12 @@ import grpc
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
 SERVICE = "resnetserve.v1.ImageClassifier"
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+# Client-side health checking watches this grpc.health.v1 service name on every address; "" is the server's
+# overall health, which server/app.py turns NOT_SERVING first thing on SIGTERM, so a draining replica leaves
+# the round-robin rotation before it stops accepting requests. A server without the health service
+# (UNIMPLEMENTED) counts as healthy (gRFC A17), so the setting is safe against any server.
+HEALTH_SERVICE = ""
 
 PemSource: TypeAlias = bytes | str | os.PathLike[str]
 ChannelOptions: TypeAlias = list[tuple[str, str | int]]
@@ -43,6 +52,10 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def service_config(self) -> str:
+        return json.dumps({"methodConfig": [self.method_config()]})
+
+    def method_config(self) -> dict[str, object]:
+        """The service config's methodConfig entry: both APIs, retried on UNAVAILABLE with backoff."""
         policy = {
             "maxAttempts": max(2, min(self.max_attempts, 5)),
             "initialBackoff": f"{self.initial_backoff_s:.3f}s",
@@ -50,7 +63,7 @@ class RetryPolicy:
             "backoffMultiplier": self.multiplier,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-        return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": policy}]})
+        return {"name": [{"service": SERVICE}, {"service": KSERVE_SERVICE}], "retryPolicy": policy}
 
 
 @dataclass(frozen=True)
@@ -107,11 +120,103 @@ def channel_options(
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
-    if retry is not None:
-        options += [("grpc.enable_retries", 1), ("grpc.service_config", retry.service_config())]
-    else:
-        options.append(("grpc.enable_retries", 0))
+    options += [
+        ("grpc.enable_retries", 0 if retry is None else 1),
+        ("grpc.service_config", service_config(retry)),
+    ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     options.extend(extra)
     return options
+
+
+def service_config(retry: RetryPolicy | None, *, health_checked: bool = False) -> str:
+    """The channel's service config: round-robin over every address the target resolves to, plus the retry
+    policy when there is one; with `health_checked`, each address is watched through grpc.health.v1 and
+    leaves the rotation while it is not SERVING.
+
+    With one address round_robin behaves as pick_first; with several (a list of servers, or a DNS name such
+    as a Kubernetes headless Service) every request goes to the next healthy one, so one client spreads its
+    load instead of pinning one HTTP/2 connection to one replica. Health checking is for balanced targets
+    only: against a lone server it would hide the server's own answer (a model that is not ready) behind
+    a client-side UNAVAILABLE, and there is no other replica to fail over to.
+    """
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if health_checked:
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+    if retry is not None:
+        config["methodConfig"] = [retry.method_config()]
+    return json.dumps(config)
+
+
+def balanced(target: str) -> bool:
+    """Whether a target (from `target_of`) names several servers: a list, or a `dns:` name to balance over."""
+    return target.startswith(("ipv4:", "ipv6:", "dns:"))
+
+
+def balance(servers: str | Sequence[str], options: ChannelOptions) -> tuple[str, ChannelOptions]:
+    """The gRPC target for `servers` (`target_of`) and `options` (from `channel_options`) for it: when the
+    target is balanced, its service config also health-checks every address."""
+    target = target_of(servers)
+    if not balanced(target):
+        return target, options
+    checked: ChannelOptions = []
+    for key, value in options:
+        if key == "grpc.service_config":
+            config = json.loads(str(value))
+            config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+            value = json.dumps(config)
+        checked.append((key, value))
+    return target, checked
+
+
+def target_of(servers: str | Sequence[str]) -> str:
+    """The gRPC target for one server, several servers, or a name that resolves to several addresses.
+
+    One ``host:port`` or a URI (``dns:///name:8001``, ``ipv4:...``, ``unix:...``) is used as given: gRPC
+    resolves it, and re-resolves a DNS name when a connection drops. Several servers (a comma-separated string
+    or a sequence) become one ``ipv4:`` (or ``ipv6:``) target listing every address; host names among them
+    are resolved once, here. Raises ValueError for an entry that is not ``HOST:PORT`` or does not resolve.
+    """
+    entries = [s.strip() for s in (servers.split(",") if isinstance(servers, str) else servers)]
+    entries = [e for e in entries if e]
+    if not entries:
+        raise ValueError("no server given: expected HOST:PORT, a comma-separated list or dns:///NAME:PORT")
+    if len(entries) == 1:
+        return entries[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    for entry in entries:
+        host, port = _split_host_port(entry)
+        for address in _addresses(host, port, entry):
+            if address.version == 4:
+                v4.append(f"{address}:{port}")
+            else:
+                v6.append(f"[{address}]:{port}")
+    if v4 and v6:
+        raise ValueError(f"{', '.join(entries)}: mixes IPv4 and IPv6 addresses; gRPC balances one family")
+    return ("ipv4:" + ",".join(dict.fromkeys(v4))) if v4 else ("ipv6:" + ",".join(dict.fromkeys(v6)))
+
+
+def _split_host_port(entry: str) -> tuple[str, int]:
+    if "://" in entry or entry.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        raise ValueError(f"{entry}: a URI target cannot be part of a list; give HOST:PORT entries")
+    host, sep, port = entry.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry}: expected HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _addresses(host: str, port: int, entry: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"{entry}: cannot resolve {host} ({exc.strerror})") from None
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    found = [ipaddress.ip_address(str(info[4][0])) for info in infos]
+    v4: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [a for a in found if a.version == 4]
+    return v4 or found  # a name with both families (localhost) is balanced over its IPv4 addresses

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import grpc
 
-from resnet_serve.client import wire
+from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
@@ -31,7 +31,12 @@ from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 
 
 class Client(wire.CallDefaults):
-    """A connection to one server. Thread-safe; reuse one per process rather than one per call.
+    """A connection to one server, or to several balanced round-robin. Thread-safe; reuse one per process
+    rather than one per call.
+
+    `target` is ``host:port``, several (``"a:8001,b:8001"`` or a list) or a name resolving to several
+    addresses (``dns:///resnet-serve-headless:8001``); every request goes to the next healthy address, and
+    one refused with UNAVAILABLE (a replica draining) is retried on another by `retry`.
 
     `timeout` is the default deadline in seconds for single and batch calls (None: no deadline); each call
     may override it. `retry` retries UNAVAILABLE with exponential backoff (None disables retries). `tls`
@@ -41,7 +46,7 @@ class Client(wire.CallDefaults):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         model: str = "",
         version: str = "",
@@ -53,12 +58,13 @@ class Client(wire.CallDefaults):
     ) -> None:
         self._metadata = auth_metadata(token)
         opts = channel_options(retry, tls, options)
+        address, opts = channel.balance(target, opts)
         if tls is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
+            self._channel = grpc.insecure_channel(address, options=opts)
         else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=opts)
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.model = model
         self.version = version
         self.timeout = timeout

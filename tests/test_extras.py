@@ -50,6 +50,9 @@ COMMAND_DEPS: dict[str, Deps] = {
     # Other runtimes come through runtime.factory, which turns a missing one into one BackendError line.
     "tune": Deps(("bench", "serve"), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu"}),
     "demo": Deps(("train", "serve")),
+    "health": Deps(("serve",)),  # the images' HEALTHCHECK: grpcio-health-checking
+    # The images' entrypoint: serve, and with --build-engines the TensorRT build (require_tensorrt's line).
+    "entrypoint": Deps(("serve",), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu"}),
 }
 
 # Import name → the distribution that provides it, as pyproject.toml spells it.
