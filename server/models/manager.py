@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resnet_serve.formats.decode import resolve_decoder
 from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME
@@ -31,8 +32,9 @@ from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
-from resnet_serve.server.config import ModelSettings, ServerConfig
+from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
 from resnet_serve.server.errors import ServeError, not_found, unavailable
+from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import ModelSource, read_source, select_versions, version_key
 from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
@@ -59,7 +61,14 @@ class ModelManager:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.jpeg_draft)
+        self.limits = ImageLimits(
+            config.max_image_bytes,
+            config.max_image_pixels,
+            config.jpeg_draft,
+            image_formats(config),
+            resolve_decoder(config.image_decoder),
+        )
+        self.decode_budget = DecodeBudget.of_mib(config.max_decode_memory_mib)
         self._entries: dict[str, _Entry] = {}
         self._accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
@@ -393,5 +402,5 @@ class ModelManager:
                 raise ValueError(
                     f"model {name!r}: preprocess gives {list(expected)} but the input is {list(actual)}"
                 )
-            preprocessor = Preprocessor(spec, self.limits)
+            preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
