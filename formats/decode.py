@@ -222,16 +222,24 @@ def finish_color(img: Image.Image, color: str) -> Image.Image:
 
 
 def _to_eight_bit(img: Image.Image) -> Image.Image:
-    """16-bit (scaled 0..65535 → 0..255, rounded) or float/32-bit (taken to be on the 0..255 scale, clipped)
-    → "L", a strip of rows at a time (PIL's own I;16 → L conversion clips at 255 instead of scaling)."""
+    """16- and 32-bit integers (scaled 0..65535 → 0..255, rounded, clipped) or floats (taken to be on the
+    0..255 scale, clipped) → "L", a strip of rows at a time (PIL's own I;16 → L conversion clips at 255
+    instead of scaling)."""
     width, height = img.size
-    scale = 1.0 if img.mode in ("F", "I") else 255.0 / 65535.0
+    scale = 1.0 if img.mode == "F" else 255.0 / 65535.0
     out = np.empty((height, width), dtype=np.uint8)
     rows = max(1, _STRIP_PIXELS // max(1, width))
     for top in range(0, height, rows):
-        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))), dtype=np.float64)
-        out[top : top + strip.shape[0]] = np.clip(np.rint(strip * scale), 0, 255)
+        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        if img.mode in _TWO_BYTES:
+            # A lookup of the rounded scaling: the same values as the float arithmetic, 10x faster.
+            np.take(_SIXTEEN_TO_EIGHT, strip, out=out[top : top + strip.shape[0]])
+        else:
+            out[top : top + strip.shape[0]] = np.clip(np.rint(strip.astype(np.float64) * scale), 0, 255)
     return Image.fromarray(out, mode="L")
+
+
+_SIXTEEN_TO_EIGHT: Final = np.rint(np.arange(65536, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 
 @contextmanager
