@@ -144,7 +144,10 @@ def test_the_fake_ghostscript_is_a_real_trap(tmp_path: Path) -> None:
     # Control: Pillow left to itself (every format) does run `gs` on EPS bytes, so zero calls below mean
     # the allowlist held, not that the trap was never armed.
     calls = fake_ghostscript(tmp_path / "bin")
-    code = "import io, sys\nfrom PIL import Image\ntry:\n    Image.open(io.BytesIO(sys.stdin.buffer.read())).load()\nexcept Exception:\n    pass\n"
+    code = (
+        "import io, sys\nfrom PIL import Image\n"
+        "try:\n    Image.open(io.BytesIO(sys.stdin.buffer.read())).load()\nexcept Exception:\n    pass\n"
+    )
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([sys.executable, "-c", code], input=EPS, env=env, check=True, timeout=60)
     assert calls.exists() and "gs " in calls.read_text()

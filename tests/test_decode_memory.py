@@ -1,6 +1,7 @@
 """Decoding memory is bounded: one image's peak by a small multiple of its 8-bit RGB size (and by the cost
-its header declares), all concurrent decodes by the server's budget (`max_decode_memory_mib`), which admits,
-queues (up to the deadline) or refuses with RESOURCE_EXHAUSTED, never letting decodes add up to an OOM kill."""
+its header declares), all concurrent decodes by the server's budget (`max_decode_memory_mib`), which
+admits, queues (up to the deadline) or refuses with RESOURCE_EXHAUSTED, so decodes never add up to an OOM
+kill."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -61,13 +63,13 @@ print(json.dumps({"added": after - before, "cost": header.cost, "size": header.s
 """
 
 
-def measure_peak(path: Path) -> dict[str, int]:
+def measure_peak(path: Path) -> dict[str, Any]:
     """Decode one file for an ImageNet model in a fresh interpreter: the peak RSS it adds (ru_maxrss)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(path)], capture_output=True, check=True, env=env, timeout=120
     )
-    result: dict[str, int] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
