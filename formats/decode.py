@@ -167,8 +167,8 @@ def _turbo_header(data: bytes, img: Image.Image, color: str, target: int) -> Hea
         raise RuntimeError("image_decoder=turbo needs simplejpeg (pip install simplejpeg)")
     minimum = target if target else 0
     height, width, _, _ = sj.decode_jpeg_header(data, min_height=minimum, min_width=minimum)
-    # simplejpeg's array (3 bytes per pixel) and Pillow's copy of it (4) are alive together.
-    cost = width * height * 7 + _OVERHEAD
+    # simplejpeg's array, which the image wraps, plus one derived full-size image (decode_cost).
+    cost = decode_cost("L" if img.mode == "L" else "RGBX", (width, height), color)
     return Header(data, img, "JPEG", (width, height), img.size, cost, turbo_min=minimum or -1)
 
 
@@ -186,10 +186,14 @@ def _decode(header: Header, color: str) -> Image.Image:
         sj = simplejpeg_module()
         assert sj is not None
         minimum = max(0, header.turbo_min)
-        space = "GRAY" if header.image.mode == "L" else "RGB"
-        array = sj.decode_jpeg(header.data, colorspace=space, min_height=minimum, min_width=minimum)
-        decoded = Image.fromarray(array[..., 0] if space == "GRAY" else array)
-        del array
+        grey = header.image.mode == "L"
+        # RGBX: Pillow's own layout for RGB, so the image wraps simplejpeg's array without a copy.
+        array = sj.decode_jpeg(
+            header.data, colorspace="GRAY" if grey else "RGBX", min_height=minimum, min_width=minimum
+        )
+        height, width = array.shape[:2]
+        mode = "L" if grey else "RGBX"
+        decoded = Image.frombuffer(mode, (width, height), array, "raw", mode, 0, 1)
         decoded.info = header.image.info  # the EXIF orientation travels with the pixels
         return decoded
     img = header.image
@@ -203,8 +207,8 @@ def reduce_depth(img: Image.Image, color: str) -> Image.Image:
     channels after the resize, which gives identical pixels for a fraction of the memory and time."""
     if img.mode in _SIXTEEN_BIT:
         return _to_eight_bit(img)
-    if img.mode == color or (color == "RGB" and img.mode == "L"):
-        return img
+    if img.mode == color or (color == "RGB" and img.mode in ("L", "RGBX")):
+        return img  # RGBX (turbo's decode) becomes RGB after the resize, in finish_color
     if img.mode in ("1", "LA", "La") and color == "RGB":
         return img.convert("L")
     with warnings.catch_warnings():

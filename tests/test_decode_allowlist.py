@@ -190,3 +190,27 @@ def test_shell_out_formats_are_invalid_argument_as_kserve_bytes_and_never_run_gs
     message = str(info.value.message())
     assert "accepted format" in message and "-dSAFER" not in message and "/tmp/" not in message
     assert not calls.exists(), calls.read_text()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"image_formats": "jpeg,eps"}, "image_formats"),
+        ({"image_formats": ""}, "image_formats"),
+        ({"image_decoder": "ghostscript"}, "image_decoder"),
+        ({"max_decode_memory_mib": 0}, "max_decode_memory_mib"),
+    ],
+)
+def test_image_options_outside_their_sets_are_config_errors(values: dict[str, Any], message: str) -> None:
+    from resnet_serve.server.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config({**values, "model": ["m=x.onnx"]}, env={})
+
+
+def test_the_servers_limits_carry_the_configured_formats_and_decoder() -> None:
+    from resnet_serve.server.config import image_formats, load_config
+
+    config = load_config({"image_formats": "png, TIFF", "model": ["m=x.onnx"]}, env={})
+    assert image_formats(config) == ("PNG", "TIFF")
+    assert image_formats(load_config({"model": ["m=x.onnx"]}, env={})) == DEFAULT_FORMATS
