@@ -204,3 +204,21 @@ def test_nvimgcodec_decodes_a_requests_jpegs_as_one_batch_through_the_same_pipel
         np.testing.assert_array_equal(row, cpu(data))
     assert isinstance(rows[1], ImageError) and isinstance(rows[4], ImageError)
     assert budget.used == 0
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_decode_step_measures_every_path_it_has(
+    monkeypatch: pytest.MonkeyPatch, no_codec: None, tmp_path: Any
+) -> None:
+    from lab.gpu_check.decode import decode_check
+    from lab.gpu_check.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)
+    cfg = Settings(tmp_path, True, 60.0, 0.1, (1,), 1.0, (1,), None, False)
+    result = decode_check(cfg)
+    assert str(result["paths"]["nvimgcodec"]).startswith("absent (")
+    for path in ("pillow", "turbo"):
+        for name in ("jpeg_640x427", "jpeg_10mp"):
+            cell = result["paths"][path][name]
+            assert cell["images_per_s"] > 0 and cell["max_grey_levels_vs_pillow"] < 1.0
+    assert len(result["lines"]) == 4
