@@ -17,7 +17,8 @@ until after the resize (replicating channels commutes with resampling, so the pi
 
 **JPEG.** Large JPEGs are decoded at a reduced DCT scale when `jpeg_draft` is on (see `DRAFT_MARGIN`), by
 Pillow's `draft` (1/2, 1/4, 1/8) or, with the `turbo` decoder, by simplejpeg (libjpeg-turbo, any M/8 scale;
-at full scale its pixels are identical to Pillow's, which wraps the same library).
+at full scale its pixels are identical to Pillow's, which wraps the same library). `CPU_DECODERS` says why
+Pillow is the default.
 """
 
 from __future__ import annotations
@@ -49,9 +50,13 @@ from resnet_serve.formats.errors import ImageError
 # Every format the server can be configured to decode (Pillow's format names), and the default set.
 ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-# What `decoder` may be in ImageLimits: "turbo" decodes JPEGs with simplejpeg (Pillow for the rest), "auto"
-# is turbo when simplejpeg is installed, else pillow. The server adds "nvimgcodec" (server/image/gpu.py).
-CPU_DECODERS: Final = ("pillow", "turbo", "auto")
+# What `decoder` may be in ImageLimits: "pillow", or "turbo" (JPEGs through simplejpeg, the rest through
+# Pillow); the server adds "nvimgcodec" (server/image/gpu_decode.py). Pillow is the default because it
+# measured fastest in the whole pipeline (lab/image_path.py, docs/benchmarking.md): its wheel carries
+# libjpeg-turbo too, with SIMD IDCTs for the 1/2, 1/4 and 1/8 draft scales, and decodes straight into the
+# image; simplejpeg's raw decode is ~12% faster at full scale, but its fresh output array and a second header
+# parse give that back, and its other M/8 scales run without SIMD (no faster than Pillow's full decode).
+CPU_DECODERS: Final = ("pillow", "turbo")
 # JPEG DCT scaling (decoding at a fraction of the size) is used only while the decoded shorter side stays at
 # least this many times the resize target, so the resampling that follows still averages over several
 # source pixels: measured on sklearn's photos, the pixels then differ from a full decode by < 1 grey level
@@ -106,13 +111,6 @@ def simplejpeg_module() -> ModuleType | None:
         return importlib.import_module("simplejpeg")
     except ImportError:
         return None
-
-
-def resolve_decoder(name: str) -> str:
-    """ "auto" → "turbo" when simplejpeg is importable, else "pillow"; other names as given."""
-    if name == "auto":
-        return "turbo" if simplejpeg_module() is not None else "pillow"
-    return name
 
 
 def _describe_formats(formats: Sequence[str]) -> str:

@@ -198,6 +198,7 @@ def test_shell_out_formats_are_invalid_argument_as_kserve_bytes_and_never_run_gs
         ({"image_formats": "jpeg,eps"}, "image_formats"),
         ({"image_formats": ""}, "image_formats"),
         ({"image_decoder": "ghostscript"}, "image_decoder"),
+        ({"image_decoder": "auto"}, "image_decoder"),
         ({"max_decode_memory_mib": 0}, "max_decode_memory_mib"),
     ],
 )

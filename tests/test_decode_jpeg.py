@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_serve.formats.decode import resolve_decoder
 from resnet_serve.formats.errors import ImageError
 from resnet_serve.formats.preprocess import IMAGENET, ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.server.image import gpu_decode
@@ -100,11 +99,11 @@ def test_corrupt_jpegs_are_invalid_input_under_turbo() -> None:
             pre(decoder="turbo")(bad)
 
 
-def test_without_simplejpeg_auto_is_pillow_and_turbo_refuses_to_start(
+def test_without_simplejpeg_turbo_refuses_to_start_and_pillow_needs_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg now raises ImportError
-    assert resolve_decoder("auto") == "pillow"
+    gpu_decode.require("pillow")
     with pytest.raises(gpu_decode.DecoderUnavailable, match="simplejpeg"):
         gpu_decode.require("turbo")
 

@@ -3,9 +3,9 @@
 Thin on purpose: the header is still parsed by Pillow with the format allowlist and the limits
 (formats/decode.py), the JPEGs of one request are decoded as one batch on the GPU (nvJPEG, EXIF orientation
 applied), copied to host memory, and go through the same `Preprocessor.pixels` (resize + crop, normalise) as
-every other image; other formats stay on the CPU path. Not chosen by `auto`: it needs the
-`nvidia-nvimgcodec-cu12` (or `-cu13`, matching the node's CUDA) package and a GPU, and the server refuses to
-start without them rather than fall back silently.
+every other image; other formats stay on the CPU path. It needs the `nvidia-nvimgcodec-cu12` (or `-cu13`,
+matching the node's CUDA) package and a GPU, and the server refuses to start without them rather than fall
+back silently.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def require(decoder: str) -> None:
     global _codec
     if decoder == "turbo" and simplejpeg_module() is None:
         raise DecoderUnavailable(
-            "image_decoder=turbo needs simplejpeg (pip install 'resnet-serve[serve]' or simplejpeg); "
-            "use image_decoder=auto to fall back to Pillow"
+            "image_decoder=turbo needs simplejpeg (pip install 'resnet-serve[turbo]'); "
+            "image_decoder=pillow needs nothing more"
         )
     if decoder == "nvimgcodec" and _codec is None:
         _codec = load()

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.formats.decode import resolve_decoder
 from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME
@@ -66,7 +65,7 @@ class ModelManager:
             config.max_image_pixels,
             config.jpeg_draft,
             image_formats(config),
-            resolve_decoder(config.image_decoder),
+            config.image_decoder,
         )
         self.decode_budget = DecodeBudget.of_mib(config.max_decode_memory_mib)
         self._entries: dict[str, _Entry] = {}
