@@ -16,6 +16,7 @@ from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from resnet_serve.formats.decode import Header
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.app import InferenceServer
@@ -59,14 +60,15 @@ def test_backend_and_internal_failures_are_internal_and_serving_goes_on(tiny_onn
 
             # A bug outside the backend (here: in preprocessing) is INTERNAL too, without a traceback.
             preprocessor = model.preprocessor
-            model.preprocessor = lambda data: 1 / 0  # type: ignore[assignment,misc]
+            assert preprocessor is not None
+            preprocessor.attempt = lambda data: 1 / 0  # type: ignore[method-assign,assignment,misc,return-value]
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Classify(request, timeout=10)
             assert info.value.code() == grpc.StatusCode.INTERNAL
             assert "Traceback" not in (info.value.details() or "")
             replies = [r async for r in stub.ClassifyStream(iter([request]), timeout=10)]
             assert replies[0].error.code == grpc.StatusCode.INTERNAL.value[0]
-            model.preprocessor = preprocessor
+            del preprocessor.attempt  # the class's own method again
             assert (await stub.Classify(request, timeout=10)).predictions
         await server.stop(5)
 
@@ -111,15 +113,16 @@ def test_shutdown_waits_for_a_kserve_stream_request_not_yet_in_the_batcher(tiny_
         server = InferenceServer(config_for(tiny_onnx))
         await server.start()
         model = server.manager.get("tiny")
-        decode = model.preprocessor
-        assert decode is not None
+        pre = model.preprocessor
+        assert pre is not None
+        attempt = pre.attempt  # what the server calls in the pool for each image
 
-        def held_decode(data: bytes) -> np.ndarray:
+        def held_decode(data: bytes) -> np.ndarray | Header:
             entered.set()
             release.wait(30)
-            return decode(data)
+            return attempt(data)
 
-        model.preprocessor = held_decode  # type: ignore[assignment]
+        pre.attempt = held_decode  # type: ignore[method-assign]
         image = png()
         tensor = kpb.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[1])
         request = kpb.ModelInferRequest(
