@@ -174,3 +174,18 @@ def test_jpeg_draft_decodes_large_photos_smaller_and_stays_within_a_grey_level()
 def test_bad_preprocess_metadata_is_rejected(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PreprocessSpec.from_dict({**RGB_SPEC, **change})
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "LA", "1"])
+def test_grey_images_for_an_rgb_model_match_the_contract_though_resized_before_turning_rgb(mode: str) -> None:
+    # The server resizes grey pixels and replicates the channels afterwards (a third of the memory and
+    # work); the contract converts first. The pixels must be the same.
+    grey = photo((97, 61)).convert("L")
+    img = {
+        "L": grey,
+        "I;16": Image.fromarray(np.asarray(grey).astype(np.uint16) * 257),
+        "LA": grey.convert("LA"),
+        "1": grey.convert("1"),
+    }[mode]
+    assert img.mode == mode
+    np.testing.assert_array_equal(preprocessor(RGB_SPEC)(encode(img)), contract(img, RGB_SPEC))
