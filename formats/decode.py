@@ -66,8 +66,11 @@ _SIXTEEN_BIT: Final = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Bytes per pixel of Pillow's storage of each mode (RGB is stored as 4 bytes per pixel).
 _ONE_BYTE: Final = ("1", "L", "P")
 _TWO_BYTES: Final = ("I;16", "I;16L", "I;16B", "I;16N")
-# libwebp decodes into its own RGBA buffer, which Pillow then copies: 4 more bytes per pixel for a while.
-_FORMAT_EXTRA: Final = {"WEBP": 4}
+# libwebp decodes into its own RGBA buffer, which Pillow then copies; libtiff may read through a full-size
+# RGBA buffer of its own (TIFFReadRGBA*): 4 more bytes per pixel for a while.
+_FORMAT_EXTRA: Final = {"WEBP": 4, "TIFF": 4}
+# Modes that stay one grey channel until after the resize, whatever the model's colour (reduce_depth).
+_GREY: Final = ("1", "L", "LA", "La", "I", "F", *_TWO_BYTES)
 _STRIP_PIXELS: Final = 1 << 19  # rows per strip of the 16-bit conversion: ~0.5 M pixels (4 MiB of float64)
 _OVERHEAD: Final = 1 << 20  # decoder state, row buffers, the small resized copies
 
@@ -126,7 +129,7 @@ def decode_cost(mode: str, size: tuple[int, int], color: str, fmt: str = "") -> 
     """Upper bound of the bytes decoding an image of `mode` and `size` into `color` holds at once: the
     decoded image plus one derived full-size image (transposed, or converted), plus fixed overhead."""
     native = _storage(mode)
-    derived = 1 if color == "L" or mode in _ONE_BYTE + _TWO_BYTES + ("I", "F") else 4
+    derived = 1 if color == "L" or mode in _GREY else 4
     per_pixel = native + max(native, derived) + _FORMAT_EXTRA.get(fmt, 0)
     return size[0] * size[1] * per_pixel + _OVERHEAD
 

@@ -235,3 +235,25 @@ def test_sixteen_concurrent_amplifier_pngs_stay_within_the_servers_budget(tmp_pa
     assert codes.count(grpc.StatusCode.OK) >= 2, codes
     # Within the budget, plus the 16 requests' bytes and gRPC's buffers.
     assert added <= budget_mib * MIB + 64 * MIB, (added / MIB, codes)
+
+
+@pytest.mark.parametrize(
+    ("mode", "color", "at_least"),
+    [
+        ("P", "RGB", 1 + 4),  # the palette image and its RGB conversion
+        ("P", "L", 1 + 1),
+        ("L", "RGB", 1 + 1),  # grey stays grey until after the resize
+        ("I;16", "RGB", 2 + 1),  # the 16-bit image and its 8-bit copy
+        ("RGBA", "RGB", 4 + 4),
+        ("CMYK", "RGB", 4 + 4),
+        ("RGB", "L", 4 + 1),
+    ],
+)
+def test_the_declared_cost_covers_the_decoded_image_and_its_conversion(
+    mode: str, color: str, at_least: int
+) -> None:
+    from resnet_serve.formats.decode import decode_cost
+
+    pixels = 1000 * 1000
+    assert decode_cost(mode, (1000, 1000), color) >= pixels * at_least
+    assert decode_cost(mode, (1000, 1000), color, "WEBP") >= pixels * (at_least + 4)

@@ -142,7 +142,11 @@ async def preprocess_image(
             budget.release(out.cost)
     # Released when the decode itself ends, not when the request does: a cancelled request's decode may
     # still be running in its thread, holding the memory.
-    done = pool.submit(pre.finish, out)
+    try:
+        done = pool.submit(pre.finish, out)
+    except BaseException:  # the pool is shut down: nothing will run, so nothing holds the memory
+        budget.release(out.cost)
+        raise
     done.add_done_callback(lambda _: budget.release(out.cost))
     return await asyncio.wrap_future(done)
 
