@@ -257,3 +257,31 @@ def test_the_declared_cost_covers_the_decoded_image_and_its_conversion(
     pixels = 1000 * 1000
     assert decode_cost(mode, (1000, 1000), color) >= pixels * at_least
     assert decode_cost(mode, (1000, 1000), color, "WEBP") >= pixels * (at_least + 4)
+
+
+@pytest.mark.slow
+def test_an_image_beyond_the_whole_budget_is_resource_exhausted_on_both_apis(tmp_path: Path) -> None:
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    from resnet_serve.protos import classifier_pb2 as pb
+    from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+
+    server = start_server(tmp_path, "--max-decode-memory-mib", "100")  # the amplifier declares ~161 MB
+    try:
+        data = sixteen_bit_png()
+        with grpc.insecure_channel(server.url) as channel:
+            stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Classify(pb.ClassifyRequest(model="tiny", version="1", image=data), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_decode_memory_mib=100" in (info.value.details() or "")
+        client = tc.InferenceServerClient(server.url)
+        tensor = tc.InferInput("input", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+        with pytest.raises(InferenceServerException) as kinfo:
+            client.infer("tiny", [tensor], model_version="1", client_timeout=30)
+        assert str(kinfo.value.status()) == "StatusCode.RESOURCE_EXHAUSTED"
+        assert server.process.poll() is None
+    finally:
+        stop_server(server)
