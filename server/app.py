@@ -18,12 +18,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from resnet_serve.formats.errors import UserError
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.inflight import InFlightInterceptor
 from resnet_serve.server.kserve import service as kserve
@@ -61,10 +59,6 @@ class InferenceServer:
 
     async def start(self) -> None:
         config = self.config
-        try:
-            image_decoders.require(config.image_decoder)
-        except UserError as exc:
-            raise StartupError(str(exc)) from None
         try:
             await self.manager.start()
         except Exception as exc:

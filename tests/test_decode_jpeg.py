@@ -221,3 +221,26 @@ def test_the_gpu_checks_decode_step_measures_every_path_it_has(
             cell = result["paths"][path][name]
             assert cell["images_per_s"] > 0 and cell["max_grey_levels_vs_pillow"] < 1.0
     assert len(result["lines"]) == 4
+
+
+@pytest.mark.slow
+def test_the_server_refuses_to_start_with_nvimgcodec_it_cannot_load(tiny_onnx: Any) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["resnet_serve", "serve", "--model", f"tiny={tiny_onnx}", "--host", "127.0.0.1",
+            "--grpc-port", "0", "--metrics-port", "-1", "--image-decoder", "nvimgcodec"]  # fmt: skip
+    # `resnet-serve serve` in a child where importing nvidia.nvimgcodec fails, installed here or not.
+    code = (
+        "import runpy, sys; sys.modules['nvidia.nvimgcodec'] = None; "
+        f"sys.argv = {argv!r}; runpy.run_module('resnet_serve', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=root
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "cannot start" in done.stderr and "nvidia-nvimgcodec-cu12" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

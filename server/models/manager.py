@@ -33,6 +33,7 @@ from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
 from resnet_serve.server.errors import ServeError, not_found, unavailable
+from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import ModelSource, read_source, select_versions, version_key
@@ -204,6 +205,7 @@ class ModelManager:
 
     async def start(self) -> None:
         """Load every configured model and every repository model; a failure aborts start-up."""
+        image_decoders.require(self.config.image_decoder)  # DecoderUnavailable: the node lacks it
         for settings in self.config.models:
             await self.load(settings.name, settings)
         for name in self.repository_models():
