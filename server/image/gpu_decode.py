@@ -28,8 +28,9 @@ MODULE = "nvidia.nvimgcodec"
 _codec: NvImageCodec | None = None
 
 
-class DecoderUnavailable(UserError):
-    """The configured image decoder cannot run on this node; the message says what is missing."""
+class DecoderUnavailable(UserError, ValueError):
+    """The configured image decoder cannot run on this node; the message says what is missing. A ValueError,
+    so a model that needs it fails to load (at start-up: the server does not start) with this message."""
 
 
 class NvImageCodec:

@@ -205,7 +205,6 @@ class ModelManager:
 
     async def start(self) -> None:
         """Load every configured model and every repository model; a failure aborts start-up."""
-        image_decoders.require(self.config.image_decoder)  # DecoderUnavailable: the node lacks it
         for settings in self.config.models:
             await self.load(settings.name, settings)
         for name in self.repository_models():
@@ -403,5 +402,6 @@ class ModelManager:
                 raise ValueError(
                     f"model {name!r}: preprocess gives {list(expected)} but the input is {list(actual)}"
                 )
+            image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
             preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
