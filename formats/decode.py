@@ -4,9 +4,9 @@ preprocessing contract; formats/preprocess.py does the rest).
 **Which decoders run.** Only the formats in `ImageLimits.formats` are tried, through Pillow's
 `Image.open(..., formats=...)`, and the plugins they need are imported here, up front, so Pillow never loads
 its other plugins on demand. `ALLOWED_FORMATS` is the whole universe: formats Pillow decodes in-process
-(libjpeg-turbo, zlib, libwebp, libtiff). EPS/PS (Pillow hands them to Ghostscript, an external program),
-PDF, ICO, XBM and every other plugin are never opened. Multi-frame files (GIF, WebP, TIFF, MPO) give their
-first frame.
+(libjpeg-turbo, zlib, libwebp, libtiff, Pillow's own GIF/BMP/PPM readers); TIFF and PPM only when
+configured. EPS/PS (Pillow hands them to Ghostscript, an external program), PDF, ICO, XBM and every other
+plugin are never opened. Multi-frame files (GIF, WebP, TIFF, MPO) give their first frame.
 
 **How much memory.** `Header.cost` is an upper bound of the bytes one decode holds at its peak, computed from
 the header alone (size, mode, JPEG DCT scale) before a pixel is decoded, so the server can admit decodes
@@ -40,6 +40,7 @@ from PIL import (
     ImageOps,
     JpegImagePlugin,  # noqa: F401
     PngImagePlugin,  # noqa: F401
+    PpmImagePlugin,  # noqa: F401
     TiffImagePlugin,  # noqa: F401
     UnidentifiedImageError,
     WebPImagePlugin,  # noqa: F401
@@ -48,7 +49,7 @@ from PIL import (
 from resnet_serve.formats.errors import ImageError
 
 # Every format the server can be configured to decode (Pillow's format names), and the default set.
-ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # What `decoder` may be in ImageLimits: "pillow", or "turbo" (JPEGs through simplejpeg, the rest through
 # Pillow); the server adds "nvimgcodec" (server/image/gpu_decode.py). Pillow is the default because it
@@ -109,7 +110,7 @@ class Header:
 
 
 def simplejpeg_module() -> ModuleType | None:
-    """simplejpeg if it is installed (the `serve` extra), else None."""
+    """simplejpeg if it is installed (the `turbo` extra), else None."""
     try:
         return importlib.import_module("simplejpeg")
     except ImportError:

@@ -184,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "image_formats",
         str,
-        "image formats the server decodes, comma-separated, from jpeg, png, webp, gif, bmp, tiff "
+        "image formats the server decodes, comma-separated, from jpeg, png, webp, gif, bmp, tiff, ppm "
         "(first frame of animations; nothing else is ever opened: no EPS/PDF, no ICO)",
         "server",
         "LIST",
@@ -436,7 +436,7 @@ def _validate_model(m: ModelSettings) -> ModelSettings:
     return m
 
 
-IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff")  # formats/decode.py's ALLOWED_FORMATS
+IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "ppm")  # formats/decode.py's ALLOWED_FORMATS
 IMAGE_DECODERS = ("pillow", "turbo", "nvimgcodec")
 
 

@@ -75,8 +75,9 @@ def test_formats_outside_the_allowlist_are_refused_with_the_accepted_list(
     assert "accepted format" in message and "JPEG, PNG, WebP, GIF or BMP" in message, name
 
 
-def test_tiff_is_off_by_default_and_decodes_when_listed() -> None:
-    data = encode(photo().convert("LA"), "TIFF")
+@pytest.mark.parametrize(("fmt", "mode"), [("TIFF", "LA"), ("PPM", "RGB"), ("PPM", "L")])
+def test_tiff_and_ppm_are_off_by_default_and_decode_when_listed(fmt: str, mode: str) -> None:
+    data = encode(photo().convert(mode), fmt)
     with pytest.raises(ImageError, match="accepted format"):
         preprocessor()(data)
     assert preprocessor(formats=ALLOWED_FORMATS)(data).shape == (3, 16, 16)
