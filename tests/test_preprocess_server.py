@@ -189,3 +189,21 @@ def test_grey_images_for_an_rgb_model_match_the_contract_though_resized_before_t
     }[mode]
     assert img.mode == mode
     np.testing.assert_array_equal(preprocessor(RGB_SPEC)(encode(img)), contract(img, RGB_SPEC))
+
+
+@pytest.mark.slow
+def test_every_digit_gets_the_same_pixels_from_the_one_step_resize_as_from_resize_then_crop() -> None:
+    # Why the digits' top-1 cannot move with the one-step resize+crop: for their geometry (8×8 → resize 32,
+    # crop 32) it is the same resampling, pixel for pixel, for all 1797 of them, through the server's path.
+    from sklearn.datasets import load_digits
+
+    from resnet_serve.formats.preprocess import center_crop, resize_crop, resize_shorter, to_uint8_chw
+    from resnet_serve.training.data import DIGITS_PREPROCESS as DIGITS
+
+    spec = {**DIGITS, "mean": [0.5], "std": [0.25]}
+    pre = preprocessor(spec)
+    for values in load_digits().images:
+        img = Image.fromarray(np.round(values * 255.0 / 16.0).astype(np.uint8))
+        two_step = to_uint8_chw(center_crop(resize_shorter(img, 32, "bilinear"), 32))
+        np.testing.assert_array_equal(to_uint8_chw(resize_crop(img, 32, 32, "bilinear")), two_step)
+        np.testing.assert_array_equal(pre(encode(img)), normalize_array(two_step[None], spec)[0])
