@@ -96,6 +96,15 @@ class DecodeGate(Protocol):
     def release(self, nbytes: int) -> None: ...
 
 
+class DecodeDeferred(Exception):
+    """Raised by a gated Preprocessor when the gate cannot admit the image now; carries its Header. Not an
+    error: the server catches it, waits for room, then finishes the image."""
+
+    def __init__(self, header: Header) -> None:
+        super().__init__("the decode memory budget is full")
+        self.header = header
+
+
 @dataclass
 class Header:
     """An image opened from its header, not yet decoded (PIL opens lazily)."""

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from resnet_serve.formats.decode import (
     DRAFT_MARGIN,
+    DecodeDeferred,
     DecodeGate,
     Header,
     ImageLimits,
@@ -219,9 +220,9 @@ def normalize_array(pixels: NDArray[np.uint8], preprocess: Mapping[str, Any]) ->
 class Preprocessor:
     """Turns encoded images into one model's input rows; thread-safe (no mutable state).
 
-    `pre(data)` runs the whole pipeline; the server calls `attempt` instead, which decodes only when the
-    `gate` (the server's decode budget) admits the image's memory cost, and otherwise hands back the
-    `Header` for the server to wait on the budget and `finish` later."""
+    `pre(data)` runs the whole pipeline. With a `gate` (the server's decode budget) it decodes only when the
+    gate admits the image's memory cost at once, and otherwise raises `DecodeDeferred` with the image's
+    `Header`, for the server to wait on the budget and `finish` it later."""
 
     def __init__(self, spec: PreprocessSpec, limits: ImageLimits, gate: DecodeGate | None = None) -> None:
         self.spec = spec
@@ -234,17 +235,13 @@ class Preprocessor:
         self._lut = np.ascontiguousarray(self.normalize_chw(levels)[:, 0, :])
 
     def __call__(self, data: bytes) -> NDArray[np.float32]:
-        """One encoded image → float32 array (C, crop, crop)."""
-        return self.finish(self.inspect(data))
-
-    def attempt(self, data: bytes) -> NDArray[np.float32] | Header:
-        """The pipeline if the gate admits the decode now (or there is none), else the image's Header."""
+        """One encoded image → float32 array (C, crop, crop); DecodeDeferred when the gate is full."""
         header = self.inspect(data)
         gate = self.gate
         if gate is None:
             return self.finish(header)
         if not gate.try_acquire(header.cost):
-            return header
+            raise DecodeDeferred(header)
         try:
             return self.finish(header)
         finally:

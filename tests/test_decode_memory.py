@@ -22,7 +22,7 @@ import pytest
 from kserve_fixtures import start_server, stop_server
 from PIL import Image
 
-from resnet_serve.formats.decode import Header
+from resnet_serve.formats.decode import DecodeDeferred, Header
 from resnet_serve.formats.preprocess import IMAGENET, ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.image.budget import MIB, DecodeBudget, preprocess_image
@@ -176,7 +176,9 @@ def test_a_full_budget_hands_back_the_header_and_the_server_path_waits_for_room(
     budget = DecodeBudget(64 * MIB)
     pre = Preprocessor(PreprocessSpec.from_dict(IMAGENET), ImageLimits(), budget)
     assert budget.try_acquire(64 * MIB)
-    assert isinstance(pre.attempt(data), Header)  # nothing decoded while the budget is full
+    with pytest.raises(DecodeDeferred) as info:  # nothing decoded while the budget is full
+        pre(data)
+    assert isinstance(info.value.header, Header)
 
     async def scenario() -> np.ndarray:
         asyncio.get_running_loop().call_later(0.05, budget.release, 64 * MIB)

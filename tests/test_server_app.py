@@ -16,7 +16,6 @@ from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from resnet_serve.formats.decode import Header
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.app import InferenceServer
@@ -60,15 +59,14 @@ def test_backend_and_internal_failures_are_internal_and_serving_goes_on(tiny_onn
 
             # A bug outside the backend (here: in preprocessing) is INTERNAL too, without a traceback.
             preprocessor = model.preprocessor
-            assert preprocessor is not None
-            preprocessor.attempt = lambda data: 1 / 0  # type: ignore[method-assign,assignment,misc,return-value]
+            model.preprocessor = lambda data: 1 / 0  # type: ignore[assignment,misc]
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Classify(request, timeout=10)
             assert info.value.code() == grpc.StatusCode.INTERNAL
             assert "Traceback" not in (info.value.details() or "")
             replies = [r async for r in stub.ClassifyStream(iter([request]), timeout=10)]
             assert replies[0].error.code == grpc.StatusCode.INTERNAL.value[0]
-            del preprocessor.attempt  # the class's own method again
+            model.preprocessor = preprocessor
             assert (await stub.Classify(request, timeout=10)).predictions
         await server.stop(5)
 
@@ -113,16 +111,15 @@ def test_shutdown_waits_for_a_kserve_stream_request_not_yet_in_the_batcher(tiny_
         server = InferenceServer(config_for(tiny_onnx))
         await server.start()
         model = server.manager.get("tiny")
-        pre = model.preprocessor
-        assert pre is not None
-        attempt = pre.attempt  # what the server calls in the pool for each image
+        decode = model.preprocessor
+        assert decode is not None
 
-        def held_decode(data: bytes) -> np.ndarray | Header:
+        def held_decode(data: bytes) -> np.ndarray:
             entered.set()
             release.wait(30)
-            return attempt(data)
+            return decode(data)
 
-        pre.attempt = held_decode  # type: ignore[method-assign]
+        model.preprocessor = held_decode  # type: ignore[assignment]
         image = png()
         tensor = kpb.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[1])
         request = kpb.ModelInferRequest(

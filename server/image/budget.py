@@ -3,7 +3,7 @@ preprocessing on encoded images (`preprocess_images`).
 
 Each decode declares its peak memory from the image's header before a pixel is decoded
 (formats/decode.py's `Header.cost`). A decode whose cost fits what is left of the budget runs at once, in the
-same trip to the preprocessing pool that parsed its header (`Preprocessor.attempt`); one that does not waits
+same trip to the preprocessing pool that parsed its header (`Preprocessor.__call__`); one that does not waits
 on the event loop (not in a pool thread, so small images keep flowing), first come first served, until the
 budget has room or the request's deadline passes: then it ends RESOURCE_EXHAUSTED. An image that could never
 fit (cost above the whole budget) is refused at once. So concurrent large images queue instead of adding up
@@ -23,7 +23,7 @@ from typing import Final
 import grpc
 import numpy as np
 
-from resnet_serve.formats.decode import Header
+from resnet_serve.formats.decode import DecodeDeferred, Header
 from resnet_serve.formats.preprocess import Preprocessor
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.image import gpu_decode
@@ -129,9 +129,11 @@ async def preprocess_image(
 ) -> np.ndarray:
     """One encoded image → the model's input row, within the decode budget (the preprocessor's gate)."""
     loop = asyncio.get_running_loop()
-    out = await loop.run_in_executor(pool, pre.attempt, data)
-    if not isinstance(out, Header):
-        return out
+    try:
+        row: np.ndarray = await loop.run_in_executor(pool, pre, data)
+        return row
+    except DecodeDeferred as deferred:
+        out = deferred.header
     budget = pre.gate
     assert isinstance(budget, DecodeBudget)
     await budget.acquire(out.cost, timeout)
@@ -155,7 +157,7 @@ async def preprocess_each(
     pre: Preprocessor, pool: Executor | None, images: Sequence[bytes], timeout: float | None
 ) -> list[np.ndarray | Exception]:
     """Every image of a request, concurrently: its input row, or the exception it failed with."""
-    if pre.limits.decoder == "nvimgcodec":
+    if isinstance(pre, Preprocessor) and pre.limits.decoder == "nvimgcodec":
         return await _gpu_batch(pre, pool, images, timeout)
     results = await asyncio.gather(
         *(preprocess_image(pre, pool, data, timeout) for data in images), return_exceptions=True
