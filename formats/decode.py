@@ -55,8 +55,9 @@ DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # Pillow); the server adds "nvimgcodec" (server/image/gpu_decode.py). Pillow is the default because it
 # measured fastest in the whole pipeline (lab/image_path.py, docs/benchmarking.md): its wheel carries
 # libjpeg-turbo too, with SIMD IDCTs for the 1/2, 1/4 and 1/8 draft scales, and decodes straight into the
-# image; simplejpeg's raw decode is ~12% faster at full scale, but its fresh output array and a second header
-# parse give that back, and its other M/8 scales run without SIMD (no faster than Pillow's full decode).
+# image; simplejpeg's raw decode is 9-16% faster at full scale, but in the pipeline the two measured within
+# the noise, and its other M/8 scales run without SIMD (no faster than Pillow's full decode) and move pixels
+# more (97 grey levels at most against Pillow's 15, on 72 photo variants).
 CPU_DECODERS: Final = ("pillow", "turbo")
 # JPEG DCT scaling (decoding at a fraction of the size) is used only while the decoded shorter side stays at
 # least this many times the resize target, so the resampling that follows still averages over several

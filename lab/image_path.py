@@ -11,9 +11,10 @@ best of the repeats):
 Then the JPEG decode step alone at the scale our path picks (jpeg_draft: DCT scaling while the decoded
 shorter side stays ≥ 4 × 256): Pillow's draft, simplejpeg, and PyTurboJPEG when it imports (it needs the
 system's libturbojpeg). The accuracy effect of each path against `plain`: pixel differences in grey levels,
-and top-1 agreement of a seeded, randomly initialised ResNet-18 over 24 photo variants (no ImageNet weights
-can be downloaded here, so this is a sensitivity proxy, not an accuracy). Prints a table and writes JSON. A
-script, not a test: the numbers depend on the machine and its load.
+and top-1 agreement of a seeded, randomly initialised ResNet-18 over variants of scikit-learn's two photos
+and, when it is installed, scikit-image's (no ImageNet weights can be downloaded here, so this is a
+sensitivity proxy, not an accuracy). Prints a table and writes JSON. A script, not a test: the numbers
+depend on the machine and its load.
 
     python -m lab.image_path --out artifacts/bench/image_path.json
 """
@@ -130,9 +131,24 @@ def decoders(data: bytes) -> dict[str, Callable[[], object]]:
     return out
 
 
+def _skimage_photos() -> list[Image.Image]:
+    """scikit-image's bundled RGB photos, when it is installed (it ships them; nothing is downloaded)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        try:
+            out.append(Image.fromarray(getattr(data, name)()).convert("RGB"))
+        except Exception:  # an image this version would have to download
+            continue
+    return out
+
+
 def agreement(paths: dict[str, Pipeline]) -> dict[str, Any]:
-    """Top-1 agreement with `plain` of a seeded random ResNet-18 over 24 photo variants (4 sizes × 2
-    photos × 3 crops), plus the pixel differences in grey levels."""
+    """Top-1 agreement with `plain` of a seeded random ResNet-18 over photo variants (4 sizes × 3 crops of
+    sklearn's 2 photos, and of scikit-image's when installed), plus the pixel differences in grey levels."""
     import torch
     from sklearn.datasets import load_sample_image
 
@@ -141,9 +157,11 @@ def agreement(paths: dict[str, Pipeline]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = registry.build("resnet18", num_classes=1000).eval()
     files: list[bytes] = []
-    for name in ("china.jpg", "flower.jpg"):
-        photo = Image.fromarray(load_sample_image(name))
-        for crop in ((0, 0, 640, 427), (60, 20, 540, 420), (200, 0, 520, 400)):
+    photos = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
+    photos += _skimage_photos()
+    for photo in photos:
+        w, h = photo.size
+        for crop in ((0, 0, w, h), (w // 10, h // 20, w * 9 // 10, h), (w // 3, 0, w * 4 // 5, h * 15 // 16)):
             part = photo.crop(crop)
             for longer in (500, 1200, 2400, 3872):
                 scale = longer / max(part.size)
