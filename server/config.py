@@ -93,6 +93,10 @@ class ServerConfig:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     jpeg_draft: bool = True
+    # Image decoding (docs/server.md, "Image decoding"): the format allowlist, the decoder, the memory budget.
+    image_formats: str = "jpeg,png,webp,gif,bmp"
+    image_decoder: str = "pillow"
+    max_decode_memory_mib: int = 1024
     grace_period_s: float = 15.0
     exit_on_error: bool = True  # false: a model that fails to load is logged and left unready (Triton's flag)
     triton_metrics: bool = True  # also export Triton's nv_inference_* names (docs/metrics.md)
@@ -210,6 +214,30 @@ OPTIONS: tuple[Option, ...] = (
         "decode large JPEGs at reduced size (DCT scaling) when the model's input is much smaller",
         "server",
         "BOOL",
+    ),
+    Option(
+        "image_formats",
+        str,
+        "image formats the server decodes, comma-separated, from jpeg, png, webp, gif, bmp, tiff, ppm "
+        "(first frame of animations; nothing else is ever opened: no EPS/PDF, no ICO)",
+        "server",
+        "LIST",
+    ),
+    Option(
+        "image_decoder",
+        str,
+        "JPEG decoder: pillow (measured fastest on CPU), turbo (simplejpeg: the `turbo` extra) or "
+        "nvimgcodec (GPU, batched per request: the `gpu-decode` extra)",
+        "server",
+        "NAME",
+    ),
+    Option(
+        "max_decode_memory_mib",
+        int,
+        "memory all concurrent image decodes may hold, admitted by each image's header; "
+        "beyond it decodes wait (up to the deadline), then fail RESOURCE_EXHAUSTED",
+        "server",
+        "MIB",
     ),
     Option(
         "grace_period_s",
@@ -561,6 +589,29 @@ def _validate_model(m: ModelSettings) -> ModelSettings:
     return m
 
 
+IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "ppm")  # formats/decode.py's ALLOWED_FORMATS
+IMAGE_DECODERS = ("pillow", "turbo", "nvimgcodec")
+
+
+def image_formats(config: ServerConfig) -> tuple[str, ...]:
+    """`image_formats` as Pillow's format names (JPEG, PNG, ...)."""
+    return tuple(f.strip().upper() for f in config.image_formats.split(",") if f.strip())
+
+
+def _validate_images(config: ServerConfig) -> None:
+    bad = [f for f in image_formats(config) if f.lower() not in IMAGE_FORMATS]
+    if bad or not image_formats(config):
+        raise ConfigError(
+            f"image_formats must list some of {', '.join(IMAGE_FORMATS)}, got {config.image_formats!r}"
+        )
+    if config.image_decoder not in IMAGE_DECODERS:
+        raise ConfigError(
+            f"image_decoder must be one of {', '.join(IMAGE_DECODERS)}, got {config.image_decoder!r}"
+        )
+    if config.max_decode_memory_mib < 1:
+        raise ConfigError(f"max_decode_memory_mib must be >= 1, got {config.max_decode_memory_mib}")
+
+
 def validate(config: ServerConfig) -> ServerConfig:
     """Check server-wide values (model values are checked as each ModelSettings is built)."""
     for key in ("grpc_port", "http_port", "metrics_port"):
@@ -571,6 +622,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     for key in ("max_image_bytes", "max_image_pixels"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    _validate_images(config)
     if config.preprocess_threads < 0:
         raise ConfigError(f"preprocess_threads must be >= 0, got {config.preprocess_threads}")
     if config.grace_period_s < 0:

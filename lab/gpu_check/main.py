@@ -14,6 +14,7 @@ from typing import Any
 
 import lab.gpu_check as gpu_check
 from lab.gpu_check.backends import candidates
+from lab.gpu_check.decode import decode_check
 from lab.gpu_check.digits import digits_model, prepare_bundle
 from lab.gpu_check.environment import environment, tensorrt_usable
 from lab.gpu_check.model import Model, export_onnx, set_reference
@@ -68,7 +69,13 @@ def check(cfg: Settings) -> dict[str, Any]:
                 serve_row(cfg, model, cand, row, work)
             rows.append(row)
             save(cfg.out, report_of(cfg, env, rows, skipped))  # a killed run still leaves its results
-    return report_of(cfg, env, rows, skipped)
+    report = report_of(cfg, env, rows, skipped)
+    try:  # the image path: nvImageCodec when it loads here, else turbo, against Pillow
+        cfg.require_time(20, "image decode path")
+        report["decode"] = decode_check(cfg)
+    except Skip as err:
+        report["skipped"].append(str(err))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

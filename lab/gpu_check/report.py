@@ -116,5 +116,6 @@ def render(report: dict[str, Any], batches: tuple[int, ...], concurrency: tuple[
     for r in rows:
         parts += [f"note ({r.model} {r.backend} {r.precision}): {n}" for n in dict.fromkeys(r.notes)]
     parts += report["targets"]
+    parts += report.get("decode", {}).get("lines", [])
     parts += ["", table(rows, batches, concurrency), f"({report['elapsed_s']:.0f} s)"]
     return "\n".join(parts)

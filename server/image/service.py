@@ -15,10 +15,10 @@ from concurrent.futures import Executor
 import grpc
 import numpy as np
 
-from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
+from resnet_serve.server.image.budget import preprocess_each, preprocess_images
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel
@@ -96,9 +96,10 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         ) as call:
             model = call.model
             k = self._k(model, request.top_k)
-            loop = asyncio.get_running_loop()
             assert model.preprocessor is not None
-            x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
+            (x,) = await preprocess_images(
+                model.preprocessor, self._pool, [request.image], context.time_remaining()
+            )
             call.preprocess_s = preprocess_s = time.perf_counter() - call.start
             result = await call.infer({model.info.inputs[0].name: x[None]}, context.time_remaining())
             logits = result.outputs[model.info.outputs[0].name][0]
@@ -155,18 +156,12 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         start = time.perf_counter()
         failures: dict[int, ServeError] = {}
         batch_sizes: list[int] = []
-        loop = asyncio.get_running_loop()
         assert model.preprocessor is not None
-        preprocessor = model.preprocessor
-
-        async def prepare(data: bytes) -> tuple[np.ndarray | ServeError, float]:
-            try:
-                x = await loop.run_in_executor(self._pool, preprocessor, data)
-            except (ServeError, InvalidInput) as exc:
-                return status_of(exc, "ClassifyBatch"), time.perf_counter() - start
-            return x, time.perf_counter() - start
-
-        prepared = await asyncio.gather(*(prepare(data) for data in images))
+        rows = await preprocess_each(model.preprocessor, self._pool, images, context.time_remaining())
+        done_s = time.perf_counter() - start
+        prepared: list[tuple[np.ndarray | ServeError, float]] = [
+            (status_of(x, "ClassifyBatch") if isinstance(x, Exception) else x, done_s) for x in rows
+        ]
         results: list[pb.ClassifyResult | None] = [None] * len(images)
         good = [i for i, (x, _) in enumerate(prepared) if not isinstance(x, ServeError)]
         for i, (x, pre_s) in enumerate(prepared):

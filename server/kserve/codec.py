@@ -29,7 +29,6 @@ keep the entries one per output) and their parameters echo the region, as Triton
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, n
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.errors import invalid_argument
+from resnet_serve.server.image.budget import preprocess_images
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.shm.registry import Region, SharedMemoryRegistry
@@ -125,7 +125,8 @@ async def decode_request(
             array = from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
         if tensor.datatype == BYTES:
             start = time.perf_counter()
-            arrays[tensor.name] = await _decode_images(model, spec, array, executor)
+            timeout = _timeout(request, time_remaining)
+            arrays[tensor.name] = await _decode_images(model, spec, array, executor, timeout)
             preprocess_s = time.perf_counter() - start
         else:
             arrays[tensor.name] = _to_model_input(model, spec, tensor.datatype, array)
@@ -220,7 +221,11 @@ def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: 
 
 
 async def _decode_images(
-    model: ServedModel, spec: TensorSpec, array: np.ndarray, executor: Executor | None
+    model: ServedModel,
+    spec: TensorSpec,
+    array: np.ndarray,
+    executor: Executor | None,
+    timeout: float | None,
 ) -> np.ndarray:
     pre = model.preprocessor
     if pre is None:
@@ -236,8 +241,8 @@ async def _decode_images(
             f"got {list(array.shape)}"
         )
     model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
-    loop = asyncio.get_running_loop()
-    rows = await asyncio.gather(*(loop.run_in_executor(executor, pre, bytes(item)) for item in array))
+    # Within the server's decode memory budget (server/image/budget.py), waiting up to the request's timeout.
+    rows = await preprocess_images(pre, executor, [bytes(item) for item in array], timeout)
     return np.stack(rows).astype(spec.dtype, copy=False)
 
 

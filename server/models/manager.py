@@ -31,8 +31,10 @@ from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
 from resnet_serve.runtime.factory import backend_for, create_backend
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
-from resnet_serve.server.config import ModelSettings, ServerConfig
+from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
 from resnet_serve.server.errors import ServeError, not_found, unavailable
+from resnet_serve.server.image import gpu_decode as image_decoders
+from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,
@@ -65,7 +67,14 @@ class ModelManager:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.jpeg_draft)
+        self.limits = ImageLimits(
+            config.max_image_bytes,
+            config.max_image_pixels,
+            config.jpeg_draft,
+            image_formats(config),
+            config.image_decoder,
+        )
+        self.decode_budget = DecodeBudget.of_mib(config.max_decode_memory_mib)
         self._entries: dict[str, _Entry] = {}
         self._accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
@@ -424,5 +433,6 @@ class ModelManager:
                 raise ValueError(
                     f"model {name!r}: preprocess gives {list(expected)} but the input is {list(actual)}"
                 )
-            preprocessor = Preprocessor(spec, self.limits)
+            image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
+            preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
