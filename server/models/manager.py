@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
-from resnet_serve.runtime.factory import backend_for, create_backend
+from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_backends
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig
@@ -327,11 +328,16 @@ class ModelManager:
         backend_name = backend_for(path, settings.backend)
         threads = settings.intra_op_threads or max(1, default_threads() // settings.instances)
         backends: list[Backend] = []
+        options = InstanceOptions(
+            device=settings.device,
+            intra_op_threads=threads,
+            spinning=settings.intra_op_spinning,
+            inference_precision=settings.inference_precision,
+            performance_mode=settings.performance_mode,
+            cache_dir=os.path.expanduser(self.config.openvino_cache_dir),  # "" stays "": no cache
+        )
         try:
-            for _ in range(settings.instances):
-                backends.append(
-                    create_backend(path, backend_name, settings.device, threads, settings.intra_op_spinning)
-                )
+            backends = create_backends(path, backend_name, settings.instances, options)
             info = backends[0].info
             labels, preprocessor = self._describe(settings.name, info, source)
             metrics = self.metrics.model(settings.name, version)

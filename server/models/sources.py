@@ -67,6 +67,9 @@ def read_source(settings: ModelSettings) -> ModelSource:
             "preferred_batch_sizes": tuple(packaged.dynamic_batching.preferred_batch_sizes),
             "max_queue_delay_ms": packaged.dynamic_batching.max_queue_delay_us / 1000.0,
         }
+        for key in ("inference_precision", "performance_mode", "intra_op_threads"):  # optional keys
+            if getattr(packaged, key) is not None:
+                values[key] = getattr(packaged, key)
         merged = with_values(settings, {k: v for k, v in values.items() if k not in settings.explicit})
     except (RepositoryError, ConfigError) as exc:
         raise BackendError(str(exc)) from None
