@@ -104,7 +104,7 @@ def check_options(options: OpenVinoOptions) -> None:
             f"OpenVINO performance mode {options.performance_mode!r} is not one of "
             f"{', '.join(PERFORMANCE_MODES)}"
         )
-    if options.device != "cpu":
+    if options.device not in ("cpu", "auto"):  # auto: the best device there is, which is the CPU here
         raise BackendError(f"the OpenVINO backend runs on the CPU only, not on device {options.device!r}")
     if options.streams < 1 or options.threads < 0:
         raise BackendError("OpenVINO needs at least one stream and a thread count ≥ 0")
@@ -142,7 +142,10 @@ class CompiledOpenVino:
             try:
                 Path(options.cache_dir).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise BackendError(f"cannot create the OpenVINO cache directory: {exc}") from None
+                raise BackendError(
+                    f"cannot create the OpenVINO cache directory ({exc}): set openvino_cache_dir to a "
+                    'writable directory, or to "" to compile at every load'
+                ) from None
         try:
             # read_model for the file's metadata_props (OpenVINO keeps them as rt_info["framework"]);
             # compiling from the path lets a cache hit skip the graph transformations.

@@ -202,6 +202,17 @@ def test_a_restarted_process_imports_the_compiled_model_from_the_cache(tmp_path:
 
 
 @needs_openvino
+def test_a_cache_directory_that_cannot_be_made_fails_the_load_saying_what_to_set(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    options = InstanceOptions(intra_op_threads=1, cache_dir=str(blocker / "cache"))
+    with pytest.raises(BackendError, match="set openvino_cache_dir to a writable directory"):
+        create_backends(tiny_onnx, "openvino", 1, options)
+
+
+@needs_openvino
 @pytest.mark.slow
 def test_openvino_runs_the_int8_qdq_file_quantize_writes(tmp_path: Path) -> None:
     import onnx
