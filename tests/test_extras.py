@@ -37,12 +37,16 @@ COMMAND_DEPS: dict[str, Deps] = {
     "export": Deps(("train",)),
     "quantize": Deps(("train",)),
     # The TensorRT column: runtime.tensorrt.require_tensorrt says which package is missing.
-    "verify": Deps(("train",), {"tensorrt": "gpu", "cuda": "gpu"}),
+    # verify --openvino reports its stages as skipped, naming the extra, where openvino is missing.
+    "verify": Deps(("train",), {"tensorrt": "gpu", "cuda": "gpu", "openvino": "openvino"}),
     "package": Deps(("serve",)),
     "build-engine": Deps(("train", "gpu")),
     # runtime.factory turns a backend's missing runtime into one BackendError line; without pynvml the server
     # runs without GPU metrics.
-    "serve": Deps(("serve",), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu"}),
+    "serve": Deps(
+        ("serve",),
+        {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "openvino": "openvino"},
+    ),
     "classify": Deps(()),
     # --baseline's runtimes: bench.extras checks them before the run starts.
     "bench": Deps(("bench",), {n.module: n.extra for needs in extras.BASELINE.values() for n in needs}),
@@ -69,6 +73,7 @@ DISTRIBUTIONS = {
     "tensorrt": "tensorrt",
     "cuda": "cuda-python",
     "pynvml": "nvidia-ml-py",
+    "openvino": "openvino",
 }
 
 
