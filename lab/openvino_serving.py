@@ -3,7 +3,8 @@ tritonclient, closed loop at concurrency 16) on each runtime and precision, besi
 best, measured in one run so the ratios are fair (issue #17's targets).
 
     python -m lab.resnet50_model --out artifacts/resnet50/model.onnx
-    resnet-serve quantize artifacts/resnet50/model.onnx --variant ort --images PHOTOS \\
+    python -m lab.photos --out artifacts/photos
+    resnet-serve quantize artifacts/resnet50/model.onnx --variant ort --images artifacts/photos \\
         --out artifacts/resnet50/model.int8.onnx
     python -m lab.openvino_serving --fp32 artifacts/resnet50/model.onnx \\
         --int8 artifacts/resnet50/model.int8.onnx --out artifacts/bench/openvino_serving.json
