@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from resnet_serve.formats.metadata import PREFIX
+from resnet_serve.formats.metadata import (
+    EXECUTION_DEVICES_KEY,
+    INFERENCE_PRECISION_KEY,
+    LOADED_FROM_CACHE_KEY,
+    NUM_STREAMS_KEY,
+    NUM_THREADS_KEY,
+    PERFORMANCE_MODE_KEY,
+)
 from resnet_serve.formats.repository import INFERENCE_PRECISIONS as PRECISIONS
 from resnet_serve.formats.repository import PERFORMANCE_MODES
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo, TensorSpec
@@ -39,14 +46,6 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _OUR_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 # OPTIMIZATION_CAPABILITIES entry a precision needs on the CPU plugin
 _CAPABILITY = {"fp32": "FP32", "bf16": "BF16"}
-
-# resnet_serve.* keys this backend adds to BackendInfo.metadata (shown as ModelConfig parameters)
-INFERENCE_PRECISION_KEY = PREFIX + "inference_precision"
-EXECUTION_DEVICES_KEY = PREFIX + "execution_devices"
-PERFORMANCE_MODE_KEY = PREFIX + "performance_mode"
-NUM_STREAMS_KEY = PREFIX + "num_streams"
-NUM_THREADS_KEY = PREFIX + "inference_num_threads"
-LOADED_FROM_CACHE_KEY = PREFIX + "loaded_from_cache"
 
 _TYPES: dict[str, np.dtype[np.generic]] = {
     "f32": np.dtype(np.float32),
@@ -228,8 +227,9 @@ class OpenVinoBackend(Backend):
         self._check(inputs)
         try:
             # share_inputs=False copies the batch into the request's own tensors, so the request keeps no
-            # reference to the batcher's reused buffer (the Backend contract); the copy costs ~1 % of a
-            # ResNet-50 batch. share_outputs=False: the answers must outlive the next infer.
+            # reference to the batcher's reused buffer (the Backend contract): 0.2 ms for a ResNet-50 batch
+            # of 8 (4.8 MB) against ~220 ms of INT8 compute on 2 cores, below the noise of share_inputs=True
+            # (measured). share_outputs=False: the answers must outlive the next infer.
             results = self._request.infer(inputs, share_inputs=False, share_outputs=False)
         except Exception as exc:
             raise BackendError(f"OpenVINO inference failed: {_one_line(exc)}") from None

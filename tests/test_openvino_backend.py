@@ -17,7 +17,16 @@ import onnxruntime as ort
 import pytest
 from conftest import OPENVINO_MISSING, RUNTIMES, runtime_backends, write_tiny_onnx
 
-from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY
+from resnet_serve.formats.metadata import (
+    EXECUTION_DEVICES_KEY,
+    INFERENCE_PRECISION_KEY,
+    LABELS_KEY,
+    LOADED_FROM_CACHE_KEY,
+    NUM_STREAMS_KEY,
+    NUM_THREADS_KEY,
+    PERFORMANCE_MODE_KEY,
+    PRECISION_KEY,
+)
 from resnet_serve.formats.repository import RepositoryError, parse_config
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.runtime.factory import InstanceOptions, create_backends
@@ -113,11 +122,9 @@ def test_the_precision_is_set_explicitly_and_read_back_from_the_compiled_model(t
     (backend,) = runtime_backends(tiny_onnx, "openvino")
     meta = backend.info.metadata
     assert backend.info.platform == "openvino"
-    assert (
-        meta[openvino.INFERENCE_PRECISION_KEY] == "fp32"
-    )  # never OpenVINO's own default (bf16 on BF16 CPUs)
-    assert meta[openvino.EXECUTION_DEVICES_KEY] == "CPU"
-    assert meta[openvino.PERFORMANCE_MODE_KEY] == "latency"
+    assert meta[INFERENCE_PRECISION_KEY] == "fp32"  # never OpenVINO's own default (bf16 on BF16 CPUs)
+    assert meta[EXECUTION_DEVICES_KEY] == "CPU"
+    assert meta[PERFORMANCE_MODE_KEY] == "latency"
     assert openvino._config(openvino.OpenVinoOptions())["INFERENCE_PRECISION_HINT"] == "f32"
 
 
@@ -128,7 +135,7 @@ def test_bf16_runs_in_bf16_or_is_refused_where_the_cpu_has_no_bf16(tiny_onnx: Pa
     options = InstanceOptions(intra_op_threads=1, inference_precision="bf16")
     if "bf16" in openvino.supported_precisions():
         (backend,) = create_backends(tiny_onnx, "openvino", 1, options)
-        assert backend.info.metadata[openvino.INFERENCE_PRECISION_KEY] == "bf16"
+        assert backend.info.metadata[INFERENCE_PRECISION_KEY] == "bf16"
         x = rows(4)
         got = backend.infer({"input": x})["logits"]
         np.testing.assert_allclose(got, reference(tiny_onnx, x), rtol=3e-2, atol=3e-2)
@@ -140,12 +147,11 @@ def test_bf16_runs_in_bf16_or_is_refused_where_the_cpu_has_no_bf16(tiny_onnx: Pa
 
 @needs_openvino
 def test_instances_are_streams_of_one_compiled_model_running_concurrently(tiny_onnx: Path) -> None:
-    from resnet_serve.runtime import openvino
 
     backends = create_backends(tiny_onnx, "openvino", 2, InstanceOptions(intra_op_threads=1))
     assert len(backends) == 2
-    assert backends[0].info.metadata[openvino.NUM_STREAMS_KEY] == "2"
-    assert backends[0].info.metadata[openvino.NUM_THREADS_KEY] == "2"  # instances × threads per instance
+    assert backends[0].info.metadata[NUM_STREAMS_KEY] == "2"
+    assert backends[0].info.metadata[NUM_THREADS_KEY] == "2"  # instances × threads per instance
     x = [rows(4, seed=i) for i in range(2)]
     answers: dict[int, list[np.ndarray]] = {0: [], 1: []}
 
@@ -177,7 +183,6 @@ print(json.dumps(b.info.metadata))
 @needs_openvino
 @pytest.mark.slow
 def test_a_restarted_process_imports_the_compiled_model_from_the_cache(tmp_path: Path) -> None:
-    from resnet_serve.runtime import openvino
 
     model = write_tiny_onnx(tmp_path / "model.onnx")
     cache = tmp_path / "cache"
@@ -194,10 +199,10 @@ def test_a_restarted_process_imports_the_compiled_model_from_the_cache(tmp_path:
         meta: dict[str, str] = json.loads(done.stdout)
         return meta
 
-    assert load()[openvino.LOADED_FROM_CACHE_KEY] == "false"
+    assert load()[LOADED_FROM_CACHE_KEY] == "false"
     blobs = list(cache.glob("*.blob"))
     assert blobs, "nothing was written to the cache directory"
-    assert load()[openvino.LOADED_FROM_CACHE_KEY] == "true"  # a new process: nothing in memory survived
+    assert load()[LOADED_FROM_CACHE_KEY] == "true"  # a new process: nothing in memory survived
     assert list(cache.glob("*.blob")) == blobs
 
 

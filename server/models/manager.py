@@ -25,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
+from resnet_serve.formats.metadata import (
+    INFERENCE_PRECISION_KEY,
+    LOADED_FROM_CACHE_KEY,
+    PREPROCESS_KEY,
+    labels_of,
+)
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
@@ -357,7 +362,7 @@ class ModelManager:
             settings.name,
             version,
             path,
-            info.device,
+            _runs_on(backend_name, info),
             len(backends),
             threads,
             batcher.max_batch_size,
@@ -401,3 +406,13 @@ class ModelManager:
                 )
             preprocessor = Preprocessor(spec, self.limits)
         return labels, preprocessor
+
+
+def _runs_on(backend: str, info: BackendInfo) -> str:
+    """The device for the ready log line, with the runtime and the precision it computes in where the
+    backend reports them (OpenVINO: `cpu (openvino, fp32, compiled from cache)`)."""
+    precision = info.metadata.get(INFERENCE_PRECISION_KEY)
+    if precision is None:
+        return info.device
+    cached = ", compiled from cache" if info.metadata.get(LOADED_FROM_CACHE_KEY) == "true" else ""
+    return f"{info.device} ({backend}, {precision}{cached})"
