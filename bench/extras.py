@@ -38,6 +38,7 @@ BASELINE: dict[str, tuple[Need, ...]] = {
         Need("cuda", "cuda-python", "gpu", "--baseline with a TensorRT engine"),
     ),
     "torch": (Need("torch", "torch", "train", "--baseline with a PyTorch checkpoint"),),
+    "openvino": (Need("openvino", "openvino", "openvino", "--baseline with the OpenVINO backend"),),
 }
 
 

@@ -205,6 +205,10 @@ def package(
         dynamic_batching=DynamicBatching(preferred, max_queue_delay_us),
         instance_count=instance_count,
         versions=[*(existing.versions if existing else []), entry],
+        # runtime settings a config.json already holds (written by hand or by tune) stay as they are
+        inference_precision=existing.inference_precision if existing else None,
+        performance_mode=existing.performance_mode if existing else None,
+        intra_op_threads=existing.intra_op_threads if existing else None,
     )
     parse_config(cfg.to_json(), "new config")  # the writer never produces what the reader would reject
     version_dir = model_dir / str(version)

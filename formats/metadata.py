@@ -27,6 +27,14 @@ VERSIONS_KEY = PREFIX + "versions"  # JSON object: tool -> version
 PRECISION_KEY = PREFIX + "precision"  # one of PRECISIONS
 PRECISIONS = ("fp32", "fp16", "int8-qdq-trt", "int8-qdq-ort")
 REQUIRED_KEYS = (LABELS_KEY, PREPROCESS_KEY, ARCH_KEY, SOURCE_KEY, VERSIONS_KEY, PRECISION_KEY)
+# How a runtime runs a model, read back from it (never in a file): a backend adds these to its
+# BackendInfo.metadata and the server shows them as KServe ModelConfig parameters (runtime/openvino.py).
+INFERENCE_PRECISION_KEY = PREFIX + "inference_precision"  # what it computes in: "fp32" or "bf16"
+EXECUTION_DEVICES_KEY = PREFIX + "execution_devices"
+PERFORMANCE_MODE_KEY = PREFIX + "performance_mode"
+NUM_STREAMS_KEY = PREFIX + "num_streams"
+NUM_THREADS_KEY = PREFIX + "inference_num_threads"
+LOADED_FROM_CACHE_KEY = PREFIX + "loaded_from_cache"  # "true" when a compiled model came from a cache
 
 
 @dataclass(frozen=True)

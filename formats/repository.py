@@ -19,8 +19,17 @@ from resnet_serve.formats.errors import UserError
 FORMAT = "resnet-serve-repository/1"
 CONFIG_NAME = "config.json"
 TRITON_CONFIG_NAME = "config.pbtxt"  # Triton's model configuration (server/models/triton_config.py reads it)
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "torch": "pytorch_libtorch"}
+BACKENDS = ("onnxruntime", "tensorrt", "torch", "openvino")
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "tensorrt": "tensorrt_plan",
+    "torch": "pytorch_libtorch",
+    "openvino": "openvino",
+}
+# How a runtime computes, whatever the file's own precision: bf16 only where the runtime and CPU run it
+# (OpenVINO on AVX512_BF16/AMX; runtime/openvino.py), never chosen silently.
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+PERFORMANCE_MODES = ("latency", "throughput")  # OpenVINO's PERFORMANCE_HINT
 
 
 class RepositoryError(UserError, ValueError):
@@ -65,6 +74,10 @@ class PackagedModel:
     dynamic_batching: DynamicBatching
     instance_count: int
     versions: list[VersionConfig]
+    # Optional runtime settings; None (the key absent) leaves the server's model defaults in force.
+    inference_precision: str | None = None  # INFERENCE_PRECISIONS
+    performance_mode: str | None = None  # PERFORMANCE_MODES
+    intra_op_threads: int | None = None  # per instance; 0: cores / instances
     format: str = FORMAT
     path: Path | None = field(default=None, compare=False)
 
@@ -79,7 +92,7 @@ class PackagedModel:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("path")
-        return out
+        return {key: value for key, value in out.items() if value is not None}
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -130,6 +143,7 @@ def parse_config(data: dict[str, Any], where: str) -> PackagedModel:
     preferred = _get(db, "preferred_batch_sizes", list, f"{where} dynamic_batching")
     if any(not isinstance(b, int) or b < 1 or b > max(max_batch, 1) for b in preferred):
         raise RepositoryError(f"{where}: preferred_batch_sizes {preferred} must lie in 1..{max_batch}")
+    runtime = _runtime_settings(data, where)
     return PackagedModel(
         name=_get(data, "name", str, where),
         backend=backend,
@@ -144,7 +158,27 @@ def parse_config(data: dict[str, Any], where: str) -> PackagedModel:
         ),
         instance_count=_get(data, "instance_count", int, where),
         versions=sorted(versions, key=lambda v: v.version),
+        **runtime,
     )
+
+
+def _runtime_settings(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional keys inference_precision, performance_mode and intra_op_threads, checked."""
+    out: dict[str, Any] = {}
+    for key, kind, allowed in (
+        ("inference_precision", str, INFERENCE_PRECISIONS),
+        ("performance_mode", str, PERFORMANCE_MODES),
+        ("intra_op_threads", int, None),
+    ):
+        if key not in data:
+            continue
+        value = _get(data, key, kind, where)
+        if allowed is not None and value not in allowed:
+            raise RepositoryError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
+        if kind is int and value < 0:
+            raise RepositoryError(f"{where}: {key} must be ≥ 0, got {value}")
+        out[key] = value
+    return out
 
 
 def read_model(model_dir: str | Path) -> PackagedModel:

@@ -2,12 +2,14 @@
 
 ONNX Runtime is imported here; the TensorRT and PyTorch backends are imported only when a model asks for
 them, because their imports are heavy (and absent on CPU-only installs). Each of those modules exposes
-`create_backend(path: Path, device: str) -> Backend`.
+`create_backend(path: Path, device: str) -> Backend`. OpenVINO (an optional extra) is imported only for a
+model served with it; its instances share one compiled model (`create_backends`).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_serve.runtime.base import Backend, BackendError
@@ -17,6 +19,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "resnet_serve.runtime.onnxruntime",
     "tensorrt": "resnet_serve.runtime.tensorrt",
     "torch": "resnet_serve.runtime.torch_cuda",
+    "openvino": "resnet_serve.runtime.openvino",
 }
 EXTENSIONS: dict[str, str] = {
     ".onnx": "onnxruntime",
@@ -67,3 +70,56 @@ def create_backend(
             f"{BACKENDS[backend]}.create_backend returned {type(made).__name__}, not a Backend"
         )
     return made
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """How each execution instance of a model runs (the model's settings, server/config.py)."""
+
+    device: str = "cpu"
+    intra_op_threads: int = 1  # per instance
+    spinning: bool = False  # ONNX Runtime only
+    inference_precision: str = "fp32"  # bf16: OpenVINO only (formats.repository.INFERENCE_PRECISIONS)
+    performance_mode: str = "latency"  # OpenVINO only (formats.repository.PERFORMANCE_MODES)
+    cache_dir: str = ""  # OpenVINO's compiled-model cache ("": none)
+
+
+def create_backends(path: Path, backend: str, count: int, options: InstanceOptions) -> list[Backend]:
+    """Build `count` execution instances of the model at `path`.
+
+    ONNX Runtime, TensorRT and PyTorch instances are independent sessions; OpenVINO's share one compiled
+    model with one stream per instance and one InferRequest each, so the model is compiled (or imported from
+    its cache) once. A precision other than fp32 is refused for a backend that cannot honour it."""
+    if backend == "openvino":
+        try:
+            openvino = importlib.import_module(BACKENDS["openvino"])
+        except ImportError as exc:
+            raise BackendError(
+                f"the openvino backend is not available here: {exc} (pip install 'resnet-serve[openvino]')"
+            ) from None
+        ov_options = openvino.OpenVinoOptions(
+            precision=options.inference_precision,
+            performance_mode=options.performance_mode,
+            streams=count,
+            threads=options.intra_op_threads * count,
+            cache_dir=options.cache_dir,
+            device=options.device,
+        )
+        instances: list[Backend] = openvino.create_backends(path, ov_options, count)
+        return instances
+    if options.inference_precision != "fp32":
+        raise BackendError(
+            f"inference precision {options.inference_precision} needs the openvino backend, not {backend} "
+            "(the file's own precision, e.g. an FP16 or INT8 export, needs no setting)"
+        )
+    built: list[Backend] = []
+    try:
+        for _ in range(count):
+            built.append(
+                create_backend(path, backend, options.device, options.intra_op_threads, options.spinning)
+            )
+    except Exception:
+        for made in built:
+            made.close()
+        raise
+    return built

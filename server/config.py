@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_serve.formats.errors import UserError
+from resnet_serve.formats.repository import INFERENCE_PRECISIONS, PERFORMANCE_MODES
 from resnet_serve.server.security import model_control, restrict
 from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security.restrict import Restriction
@@ -69,6 +70,8 @@ class ModelSettings:
     versions: tuple[int, ...] = ()  # for version_policy = "specific"
     latest_versions: int = 1  # version_policy = "latest" serves this many of the highest (config.pbtxt)
     warmup: bool = True
+    inference_precision: str = "fp32"  # bf16: OpenVINO on a CPU with BF16 only; never chosen silently
+    performance_mode: str = "latency"  # OpenVINO's PERFORMANCE_HINT
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     # Keys the server config set for this model itself ([models.NAME]); they win over a repository
     # model's config.json, which in turn wins over the server-wide model defaults.
@@ -117,6 +120,7 @@ class ServerConfig:
     grpc_keepalive_permit_without_calls: bool = False
     grpc_http2_min_recv_ping_interval: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
+    openvino_cache_dir: str = "~/.cache/resnet-serve/openvino"  # "": compile at every load
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -356,7 +360,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "backend",
         str,
-        "inference backend: auto (by file extension), onnxruntime, tensorrt or torch",
+        "inference backend: auto (by file extension), onnxruntime, tensorrt, torch or openvino",
         "model",
         "NAME",
     ),
@@ -364,14 +368,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "instances",
         int,
-        "execution instances per model version (each its own session and thread)",
+        "execution instances per model version (each its own session and thread; OpenVINO: one stream each)",
         "model",
         "N",
     ),
     Option(
         "intra_op_threads",
         int,
-        "ONNX Runtime intra-op threads per instance (0: cores / instances)",
+        "ONNX Runtime intra-op threads per instance; OpenVINO: instances × N threads (0: cores / instances)",
         "model",
         "N",
     ),
@@ -398,6 +402,28 @@ OPTIONS: tuple[Option, ...] = (
         "run zero batches at every batch size before a model is marked ready",
         "model",
         "BOOL",
+    ),
+    # OpenVINO (issue #17; docs/server.md "Backends")
+    Option(
+        "inference_precision",
+        str,
+        "precision the runtime computes in: fp32, or bf16 (openvino backend on a CPU with BF16 only)",
+        "model",
+        "PRECISION",
+    ),
+    Option(
+        "performance_mode",
+        str,
+        "OpenVINO performance hint: latency or throughput (streams = instances either way)",
+        "model",
+        "MODE",
+    ),
+    Option(
+        "openvino_cache_dir",
+        str,
+        'OpenVINO compiled-model cache, so a restart does not compile again ("": no cache)',
+        "server",
+        "DIR",
     ),
     Option("max_batch_size", int, "largest batch (in rows) the batcher forms", "model", "N"),
     Option(
@@ -584,6 +610,16 @@ def _validate_model(m: ModelSettings) -> ModelSettings:
         )
     if m.latest_versions < 1:
         raise ConfigError(f"{where}: latest_versions must be >= 1, got {m.latest_versions}")
+    if m.inference_precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(
+            f"{where}: inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
+            f"got {m.inference_precision!r}"
+        )
+    if m.performance_mode not in PERFORMANCE_MODES:
+        raise ConfigError(
+            f"{where}: performance_mode must be one of {', '.join(PERFORMANCE_MODES)}, "
+            f"got {m.performance_mode!r}"
+        )
     if m.version_policy == "specific" and not m.versions:
         raise ConfigError(f"{where}: version_policy=specific needs versions, e.g. versions = [1, 3]")
     return m

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from resnet_serve.formats.metadata import ModelMetadata
+from resnet_serve.runtime.base import Backend
 
 # Every server a test starts in a subprocess (they inherit this) serves HTTP/REST on a free port: the
 # default, Triton's 8000, would collide between test runs sharing a machine. A test's own --http-port wins.
@@ -119,3 +120,34 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], rc: int, out: Path
     assert needle in err
     assert not out.exists()
     assert not list(out.parent.glob(f".{out.name}*"))
+
+
+# --- runtimes: the backend contract and the server tests run against every CPU runtime installed ----------
+
+OPENVINO_MISSING = importlib.util.find_spec("openvino") is None
+# Parametrise a test or fixture with these to run it on ONNX Runtime and on OpenVINO (skipped, with the
+# reason shown, where the openvino extra is not installed; CI installs it through the dev extra).
+RUNTIMES = [
+    "onnxruntime",
+    pytest.param(
+        "openvino",
+        marks=pytest.mark.skipif(
+            OPENVINO_MISSING, reason="openvino not installed: pip install '.[openvino]'"
+        ),
+    ),
+]
+
+
+def runtime_flags(runtime: str, cache_dir: Path) -> list[str]:
+    """`resnet-serve serve` flags that run every model on `runtime` (ONNX Runtime: the defaults, unchanged;
+    OpenVINO: its compiled-model cache in a test directory, never the user's)."""
+    if runtime == "onnxruntime":
+        return []
+    return ["--backend", runtime, "--openvino-cache-dir", str(cache_dir)]
+
+
+def runtime_backends(path: Path, runtime: str, instances: int = 1) -> list[Backend]:
+    """`instances` execution instances of the model at `path` on `runtime`, as the server builds them."""
+    from resnet_serve.runtime.factory import InstanceOptions, create_backends
+
+    return create_backends(path, runtime, instances, InstanceOptions(intra_op_threads=1))

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
+from conftest import RUNTIMES, runtime_backends
 from prometheus_client import CollectorRegistry
 
 from resnet_serve.runtime.base import Backend, BackendInfo, TensorSpec
@@ -92,13 +93,16 @@ def test_concurrent_requests_form_batches_no_larger_than_max_batch_size() -> Non
     batcher.close()
 
 
-def test_batched_answers_equal_unbatched_answers(tiny_onnx: Path) -> None:
-    from resnet_serve.runtime.onnxruntime import OrtBackend
-
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_batched_answers_equal_unbatched_answers(tiny_onnx: Path, runtime: str) -> None:
     x = np.random.default_rng(1).normal(size=(24, 1, 8, 8)).astype(np.float32)
     metrics = ServerMetrics(registry=CollectorRegistry()).model("tiny", "1")
     batcher = DynamicBatcher(
-        "tiny", "1", [OrtBackend(tiny_onnx)], BatchingConfig(max_batch_size=8, max_queue_delay_ms=20), metrics
+        "tiny",
+        "1",
+        runtime_backends(tiny_onnx, runtime),
+        BatchingConfig(max_batch_size=8, max_queue_delay_ms=20),
+        metrics,
     )
 
     async def main() -> tuple[list[BatchResult], list[BatchResult]]:

@@ -37,22 +37,31 @@ COMMAND_DEPS: dict[str, Deps] = {
     "export": Deps(("train",)),
     "quantize": Deps(("train",)),
     # The TensorRT column: runtime.tensorrt.require_tensorrt says which package is missing.
-    "verify": Deps(("train",), {"tensorrt": "gpu", "cuda": "gpu"}),
+    # verify --openvino reports its stages as skipped, naming the extra, where openvino is missing.
+    "verify": Deps(("train",), {"tensorrt": "gpu", "cuda": "gpu", "openvino": "openvino"}),
     "package": Deps(("serve",)),
     "build-engine": Deps(("train", "gpu")),
     # runtime.factory turns a backend's missing runtime into one BackendError line; without pynvml the server
     # runs without GPU metrics.
-    "serve": Deps(("serve",), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu"}),
+    "serve": Deps(
+        ("serve",),
+        {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "openvino": "openvino"},
+    ),
     "classify": Deps(()),
     # --baseline's runtimes: bench.extras checks them before the run starts.
     "bench": Deps(("bench",), {n.module: n.extra for needs in extras.BASELINE.values() for n in needs}),
     # tune checks parity in-process (onnxruntime) and starts real servers; openvino is tried only where found.
     # Other runtimes come through runtime.factory, which turns a missing one into one BackendError line.
-    "tune": Deps(("bench", "serve"), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu"}),
+    "tune": Deps(
+        ("bench", "serve"), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "openvino": "openvino"}
+    ),
     "demo": Deps(("train", "serve")),
     "health": Deps(("serve",)),  # the images' HEALTHCHECK: grpcio-health-checking
     # The images' entrypoint: serve, and with --build-engines the TensorRT build (require_tensorrt's line).
-    "entrypoint": Deps(("serve",), {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu"}),
+    "entrypoint": Deps(
+        ("serve",),
+        {"torch": "train", "tensorrt": "gpu", "cuda": "gpu", "pynvml": "gpu", "openvino": "openvino"},
+    ),
 }
 
 # Import name → the distribution that provides it, as pyproject.toml spells it.
@@ -76,6 +85,7 @@ DISTRIBUTIONS = {
     "tensorrt": "tensorrt",
     "cuda": "cuda-python",
     "pynvml": "nvidia-ml-py",
+    "openvino": "openvino",
 }
 
 

@@ -3,21 +3,47 @@
 from __future__ import annotations
 
 import io
+import json
 import queue
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from kserve_fixtures import TINY_LABELS, TINY_PREPROCESS, KServeServer, kserve_server, reference_logits
+from conftest import RUNTIMES, runtime_flags
+from kserve_fixtures import (
+    TINY_LABELS,
+    TINY_PREPROCESS,
+    KServeServer,
+    reference_logits,
+    start_server,
+    stop_server,
+)
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
-__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
 
 SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="module")
+def kserve_server(runtime: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
+    """kserve_fixtures' server, once per runtime: every test here runs on each (conftest.RUNTIMES)."""
+    tmp = tmp_path_factory.mktemp("kserve")
+    server = start_server(tmp, *runtime_flags(runtime, tmp / "openvino-cache"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +256,24 @@ def test_fp16_model_takes_fp16_fp32_and_uint8_and_answers_fp16(
     got = client.infer("half", [uint8]).as_numpy("logits")
     expected_pixels = reference_logits(kserve_server.model_file("half", "1"), normalise(pixels))
     np.testing.assert_array_equal(got, expected_pixels)
+
+
+def test_model_config_names_the_runtime_and_the_precision_it_computes_in(
+    client: tc.InferenceServerClient, runtime: str
+) -> None:
+    config = client.get_model_config("tiny", "1", as_json=True)["config"]
+    parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert config["backend"] == runtime
+    assert json.loads(parameters["labels"]) == TINY_LABELS
+    if runtime == "openvino":
+        # read back from the compiled model: a model served in bf16 would say bf16 here
+        assert config["platform"] == "openvino"
+        assert parameters["inference_precision"] == "fp32"
+        assert parameters["execution_devices"] == "CPU"
+        assert parameters["num_streams"] == "1"
+    else:
+        assert config["platform"] == "onnxruntime_onnx"
+        assert "inference_precision" not in parameters
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import TINY_LABELS, TINY_PREPROCESS
+from conftest import RUNTIMES, TINY_LABELS, TINY_PREPROCESS, runtime_flags
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -101,10 +101,16 @@ def real_images() -> list[Image.Image]:
     return imgs
 
 
-@pytest.fixture(scope="module")
-def server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=RUNTIMES)
+def server(
+    tiny_onnx: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     # Exact JPEG decoding, so answers can be compared with the training-side preprocessing bit for bit.
-    proc = start_server("--model", f"tiny={tiny_onnx}", "--max-queue-delay-ms", "2", "--jpeg-draft", "false")
+    # Every test here runs on each runtime (conftest.RUNTIMES).
+    runtime = runtime_flags(request.param, tmp_path_factory.mktemp("openvino-cache"))
+    proc = start_server(
+        "--model", f"tiny={tiny_onnx}", "--max-queue-delay-ms", "2", "--jpeg-draft", "false", *runtime
+    )
     yield proc
     assert stop_server(proc) == 0, "".join(proc.log)
 

@@ -247,7 +247,7 @@ def test_repository_update_writes_the_winner_into_config_json_and_config_pbtxt(t
     winner = Candidate("onnxruntime", "fp32", str(model), 2, 1, 8, 2.0)
     update_repository(repo, "tiny", Scored(winner, [], 10.0))
     packaged = read_model(repo / "tiny")
-    assert (packaged.instance_count, packaged.max_batch_size) == (2, 8)
+    assert (packaged.instance_count, packaged.intra_op_threads, packaged.max_batch_size) == (2, 1, 8)
     assert packaged.dynamic_batching.max_queue_delay_us == 2000
     pbtxt = read_config(repo / "tiny")
     assert (pbtxt.instances, pbtxt.max_batch_size, pbtxt.max_queue_delay_us) == (2, 8, 2000)
@@ -258,3 +258,20 @@ def test_repository_update_writes_the_winner_into_config_json_and_config_pbtxt(t
         update_repository(
             repo, "tiny", Scored(Candidate("onnxruntime", "int8", str(other), 1, 2, 4, 0.0), [], 1)
         )
+
+
+def test_openvino_candidates_set_their_inference_precision_explicitly_and_pass_parity(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    fp32 = Candidate("openvino", "fp32", str(model), 1, 2, 8, 0.0)
+    assert fp32.model_settings()["inference_precision"] == "fp32"
+    assert (
+        Candidate("openvino", "bf16", str(model), 1, 2, 8, 0.0).model_settings()["inference_precision"]
+        == "bf16"
+    )
+    assert (
+        "inference_precision"
+        not in Candidate("onnxruntime", "fp32", str(model), 1, 2, 8, 0.0).model_settings()
+    )
+    (result,) = check([Variant("openvino", "fp32", model)], model, 1, Tolerances())
+    assert result.ok, result.detail

@@ -71,9 +71,14 @@ class Candidate:
             "max_batch_size": self.max_batch,
             "max_queue_delay_ms": self.delay_ms,
         }
-        if self.runtime == "openvino":
-            settings["precision"] = "bf16" if self.precision == "bf16" else "f32"
+        if self.runtime == "openvino":  # never OpenVINO's own default (BF16 where the CPU has it)
+            settings["inference_precision"] = self.inference_precision
         return settings
+
+    @property
+    def inference_precision(self) -> str:
+        """What the runtime computes in (an INT8 file's precision is the file's own)."""
+        return "bf16" if self.precision == "bf16" else "fp32"
 
 
 def available_runtimes(requested: tuple[str, ...] = RUNTIMES) -> list[str]:
@@ -81,13 +86,12 @@ def available_runtimes(requested: tuple[str, ...] = RUNTIMES) -> list[str]:
     return [r for r in requested if find_spec(r) is not None]
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes BF16 natively (AVX512_BF16 or AMX); elsewhere BF16 is not worth trying."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO computes BF16 natively on this CPU (AVX512_BF16 or AMX); elsewhere it would silently
+    compute FP32, so BF16 is not tried."""
+    from resnet_serve.runtime.openvino import supported_precisions
+
+    return "bf16" in supported_precisions()
 
 
 def variants(fp32: Path, int8: Path | None, runtimes: list[str], bf16: bool) -> list[Variant]:

@@ -59,7 +59,7 @@ def tune(options: TuneOptions, measurer: Measurer | None = None) -> int:
     if not runtimes:
         raise TuneError(f"none of the runtimes {', '.join(options.runtimes)} is installed here")
     cores = _cores(options.cores)
-    bf16 = candidates.cpu_has_bf16()
+    bf16 = "openvino" in runtimes and candidates.openvino_has_bf16()
     variants = candidates.variants(options.model, options.int8, runtimes, bf16)
     print(
         f"tune: {options.model_name} on {cores} cores, runtimes {', '.join(runtimes)}, BF16 "

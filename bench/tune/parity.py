@@ -31,9 +31,11 @@ class ParityResult:
 
 
 def _backend(variant: Variant, threads: int) -> Backend:
-    from resnet_serve.runtime.factory import create_backend
+    from resnet_serve.runtime.factory import InstanceOptions, create_backends
 
-    return create_backend(variant.file, variant.runtime, "cpu", threads)
+    precision = "bf16" if variant.precision == "bf16" else "fp32"
+    options = InstanceOptions(intra_op_threads=threads, inference_precision=precision)
+    return create_backends(variant.file, variant.runtime, 1, options)[0]
 
 
 def _logits(backend: Backend, x: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -123,6 +123,8 @@ def update_repository(repository: Path, name: str, winner: Scored) -> Path:
         model,
         backend=c.runtime,
         instance_count=c.instances,
+        intra_op_threads=c.threads,
+        inference_precision=c.inference_precision if c.runtime == "openvino" else model.inference_precision,
         max_batch_size=c.max_batch,
         dynamic_batching=DynamicBatching(
             [b for b in model.dynamic_batching.preferred_batch_sizes if b <= c.max_batch],

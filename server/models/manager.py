@@ -19,16 +19,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.formats.metadata import PREPROCESS_KEY, labels_of
+from resnet_serve.formats.metadata import (
+    INFERENCE_PRECISION_KEY,
+    LOADED_FROM_CACHE_KEY,
+    PREPROCESS_KEY,
+    labels_of,
+)
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME, TRITON_CONFIG_NAME, RepositoryError
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
-from resnet_serve.runtime.factory import backend_for, create_backend
+from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_backends
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
@@ -365,11 +371,16 @@ class ModelManager:
         backend_name = backend_for(path, settings.backend)
         threads = settings.intra_op_threads or max(1, default_threads() // settings.instances)
         backends: list[Backend] = []
+        options = InstanceOptions(
+            device=settings.device,
+            intra_op_threads=threads,
+            spinning=settings.intra_op_spinning,
+            inference_precision=settings.inference_precision,
+            performance_mode=settings.performance_mode,
+            cache_dir=os.path.expanduser(self.config.openvino_cache_dir),  # "" stays "": no cache
+        )
         try:
-            for _ in range(settings.instances):
-                backends.append(
-                    create_backend(path, backend_name, settings.device, threads, settings.intra_op_spinning)
-                )
+            backends = create_backends(path, backend_name, settings.instances, options)
             info = backends[0].info
             if source.triton is not None:
                 check_tensors(source.triton, info)
@@ -391,7 +402,7 @@ class ModelManager:
             settings.name,
             version,
             path,
-            info.device,
+            _runs_on(backend_name, info),
             len(backends),
             threads,
             batcher.max_batch_size,
@@ -436,3 +447,13 @@ class ModelManager:
             image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
             preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
+
+
+def _runs_on(backend: str, info: BackendInfo) -> str:
+    """The device for the ready log line, with the runtime and the precision it computes in where the
+    backend reports them (OpenVINO: `cpu (openvino, fp32, compiled from cache)`)."""
+    precision = info.metadata.get(INFERENCE_PRECISION_KEY)
+    if precision is None:
+        return info.device
+    cached = ", compiled from cache" if info.metadata.get(LOADED_FROM_CACHE_KEY) == "true" else ""
+    return f"{info.device} ({backend}, {precision}{cached})"

@@ -98,13 +98,17 @@ def read_source(settings: ModelSettings) -> ModelSource:
 def _packaged_values(packaged: PackagedModel | None) -> dict[str, Any]:
     if packaged is None:
         return {}
-    return {
+    values: dict[str, Any] = {
         "backend": packaged.backend,
         "instances": packaged.instance_count,
         "max_batch_size": max(1, packaged.max_batch_size),
         "preferred_batch_sizes": tuple(packaged.dynamic_batching.preferred_batch_sizes),
         "max_queue_delay_ms": packaged.dynamic_batching.max_queue_delay_us / 1000.0,
     }
+    for key in ("inference_precision", "performance_mode", "intra_op_threads"):  # optional keys
+        if getattr(packaged, key) is not None:
+            values[key] = getattr(packaged, key)
+    return values
 
 
 def _triton_values(triton: TritonModelConfig | None, alone: bool) -> dict[str, Any]:
