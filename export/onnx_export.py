@@ -25,6 +25,7 @@ from resnet_serve.export.errors import ExportError
 from resnet_serve.export.sources import Source
 from resnet_serve.formats.errors import MetadataError
 from resnet_serve.formats.metadata import ModelMetadata, from_props, props_of, write
+from resnet_serve.formats.parity import relative_error
 from resnet_serve.models.fold import FoldError, fold_batchnorm
 
 # Opset 18: QDQ with per-channel axes (≥13) and ReduceMean with axes as an input (18) are all we need; it is
@@ -47,13 +48,6 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX model"
         raise MetadataError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
     return from_props(props_of(model), str(p))
-
-
-def relative_error(actual: NDArray[np.floating], reference: NDArray[np.floating]) -> float:
-    """max |actual − reference| / max |reference|: scale-aware, and defined when single logits are ~0."""
-    scale = float(np.max(np.abs(reference)))
-    diff = float(np.max(np.abs(actual.astype(np.float64) - reference.astype(np.float64))))
-    return diff / scale if scale > 0 else diff
 
 
 def torch_logits(model: nn.Module, x: NDArray[np.float32]) -> NDArray[np.float32]:

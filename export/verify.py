@@ -22,12 +22,12 @@ from resnet_serve.export.onnx_export import (
     ort_logits,
     ort_session,
     read_metadata,
-    relative_error,
     torch_logits,
 )
 from resnet_serve.export.samples import evaluation_batch
 from resnet_serve.export.sources import Source
 from resnet_serve.formats.metadata import ModelMetadata
+from resnet_serve.formats.parity import Tolerances, relative_error
 
 CHUNK = 32
 Runner = Callable[[NDArray[np.float32]], NDArray[np.float32]]
@@ -44,18 +44,6 @@ class StageResult:
     accuracy: float | None
     ok: bool
     reason: str  # the tolerance it was held to, or why it failed / was skipped
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    fp32_rel: float = 1e-4
-    fp16_rel: float = 1e-2
-    int8_agreement: float = 0.99
-    int8_acc_drop: float = 0.005  # as a fraction: 0.5 percentage points
-    # bf16 keeps 8 bits of mantissa: ResNet-50's logits move by ~5e-3 of their scale (4.6e-3 measured with
-    # torchvision weights on an AVX512_BF16 CPU, issue #17), so 1e-2 with top-1 agreement ≥ 99 %.
-    bf16_rel: float = 1e-2
-    bf16_agreement: float = 0.99
 
 
 def _chunked(run: Runner, x: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -17,10 +17,12 @@ from numpy.typing import NDArray
 class Tolerances:
     fp32_rel: float = 1e-4
     fp16_rel: float = 1e-2
-    # BF16 keeps 8 mantissa bits (FP16: 11); ResNet-50's logits drift by ~5e-3 relative in OpenVINO BF16.
-    bf16_rel: float = 3e-2
-    int8_agreement: float = 0.99  # top-1 agreement with FP32 (INT8 and BF16)
+    int8_agreement: float = 0.99
     int8_acc_drop: float = 0.005  # as a fraction: 0.5 percentage points
+    # bf16 keeps 8 bits of mantissa: ResNet-50's logits move by ~5e-3 of their scale (4.6e-3 measured with
+    # torchvision weights on an AVX512_BF16 CPU, issue #17), so 1e-2 with top-1 agreement ≥ 99 %.
+    bf16_rel: float = 1e-2
+    bf16_agreement: float = 0.99
 
 
 def relative_error(actual: NDArray[np.floating], reference: NDArray[np.floating]) -> float:
@@ -44,7 +46,7 @@ def within(
     if precision.startswith("int8"):
         return agreement >= tol.int8_agreement, f"{figures} (needs agreement ≥ {tol.int8_agreement:.0%})"
     if precision == "bf16":
-        ok = agreement >= tol.int8_agreement and rel <= tol.bf16_rel
-        return ok, f"{figures} (needs ≤ {tol.bf16_rel:.0e} and agreement ≥ {tol.int8_agreement:.0%})"
+        ok = agreement >= tol.bf16_agreement and rel <= tol.bf16_rel
+        return ok, f"{figures} (needs ≤ {tol.bf16_rel:.0e} and agreement ≥ {tol.bf16_agreement:.0%})"
     limit = tol.fp16_rel if precision == "fp16" else tol.fp32_rel
     return rel <= limit, f"{figures} (needs relative error ≤ {limit:.0e})"

@@ -18,8 +18,9 @@ import torch
 from numpy.typing import NDArray
 
 from resnet_serve.cli.main import main
-from resnet_serve.export.onnx_export import relative_error, to_onnx
+from resnet_serve.export.onnx_export import to_onnx
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
+from resnet_serve.formats.parity import relative_error
 from resnet_serve.models import registry
 from resnet_serve.models.fill import deterministic_fill, fixture_input
 from resnet_serve.models.fold import fold_batchnorm

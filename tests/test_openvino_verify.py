@@ -12,7 +12,8 @@ import pytest
 from conftest import OPENVINO_MISSING
 
 from resnet_serve.cli.main import main
-from resnet_serve.export.verify import Tolerances, judge
+from resnet_serve.export.verify import judge
+from resnet_serve.formats.parity import Tolerances
 
 
 def logits_pair(rel: float, flips: int = 0) -> tuple[np.ndarray, np.ndarray]:

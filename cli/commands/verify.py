@@ -29,6 +29,7 @@ from resnet_serve.cli.sources import add_source_arguments, source_from_args
 from resnet_serve.export import verify
 from resnet_serve.export.errors import ExportError
 from resnet_serve.formats.files import write_json_atomic
+from resnet_serve.formats.parity import Tolerances
 from resnet_serve.formats.repository import INFERENCE_PRECISIONS
 
 
@@ -64,38 +65,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-images", type=int, default=512, help="at most this many images")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument(
-        "--fp32-tol", type=float, default=verify.Tolerances.fp32_rel, help="FP32 relative error"
-    )
-    parser.add_argument(
-        "--fp16-tol", type=float, default=verify.Tolerances.fp16_rel, help="FP16 relative error"
-    )
+    parser.add_argument("--fp32-tol", type=float, default=Tolerances.fp32_rel, help="FP32 relative error")
+    parser.add_argument("--fp16-tol", type=float, default=Tolerances.fp16_rel, help="FP16 relative error")
     parser.add_argument(
         "--int8-agreement",
         type=float,
-        default=verify.Tolerances.int8_agreement,
+        default=Tolerances.int8_agreement,
         help="INT8 minimum top-1 agreement with PyTorch (fraction)",
     )
     parser.add_argument(
         "--int8-acc-drop",
         type=float,
-        default=verify.Tolerances.int8_acc_drop,
+        default=Tolerances.int8_acc_drop,
         help="INT8 largest accuracy drop (fraction: 0.005 = 0.5 points)",
     )
-    parser.add_argument(
-        "--bf16-tol", type=float, default=verify.Tolerances.bf16_rel, help="BF16 relative error"
-    )
+    parser.add_argument("--bf16-tol", type=float, default=Tolerances.bf16_rel, help="BF16 relative error")
     parser.add_argument(
         "--bf16-agreement",
         type=float,
-        default=verify.Tolerances.bf16_agreement,
+        default=Tolerances.bf16_agreement,
         help="BF16 minimum top-1 agreement with the reference (fraction)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when every stage is within its tolerance; 1 with a FAILED summary (not an error) otherwise."""
-    tol = verify.Tolerances(
+    tol = Tolerances(
         args.fp32_tol,
         args.fp16_tol,
         args.int8_agreement,
