@@ -31,7 +31,7 @@ from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.security.files import SecurityError
-from resnet_serve.server.security.policy import SecurityPolicy, tls_files
+from resnet_serve.server.security.policy import SecurityPolicy
 from resnet_serve.server.security.transport import max_message_bytes
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class InferenceServer:
         self._server = server
         if config.http_port >= 0:
             http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
-            tls = ssl_context(tls_files(config))  # the gRPC port's certificate protects this port too
+            tls = ssl_context(self.security.tls)  # the gRPC port's certificate (and its reload) here too
             try:
                 self.http_port = await http.start(config.host, config.http_port, tls)
             except OSError as exc:
