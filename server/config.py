@@ -117,6 +117,8 @@ class ServerConfig:
     grpc_keepalive_permit_without_calls: bool = False
     grpc_http2_min_recv_ping_interval: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
+    grpc_max_connection_age_ms: int = 0  # 0: connections live as long as clients keep them (gRPC's default)
+    grpc_max_connection_age_grace_ms: int = 0  # 0: calls open at the GOAWAY may finish however long
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -337,6 +339,21 @@ OPTIONS: tuple[Option, ...] = (
         "strikes before the server closes a connection that pings too often (0: never)",
         "server",
         "N",
+    ),
+    Option(
+        "grpc_max_connection_age_ms",
+        int,
+        "ms after which a client connection gets GOAWAY and reconnects, re-resolving a DNS name, so "
+        "DNS-balanced clients find new replicas (0: never)",
+        "server",
+        "MS",
+    ),
+    Option(
+        "grpc_max_connection_age_grace_ms",
+        int,
+        "ms the calls open at that GOAWAY get to finish before the connection is closed (0: no limit)",
+        "server",
+        "MS",
     ),
     Option(
         "exit_on_error",
@@ -667,7 +684,16 @@ def _validate_security(config: ServerConfig) -> ServerConfig:
     for key in ("grpc_max_concurrent_streams", "grpc_keepalive_time", "grpc_keepalive_timeout"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    for key in ("grpc_http2_min_recv_ping_interval", "grpc_http2_max_ping_strikes"):
+    for key in (
+        "grpc_http2_min_recv_ping_interval",
+        "grpc_http2_max_ping_strikes",
+        "grpc_max_connection_age_ms",
+        "grpc_max_connection_age_grace_ms",
+    ):
         if getattr(config, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)}")
+    if config.grpc_max_connection_age_grace_ms and not config.grpc_max_connection_age_ms:
+        raise ConfigError(
+            "grpc_max_connection_age_grace_ms needs grpc_max_connection_age_ms (0: no age limit)"
+        )
     return dataclasses.replace(config, model_control_mode=mode)
