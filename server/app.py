@@ -73,7 +73,7 @@ class InferenceServer:
         config = self.config
         try:
             # Certificates and tokens first: a bad file stops the server before any port or model.
-            self.security = SecurityPolicy(config)
+            self.security = SecurityPolicy(config, self.metrics)  # refusals counted in the metrics
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
         _check_port_free(config.host, config.grpc_port, "grpc_port")
