@@ -112,13 +112,13 @@ class ServerConfig:
     auth_token: str = field(default="", repr=False)  # from RESNET_SERVE_AUTH_TOKEN only, never a flag
     grpc_max_message_bytes: int = 0  # 0: max(64 MiB, max_image_bytes + 1 MiB)
     grpc_max_concurrent_streams: int = 256
+    grpc_max_connection_age_ms: int = 0  # 0: connections live as long as clients keep them (gRPC's default)
+    grpc_max_connection_age_grace_ms: int = 0  # 0: calls open at the GOAWAY may finish however long
     grpc_keepalive_time: int = 7_200_000  # ms, as Triton's flags
     grpc_keepalive_timeout: int = 20_000
     grpc_keepalive_permit_without_calls: bool = False
     grpc_http2_min_recv_ping_interval: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
-    grpc_max_connection_age_ms: int = 0  # 0: connections live as long as clients keep them (gRPC's default)
-    grpc_max_connection_age_grace_ms: int = 0  # 0: calls open at the GOAWAY may finish however long
 
 
 # ---------------------------------------------------------------------------------------------- options
