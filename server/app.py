@@ -31,7 +31,7 @@ from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.security.files import SecurityError
-from resnet_serve.server.security.policy import SecurityPolicy, tls_files
+from resnet_serve.server.security.policy import SecurityPolicy
 from resnet_serve.server.security.transport import max_message_bytes
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class InferenceServer:
         config = self.config
         try:
             # Certificates and tokens first: a bad file stops the server before any port or model.
-            self.security = SecurityPolicy(config)
+            self.security = SecurityPolicy(config, self.metrics)  # refusals counted in the metrics
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
         _check_port_free(config.host, config.grpc_port, "grpc_port")
@@ -114,7 +114,7 @@ class InferenceServer:
         self._server = server
         if config.http_port >= 0:
             http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
-            tls = ssl_context(tls_files(config))  # the gRPC port's certificate protects this port too
+            tls = ssl_context(self.security.tls)  # the gRPC port's certificate (and its reload) here too
             try:
                 self.http_port = await http.start(config.host, config.http_port, tls)
             except OSError as exc:

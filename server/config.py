@@ -115,6 +115,8 @@ class ServerConfig:
     auth_token: str = field(default="", repr=False)  # from RESNET_SERVE_AUTH_TOKEN only, never a flag
     grpc_max_message_bytes: int = 0  # 0: max(64 MiB, max_image_bytes + 1 MiB)
     grpc_max_concurrent_streams: int = 256
+    grpc_max_connection_age_ms: int = 0  # 0: connections live as long as clients keep them (gRPC's default)
+    grpc_max_connection_age_grace_ms: int = 0  # 0: calls open at the GOAWAY may finish however long
     grpc_keepalive_time: int = 7_200_000  # ms, as Triton's flags
     grpc_keepalive_timeout: int = 20_000
     grpc_keepalive_permit_without_calls: bool = False
@@ -341,6 +343,21 @@ OPTIONS: tuple[Option, ...] = (
         "strikes before the server closes a connection that pings too often (0: never)",
         "server",
         "N",
+    ),
+    Option(
+        "grpc_max_connection_age_ms",
+        int,
+        "ms after which a client connection gets GOAWAY and reconnects, re-resolving a DNS name, so "
+        "DNS-balanced clients find new replicas (0: never)",
+        "server",
+        "MS",
+    ),
+    Option(
+        "grpc_max_connection_age_grace_ms",
+        int,
+        "ms the calls open at that GOAWAY get to finish before the connection is closed (0: no limit)",
+        "server",
+        "MS",
     ),
     Option(
         "exit_on_error",
@@ -703,7 +720,16 @@ def _validate_security(config: ServerConfig) -> ServerConfig:
     for key in ("grpc_max_concurrent_streams", "grpc_keepalive_time", "grpc_keepalive_timeout"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    for key in ("grpc_http2_min_recv_ping_interval", "grpc_http2_max_ping_strikes"):
+    for key in (
+        "grpc_http2_min_recv_ping_interval",
+        "grpc_http2_max_ping_strikes",
+        "grpc_max_connection_age_ms",
+        "grpc_max_connection_age_grace_ms",
+    ):
         if getattr(config, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)}")
+    if config.grpc_max_connection_age_grace_ms and not config.grpc_max_connection_age_ms:
+        raise ConfigError(
+            "grpc_max_connection_age_grace_ms needs grpc_max_connection_age_ms (0: no age limit)"
+        )
     return dataclasses.replace(config, model_control_mode=mode)

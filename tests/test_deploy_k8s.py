@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from resnet_serve.server.config import ServerConfig
+from resnet_serve.client.channel import DEFAULT_TIMEOUT_S
+from resnet_serve.server.config import OPTIONS, ServerConfig
 from resnet_serve.server.observability.metrics import ServerMetrics
 
 pytestmark = pytest.mark.slow  # kubectl kustomize takes about a second per kustomization
@@ -140,6 +141,16 @@ def test_grpc_probes_drain_and_grace_period(overlay: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_connections_age_out_so_dns_balanced_clients_find_new_pods(overlay: str) -> None:
+    env = env_of(server(overlay))
+    age = {o.key: o.parse(env[o.env]) for o in OPTIONS if o.key.startswith("grpc_max_connection_age")}
+    # Often enough that a scale-up is noticed within minutes, rarely enough that reconnecting costs nothing.
+    assert 60_000 <= age["grpc_max_connection_age_ms"] <= 600_000
+    # A call open at the GOAWAY may run to the client library's default deadline before it is cut.
+    assert age["grpc_max_connection_age_grace_ms"] >= DEFAULT_TIMEOUT_S * 1000
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -282,3 +282,22 @@ def test_a_key_or_token_file_others_can_read_is_used_with_a_warning(
     with caplog.at_level("WARNING"):
         assert len(read_tokens(str(path))) == 1
     assert "can be read by other users" in caplog.text and TOKEN not in caplog.text
+
+
+def test_max_connection_age_is_off_by_default_and_read_from_flags_and_env() -> None:
+    assert not any("connection_age" in key for key, _ in grpc_options(load_config(parse(), {})))
+    config = load_config(parse("--grpc-max-connection-age-ms", "300000"), {})
+    options = dict(grpc_options(config))
+    assert options["grpc.max_connection_age_ms"] == 300_000
+    assert "grpc.max_connection_age_grace_ms" not in options  # 0: gRPC's own default, no limit
+    env = {
+        "RESNET_SERVE_GRPC_MAX_CONNECTION_AGE_MS": "300000",
+        "RESNET_SERVE_GRPC_MAX_CONNECTION_AGE_GRACE_MS": "30000",
+    }
+    assert dict(grpc_options(load_config(parse(), env)))["grpc.max_connection_age_grace_ms"] == 30_000
+    with pytest.raises(
+        ConfigError, match="grpc_max_connection_age_grace_ms needs grpc_max_connection_age_ms"
+    ):
+        load_config(parse("--grpc-max-connection-age-grace-ms", "1000"), {})
+    with pytest.raises(ConfigError, match="grpc_max_connection_age_ms must be >= 0"):
+        load_config(parse("--grpc-max-connection-age-ms", "-1"), {})

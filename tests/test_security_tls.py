@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import KServeServer, start_server, stop_server
-from tls_certs import Pki, make_pki
+from tls_certs import Pki, make_pki, mutual_tls_args
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.client.channel import TLSConfig
@@ -43,16 +43,7 @@ def mutual(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple
     """An mTLS server whose certificate files are copies (the reload test replaces them)."""
     tmp = tmp_path_factory.mktemp("mutual")
     certs = tmp / "certs"
-    certs.mkdir()
-    shutil.copy(pki.server_cert, certs / "server.pem")
-    shutil.copy(pki.server_key, certs / "server.key")
-    server = start_server(
-        tmp,
-        "--grpc-use-ssl", "true", "--grpc-use-ssl-mutual", "true",
-        "--grpc-server-cert", str(certs / "server.pem"),
-        "--grpc-server-key", str(certs / "server.key"),
-        "--grpc-root-cert", str(pki.ca),
-    )  # fmt: skip
+    server = start_server(tmp, *mutual_tls_args(pki, certs))
     try:
         yield server, certs
     finally:

@@ -95,3 +95,78 @@ def test_a_message_over_the_limit_is_refused_resource_exhausted(tiny_onnx: Path)
         await server.stop(5)
 
     asyncio.run(main())
+
+
+class CountingProxy:
+    """A TCP forwarder to 127.0.0.1:`port` that counts the connections it carried and those that ended, so a
+    test sees which connection a call used without reaching into gRPC."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.opened = 0
+        self.closed = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _carry(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(client_in, server_out), pipe(server_in, client_out))
+        self.closed += 1
+
+
+async def until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert condition()
+
+
+def test_a_connection_past_the_max_age_gets_goaway_and_the_next_call_succeeds_on_a_new_one(
+    tiny_onnx: Path,
+) -> None:
+    async def main() -> None:
+        config = config_for(tiny_onnx, grpc_max_connection_age_ms=500, grpc_max_connection_age_grace_ms=500)
+        server = InferenceServer(config)
+        await server.start()
+        proxy = CountingProxy(server.grpc_port)
+        port = await proxy.start()
+        start = asyncio.get_running_loop().time()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)).status == 1
+            open_call = await watch(channel)  # open at the GOAWAY: the grace period bounds it
+            assert proxy.opened == 1 and channel.get_state() == grpc.ChannelConnectivity.READY
+            # The server sends GOAWAY at 500 ms (±10 %) and closes the connection 500 ms later; the client
+            # did nothing to leave READY.
+            await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(open_call.read(), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            await until(lambda: proxy.closed == 1)
+            assert asyncio.get_running_loop().time() - start >= 0.45
+            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)).status == 1
+            assert proxy.opened == 2  # the next call went over a new connection, and succeeded
+        await proxy.stop()
+        await server.stop(5)
+
+    asyncio.run(main())

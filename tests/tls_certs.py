@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,17 @@ def make_pki(folder: Path) -> Pki:
         server2_cert=write("server2.pem", server2[0]),
         server2_key=write("server2.key", server2[1]),
     )
+
+
+def mutual_tls_args(pki: Pki, certs: Path) -> tuple[str, ...]:
+    """`serve` arguments for mutual TLS with copies of the server certificate and key in `certs` (as
+    server.pem and server.key, which a reload test replaces) and `pki.ca` as the client CA."""
+    certs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki.server_cert, certs / "server.pem")
+    shutil.copy(pki.server_key, certs / "server.key")
+    return (
+        "--grpc-use-ssl", "true", "--grpc-use-ssl-mutual", "true",
+        "--grpc-server-cert", str(certs / "server.pem"),
+        "--grpc-server-key", str(certs / "server.key"),
+        "--grpc-root-cert", str(pki.ca),
+    )  # fmt: skip

@@ -38,6 +38,7 @@ from resnet_serve.server.errors import (
     stream_boundary,
     unavailable,
 )
+from resnet_serve.server.http.context import HttpContext  # which front end a refusal is counted for
 from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
@@ -258,7 +259,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        self._model_control_allowed()
+        self._model_control_allowed(context)
         unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
         if unsupported:
             raise invalid_argument(
@@ -270,7 +271,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        self._model_control_allowed()
+        self._model_control_allowed(context)
         await self._manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -319,8 +320,10 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     # ---------------------------------------------------------------------------------------------- helpers
 
-    def _model_control_allowed(self) -> None:
+    def _model_control_allowed(self, context: Context) -> None:
         if not model_control.load_unload_allowed(self._ctx.config.model_control_mode):
+            protocol = "http" if isinstance(context, HttpContext) else "grpc"
+            self._ctx.metrics.access_refused(protocol, "model-repository", "model_control")
             raise unavailable(model_control.REFUSED)  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:

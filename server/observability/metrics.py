@@ -85,6 +85,17 @@ BATCH_SIZE_BUCKETS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 
 
 _NS_PER_S: Final = 1_000_000_000
 
+# Requests refused by access control (docs/security.md), by front end, protocol group and why. Every label
+# value comes from these closed sets or from server/security/restrict.py's group names, never from a request:
+# no header value, token or path can create a series.
+ACCESS_PROTOCOLS: Final = ("grpc", "http")
+ACCESS_REFUSAL_REASONS: Final = (
+    "restricted",  # a restricted protocol group without its header value: UNAVAILABLE, as Triton
+    "unauthenticated",  # the image API without a valid bearer token: UNAUTHENTICATED (HTTP 401)
+    "permission_denied",  # PERMISSION_DENIED (HTTP 403); no refusal answers it yet, kept for one
+    "model_control",  # load/unload under --model-control-mode none: UNAVAILABLE, as Triton
+)
+
 # Triton's `reason` label of nv_inference_request_failure (Triton 2.4x: REJECTED for a full queue or an
 # expired queue timeout, CANCELED, BACKEND for a failed execution, OTHER) for each of our failure outcomes.
 TRITON_FAILURE_REASONS: Final = {
@@ -486,6 +497,24 @@ def _triton_families(snapshots: Iterable[_Snapshot]) -> Iterator[Metric]:
     yield from (success, failure, inferences, executions, *durations.values(), pending)
 
 
+class _AccessCollector(Collector):
+    """`resnet_serve_access_refused_total`, from ServerMetrics' refusal counts at scrape time."""
+
+    def __init__(self, owner: ServerMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_access_refused",
+            "Requests refused by access control (restricted groups, bearer tokens, model control), by front "
+            "end, protocol group and reason.",
+            labels=("protocol", "group", "reason"),
+        )
+        for labels, n in sorted(self._owner.access_refusals().items()):
+            family.add_metric(list(labels), n)
+        yield family
+
+
 class ServerMetrics:
     """All of one server's metrics, in one registry, optionally served over HTTP for Prometheus.
     `triton_names` adds Triton's `nv_inference_*` families (built at scrape time only)."""
@@ -500,9 +529,11 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self._http: list[tuple[object, threading.Thread]] = []
         self._unknown = 0
+        self._refused: dict[tuple[str, str, str], int] = {}
         if not enabled:
             return
         self.registry.register(_ModelsCollector(self))
+        self.registry.register(_AccessCollector(self))
         for collector in (ProcessCollector, PlatformCollector):
             try:
                 collector(registry=self.registry)
@@ -540,6 +571,23 @@ class ServerMetrics:
     @property
     def unknown_model_count(self) -> int:
         return self._unknown
+
+    def access_refused(self, protocol: str, group: str, reason: str, n: int = 1) -> None:
+        """Count a request that access control refused. `group` is one of server/security/restrict.py's
+        protocol group names (the caller's contract); `n=0` creates the series at 0 ahead of its first
+        refusal, so rate() and increase() see that one too."""
+        if protocol not in ACCESS_PROTOCOLS or reason not in ACCESS_REFUSAL_REASONS:
+            raise ValueError(f"unknown access refusal {protocol!r}/{reason!r}")
+        if not self.enabled:
+            return
+        key = (protocol, group, reason)
+        with self._lock:
+            self._refused[key] = self._refused.get(key, 0) + n
+
+    def access_refusals(self) -> dict[tuple[str, str, str], int]:
+        """Refusals so far by (protocol, group, reason)."""
+        with self._lock:
+            return dict(self._refused)
 
     def render(self) -> bytes:
         """The text exposition Prometheus would scrape, for tests and in-process inspection."""

@@ -6,11 +6,14 @@ headers, proceed? Restricted groups (restrict.py) first, then the bearer token f
 `Refusal` to answer with, as a gRPC status (an HTTP front end maps it as its error boundary maps the other
 statuses; UNAUTHENTICATED is 401 with `WWW-Authenticate: Bearer`, RFC 6750). HTTP callers pass the group of
 `restrict.http_group(path)` and lowercase header names. gRPC callers use `grpc_refusal(method, metadata)`.
+
+Every refusal is reported to the `refused` callback (the server's `ServerMetrics.access_refused`) with the
+front end, the group and the refusal's `reason`: names from closed sets, never a header value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,11 +30,15 @@ IMAGE_SERVICE_PREFIX: Final = "/resnetserve.v1.ImageClassifier/"
 class Refusal:
     code: grpc.StatusCode
     message: str
+    reason: str  # the `reason` label of resnet_serve_access_refused_total
 
 
 # Triton answers a restricted protocol UNAVAILABLE; a missing or wrong token is UNAUTHENTICATED (RFC 6750).
-RESTRICTED: Final = Refusal(grpc.StatusCode.UNAVAILABLE, restrict.DENIED_MESSAGE)
-UNAUTHENTICATED: Final = Refusal(grpc.StatusCode.UNAUTHENTICATED, tokens.DENIED_MESSAGE)
+RESTRICTED: Final = Refusal(grpc.StatusCode.UNAVAILABLE, restrict.DENIED_MESSAGE, "restricted")
+UNAUTHENTICATED: Final = Refusal(grpc.StatusCode.UNAUTHENTICATED, tokens.DENIED_MESSAGE, "unauthenticated")
+UNKNOWN_GROUP: Final = "unknown"  # the group label of a refused method that has none (none should exist)
+
+RefusalCounter = Callable[[str, str, str], None]  # (protocol "grpc"/"http", group, reason)
 
 
 def first_values(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str | bytes]:
@@ -43,11 +50,15 @@ def first_values(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str
 
 
 class AccessRules:
-    """Restricted groups and image-API tokens; `tokens` may be replaced on reload."""
+    """Restricted groups and image-API tokens; `tokens` may be replaced on reload. `refused` counts each
+    refusal."""
 
-    def __init__(self, groups: RestrictedGroups, image_tokens: TokenSet) -> None:
+    def __init__(
+        self, groups: RestrictedGroups, image_tokens: TokenSet, refused: RefusalCounter | None = None
+    ) -> None:
         self.groups = groups
         self.tokens = image_tokens
+        self.refused = refused
 
     def __bool__(self) -> bool:
         return bool(self.groups) or bool(self.tokens)
@@ -57,11 +68,14 @@ class AccessRules:
     ) -> Refusal | None:
         if group == HEALTH:
             return None
+        refusal = None
         if not self.groups.allowed(group, headers, grpc=grpc):
-            return RESTRICTED
-        if image_api and not self.tokens.allows(headers.get(tokens.HEADER)):
-            return UNAUTHENTICATED
-        return None
+            refusal = RESTRICTED
+        elif image_api and not self.tokens.allows(headers.get(tokens.HEADER)):
+            refusal = UNAUTHENTICATED
+        if refusal is not None and self.refused is not None:
+            self.refused("grpc" if grpc else "http", group or UNKNOWN_GROUP, refusal.reason)
+        return refusal
 
     def grpc_refusal(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Refusal | None:
         group = restrict.grpc_group(method)

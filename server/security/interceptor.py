@@ -1,7 +1,8 @@
 """The gRPC server interceptor that enforces `AccessRules` before a request is deserialized or counted.
 
 A refused call gets a handler of the same streaming kind that answers the refusal's status at once, without
-reading (or parsing) the request. Refusals are logged at debug level with the method only: never a header.
+reading (or parsing) the request. Refusals are logged at debug level with the method only: never a header;
+`AccessRules` counts them in the metrics.
 """
 
 from __future__ import annotations

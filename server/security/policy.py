@@ -14,6 +14,7 @@ import grpc
 from resnet_serve.server.security.access import AccessRules
 from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security.interceptor import AccessInterceptor
+from resnet_serve.server.security.model_control import load_unload_allowed
 from resnet_serve.server.security.restrict import RestrictedGroups
 from resnet_serve.server.security.tls import ReloadableTLS, TLSFiles
 from resnet_serve.server.security.tokens import read_tokens
@@ -21,6 +22,7 @@ from resnet_serve.server.security.transport import grpc_options
 
 if TYPE_CHECKING:
     from resnet_serve.server.config import ServerConfig
+    from resnet_serve.server.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,31 @@ def tls_files(config: ServerConfig) -> TLSFiles | None:
 
 
 class SecurityPolicy:
-    """Raises SecurityError (a UserError naming the option) when a file is missing or unusable."""
+    """Raises SecurityError (a UserError naming the option) when a file is missing or unusable. Refusals are
+    counted in `metrics` (resnet_serve_access_refused_total) when given."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
         self.config = config
         files = tls_files(config)
         self.tls = ReloadableTLS(files) if files is not None else None
         self.rules = AccessRules(
             RestrictedGroups(config.grpc_restricted_protocol),
             read_tokens(config.auth_token_file, config.auth_token),
+            metrics.access_refused if metrics is not None else None,
         )
+        if metrics is not None:
+            for protocol, group, reason in self.refusals():
+                metrics.access_refused(protocol, group, reason, 0)
+
+    def refusals(self) -> list[tuple[str, str, str]]:
+        """The (protocol, group, reason) refusals this configuration can answer (their series start at 0)."""
+        protocols = ["grpc", "http"] if self.config.http_port >= 0 else ["grpc"]
+        kinds = [(g, "restricted") for r in self.config.grpc_restricted_protocol for g in sorted(r.groups)]
+        if self.rules.tokens:
+            kinds.append(("inference", "unauthenticated"))
+        if not load_unload_allowed(self.config.model_control_mode):
+            kinds.append(("model-repository", "model_control"))
+        return [(p, group, reason) for p in protocols for group, reason in kinds]
 
     def interceptors(self) -> list[Any]:
         """The access interceptor, or none when nothing is restricted (no cost per request)."""

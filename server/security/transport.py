@@ -5,6 +5,13 @@ Keepalive enforcement is gRPC's own: a client that pings more often than
 unless `grpc_keepalive_permit_without_calls`) earns a strike, and after `grpc_http2_max_ping_strikes` strikes
 the server closes the connection with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings"). The defaults are
 Triton's and gRPC's.
+
+Connection age (`grpc_max_connection_age_ms`, off by default as in gRPC): gRPC sends a connection GOAWAY once
+it is that old (plus or minus 10 % jitter, so replicas' clients do not all reconnect at once), lets the calls
+open on it finish for `grpc_max_connection_age_grace_ms`, then closes it. The client reconnects for its next
+call, and a client dialling a `dns:///` name re-resolves it first: that is how DNS-balanced clients of a
+headless Service find pods added after they connected (docs/deploy.md). 0 leaves the option out, because
+gRPC reads a 0 as "close at once" rather than "never".
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ def max_message_bytes(config: ServerConfig) -> int:
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     limit = max_message_bytes(config)
     return [
+        *_connection_age(config),
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
@@ -37,3 +45,12 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         ),
         ("grpc.http2.max_ping_strikes", config.grpc_http2_max_ping_strikes),
     ]
+
+
+def _connection_age(config: ServerConfig) -> list[tuple[str, int]]:
+    options = []
+    if config.grpc_max_connection_age_ms:
+        options.append(("grpc.max_connection_age_ms", config.grpc_max_connection_age_ms))
+        if config.grpc_max_connection_age_grace_ms:
+            options.append(("grpc.max_connection_age_grace_ms", config.grpc_max_connection_age_grace_ms))
+    return options
