@@ -18,6 +18,7 @@ import numpy as np
 from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.server.batching.batcher import Ticket
 from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
@@ -96,6 +97,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         ) as call:
             model = call.model
             k = self._k(model, request.top_k)
+            call.admit()  # a place in the queue first: a full queue refuses before the image is decoded
             loop = asyncio.get_running_loop()
             assert model.preprocessor is not None
             x = await loop.run_in_executor(self._pool, model.preprocessor, request.image)
@@ -153,6 +155,27 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
         """Every image's result, the failures in image order, and the largest batch an image ran in."""
         start = time.perf_counter()
+        places = -(-len(images) // model.batcher.max_batch_size)  # one per request of max_batch_size images
+        try:  # a place in the queue for each of them, before any image is decoded
+            ticket = model.batcher.reserve(places)
+        except ServeError as exc:
+            for _ in range(places):  # counted as the requests the batcher would have refused
+                model.metrics.request_done(exc.outcome, time.perf_counter() - start)
+            error = pb.Error(code=exc.code.value[0], message=exc.message)
+            return [pb.ClassifyResult(error=error) for _ in images], [exc] * len(images), None
+        with ticket:
+            return await self._run_batch(model, k, images, context, request_id, ticket, start)
+
+    async def _run_batch(
+        self,
+        model: ServedModel,
+        k: int,
+        images: Sequence[bytes],
+        context: Context,
+        request_id: str,
+        ticket: Ticket,
+        start: float,
+    ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
         failures: dict[int, ServeError] = {}
         batch_sizes: list[int] = []
         loop = asyncio.get_running_loop()
@@ -184,7 +207,9 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             rows = np.stack([prepared[i][0] for i in chunk])  # type: ignore[misc]
             pre_s = max(prepared[i][1] for i in chunk)
             try:
-                result = await model.infer({model.info.inputs[0].name: rows}, context.time_remaining())
+                result = await model.infer(
+                    {model.info.inputs[0].name: rows}, context.time_remaining(), ticket
+                )
             except ServeError as exc:
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
                 for i in chunk:

@@ -172,6 +172,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             return self._manager.get(request.model_name, request.model_version)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
+            call.admit()  # a place in the queue first: a full queue refuses before any tensor is decoded
             decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool)
             call.preprocess_s = decoded.preprocess_s
             result = await call.infer(decoded.inputs, decoded.timeout_s, decoded.rows)
