@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -42,8 +43,8 @@ def senders(target: str, stop: threading.Event, codes: Counter[str]) -> list[thr
     )
     lock = threading.Lock()
 
-    def loop(make: Callable[[grpc.Channel], Callable[..., grpc.Future]], request: object) -> None:
-        # Each sender has its own channel, so some reconnect while the server closes and some do not.
+    def loop(make: Callable[[grpc.Channel], Callable[..., Any]], request: object) -> None:
+        # grpc shares one connection among channels to the same target: all reconnect when it closes.
         with grpc.insecure_channel(target) as channel:
             send = make(channel)
             while not stop.is_set():
@@ -58,10 +59,10 @@ def senders(target: str, stop: threading.Event, codes: Counter[str]) -> list[thr
                         codes[code.name] += 1
                 time.sleep(0.005)
 
-    def classify(channel: grpc.Channel) -> Callable[..., grpc.Future]:
+    def classify(channel: grpc.Channel) -> Callable[..., Any]:
         return pb_grpc.ImageClassifierStub(channel).Classify.future  # type: ignore[no-untyped-call,no-any-return]
 
-    def model_infer(channel: grpc.Channel) -> Callable[..., grpc.Future]:
+    def model_infer(channel: grpc.Channel) -> Callable[..., Any]:
         return kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future  # type: ignore[no-untyped-call,no-any-return]
 
     work = [(classify, pb.ClassifyRequest(model="slow", image=data)), (model_infer, infer)]
