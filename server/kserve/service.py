@@ -27,7 +27,7 @@ from resnet_serve.protos import model_config_pb2 as mc
 from resnet_serve.runtime.base import BackendError, TensorSpec
 from resnet_serve.runtime.factory import backend_for
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.errors import boundary, invalid_argument, status_of, stream_boundary
+from resnet_serve.server.errors import boundary, echo, invalid_argument, status_of, stream_boundary
 from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
@@ -219,7 +219,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
         if unsupported:
             raise invalid_argument(
-                f"load parameters {unsupported} are not supported: models load from the repository as "
+                f"load parameters {echo(unsupported)} are not supported: models load from the repository as "
                 "configured"
             )
         await self._manager.load(request.model_name)
