@@ -155,9 +155,12 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
         """Every image's result, the failures in image order, and the largest batch an image ran in."""
         start = time.perf_counter()
-        places = -(-len(images) // model.batcher.max_batch_size)  # one per request of max_batch_size images
+        # One place per request of max_batch_size images; a call of more requests than the queue holds claims
+        # the whole queue, and its other requests are admitted (or refused) as they are queued.
+        batcher = model.batcher
+        places = min(-(-len(images) // batcher.max_batch_size), batcher.config.max_queue_size)
         try:  # a place in the queue for each of them, before any image is decoded
-            ticket = model.batcher.reserve(places)
+            ticket = batcher.reserve(places)
         except ServeError as exc:
             for _ in range(places):  # counted as the requests the batcher would have refused
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start)
