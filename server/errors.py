@@ -161,10 +161,7 @@ def boundary(
             return await rpc(self, request, context)
         except Exception as exc:
             error = status_of(exc, name)
-        # The status without abort's exception: grpc.aio sends no response for a non-OK code.
-        context.set_code(error.code)
-        context.set_details(error.message)
-        return None  # type: ignore[return-value]
+        await context.abort(error.code, error.message)
 
     return method
 

@@ -166,9 +166,6 @@ def test_a_100_kib_model_name_is_not_found_with_a_short_message_on_both_apis(tin
                 calls = [
                     kserve.ModelInfer(pb.ModelInferRequest(model_name=name), timeout=10),
                     kserve.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10),
-                    kserve.RepositoryModelUnload(
-                        pb.RepositoryModelUnloadRequest(model_name=name), timeout=10
-                    ),
                     images.Classify(cpb.ClassifyRequest(model=name, image=b"x"), timeout=10),
                 ]
                 for call in calls:
