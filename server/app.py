@@ -23,6 +23,7 @@ from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
+from resnet_serve.server.drain import close_sockets
 from resnet_serve.server.http.app import HttpServer
 from resnet_serve.server.http.tls import ssl_context
 from resnet_serve.server.image.service import ImageClassifierService
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
 _MB = 1024 * 1024
+# How long, after the last accepted request is answered, the server keeps refusing new ones before it closes
+# the connections: time for the last answers to leave the process (loopback: well under 1 ms).
+DRAIN_LINGER_S = 0.05
 
 
 class StartupError(RuntimeError):
@@ -219,13 +223,25 @@ class InferenceServer:
         if self._http is not None:
             await self._http.stop()
         if self._server is not None:
-            await self._server.stop(min(1.0, max(0.0, deadline - loop.time())))
+            await self._end_drain(self._server, deadline)
         await self.manager.close(max(0.0, deadline - loop.time()))
         self.ctx.shared_memory.close()  # after the drain: no request uses a region any more
         self.metrics.stop_http_server()
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
         self._stopped.set()
+
+    async def _end_drain(self, server: grpc.aio.Server, deadline: float) -> None:
+        """Stop gRPC so that no request ends CANCELLED (server/drain.py): the last answers get
+        `DRAIN_LINGER_S` to leave while new requests are still refused UNAVAILABLE; then the port stops
+        accepting connections and the open ones are closed (UNAVAILABLE for whatever is in transit, and a
+        client that reconnects is refused), and only then does gRPC stop, with nothing left to cancel."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, min(DRAIN_LINGER_S, deadline - loop.time())))
+        close_sockets(self.grpc_port, listening=True)
+        closed = close_sockets(self.grpc_port)
+        log.debug("closed %d client connection(s) at the end of the drain", closed)
+        await server.stop(min(1.0, max(0.0, deadline - loop.time())))
 
 
 def _check_port_free(host: str, port: int, option: str) -> None:

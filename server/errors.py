@@ -6,6 +6,12 @@ the one mapping from an exception to the status a client gets, and the servicer 
 `boundary` (unary) or `stream_boundary` (streams), so no request is ever left without an answer and no
 traceback ever reaches a client. Streams that answer per item (ClassifyStream, ModelStreamInfer) map each
 item's failure with `status_of` too.
+
+Messages are bounded: `echo` shows a client's value (a model or input name, a datatype, a shape) in at most
+`MAX_ECHO` characters, and a `ServeError` keeps at most `MAX_MESSAGE_BYTES` of its message, whatever it
+echoes. A status message travels as percent-encoded UTF-8 in the grpc-message trailer, and a client refuses
+trailers over 8 KiB: a 100 KiB model name echoed whole made a NOT_FOUND reach the client as
+RESOURCE_EXHAUSTED ("metadata size exceeds hard limit", issue #15).
 """
 
 from __future__ import annotations
@@ -22,6 +28,27 @@ from google.protobuf.message import DecodeError
 from resnet_serve.formats.errors import InvalidInput
 
 log = logging.getLogger(__name__)
+
+MAX_ECHO = 256  # characters of a client's value shown in a message
+MAX_MESSAGE_BYTES = 2048  # UTF-8 bytes of a message: at most 6 KiB once percent-encoded
+
+
+def echo(value: object) -> str:
+    """A client's value for a message: its repr, cut to MAX_ECHO characters with "…(N chars)" added (N: the
+    length of a string, else of the repr)."""
+    shown = repr(value)
+    if len(shown) <= MAX_ECHO:
+        return shown
+    size = len(value) if isinstance(value, str) else len(shown)
+    return f"{shown[:MAX_ECHO]}…({size} chars)"
+
+
+def _bounded(message: str) -> str:
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    return encoded[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore") + f"…({len(message)} chars)"
+
 
 # Metric outcome labels (docs/architecture.md, metrics API) for each status a request can end with.
 OUTCOMES: dict[grpc.StatusCode, str] = {
@@ -42,6 +69,7 @@ class ServeError(Exception):
     """A request failed with a known gRPC status; `message` is one line meant for the client."""
 
     def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.code = code
         self.message = message

@@ -3,13 +3,16 @@
 Each API decodes its own request and encodes its own response; everything between is here:
 
     with request_scope(request_id), Call("ModelInfer", name, version, lookup) as call:
+        call.admit()                                               # a place in the queue, before any work
         inputs = decode(call.model, request)                       # the API's own decoding
         result = await call.infer(inputs, timeout_s, rows)         # the model's batcher
         return encode(call.model, result)                          # the API's own encoding
 
 `Call` looks the model version up (a refusal is access-logged, and counted by the manager), holds the
 version's in-flight gauge while the request runs, and when it ends records the outcome in the metrics and
-the access log. A failure leaves it as the status the client gets (`errors.status_of`, which logs an
+the access log. `admit` claims the request's place in the model's queue before the API decodes anything
+(a full queue refuses it at no cost); the place is given back if the request fails before it is queued.
+A failure leaves it as the status the client gets (`errors.status_of`, which logs an
 unexpected one with the request id still in scope).
 """
 
@@ -21,7 +24,7 @@ from types import TracebackType
 
 import numpy as np
 
-from resnet_serve.server.batching.batcher import BatchResult
+from resnet_serve.server.batching.batcher import BatchResult, Ticket
 from resnet_serve.server.errors import ServeError, outcome_of, refusal_outcome, status_of
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import access_log
@@ -32,7 +35,18 @@ class Call:
 
     A context manager class rather than a generator: it is on every request's path."""
 
-    __slots__ = ("_count", "_gauge", "_result", "_rows", "_summary", "model", "preprocess_s", "rpc", "start")
+    __slots__ = (
+        "_count",
+        "_gauge",
+        "_result",
+        "_rows",
+        "_summary",
+        "_ticket",
+        "model",
+        "preprocess_s",
+        "rpc",
+        "start",
+    )
 
     def __init__(
         self,
@@ -53,6 +67,7 @@ class Call:
         self._result: BatchResult | None = None
         self._rows = 1
         self._summary: tuple[str, int | None, str | None] = ("success", None, None)
+        self._ticket: Ticket | None = None
         try:
             self.model = lookup()
         except Exception as exc:
@@ -63,11 +78,17 @@ class Call:
                 raise error from None
             raise
 
+    def admit(self, places: int = 1) -> Ticket:
+        """Claim `places` in the model's queue before decoding (raises ServeError UNAVAILABLE when it is
+        full); `infer` fills them, and those left are given back when the call ends."""
+        self._ticket = self.model.batcher.reserve(places)
+        return self._ticket
+
     async def infer(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None, rows: int = 1
     ) -> BatchResult:
         """Run the request's `rows` inferences on the model's batcher; its timings become the request's."""
-        self._result = await self.model.infer(inputs, timeout_s)
+        self._result = await self.model.infer(inputs, timeout_s, self._ticket)
         self._rows = rows
         return self._result
 
@@ -108,6 +129,8 @@ class Call:
                 metrics.request_done(outcome, total, preprocess_s=self.preprocess_s)
             access_log(model.name, model.version, outcome, total, detail=detail)
         finally:
+            if self._ticket is not None:
+                self._ticket.release()
             self._gauge.__exit__(None, None, None)
         if error is not None and error is not exc:
             raise error from None

@@ -17,6 +17,7 @@ import numpy as np
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.server.batching.batcher import Ticket
 from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
 from resnet_serve.server.image.budget import preprocess_each, preprocess_images
 from resnet_serve.server.inflight import InFlight
@@ -96,6 +97,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
         ) as call:
             model = call.model
             k = self._k(model, request.top_k)
+            call.admit()  # a place in the queue first: a full queue refuses before the image is decoded
             assert model.preprocessor is not None
             (x,) = await preprocess_images(
                 model.preprocessor, self._pool, [request.image], context.time_remaining()
@@ -154,6 +156,30 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
         """Every image's result, the failures in image order, and the largest batch an image ran in."""
         start = time.perf_counter()
+        # One place per request of max_batch_size images; a call of more requests than the queue holds claims
+        # the whole queue, and its other requests are admitted (or refused) as they are queued.
+        batcher = model.batcher
+        places = min(-(-len(images) // batcher.max_batch_size), batcher.config.max_queue_size)
+        try:  # a place in the queue for each of them, before any image is decoded
+            ticket = batcher.reserve(places)
+        except ServeError as exc:
+            for _ in range(places):  # counted as the requests the batcher would have refused
+                model.metrics.request_done(exc.outcome, time.perf_counter() - start)
+            error = pb.Error(code=exc.code.value[0], message=exc.message)
+            return [pb.ClassifyResult(error=error) for _ in images], [exc] * len(images), None
+        with ticket:
+            return await self._run_batch(model, k, images, context, request_id, ticket, start)
+
+    async def _run_batch(
+        self,
+        model: ServedModel,
+        k: int,
+        images: Sequence[bytes],
+        context: Context,
+        request_id: str,
+        ticket: Ticket,
+        start: float,
+    ) -> tuple[list[pb.ClassifyResult], list[ServeError], int | None]:
         failures: dict[int, ServeError] = {}
         batch_sizes: list[int] = []
         assert model.preprocessor is not None
@@ -179,7 +205,9 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             rows = np.stack([prepared[i][0] for i in chunk])  # type: ignore[misc]
             pre_s = max(prepared[i][1] for i in chunk)
             try:
-                result = await model.infer({model.info.inputs[0].name: rows}, context.time_remaining())
+                result = await model.infer(
+                    {model.info.inputs[0].name: rows}, context.time_remaining(), ticket
+                )
             except ServeError as exc:
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
                 for i in chunk:

@@ -41,7 +41,7 @@ import numpy as np
 from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, numpy_to_kserve
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
-from resnet_serve.server.errors import invalid_argument
+from resnet_serve.server.errors import ServeError, echo, invalid_argument
 from resnet_serve.server.image.budget import preprocess_images
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
@@ -111,10 +111,10 @@ async def decode_request(
         spec = specs.get(tensor.name)
         if spec is None:
             raise invalid_argument(
-                f"unexpected input '{tensor.name}' for model '{model.name}'; expected {_describe(specs)}"
+                f"unexpected input {echo(tensor.name)} for model '{model.name}'; expected {_describe(specs)}"
             )
         if tensor.name in arrays:
-            raise invalid_argument(f"input '{tensor.name}' is given twice")
+            raise invalid_argument(f"input {echo(tensor.name)} is given twice")
         shape = tuple(tensor.shape)
         if where is not None:
             array = from_region(tensor.name, tensor.datatype, shape, where)
@@ -260,7 +260,7 @@ def _requested_outputs(
             shared[requested.name] = where
         if requested.name not in names:
             raise invalid_argument(
-                f"unknown output '{requested.name}' for model '{model.name}'; expected one of {names}"
+                f"unknown output {echo(requested.name)} for model '{model.name}'; expected one of {names}"
             )
         k = 0
         param = requested.parameters.get("classification")
@@ -269,7 +269,7 @@ def _requested_outputs(
             k = int(getattr(param, choice)) if choice in ("int64_param", "uint64_param") else -1
             if k < 1:
                 raise invalid_argument(
-                    f"output '{requested.name}': the classification parameter must be an integer >= 1"
+                    f"output {echo(requested.name)}: the classification parameter must be an integer >= 1"
                 )
             if where is not None:
                 raise invalid_argument(
@@ -338,18 +338,18 @@ def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTe
         )
 
 
-def write_region(name: str, where: SharedTensor, data: memoryview, echo: Any) -> None:
-    """Write an output's bytes into its region and echo the region in the output's parameters (`echo`)."""
+def write_region(name: str, where: SharedTensor, data: memoryview, params: Any) -> None:
+    """Write an output's bytes into its region and echo the region in the output's parameters (`params`)."""
     if data.nbytes > where.byte_size:  # an output with dynamic dimensions: its size is known only now
         raise invalid_argument(
             f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for the "
             f"{data.nbytes} bytes of the output"
         )
     where.region.write(where.offset, data)
-    echo[SHARED_MEMORY].string_param = where.name
-    echo[SHARED_MEMORY_BYTE_SIZE].int64_param = data.nbytes
+    params[SHARED_MEMORY].string_param = where.name
+    params[SHARED_MEMORY_BYTE_SIZE].int64_param = data.nbytes
     if where.offset:
-        echo[SHARED_MEMORY_OFFSET].int64_param = where.offset
+        params[SHARED_MEMORY_OFFSET].int64_param = where.offset
 
 
 def _byte_view(data: bytes | np.ndarray) -> memoryview:
@@ -378,13 +378,27 @@ def _timeout(request: Any, time_remaining: float | None) -> float | None:
 _LENGTH: Final = struct.Struct("<I")
 
 
+MAX_DIMS: Final = 32  # NumPy allows 64; a model input has a handful
+# The most elements a shape may span with each 0 dimension counted as 1. NumPy refuses to describe a larger
+# shape even when it holds no elements ([0, 2**62]: "array is too big"), so such a request has to be
+# refused here, as INVALID_ARGUMENT, before anything is allocated; 2**48 is far past any message gRPC takes.
+MAX_SPAN: Final = 2**48
+
+
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """The number of elements of a tensor shape, rejecting negative dimensions."""
+    """The number of elements of a tensor shape; INVALID_ARGUMENT for a negative dimension, more than
+    MAX_DIMS dimensions or a span over MAX_SPAN, so every shape that passes can be built by NumPy."""
+    if len(shape) > MAX_DIMS:
+        raise invalid_argument(f"input {echo(name)}: {len(shape)} dimensions; at most {MAX_DIMS}")
     count = 1
+    span = 1
     for dim in shape:
         if dim < 0:
-            raise invalid_argument(f"input '{name}': shape {list(shape)} has a negative dimension")
+            raise invalid_argument(f"input {echo(name)}: shape {echo(list(shape))} has a negative dimension")
         count *= dim
+        span *= max(dim, 1)
+    if span > MAX_SPAN:
+        raise invalid_argument(f"input {echo(name)}: shape {echo(list(shape))} is too large")
     return count
 
 
@@ -392,13 +406,13 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
     """View raw little-endian bytes as an array of `shape` (BYTES: an object array of bytes elements)."""
     count = element_count(name, shape)
     if datatype == BYTES:
+        if count * _LENGTH.size > len(raw):  # each element has a length prefix: refused before splitting
+            raise _count_mismatch(name, count, shape, "BYTES elements", len(raw) // _LENGTH.size, "at most ")
         return _as_object_array(name, split_bytes(name, raw), shape, count)
     dtype = _wire_dtype(name, datatype)
     expected = count * dtype.itemsize
     if len(raw) != expected:
-        raise invalid_argument(
-            f"input '{name}': expected {expected} bytes for {datatype} shape {list(shape)}, got {len(raw)}"
-        )
+        raise _count_mismatch(name, expected, shape, f"bytes for {datatype}", len(raw))
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -408,19 +422,19 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: Any)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         if datatype == "FP16":
-            raise invalid_argument(f"input '{name}': FP16 has no typed contents; send raw_input_contents")
-        raise invalid_argument(f"input '{name}': unsupported datatype {datatype!r}")
+            raise invalid_argument(f"input {echo(name)}: FP16 has no typed contents; send raw_input_contents")
+        raise invalid_argument(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
     values = getattr(contents, field)
     if len(values) != count:
-        raise invalid_argument(
-            f"input '{name}': expected {count} values in {field} for shape {list(shape)}, got {len(values)}"
-        )
+        raise _count_mismatch(name, count, shape, f"values in {field}", len(values))
     if datatype == BYTES:
         return _as_object_array(name, list(values), shape, count)
     try:
         return np.array(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
     except OverflowError:
-        raise invalid_argument(f"input '{name}': a value in {field} is out of range for {datatype}") from None
+        raise invalid_argument(
+            f"input {echo(name)}: a value in {field} is out of range for {datatype}"
+        ) from None
 
 
 def split_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
@@ -430,12 +444,12 @@ def split_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
     offset, end = 0, len(raw)
     while offset < end:
         if end - offset < _LENGTH.size:
-            raise invalid_argument(f"input '{name}': truncated BYTES element length at byte {offset}")
+            raise invalid_argument(f"input {echo(name)}: truncated BYTES element length at byte {offset}")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += _LENGTH.size
         if end - offset < length:
             raise invalid_argument(
-                f"input '{name}': BYTES element of {length} bytes runs past the end of the tensor"
+                f"input {echo(name)}: BYTES element of {length} bytes runs past the end of the tensor"
             )
         out.append(bytes(view[offset : offset + length]))
         offset += length
@@ -467,18 +481,24 @@ def top_k_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[byt
     return out
 
 
+def _count_mismatch(
+    name: str, expected: int, shape: Sequence[int], what: str, got: int, qualifier: str = ""
+) -> ServeError:
+    return invalid_argument(
+        f"input {echo(name)}: expected {expected} {what} for shape {echo(list(shape))}, got {qualifier}{got}"
+    )
+
+
 def _wire_dtype(name: str, datatype: str) -> np.dtype[Any]:
     dtype = WIRE_DTYPES.get(datatype)
     if dtype is None:
-        raise invalid_argument(f"input '{name}': unsupported datatype {datatype!r}")
+        raise invalid_argument(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
     return dtype
 
 
 def _as_object_array(name: str, elements: list[bytes], shape: Sequence[int], count: int) -> np.ndarray:
     if len(elements) != count:
-        raise invalid_argument(
-            f"input '{name}': expected {count} BYTES elements for shape {list(shape)}, got {len(elements)}"
-        )
+        raise _count_mismatch(name, count, shape, "BYTES elements", len(elements))
     array = np.empty(count, dtype=object)
     array[:] = elements
     return array.reshape(shape)

@@ -33,6 +33,7 @@ from resnet_serve.server.context import ServerContext
 from resnet_serve.server.errors import (
     ServeError,
     boundary,
+    echo,
     invalid_argument,
     status_of,
     stream_boundary,
@@ -216,6 +217,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             return self._manager.get(request.model_name, request.model_version)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
+            call.admit()  # a place in the queue first: a full queue refuses before any tensor is decoded
             decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool, self._shm)
             call.preprocess_s = decoded.preprocess_s
             result = await call.infer(decoded.inputs, decoded.timeout_s, decoded.rows)
@@ -263,7 +265,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
         if unsupported:
             raise invalid_argument(
-                f"load parameters {unsupported} are not supported: models load from the repository as "
+                f"load parameters {echo(unsupported)} are not supported: models load from the repository as "
                 "configured"
             )
         await self._manager.load(request.model_name)

@@ -34,12 +34,24 @@ class InferRequest:
 
 
 def parse_infer_request(data: bytes, zero_copy_min_bytes: int = ZERO_COPY_MIN_BYTES) -> InferRequest:
-    """A serialized ModelInferRequest with its raw_input_contents apart; raises DecodeError if malformed."""
-    if len(data) < zero_copy_min_bytes:
-        message = pb.ModelInferRequest.FromString(data)
-        raw = list(message.raw_input_contents)
-        message.ClearField("raw_input_contents")
-        return InferRequest(message, raw)
+    """A serialized ModelInferRequest with its raw_input_contents apart; raises DecodeError if malformed.
+
+    protobuf is the authority: whatever the walk below does not understand (groups, a field 7 that is not
+    length-delimited, a truncated message) is handed to protobuf's own parser, which accepts or refuses it.
+    tests/test_wire_fuzz.py checks the two agree on random and mutated messages."""
+    if len(data) >= zero_copy_min_bytes:
+        try:
+            return _walk(data)
+        except DecodeError:
+            pass
+    message = pb.ModelInferRequest.FromString(data)
+    raw = list(message.raw_input_contents)
+    message.ClearField("raw_input_contents")
+    return InferRequest(message, raw)
+
+
+def _walk(data: bytes) -> InferRequest:
+    """The zero-copy parse: raw_input_contents as views, the other fields through protobuf."""
     view = memoryview(data)
     tensors: list[memoryview] = []
     rest: list[memoryview] = []

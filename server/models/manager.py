@@ -38,7 +38,7 @@ from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_ba
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
-from resnet_serve.server.errors import ServeError, not_found, unavailable
+from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
 from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
@@ -116,7 +116,7 @@ class ModelManager:
             if count:
                 self.metrics.unknown_model(name)
             served = ", ".join(sorted(self._entries)) or "none"
-            raise not_found(f"model {name!r} is not served (served models: {served})")
+            raise not_found(f"model {echo(name)} is not served (served models: {served})")
         if version:
             model = entry.versions.get(version)
             if model is None:
@@ -124,9 +124,9 @@ class ModelManager:
                 if count:
                     self._count_refusal(name, entry, version)
                 if status is not None:
-                    raise unavailable(f"model {name!r} version {version} is {status.state}")
+                    raise unavailable(f"model {echo(name)} version {version} is {status.state}")
                 known = ", ".join(sorted(entry.status, key=version_key)) or "none"
-                raise not_found(f"model {name!r} has no version {version!r} (versions: {known})")
+                raise not_found(f"model {echo(name)} has no version {echo(version)} (versions: {known})")
             return model
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         if not ready:
@@ -186,7 +186,7 @@ class ModelManager:
         """The loaded versions of a model, lowest first (NOT_FOUND when the model is not served)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise not_found(f"model {name!r} is not served")
+            raise not_found(f"model {echo(name)} is not served")
         return sorted(entry.versions.values(), key=lambda m: version_key(m.version))
 
     def statuses(self) -> list[VersionStatus]:
@@ -258,7 +258,7 @@ class ModelManager:
         in_repository = bool(name) and name == Path(name).name and not name.startswith(".")
         if repo and in_repository and (Path(repo) / name).is_dir():
             return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
-        raise not_found(f"model {name!r} is neither configured nor in the model repository")
+        raise not_found(f"model {echo(name)} is neither configured nor in the model repository")
 
     async def load(self, name: str, settings: ModelSettings | None = None) -> None:
         """Load (or reload) a model's versions per its version policy; ready when this returns.
@@ -317,7 +317,7 @@ class ModelManager:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.get(name)
             if entry is None or not entry.versions:
-                raise not_found(f"model {name!r} is not loaded")
+                raise not_found(f"model {echo(name)} is not loaded")
             models = list(entry.versions.values())
             entry.versions = {}
             entry.unloaded = True

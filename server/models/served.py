@@ -10,7 +10,7 @@ import numpy as np
 
 from resnet_serve.formats.preprocess import Preprocessor
 from resnet_serve.runtime.base import Backend, BackendInfo
-from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher
+from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
 from resnet_serve.server.config import ModelSettings
 from resnet_serve.server.observability.metrics import ModelMetrics
 
@@ -39,9 +39,11 @@ class ServedModel:
     state: ModelState = ModelState.READY
     load_s: float = 0.0
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> BatchResult:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None
+    ) -> BatchResult:
         """Queue a request on this version's batcher (see DynamicBatcher.submit for the errors)."""
-        return await self.batcher.submit(inputs, timeout_s)
+        return await self.batcher.submit(inputs, timeout_s, ticket)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""A clean end of drain: clients that keep sending through a SIGTERM shutdown get an answer or UNAVAILABLE
+(which they retry), never CANCELLED (which they do not), whenever their request arrives."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from conftest import write_tiny_onnx
+from PIL import Image
+from test_server_integration import encode, start_server, stop_server
+
+from resnet_serve.protos import classifier_pb2 as pb
+from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
+from resnet_serve.protos import grpc_service_pb2 as kpb
+from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
+
+pytestmark = pytest.mark.slow
+
+SENDERS = 6  # per API
+IN_FLIGHT = 4  # requests each sender keeps open
+
+
+def image() -> bytes:
+    return encode(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, mode="L"))
+
+
+def senders(target: str, stop: threading.Event, codes: Counter[str]) -> list[threading.Thread]:
+    data = image()
+    infer = kpb.ModelInferRequest(
+        model_name="slow",
+        inputs=[kpb.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[1])],
+        raw_input_contents=[struct.pack("<I", len(data)) + data],
+    )
+    lock = threading.Lock()
+
+    def loop(make: Callable[[grpc.Channel], Callable[..., Any]], request: object) -> None:
+        # grpc shares one connection among channels to the same target: all reconnect when it closes.
+        with grpc.insecure_channel(target) as channel:
+            send = make(channel)
+            while not stop.is_set():
+                futures = [send(request, timeout=20) for _ in range(IN_FLIGHT)]
+                for future in futures:
+                    try:
+                        future.result()
+                        code = grpc.StatusCode.OK
+                    except grpc.RpcError as exc:
+                        code = exc.code()
+                    with lock:
+                        codes[code.name] += 1
+                time.sleep(0.005)
+
+    def classify(channel: grpc.Channel) -> Callable[..., Any]:
+        return pb_grpc.ImageClassifierStub(channel).Classify.future  # type: ignore[no-untyped-call,no-any-return]
+
+    def model_infer(channel: grpc.Channel) -> Callable[..., Any]:
+        return kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future  # type: ignore[no-untyped-call,no-any-return]
+
+    work = [(classify, pb.ClassifyRequest(model="slow", image=data)), (model_infer, infer)]
+    return [threading.Thread(target=loop, args=item) for item in work for _ in range(SENDERS)]
+
+
+@pytest.mark.parametrize("run", range(2))
+def test_requests_sent_through_a_sigterm_shutdown_are_answered_or_unavailable(
+    tmp_path: Path, run: int
+) -> None:
+    # A few ms of compute per image, one image per batch: a backlog exists when the signal arrives.
+    model = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=20)
+    server = start_server("--model", f"slow={model}", "--max-batch-size", "1", "--grace-period-s", "30")
+    codes: Counter[str] = Counter()
+    stop = threading.Event()
+    threads = senders(server.target, stop, codes)
+    try:
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 20
+        while codes["OK"] < 50 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert codes["OK"] >= 50, f"the load never got going: {dict(codes)}"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, "".join(server.log)
+        # The port is closed: a few more rounds see the refused connection as UNAVAILABLE.
+        after = sum(codes.values())
+        end = time.monotonic() + 10
+        while sum(codes.values()) < after + 2 * SENDERS * IN_FLIGHT and time.monotonic() < end:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        stop_server(server)
+    assert not any(t.is_alive() for t in threads), "a request was never answered"
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, dict(codes)
+    assert codes["UNAVAILABLE"] > 0
