@@ -7,6 +7,7 @@ against a live server on 127.0.0.1 (in-process, its log captured; the SIGTERM te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import json
@@ -199,15 +200,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         grpc_max_message_bytes=LIMIT,
         models=(ModelSettings("tiny", str(write_tiny_onnx(tmp / "tiny.onnx"))), slow),
     )
+    with running(config) as live:
+        yield live
+
+
+@contextlib.contextmanager
+def running(config: ServerConfig) -> Iterator[Live]:
+    """An InferenceServer on its own event-loop thread in this process, its log records captured."""
     log = LogRecords()
     logging.getLogger().addHandler(log)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = InferenceServer(config)
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
-    assert server.http_port
     try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+        assert server.http_port
         yield Live(server, loop, server.http_port, log)
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(5), loop).result(30)
@@ -306,6 +314,14 @@ def test_a_long_model_name_gets_a_short_answer(clean: Live, method: str, path: s
     path = path.replace("nope", name).replace("tiny", name)
     status, _, data = clean.call(method, path, dumps({"inputs": [tensor()]}) if method == "POST" else None)
     assert status == 404 and len(data) <= 2100
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="server/errors.py / model lookup: echoed names are not yet bounded to 256 characters"
+)
+def test_an_echoed_model_name_is_bounded_to_256_characters(clean: Live) -> None:
+    assert len(clean.error(404, "GET", "/v2/models/" + "m" * 7000)) < 600
 
 
 @pytest.mark.slow
@@ -547,6 +563,79 @@ def test_tritonclient_http_sees_each_failure_as_an_exception_with_the_message(cl
         assert client.is_server_ready()
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_tritonclient_http_aio_sees_failures_as_exceptions_and_the_server_stays_ready(clean: Live) -> None:
+    import tritonclient.http.aio as aioclient
+
+    async def main() -> None:
+        client = aioclient.InferenceServerClient(f"127.0.0.1:{clean.port}")
+        try:
+            wrong = aioclient.InferInput("input", [1, 1, 8, 8], "FP32")
+            wrong.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32), binary_data=True)
+            with pytest.raises(InferenceServerException, match="unknown output 'nope'"):
+                await client.infer("tiny", [wrong], outputs=[aioclient.InferRequestedOutput("nope")])
+            with pytest.raises(InferenceServerException) as info:
+                await client.get_model_metadata("n" * 5000)
+            assert info.value.status() == "404"
+            short = aioclient.InferInput("input", [2, 1, 8, 8], "FP32")
+            short.set_data_from_numpy(np.zeros((2, 1, 8, 8), np.float32), binary_data=False)
+            short._data = short._data[:-1]  # one value short of its shape, as a buggy client sends it
+            with pytest.raises(InferenceServerException, match="expected 128 values"):
+                await client.infer("tiny", [short])
+            assert await client.is_server_ready()
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("guarded")
+    tokens = tmp / "tokens"
+    tokens.write_text("right-token-0123456789\n")
+    tokens.chmod(0o600)
+    config = ServerConfig(
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        max_image_bytes=LIMIT // 2,
+        grpc_max_message_bytes=LIMIT,
+        auth_token_file=str(tokens),
+        models=(ModelSettings("tiny", str(write_tiny_onnx(tmp / "tiny.onnx"))),),
+    )
+    with running(config) as live:
+        yield live
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"hello", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n", b"\0" * (LIMIT // 2 + 1)],
+    ids=["empty", "not-an-image", "eps", "over-max-image-bytes"],
+)
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_the_image_api_with_a_missing_or_wrong_token_is_401_whatever_the_body(
+    guarded: Live, body: bytes, token: str | None
+) -> None:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    status, answer_headers, data = guarded.call("POST", "/v1/models/tiny/classify", body, headers)
+    assert status == 401 and answer_headers["WWW-Authenticate"] == "Bearer"
+    assert "token" in json.loads(data)["error"]
+    assert not [r for r in guarded.log.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.slow
+def test_a_wrong_token_is_refused_before_a_huge_body_is_read(guarded: Live) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        sock.sendall(  # announces 100 MiB, sends none of it: the answer must not wait for the body
+            b"POST /v1/models/tiny/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+            b"Content-Length: 104857600\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 401")
 
 
 # ---------------------------------------------------------------------------------- SIGTERM under load
