@@ -92,6 +92,10 @@ def refusal(body: bytes, json_length: int | None = None) -> str:
         (dumps({"inputs": [tensor(datatype="BYTES", shape=[1], data=5)]}), "BYTES data must be strings"),
         (dumps({"inputs": [tensor(datatype="BYTES", shape=[1], data=[[["x"]]] * 2)]}), "expected 1 values"),
         (dumps({"inputs": [tensor(data="abc")]}), "got strings"),
+        (dumps({"inputs": [tensor(datatype="FP16", data=[1e10] * 64)]}), "beyond FP16's range"),
+        (dumps({"inputs": [tensor(data=[1e300] * 64)]}), "beyond FP32's range"),
+        (dumps({"inputs": [tensor()] * 1025}), "at most 1024 are accepted"),
+        (dumps({"inputs": [tensor()], "outputs": [{"name": "x"}] * 1025}), "at most 1024 are accepted"),
     ],
 )
 def test_malformed_json_tensors_are_invalid_argument_naming_the_problem(body: bytes, expected: str) -> None:
