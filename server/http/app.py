@@ -225,6 +225,8 @@ class HttpServer:
                 call.request_id = header  # refused before a service saw it: the client's id still comes back
             if call.request_id is not None:
                 response.headers[REQUEST_ID_METADATA] = call.request_id
+            if ctx.shutting_down:  # `Connection: close`: a keep-alive client must not send its next
+                response.force_close()  # request on a connection that stop() is about to close
             return response
 
         return handle
