@@ -458,6 +458,24 @@ def test_a_body_that_stops_arriving_is_408_and_no_longer_in_flight(
 
 
 @pytest.mark.slow
+def test_expect_100_continue_over_the_limit_is_413_without_a_continue(clean: Live) -> None:
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {8 * LIMIT}\r\n\r\n"
+    answer = raw_exchange(clean.port, head.encode())
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+
+
+@pytest.mark.slow
+def test_expect_100_continue_within_the_limit_still_gets_its_continue(clean: Live) -> None:
+    body = dumps({"inputs": [tensor()]})
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", clean.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.slow
 def test_a_chunked_body_over_the_limit_is_cut_off_at_the_limit_with_413(clean: Live) -> None:
     chunk = b"a" * 65536
     with socket.create_connection(("127.0.0.1", clean.port), timeout=20) as sock:

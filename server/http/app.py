@@ -32,6 +32,7 @@ from typing import Any, Final, cast
 import grpc
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler  # the "100 Continue" writer; pinned aiohttp
 
 from resnet_serve.protos import classifier_pb2 as image_pb
 from resnet_serve.protos import grpc_service_pb2 as pb
@@ -155,7 +156,8 @@ class HttpServer:
             for method in ("GET", "POST"):
                 routes.append((method, path, self._settings, True))
         for method, path, route, drain_refused in routes:
-            app.router.add_route(method, path, self._handler(route, drain_refused))
+            handler = self._handler(route, drain_refused)
+            app.router.add_route(method, path, handler, expect_handler=self._expect)
         self._app = app
 
     # --------------------------------------------------------------------------------------- lifecycle
@@ -193,6 +195,17 @@ class HttpServer:
             await site.stop()
         await asyncio.sleep(_LINGER_S)
         await runner.cleanup()
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: a body over the limit is refused (413) before the client is told to send
+        it; aiohttp's default handler says "100 Continue" first and the client uploads it all."""
+        size = request.content_length
+        if size is not None and size > self._max_body:
+            response = error_response(413, f"Maximum request body size {self._max_body} exceeded.")
+            response.force_close()  # the client may send the body anyway: do not read it as a next request
+            return response
+        await _default_expect_handler(request)
+        return None
 
     def _handler(self, route: Route, drain_refused: bool) -> Callable[[web.Request], Awaitable[Any]]:
         ctx = self._ctx
