@@ -279,9 +279,6 @@ def test_a_huge_classification_count_returns_every_class(clean: Live) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="server/kserve/codec.py: a zero-size tensor with a 2^62 dimension is INTERNAL"
-)
 @pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
 def test_a_zero_size_tensor_with_a_huge_dimension_is_400(clean: Live, datatype: str) -> None:
     body = dumps({"inputs": [tensor(datatype=datatype, shape=[0, 2**62], data=[])]})
@@ -321,9 +318,6 @@ def test_a_long_model_name_gets_a_short_answer(clean: Live, method: str, path: s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="server/errors.py / model lookup: echoed names are not yet bounded to 256 characters"
-)
 def test_an_echoed_model_name_is_bounded_to_256_characters(clean: Live) -> None:
     assert len(clean.error(404, "GET", "/v2/models/" + "m" * 7000)) < 600
 
