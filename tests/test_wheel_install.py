@@ -83,8 +83,8 @@ def _checkout_copy(dest: Path) -> Path:
 
 def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
     start = time.monotonic()
-    # Without PYTHONPATH: a checkout on it (with the .egg-info an editable install leaves there) would make pip
-    # find resnet-serve "already installed" and skip the wheel.
+    # Without PYTHONPATH: a checkout on it (with the .egg-info an editable install leaves there) would make
+    # pip find resnet-serve "already installed" and skip the wheel.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     seconds[step] = time.monotonic() - start
