@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from resnet_serve.formats.metadata import ModelMetadata
 from resnet_serve.runtime.base import Backend
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A command run in-process (`main(["serve", ...])`, `entrypoint`) installs its log handler on the root
+    logger, bound to the stderr pytest captured for that test; left there, every later log call (onnx's INFO
+    lines in an export test) would write to a closed stream and print a "Logging error" traceback."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    grpc_level = logging.getLogger("grpc").level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("grpc").setLevel(grpc_level)
+
 
 # Every server a test starts in a subprocess (they inherit this) serves HTTP/REST on a free port: the
 # default, Triton's 8000, would collide between test runs sharing a machine. A test's own --http-port wins.
