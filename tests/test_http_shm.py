@@ -5,7 +5,6 @@ same misuse errors as over gRPC (tests/test_kserve_shm.py), as HTTP statuses."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,14 +13,13 @@ import pytest
 import tritonclient.http as th
 import tritonclient.utils.shared_memory as shm
 from conftest import write_tiny_onnx
+from test_kserve_shm import OUT_ROW_BYTES, ROW_BYTES, SHAPE, batch, region
 from test_server_integration import ServerProcess, start_server, stop_server
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
 
-SHAPE = (1, 8, 8)
-ROW_BYTES = 4 * 8 * 8
-OUT_ROW_BYTES = 4 * 10
+__all__ = ["region"]  # the client-side regions fixture, shared with the gRPC tests
 HTTP = re.compile(r"http=127\.0\.0\.1:(\d+)")
 
 
@@ -44,25 +42,6 @@ def client(server: ServerProcess) -> Iterator[th.InferenceServerClient]:
     finally:
         client.unregister_system_shared_memory()
         client.close()
-
-
-@pytest.fixture
-def region() -> Iterator[Callable[[int], tuple[Any, str]]]:
-    handles: list[Any] = []
-
-    def make(byte_size: int) -> tuple[Any, str]:
-        key = f"/resnet_serve_http_{uuid.uuid4().hex[:12]}"
-        handle = shm.create_shared_memory_region(key.lstrip("/"), key, byte_size)
-        handles.append(handle)
-        return handle, key
-
-    yield make
-    for handle in handles:
-        shm.destroy_shared_memory_region(handle)
-
-
-def batch(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, *SHAPE)).astype(np.float32)
 
 
 def plain_logits(client: th.InferenceServerClient, x: np.ndarray) -> np.ndarray:
