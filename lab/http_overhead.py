@@ -25,10 +25,10 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from lab.server_overhead import wait_ready
 from resnet_serve.bench import baseline
 from resnet_serve.bench.loadgen import Closed, StepResult, Timing, run_step
 from resnet_serve.bench.senders import OK, Reply, Sender, kserve_sender
@@ -121,26 +121,6 @@ def write_pool224(path: Path) -> Path:
     return path
 
 
-async def _wait_ready(http_url: str, server: subprocess.Popen[bytes]) -> None:
-    import tritonclient.http.aio as http_aio
-
-    client = http_aio.InferenceServerClient(http_url)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"http_overhead: the server exited with code {server.returncode}")
-            try:
-                if await client.is_server_ready():
-                    return
-            except Exception:  # not listening yet
-                pass
-            await asyncio.sleep(0.25)
-        raise SystemExit("http_overhead: the server did not become ready")
-    finally:
-        await client.close()
-
-
 async def _measure(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     grpc_port, http_port = free_port(), free_port()
     command = serve_command(
@@ -151,7 +131,10 @@ async def _measure(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     server = subprocess.Popen(command)
     rounds: list[dict[str, Any]] = []
     try:
-        await _wait_ready(f"127.0.0.1:{http_port}", server)
+        import tritonclient.http.aio as http_aio
+
+        client = http_aio.InferenceServerClient(f"127.0.0.1:{http_port}")
+        await wait_ready(client, server, "http_overhead", READY_TIMEOUT_S)
         senders = {
             "grpc": Counted(await kserve_sender(f"127.0.0.1:{grpc_port}", "model", None, 1, 60.0)),
             "http": Counted(HttpSender(f"127.0.0.1:{http_port}", "model", (3, 224, 224), "logits")),

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lab.server_overhead import _wait_ready
+from lab.server_overhead import wait_ready
 from resnet_serve.bench.baseline import timed_runs
 from resnet_serve.bench.loadgen import Closed, Timing, run_step
 from resnet_serve.bench.senders import kserve_sender
@@ -75,7 +75,10 @@ async def _served(
     )  # fmt: skip
     server = subprocess.Popen(cmd)
     try:
-        await _wait_ready(f"127.0.0.1:{port}", server)
+        from tritonclient.grpc import aio as triton_aio
+
+        client = triton_aio.InferenceServerClient(url=f"127.0.0.1:{port}")
+        await wait_ready(client, server, "openvino_serving")
         sender = await kserve_sender(f"127.0.0.1:{port}", NAME, None, 1, 120.0)
         try:
             step = await run_step(

@@ -40,22 +40,23 @@ def _start_server(model: Path, port: int, args: argparse.Namespace) -> subproces
     return subprocess.Popen(cmd)
 
 
-async def _wait_ready(target: str, server: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
-    from tritonclient.grpc import aio as triton_aio
-
-    client = triton_aio.InferenceServerClient(url=target)
+async def wait_ready(
+    client: Any, server: subprocess.Popen[bytes], who: str, timeout_s: float = 120.0
+) -> None:
+    """Poll `client` (a tritonclient gRPC or HTTP aio client, closed here) until the server is ready; exit
+    with `who`'s message when the server exits or stays unready."""
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise SystemExit(f"server_overhead: the server exited with code {server.returncode}")
+                raise SystemExit(f"{who}: the server exited with code {server.returncode}")
             try:
                 if await client.is_server_ready():
                     return
             except Exception:  # not listening yet
                 pass
             await asyncio.sleep(0.25)
-        raise SystemExit("server_overhead: the server did not become ready")
+        raise SystemExit(f"{who}: the server did not become ready")
     finally:
         await client.close()
 
@@ -66,7 +67,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     server = _start_server(args.model, port, args)
     rounds: list[dict[str, Any]] = []
     try:
-        await _wait_ready(target, server)
+        from tritonclient.grpc import aio as triton_aio
+
+        await wait_ready(triton_aio.InferenceServerClient(url=target), server, "server_overhead")
         sender = await kserve_sender(target, args.name, None, 1, 60.0)
         timing = Timing(args.warmup, args.window, args.max_step_time, 0.10)
         try:
