@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_argument(
         "--max-queue-delay-us",
         type=int,
-        help="longest a request waits for a batch to fill, microseconds [2000]",
+        help="longest a request waits for a batch to fill, microseconds [0: none, as Triton]",
     )
     settings.add_argument("--backend", choices=BACKENDS, help="preferred backend [onnxruntime]")
     settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
