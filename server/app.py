@@ -69,6 +69,7 @@ class InferenceServer:
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._health_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Bind the ports, load the models, then serve. Fails fast (StartupError, one line saying what and
@@ -114,6 +115,10 @@ class InferenceServer:
         except StartupError:
             await server.stop(0)
             raise
+        # Health says what readiness says from the first answer on: with exit_on_error false a model that
+        # failed to load leaves the server NOT_SERVING (grpc's servicer starts with "" SERVING).
+        self.manager.add_listener(self._readiness_changed)
+        await self._sync_health()
         await server.start()
         self._server = server
         if config.http_port >= 0:
@@ -137,8 +142,6 @@ class InferenceServer:
                 raise StartupError(
                     f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
                 ) from None
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self.manager.add_listener(self._readiness_changed)
 
     async def _load_models(self) -> None:
         config = self.config
@@ -155,22 +158,24 @@ class InferenceServer:
             )
 
     def _readiness_changed(self) -> None:
-        # Health follows readiness (a model unloaded or failing to reload), so load balancers that probe
-        # grpc.health.v1 stop sending traffic the server cannot answer.
-        if self.ctx.shutting_down:
-            return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.ctx.ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        # Health follows readiness (a model loaded, unloaded or failing to load), so load balancers that
+        # probe grpc.health.v1 stop sending traffic the server cannot answer.
+        task = asyncio.get_running_loop().create_task(self._sync_health())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        for service in ("", *self.services):
-            await self.health.set(service, status)
+    async def _sync_health(self) -> None:
+        """Set every health service name ("" and each API) to what `ServerContext.ready()` says now: the
+        same truth as ServerReady and /v2/health/ready. The status is read when the update runs, under a
+        lock, so updates that race (a load finishing as a drain starts) end in the latest truth."""
+        async with self._health_lock:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.ctx.ready()
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in ("", *self.services):
+                await self.health.set(service, status)
 
     def summary(self) -> str:
         host = self.config.host
@@ -214,7 +219,7 @@ class InferenceServer:
         self.manager.stop_accepting()
         loop = asyncio.get_running_loop()
         start = loop.time()
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._sync_health()  # NOT_SERVING: ready() is false from shutting_down on
         deadline = start + grace
         # Wait for the requests already accepted, not for every open RPC: health watches and idle streams
         # would hold grpc's own stop() for the whole grace period.

@@ -556,6 +556,11 @@ class ServerMetrics:
                 self._models[key] = found
             return found
 
+    def forget(self, name: str, version: str) -> None:
+        """Drop one model version's series (a placeholder that no longer stands for anything)."""
+        with self._lock:
+            self._models.pop((name, version), None)
+
     def models(self) -> list[ModelMetrics]:
         with self._lock:
             return list(self._models.values())
