@@ -27,6 +27,8 @@ MAX_REQUEST_ID_LEN: Final = 128
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 ACCESS_LOGGER: Final = "resnet_serve.access"
+PROJECT_LOGGER: Final = "resnet_serve"  # the parent of every logger of ours (modules log under __name__)
+THIRD_PARTY_LEVEL: Final = logging.WARNING
 
 _NO_REQUEST: Final = "-"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default=_NO_REQUEST)
@@ -137,7 +139,8 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Route all logging to one stderr handler in the chosen format; replaces handlers set up before."""
+    """Route all logging to one stderr handler in the chosen format; replaces handlers set up before.
+    `level` applies to resnet_serve.* loggers; every other logger stays at WARNING (or `level` if higher)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     if level.lower() not in LOG_LEVELS:
@@ -149,9 +152,11 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
-    # grpc's own loggers are chatty at DEBUG and say nothing about our requests.
-    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
+    # The level is for this project's loggers; libraries (Pillow's line per PNG chunk, grpc, aiohttp,
+    # onnx) stay at WARNING, or above when the level asked for is higher.
+    ours = logging.getLevelName(level.upper())
+    logging.getLogger(PROJECT_LOGGER).setLevel(ours)
+    root.setLevel(max(ours, THIRD_PARTY_LEVEL))
 
 
 def access_log(
