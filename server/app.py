@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
-from resnet_serve.runtime.onnxruntime import default_threads
+from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
 from resnet_serve.server.drain import close_sockets
