@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import KServeServer, start_server, stop_server
+from test_drain import GRPC_CORE_LINE
 from tls_certs import Pki, make_pki, mutual_tls_args
 from tritonclient.utils import InferenceServerException
 
@@ -78,6 +79,22 @@ def test_acceptance_an_mtls_port_refuses_a_client_without_a_certificate(
         no_cert.is_server_live(client_timeout=5)
     with grpc.insecure_channel(server.url) as channel, pytest.raises(grpc.RpcError):
         check(channel)
+
+
+def test_failed_handshakes_leave_no_grpc_core_line_in_the_server_log(
+    mutual: tuple[KServeServer, Path], pki: Pki
+) -> None:
+    """A plaintext client and one without a certificate: gRPC core wrote an `I…` line for each."""
+    server, _ = mutual
+    for channel in (
+        grpc.insecure_channel(server.url),
+        grpc.secure_channel(server.url, credentials(pki, client_cert=False)),
+    ):
+        with channel, pytest.raises(grpc.RpcError):
+            check(channel)
+    time.sleep(0.2)  # the server's side of the handshake ends after the client's
+    core = [line for line in server.log().splitlines() if GRPC_CORE_LINE.match(line)]
+    assert not core, core
 
 
 def test_mtls_clients_with_a_certificate_get_through_tritonclient_and_our_client(

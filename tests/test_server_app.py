@@ -262,3 +262,35 @@ def test_a_model_whose_configuration_fails_has_a_model_ready_series_at_zero(tmp_
         await server.stop(5)
 
     asyncio.run(main())
+
+
+def test_serve_freezes_what_start_up_built_so_the_process_exits_promptly(tiny_onnx: Path) -> None:
+    """The interpreter's collections at exit walked every start-up object: 0.3-2.6 s after "stopped".
+    (The exit itself is timed by lab/exit_latency.py, not here.)"""
+    import gc
+    import os
+    import signal
+
+    from resnet_serve.server.app import serve
+
+    frozen: list[int] = []
+
+    async def stop_once_frozen() -> None:
+        end = time.monotonic() + 30
+        while gc.get_freeze_count() == 0 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        frozen.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler: the drain, as in production
+
+    async def main() -> int:
+        watcher = asyncio.create_task(stop_once_frozen())
+        code = await serve(config_for(tiny_onnx))
+        await watcher
+        return code
+
+    assert gc.get_freeze_count() == 0
+    try:
+        assert asyncio.run(main()) == 0
+    finally:
+        gc.unfreeze()
+    assert frozen[0] > 10_000, frozen

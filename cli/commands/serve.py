@@ -14,7 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from resnet_serve.server import config
-from resnet_serve.server.observability.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from resnet_serve.server.observability.logging import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    configure_logging,
+    quiet_grpc_core,
+)
 
 log = logging.getLogger("resnet_serve.server")
 
@@ -33,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         # start-up failure, rather than through the CLI's plain stderr line.
         log.error("invalid configuration: %s", exc)
         return 2
+    quiet_grpc_core()  # before grpc is imported
     from resnet_serve.server.app import serve  # onnxruntime and grpc: only once the config is valid
 
     return asyncio.run(serve(server_config))
