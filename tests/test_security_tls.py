@@ -194,3 +194,34 @@ def test_serve_with_a_missing_certificate_exits_1_with_one_log_line(tiny_onnx: P
     assert run.returncode == 1
     assert f"cannot start: --grpc-server-cert {tmp_path / 'nope.pem'}: no such file" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("tls_flags", "reason"),
+    [
+        ((), "the server closed the connection while it was being set up: it may expect TLS (--tls)"),
+        (("--tls",), "TLS handshake failed: the server's certificate is not signed by the trusted CA"),
+    ],
+)
+def test_classify_against_a_tls_port_names_the_mismatch_within_3s(
+    mutual: tuple[KServeServer, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tls_flags: tuple[str, ...],
+    reason: str,
+) -> None:
+    """A plaintext client, and a TLS client trusting the system CAs only: both were "no server answered"
+    after 10 s."""
+    from PIL import Image
+
+    from resnet_serve.cli.main import main
+
+    server, _ = mutual
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    start = time.monotonic()
+    code = main(["classify", "--server", server.url, *tls_flags, str(image)])
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and elapsed < 3.0, (elapsed, err)
+    assert err.startswith(f"error: cannot connect to {server.url}: {reason}"), err
