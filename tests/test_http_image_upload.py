@@ -20,6 +20,8 @@ from PIL import Image
 from resnet_serve.server.app import InferenceServer
 from resnet_serve.server.config import ModelSettings, ServerConfig
 
+pytestmark = pytest.mark.slow
+
 LIMIT = 1 << 20  # the HTTP body limit of the test server (grpc_max_message_bytes)
 
 
