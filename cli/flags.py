@@ -25,7 +25,7 @@ def add_flags(
     for opt in options:
         if not opt.has_flag:
             continue
-        shown = "%(default)s" if env is not None else _shown(opt.default)
+        shown = "%(default)s" if env is not None else opt.shown_default
         kwargs: dict[str, Any] = {"metavar": opt.metavar, "default": argparse.SUPPRESS}
         if opt.repeat:
             kwargs["action"] = "append"
@@ -47,14 +47,6 @@ def add_flags(
                 default=argparse.SUPPRESS,
                 help=f"the same as {opt.flag}, in {alias.unit} (env {env_of(alias.key)})",
             )
-
-
-def _shown(default: Any) -> str:
-    if isinstance(default, bool):
-        return str(default).lower()
-    if isinstance(default, tuple):
-        default = ",".join(map(str, default))
-    return str(default) if default != "" else "none"
 
 
 def _checked_by(opt: Option) -> Callable[[str], Any]:

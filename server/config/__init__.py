@@ -17,11 +17,13 @@ from resnet_serve.server.config.load import (
     MODEL_OPTIONS,
     OPTIONS,
     SERVER_OPTIONS,
+    Given,
     from_env,
     image_formats,
     load_config,
     model_settings,
     option,
+    read_sources,
     with_values,
 )
 from resnet_serve.server.config.options import ConfigError, Option
@@ -42,6 +44,7 @@ __all__ = [
     "SERVER_OPTIONS",
     "BatchingConfig",
     "ConfigError",
+    "Given",
     "Inputs",
     "LogSettings",
     "ModelSettings",
@@ -52,5 +55,6 @@ __all__ = [
     "load_config",
     "model_settings",
     "option",
+    "read_sources",
     "with_values",
 ]

@@ -12,6 +12,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,18 @@ def from_env(key: str, env: Mapping[str, str] | None = None) -> Any:
     return checked((opt,), given, _env_at).get(key, opt.default)
 
 
-def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
-    """Merge defaults, the TOML file, env vars and flags into a checked ServerConfig. ``flags`` holds the
-    options given on the command line only (keyed as the options, plus ``config`` and ``model``), as text
-    or as values."""
+@dataclass(frozen=True)
+class Given:
+    """What the sources set, each value checked by its option and merged by precedence; defaults left out."""
+
+    server: dict[str, Any]  # server options
+    model_defaults: dict[str, Any]  # model options for every model
+    models: dict[str, dict[str, Any]]  # each model's own table ([models.NAME], --model): its path and options
+
+
+def read_sources(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Given:
+    """Read the TOML file, the environment and the flags. ``flags`` holds the options given on the command
+    line only (keyed as the options, plus ``config`` and ``model``), as text or as values."""
     env = os.environ if env is None else env
     flags = flags or {}
     env_inputs = checked(INPUT_OPTIONS, read_env(INPUT_OPTIONS, env), _env_at)
@@ -70,16 +79,13 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
     config_path = str(flag_inputs.get("config") or env_inputs.get("config") or "")
     toml = _read_toml(Path(config_path)) if config_path else {}
 
-    layers: dict[str, dict[str, Any]] = {"server": {}, "model": {}}
-    for scope, section, options in (
-        ("server", "server", SERVER_OPTIONS),
-        ("model", "model_defaults", MODEL_OPTIONS),
-    ):
+    layers: dict[str, dict[str, Any]] = {"server": {}, "model_defaults": {}}
+    for section, options in (("server", SERVER_OPTIONS), ("model_defaults", MODEL_OPTIONS)):
         table = _table(toml, section, f"[{section}]")
         _check_keys(table, options, f"[{section}] of {config_path}")
-        layers[scope] |= checked(options, table, _toml_at(f"[{section}]", config_path))
-        layers[scope] |= checked(options, read_env(options, env), _env_at)
-        layers[scope] |= _given_flags(options, flags)
+        layers[section] |= checked(options, table, _toml_at(f"[{section}]", config_path))
+        layers[section] |= checked(options, read_env(options, env), _env_at)
+        layers[section] |= _given_flags(options, flags)
 
     models: dict[str, dict[str, Any]] = {}
     for name, table in _table(toml, "models", "[models]").items():
@@ -97,19 +103,24 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
     for spec in (*env_inputs.get("model", ()), *flag_inputs.get("model", ())):
         name, _, path = spec.partition("=")
         models.setdefault(name, {})["path"] = path
-    for name, values in models.items():
+    return Given(layers["server"], layers["model_defaults"], models)
+
+
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Merge defaults, the TOML file, env vars and flags (`read_sources`) into a checked ServerConfig."""
+    given = read_sources(flags, env)
+    for name, values in given.models.items():
         if not values.get("path"):
             raise ConfigError(
                 f"model {name!r} has no path (set path in [models.{name}] or --model {name}=PATH)"
             )
-
     built = tuple(
-        model_settings(name, {**layers["model"], **values}, frozenset(values) - {"path"})
-        for name, values in models.items()
+        model_settings(name, {**given.model_defaults, **values}, frozenset(values) - {"path"})
+        for name, values in given.models.items()
     )
     try:
         config = ServerConfig(
-            **layers["server"], models=built, model_defaults=model_settings("", layers["model"])
+            **given.server, models=built, model_defaults=model_settings("", given.model_defaults)
         )
     except ValidationError as exc:
         raise ConfigError(first_error(exc)) from None

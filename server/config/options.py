@@ -160,6 +160,16 @@ class Option:
         return self.info.get_default(call_default_factory=True)
 
     @property
+    def shown_default(self) -> str:
+        """The default as `--help` and docs/server.md show it: `8001`, `true`, `4,8`, `none` for empty."""
+        default = self.default
+        if isinstance(default, bool):
+            return str(default).lower()
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        return str(default) if default != "" else "none"
+
+    @property
     def flag(self) -> str:
         return flag_of(self.key)
 
