@@ -74,7 +74,7 @@ def one_of(choices: Sequence[str], fold_case: bool = False) -> AfterValidator:
     def check(value: str) -> str:
         chosen = value.strip().lower() if fold_case else value
         if chosen not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
+            raise ValueError(f"must be one of {', '.join(choices)}")
         return chosen
 
     return AfterValidator(check)
