@@ -34,7 +34,8 @@ def add_flags(
         elif isinstance(opt.default, bool):
             kwargs |= {"nargs": "?", "const": "true"}  # --warmup alone means true
         if env is not None:
-            kwargs |= {"type": _checked_by(opt), "default": env.get(opt.env, opt.default)}
+            default = opt.shown_default if isinstance(opt.default, bool) else opt.default  # shown as false
+            kwargs |= {"type": _checked_by(opt), "default": env.get(opt.env, default)}
         group.add_argument(
             opt.flag, dest=opt.key, help=f"{opt.help} (default: {shown}; env {opt.env})", **kwargs
         )
