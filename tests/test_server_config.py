@@ -298,6 +298,13 @@ def test_the_queue_delay_is_microseconds_and_milliseconds_an_alias_in_every_sour
     for source in sources_of(opt):
         assert read_as(source, opt, "max_queue_delay_us", 2500, tmp_path) == 2500, source
         assert read_as(source, opt, "max_queue_delay_ms", 2.5, tmp_path) == 2500, source
+    for bad in ("x", "inf", "-1"):
+        messages = set()
+        for source in sources_of(opt):
+            with pytest.raises(ConfigError) as info:
+                read_as(source, opt, "max_queue_delay_ms", bad, tmp_path)
+            messages.add(without_source(str(info.value)))
+        assert len(messages) == 1, messages
     config = load_config(parse("--model", "a=a.onnx", "--max-queue-delay-ms", "0.5"), {})
     assert config.models[0].batching.max_queue_delay_us == 500
     assert config.models[0].batching.max_queue_delay_ms == 0.5

@@ -11,6 +11,7 @@ value gets the same one-line error, naming the option, the value and where it ca
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -96,10 +97,10 @@ class Alias:
     def convert(self, given: Any, where: str) -> Any:
         try:
             number = float(given) if isinstance(given, str) else given
-            if isinstance(number, bool) or not isinstance(number, int | float) or number != number:
+            if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"{self.key}: expected a number, got {given!r} ({where})") from None
+            raise ConfigError(f"{self.key}: expected a finite number, got {given!r} ({where})") from None
         return round(number * self.factor)
 
 
@@ -297,7 +298,9 @@ def first_error(exc: ValidationError) -> str:
 
 
 class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping: os.environ when serving, a test's dict."""
+    """pydantic-settings' environment source over a given mapping: os.environ when serving, a test's dict.
+    It overrides `_load_env_vars`, as pydantic-settings' own DotEnvSettingsSource does (the version is pinned
+    in constraints.txt; tests/test_server_config.py reads every option through it)."""
 
     def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
         self._given = env
