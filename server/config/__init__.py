@@ -7,7 +7,8 @@ Adding a setting is a one-place change: add a field to the model it belongs to i
 `Annotated[str, one_of(CHOICES)]`); cross-field rules go in the model's `model_validator`. Its flag
 (`--my-option`), variable (`RESNET_SERVE_MY_OPTION`), TOML key (`my_option` in `[server]`, or in
 `[model_defaults]` / `[models.NAME]`), `serve --help` line and checks follow from that field;
-tests/test_server_config.py walks every source for it, and fails until docs/server.md's table has its row.
+tests/test_server_config.py walks every source for it (a string with fixed choices needs a valid sample in
+its CHOSEN), and fails until docs/server.md's table has the option's row.
 """
 
 from resnet_serve.formats.environment import ENV_PREFIX
