@@ -41,6 +41,7 @@ def run(tiny_onnx: Path, scenario: Scenario) -> None:
         http_port=0,
         metrics_port=-1,
         grpc_max_message_bytes=LIMIT,
+        max_image_bytes=LIMIT // 2,
         models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
     )
 
