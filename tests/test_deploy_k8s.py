@@ -374,39 +374,36 @@ def test_the_alerts_fire_on_what_they_name_and_stay_quiet_otherwise(tmp_path: Pa
             r.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
     labels = 'namespace="inference",pod="p1",model="digits",version="1"'
-    ok, bad = f'{{{labels},outcome="success"}}', f'{{{labels},outcome="queue_full"}}'
-    failing = {
-        "interval": "1m",
-        "input_series": [
-            {"series": f"resnet_serve_model_ready{{{labels}}}", "values": "0x30"},
-            {"series": f"resnet_serve_requests_total{ok}", "values": "0+60x30"},
-            {"series": f"resnet_serve_requests_total{bad}", "values": "0+60x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="0.25"}}', "values": "0x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="1"}}', "values": "0x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+60x30"},
-        ],
-        "alert_rule_test": [
-            {"eval_time": "20m", "alertname": name, "exp_alerts": [{"exp_labels": exp}]}
-            for name, exp in (
-                ("ResnetServeModelNotReady", {"severity": "critical", **_labels(labels)}),
-                ("ResnetServeErrorRate", {"severity": "warning", "namespace": "inference", "model": "digits"}),
-                ("ResnetServeQueueFull", {"severity": "warning", "namespace": "inference", "model": "digits"}),
-                ("ResnetServeP99LatencyHigh", {"severity": "warning", "namespace": "inference", "model": "digits"}),
-            )
-        ],
+    per_model = {"namespace": "inference", "model": "digits", "severity": "warning"}
+    expected = {
+        "ResnetServeModelNotReady": {**_labels(labels), "severity": "critical"},
+        "ResnetServeErrorRate": per_model,
+        "ResnetServeQueueFull": per_model,
+        "ResnetServeP99LatencyHigh": per_model,
     }
-    healthy = {
-        "interval": "1m",
-        "input_series": [
-            {"series": f"resnet_serve_model_ready{{{labels}}}", "values": "1x30"},
-            {"series": f"resnet_serve_requests_total{ok}", "values": "0+60x30"},
-            {"series": f"resnet_serve_requests_total{bad}", "values": "0x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="0.25"}}', "values": "0+60x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="1"}}', "values": "0+60x30"},
-            {"series": f'resnet_serve_request_duration_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+60x30"},
-        ],
-        "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []} for name in _alerts()],
-    }
+
+    def case(ready: str, refused: str, fast: str) -> dict[str, Any]:
+        """60 requests a minute for 30 minutes; `refused` of them queue_full, `fast` under 250 ms."""
+        bucket = f"resnet_serve_request_duration_seconds_bucket{{{labels},le="
+        series = {
+            f"resnet_serve_model_ready{{{labels}}}": ready,
+            f'resnet_serve_requests_total{{{labels},outcome="success"}}': "0+60x30",
+            f'resnet_serve_requests_total{{{labels},outcome="queue_full"}}': refused,
+            bucket + '"0.25"}': fast,
+            bucket + '"1"}': fast,
+            bucket + '"+Inf"}': "0+60x30",
+        }
+        return {"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()]}
+
+    failing = case(ready="0x30", refused="0+60x30", fast="0x30")
+    failing["alert_rule_test"] = [
+        {"eval_time": "20m", "alertname": name, "exp_alerts": [{"exp_labels": exp}]}
+        for name, exp in expected.items()
+    ]
+    healthy = case(ready="1x30", refused="0x30", fast="0+60x30")
+    healthy["alert_rule_test"] = [
+        {"eval_time": "20m", "alertname": name, "exp_alerts": []} for name in expected
+    ]
     tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [failing, healthy]}
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
     done = subprocess.run(
