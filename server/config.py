@@ -6,7 +6,7 @@ overrides the model defaults for that model only, because it is the more specifi
 
     [server]
     grpc_port = 8001
-    model_repository = "artifacts/repository"
+    model_repository = "model_repository"
 
     [model_defaults]
     max_batch_size = 32
