@@ -26,9 +26,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
-import yaml
+try:
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+except ModuleNotFoundError as missing:  # one line, not a traceback (tests/test_deploy_k8s.py)
+    raise SystemExit(
+        f"deploy/validate.py needs the Python package {missing.name!r}, which is in the dev extra: "
+        "pip install -e '.[dev]' (or make install)"
+    ) from None
 
 ROOT = Path(__file__).resolve().parents[1]
 KUSTOMIZATIONS = (

@@ -54,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(
 ) -> None:
     assert main(["bench", "--server", server.target, "--out", str(tmp_path), *QUICK, *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert err.startswith("resnet-serve bench: error: ") and message in err and "\n" not in err
     assert not (tmp_path / "bench.json").exists()
 
 

@@ -90,4 +90,8 @@ def test_an_unreachable_server_is_one_line_and_exit_1(
 ) -> None:
     code = main(["bench", "--server", "127.0.0.1:1", "--timeout", "0.3", "--out", str(tmp_path), *QUICK])
     assert code == 1
-    assert capsys.readouterr().err.strip().startswith("error: no server answered at 127.0.0.1:1")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith("resnet-serve bench: error: no server answered at 127.0.0.1:1")
+    )

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -414,6 +415,20 @@ def test_the_alerts_fire_on_what_they_name_and_stay_quiet_otherwise(tmp_path: Pa
 
 def _labels(matchers: str) -> dict[str, str]:
     return dict(pair.replace('"', "").split("=") for pair in matchers.split(","))
+
+
+@pytest.mark.parametrize("package", ["kubernetes_validate", "jsonschema"])
+def test_validate_without_the_dev_extra_is_one_line_naming_the_extra(package: str) -> None:
+    script = (
+        f"import sys, runpy; sys.modules[{package!r}] = None; "  # as if not installed
+        "runpy.run_path('deploy/validate.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert package in done.stderr and "'.[dev]'" in done.stderr
 
 
 def test_the_vendored_schemas_name_their_release() -> None:

@@ -171,7 +171,7 @@ def test_git_ignores_what_the_readmes_commands_write() -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     written = {*_created_repositories()}
-    written |= {m for line in _readme_commands() for m in re.findall(r"--out (\S+)", line)}
+    written |= {m.strip("'\"") for line in _readme_commands() for m in re.findall(r"--out (\S+)", line)}
     assert "model_repository" in written
     for path in sorted(written):
         probe = path.rstrip("/") + "/probe" if "." not in Path(path).name else path

@@ -182,3 +182,25 @@ def test_packaging_with_a_zero_setting_is_refused_not_defaulted(
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "must be ≥ 1" in err
     assert not (repo / "m").exists()
+
+
+@pytest.mark.parametrize("spelling", [["4", "8"], ["4,8"], ["4,", "8"], ["4, 8"]])
+def test_package_takes_preferred_batch_sizes_as_serve_spells_them_or_space_separated(
+    tmp_path: Path, spelling: list[str]
+) -> None:
+    repo = tmp_path / "repo"
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(repo), "--name", "m", "--preferred-batch-sizes", *spelling]
+    assert main(argv) == 0
+    assert list(read_model(repo / "m").dynamic_batching.preferred_batch_sizes) == [4, 8]
+
+
+def test_package_refuses_a_preferred_batch_size_that_is_not_a_whole_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(tmp_path / "r"), "--name", "m", "--preferred-batch-sizes", "4,x"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "'x'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

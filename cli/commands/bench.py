@@ -39,7 +39,6 @@ generator competes with the server for CPU (see docs/benchmarking.md)."""
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     what = parser.add_argument_group("what to send")
     what.add_argument(
         "--protocol",
