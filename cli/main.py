@@ -19,7 +19,7 @@ class Command:
     module: str  # under resnet_serve.cli.commands: configure(parser) and run(args) -> exit status
     summary: str
     #: Exit status for a UserError or an OSError: 2 where the command treats bad input as a usage error.
-    #: A ConnectionError (no server answered) is always 1: a failure, not a usage error.
+    #: A ConnectionError (no server answered) or a Failure (it ran and failed) is always 1, not a usage error.
     error_status: int = 1
     #: Appended to the line for an OSError (a file that cannot be read or written).
     os_hint: str = ""
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.configure(parser)
     args = parser.parse_args(rest)
-    from resnet_serve.formats.errors import UserError  # here: nothing but the subcommand loads before it runs
+    # here: nothing but the subcommand loads before it runs
+    from resnet_serve.formats.errors import Failure, UserError
 
     try:
         return int(module.run(args))
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"resnet-serve {name}: error: "
         hint = cmd.os_hint if isinstance(exc, OSError) else ""
         print(f"{prefix}{error_line(exc)}{hint}", file=sys.stderr)
-        return 1 if isinstance(exc, ConnectionError) else cmd.error_status
+        failed = isinstance(exc, ConnectionError | Failure)  # it ran and failed: 1, never a usage error
+        return 1 if failed else cmd.error_status
     except KeyboardInterrupt:
         print(f"resnet-serve {name}: interrupted", file=sys.stderr)
         return 130
