@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.client.channel import DEFAULT_TARGET, TOKEN_ENV, TLSConfig
+from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.formats.errors import UserError
 
 
