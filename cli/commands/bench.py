@@ -54,8 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="transport",
         choices=("grpc", "http"),
         default="grpc",
-        help="as perf_analyzer: the KServe v2 transport; http (tritonclient.http, one --server, "
-        "default localhost:8000) implies --protocol kserve",
+        help="as perf_analyzer: the KServe v2 transport (default: grpc); http (tritonclient.http, one "
+        "--server, localhost:8000 unless given) implies --protocol kserve",
     )
     what.add_argument(
         "-m",
