@@ -197,6 +197,9 @@ def test_the_network_policy_opens_only_the_servers_ports(overlay: str) -> None:
     assert all("namespaceSelector" in peer for peer in metrics_rule["from"])  # only Prometheus' namespace
     for rule in policy["ingress"]:
         assert rule["from"], "an empty `from` opens the port to every source"
+    # Inference from any pod of the namespace: kustomize's labels must not narrow it to the server's own pods.
+    (inference,) = [r for r in policy["ingress"] if {p["port"] for p in r["ports"]} == {"http", "grpc"}]
+    assert inference["from"] == [{"podSelector": {}}]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
