@@ -20,6 +20,7 @@ from pathlib import Path
 
 from resnet_serve.cli.options import Flatten, positive_ints
 from resnet_serve.export import package
+from resnet_serve.export.errors import ExportError
 from resnet_serve.formats.repository import BACKENDS
 
 
@@ -52,11 +53,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="longest a request waits for a batch to fill, microseconds [2000]",
     )
+    settings.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        metavar="MS",
+        help="the same as --max-queue-delay-us, in milliseconds (as serve's alias)",
+    )
     settings.add_argument("--backend", choices=BACKENDS, help="preferred backend [onnxruntime]")
     settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_queue_delay_ms is not None:
+        if args.max_queue_delay_us is not None:
+            raise ExportError("give the queue delay once: --max-queue-delay-us or --max-queue-delay-ms")
+        args.max_queue_delay_us = round(args.max_queue_delay_ms * 1000)  # config.json keeps microseconds
     settings = package.ServingSettings(
         args.max_batch_size,
         args.preferred_batch_sizes,
