@@ -10,10 +10,10 @@ import tritonclient.http as httpclient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resnet_serve.formats.bytes_tensor import deserialize, serialize
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.http.binary import encode_response, parse_request
-from resnet_serve.server.kserve.codec import join_bytes, split_bytes
 
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64, "BOOL": np.bool_}
 
@@ -53,7 +53,7 @@ def test_bytes_inputs_keep_their_length_prefixes() -> None:
     tensor = httpclient.InferInput("images", [3], "BYTES")
     tensor.set_data_from_numpy(images)
     parsed = parse_request(*body_of([tensor]), "m", "")
-    assert split_bytes("images", parsed.incoming.raw[0]) == list(images)
+    assert deserialize(parsed.incoming.raw[0]) == list(images)
 
 
 def test_output_parameters_pass_through_and_binary_data_is_consumed() -> None:
@@ -101,7 +101,7 @@ def test_responses_decode_with_tritonclients_own_parser(binary: bool) -> None:
             pb.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32", shape=[2, 3]),
             pb.ModelInferResponse.InferOutputTensor(name="top", datatype="BYTES", shape=[2, 1]),
         ],
-        raw_output_contents=[logits.tobytes(), join_bytes(strings)],
+        raw_output_contents=[logits.tobytes(), serialize(strings)],
     )
     tensor = httpclient.InferInput("x", [1], "FP32")
     tensor.set_data_from_numpy(np.zeros(1, np.float32))

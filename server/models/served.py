@@ -12,6 +12,7 @@ from resnet_serve.formats.preprocess import Preprocessor
 from resnet_serve.runtime.base import Backend, BackendInfo
 from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
 from resnet_serve.server.config import ModelSettings
+from resnet_serve.server.models.triton_config import TritonModelConfig
 from resnet_serve.server.observability.metrics import ModelMetrics
 
 
@@ -38,6 +39,7 @@ class ServedModel:
     backends: list[Backend]
     state: ModelState = ModelState.READY
     load_s: float = 0.0
+    triton: TritonModelConfig | None = None  # its config.pbtxt, for what ModelConfig reports as stated
 
     async def infer(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None
