@@ -14,8 +14,12 @@ what Triton's example clients (triton-inference-server/client, src/python/exampl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, OperatorSetIdProto, TensorProto, ValueInfoProto
 
 SIMPLE_STRING_CONFIG = """
 name: "simple_string"
@@ -35,17 +39,17 @@ DENSENET_SIZE = 16
 DENSENET_LABELS = [f"class{i}" for i in range(10)]
 
 
-def _save(model: object, path: Path) -> Path:
+def _save(model: ModelProto, path: Path) -> Path:
     import onnx
 
-    model.ir_version = 8  # type: ignore[attr-defined]
+    model.ir_version = 8
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
 
 
-def _opset() -> list[object]:
+def _opset() -> list[OperatorSetIdProto]:
     from onnx import helper
 
     return [helper.make_opsetid("", 17)]
@@ -56,7 +60,7 @@ def write_simple_string(repository: Path, config: str = SIMPLE_STRING_CONFIG) ->
     from onnx import TensorProto as T
     from onnx import helper
 
-    def tensor(name: str) -> object:
+    def tensor(name: str) -> ValueInfoProto:
         return helper.make_tensor_value_info(name, T.STRING, ["batch", 16])
 
     nodes = [
@@ -144,13 +148,13 @@ def _one_op_model(
     op: str,
     tensors: tuple[int, list[str]],
     config: str,
-    initializers: list[object],
+    initializers: list[TensorProto],
 ) -> Path:
     """A model directory holding INPUT0 → `op` → OUTPUT0 (element type and dims in `tensors`) and `config`."""
     from onnx import helper
 
     element, dims = tensors
-    inputs = ["INPUT0", *(i.name for i in initializers)]  # type: ignore[attr-defined]
+    inputs = ["INPUT0", *(i.name for i in initializers)]
     graph = helper.make_graph(
         [helper.make_node(op, inputs, ["OUTPUT0"])],
         name,
