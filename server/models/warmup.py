@@ -156,3 +156,9 @@ def run(backends: list[Backend], runs: list[Run], model: str, required: bool) ->
                         "%s; serving it without warmup (the default warmup made up its inputs)", message
                     )
                     return
+    log.info(
+        "model %s: warmed up with %s on %d instance(s)",
+        model,
+        ", ".join(f"{item.name!r} x{item.count}" for item in runs),
+        len(backends),
+    )
