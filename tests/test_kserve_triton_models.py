@@ -5,11 +5,13 @@ variable dimensions and with `model_warmup`."""
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
@@ -19,7 +21,9 @@ from kserve_fixtures import KServeServer, start_server, stop_server
 from test_kserve_shm import region
 from triton_models import (
     DENSENET_LABELS,
+    DENSENET_PREPROCESS,
     DENSENET_SIZE,
+    densenet_config,
     densenet_reference,
     write_densenet_like,
     write_simple_string,
@@ -51,6 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
     write_string_identity(repository, "simple_identity", max_batch_size=8)
     write_string_identity(repository)  # max_batch_size 0
     write_densenet_like(repository)
+    write_densenet_like(repository, "densenet_images", densenet_config("densenet_images"), images=True)
     write_variable_int32(repository)  # dims [-1]: the default warmup must choose a size
     warm = write_variable_int32(repository, "warmed_int32", warmup=WARMUP)
     (warm / "warmup").mkdir()
@@ -247,6 +252,40 @@ def test_reshape_and_format_are_applied_and_reported_as_config_pbtxt_states_them
         assert classes.shape == (3,)
         best = int(np.argmax(densenet_reference(image)))
         assert classes[0].decode().split(":")[1:] == [str(best), DENSENET_LABELS[best]]
+
+
+def test_an_image_model_without_a_batch_dimension_takes_one_encoded_image_on_both_apis(
+    server: KServeServer, grpc_client: tc.InferenceServerClient
+) -> None:
+    from PIL import Image
+
+    from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
+    from resnet_serve.protos import classifier_pb2 as cpb
+    from resnet_serve.protos import classifier_pb2_grpc as cpb_grpc
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(1).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    x = Preprocessor(PreprocessSpec.from_dict(DENSENET_PREPROCESS), ImageLimits())(png)
+    expected = densenet_reference(x)
+    tensor = tc.InferInput("data_0", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([png], dtype=object))
+    got = grpc_client.infer("densenet_images", [tensor]).as_numpy("fc6_1")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    two = tc.InferInput("data_0", [2], "BYTES")
+    two.set_data_from_numpy(np.array([png, png], dtype=object))
+    with pytest.raises(InferenceServerException, match="takes one image"):
+        grpc_client.infer("densenet_images", [two])
+    with grpc.insecure_channel(server.url) as channel:
+        stub = cpb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
+        answer = stub.Classify(cpb.ClassifyRequest(model="densenet_images", image=png, top_k=2), timeout=30)
+        batch = stub.ClassifyBatch(
+            cpb.ClassifyBatchRequest(model="densenet_images", images=[png] * 3), timeout=30
+        )
+    best = int(np.argmax(expected))
+    assert answer.predictions[0].label == DENSENET_LABELS[best]
+    assert [r.response.predictions[0].label for r in batch.results] == [DENSENET_LABELS[best]] * 3
 
 
 def test_our_image_models_report_nchw_for_their_image_input(grpc_client: tc.InferenceServerClient) -> None:

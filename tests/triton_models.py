@@ -13,10 +13,13 @@ what Triton's example clients (triton-inference-server/client, src/python/exampl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from resnet_serve.formats.metadata import PREPROCESS_KEY
 
 if TYPE_CHECKING:
     from onnx import ModelProto, OperatorSetIdProto, TensorProto, ValueInfoProto
@@ -118,8 +121,21 @@ def densenet_reference(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_densenet_like(repository: Path, name: str = "densenet_like", config: str | None = None) -> Path:
-    """`densenet_like` (module doc): the model's own tensors are [1, 3, S, S] → [1, 10, 1, 1]."""
+DENSENET_PREPROCESS = {
+    "color": "RGB",
+    "resize": DENSENET_SIZE,
+    "crop": DENSENET_SIZE,
+    "interpolation": "bilinear",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+
+
+def write_densenet_like(
+    repository: Path, name: str = "densenet_like", config: str | None = None, images: bool = False
+) -> Path:
+    """`densenet_like` (module doc): the model's own tensors are [1, 3, S, S] → [1, 10, 1, 1]. `images`: with
+    our preprocessing metadata (DENSENET_PREPROCESS), so it also takes encoded images."""
     from onnx import TensorProto as T
     from onnx import helper, numpy_helper
 
@@ -135,8 +151,11 @@ def write_densenet_like(repository: Path, name: str = "densenet_like", config: s
         [helper.make_tensor_value_info("fc6_1", T.FLOAT, [1, 10, 1, 1])],
         [numpy_helper.from_array(densenet_weights(), "w")],
     )
+    model = helper.make_model(graph, opset_imports=_opset())
+    if images:
+        model.metadata_props.add(key=PREPROCESS_KEY, value=json.dumps(DENSENET_PREPROCESS))
     directory = repository / name
-    _save(helper.make_model(graph, opset_imports=_opset()), directory / "1" / "model.onnx")
+    _save(model, directory / "1" / "model.onnx")
     (directory / "config.pbtxt").write_text(config if config is not None else densenet_config(name))
     (directory / "densenet_labels.txt").write_text("\n".join(DENSENET_LABELS) + "\n")
     return directory

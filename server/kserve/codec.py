@@ -276,8 +276,7 @@ async def _decode_images(
     model.batcher.check_rows(array.shape[0] if batched else 1)  # before decoding a request that cannot run
     # Within the server's decode memory budget (server/image/budget.py), waiting up to the request's timeout.
     rows = await preprocess_images(pre, executor, [bytes(item) for item in array], timeout)
-    stacked = np.stack(rows).astype(spec.dtype, copy=False)
-    return stacked.reshape(spec.shape) if len(spec.shape) == 3 else stacked
+    return model.image_input(np.stack(rows).astype(spec.dtype, copy=False))
 
 
 def _requested_outputs(

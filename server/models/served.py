@@ -47,6 +47,20 @@ class ServedModel:
         """Queue a request on this version's batcher (see DynamicBatcher.submit for the errors)."""
         return await self.batcher.submit(inputs, timeout_s, ticket)
 
+    def image_input(self, rows: np.ndarray) -> np.ndarray:
+        """Preprocessed images, (N, C, H, W), as the model's image input takes them: a model without a batch
+        dimension whose input is [C, H, W] takes its one image whole."""
+        if self.info.max_batch_size == 0 and self.info.inputs and len(self.info.inputs[0].shape) == 3:
+            one: np.ndarray = rows[0]
+            return one
+        return rows
+
+    @staticmethod
+    def output_rows(output: np.ndarray, rows: int) -> np.ndarray:
+        """An output as one row of scores per image (a model without a batch dimension answers [classes]
+        for its one image, Triton's densenet [1, classes, 1, 1])."""
+        return output.reshape(rows, -1)
+
 
 @dataclass(frozen=True)
 class VersionStatus:
