@@ -313,8 +313,14 @@ def test_the_server_started_with_its_default_warmup_on_a_variable_dimension(
     assert grpc_client.is_model_ready("simple_string")
 
 
-def test_model_warmup_in_config_pbtxt_is_what_runs(server: KServeServer) -> None:
+def test_model_warmup_in_config_pbtxt_is_what_runs_and_model_config_reports_it(
+    server: KServeServer, grpc_client: tc.InferenceServerClient
+) -> None:
     assert "model warmed_int32: warmed up with 'from_file' x3 on 1 instance(s)" in server.log()
+    (sample,) = grpc_client.get_model_config("warmed_int32", as_json=True)["config"]["model_warmup"]
+    assert (sample["name"], sample["batch_size"], sample["count"]) == ("from_file", 2, 3)
+    given = sample["inputs"]["INPUT0"]
+    assert (given["data_type"], given["dims"], given["input_data_file"]) == ("TYPE_INT32", ["4"], "four_ints")
 
 
 def test_string_models_are_refused_by_openvino_with_the_backend_that_serves_them(tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ What a request may send for a model input (docs/kserve.md):
   takes FP32 and converts it);
 * UINT8 [N, C, H, W]: pixels 0..255, already resized and cropped to the model's geometry; the server
   normalises them with the model's preprocess mean/std, exactly as the image pipeline does;
-* BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server.
+* BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server — only
+  for the image input of a model with preprocessing metadata (`is_image_input`); any other BYTES input is a
+  string tensor, passed to the model as an object array of bytes (UTF-8 text checked here, before queuing).
 
-Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length prefix
-(what tritonclient sends). The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
+A model without a batch dimension (max_batch_size 0) takes its own shapes, whole: a request is one
+inference. Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length
+prefix (what tritonclient sends), split and joined by formats/bytes_tensor.py. The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
 copy) with `np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
 

@@ -43,7 +43,7 @@ from resnet_serve.server.http.context import HttpContext  # which front end a re
 from resnet_serve.server.kserve.codec import decode_request, encode_response, is_image_input
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
-from resnet_serve.server.models.triton_config import TensorDecl
+from resnet_serve.server.models.triton_config import TensorDecl, WarmupSample
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
@@ -410,6 +410,8 @@ def _triton_config(model: ServedModel) -> Any:
         default_model_filename=model.path.name,
         parameters=parameters,
     )
+    if model.triton is not None and model.settings.warmup:
+        out.model_warmup.extend(_warmup(sample) for sample in model.triton.warmup)
     if batching:
         b = model.settings.batching
         out.dynamic_batching.CopyFrom(
@@ -443,6 +445,19 @@ def _reshape(decl: TensorDecl | None) -> Any:
     if decl is None or decl.reshape is None:
         return None
     return mc.ModelTensorReshape(shape=list(decl.reshape))
+
+
+def _warmup(sample: WarmupSample) -> Any:
+    """A model_warmup sample as config.pbtxt states it (what the version was warmed up with)."""
+    inputs = {}
+    for given in sample.inputs:
+        entry = mc.ModelWarmup.Input(data_type=config_type(given.datatype), dims=list(given.dims))
+        if given.kind == "input_data_file":
+            entry.input_data_file = given.file_name
+        else:
+            setattr(entry, given.kind, True)
+        inputs[given.name] = entry
+    return mc.ModelWarmup(name=sample.name, batch_size=sample.batch_size, count=sample.count, inputs=inputs)
 
 
 def _backend_name(model: ServedModel) -> str:

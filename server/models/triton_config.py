@@ -105,6 +105,7 @@ class WarmupInput:
     dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0
     kind: str  # one of WARMUP_KINDS
     file: Path | None = None  # input_data_file, resolved inside <model>/warmup/
+    file_name: str = ""  # input_data_file as config.pbtxt states it
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> W
         file = None
         if kind == "input_data_file":
             file = _warmup_file(given.input_data_file, f"{where}: input '{name}'", path.parent)
-        inputs.append(WarmupInput(name, datatype, tuple(int(d) for d in given.dims), kind, file))
+        dims = tuple(int(d) for d in given.dims)
+        inputs.append(WarmupInput(name, datatype, dims, kind, file, given.input_data_file))
     inputs.sort(key=lambda i: i.name)
     return WarmupSample(field, w.name, w.batch_size, max(1, w.count), tuple(inputs))
 
