@@ -15,8 +15,9 @@ What a request may send for a model input (docs/kserve.md):
 
 A model without a batch dimension (max_batch_size 0) takes its own shapes, whole: a request is one
 inference. Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length
-prefix (what tritonclient sends), split and joined by formats/bytes_tensor.py. The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
-copy) with `np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
+prefix (what tritonclient sends), split and joined by formats/bytes_tensor.py. The hot path (raw FP32 in,
+raw FP32 out) views the received bytes (wire.py, no copy) with `np.frombuffer`, reshapes once, queues the
+array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
 
 Shared memory (Triton's extension; server/shm/): an input or requested output whose parameters name a
