@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -321,15 +320,3 @@ def test_model_warmup_in_config_pbtxt_is_what_runs_and_model_config_reports_it(
     assert (sample["name"], sample["batch_size"], sample["count"]) == ("from_file", 2, 3)
     given = sample["inputs"]["INPUT0"]
     assert (given["data_type"], given["dims"], given["input_data_file"]) == ("TYPE_INT32", ["4"], "four_ints")
-
-
-def test_string_models_are_refused_by_openvino_with_the_backend_that_serves_them(tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
-    from resnet_serve.runtime.base import BackendError
-    from resnet_serve.runtime.openvino import CompiledOpenVino
-
-    directory = write_simple_string(tmp_path)
-    with pytest.raises(
-        BackendError, match=r"string \(BYTES\) tensor.*serve this model with backend onnxruntime"
-    ):
-        CompiledOpenVino(directory / "1" / "model.onnx")
