@@ -278,6 +278,8 @@ def test_reshape_format_and_model_warmup_are_read_and_checked_by_field(tmp_path:
     (data,) = cfg.inputs
     assert (data.dims, data.reshape, data.format) == ((3, S, S), (1, 3, S, S), "FORMAT_NCHW")
     assert cfg.outputs[0].reshape == (1, 10, 1, 1) and cfg.ignored == ()
+    (repo / "densenet_like" / "config.pbtxt").write_text(densenet_config(fmt="FORMAT_NHWC"))
+    assert read_config(repo / "densenet_like").inputs[0].format == "FORMAT_NHWC"
     bad = {
         densenet_config().replace(
             f"shape: [ 1, 3, {S}, {S} ]", "shape: [ 1, 3, 2 ]"
