@@ -5,7 +5,9 @@ variable dimensions and with `model_warmup`."""
 
 from __future__ import annotations
 
+import functools
 import io
+import queue
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -125,6 +127,30 @@ def test_string_tensors_round_trip_over_grpc_raw_and_typed_contents(
     response = grpc_client._client_stub.ModelInfer(request)
     sums = tc.InferResult(response).as_numpy("OUTPUT0")
     np.testing.assert_array_equal(sums, strings(IN0 + IN1))
+
+
+def test_concurrent_string_requests_batch_together_and_each_gets_its_own_rows(
+    server: KServeServer, grpc_client: tc.InferenceServerClient
+) -> None:
+    def rows_so_far() -> int:
+        stats = grpc_client.get_inference_statistics("simple_identity", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0))
+
+    before = rows_so_far()
+    answers: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
+    for i in range(8):
+        tensor = tc.InferInput("INPUT0", [1 + i % 3, 16], "BYTES")
+        tensor.set_data_from_numpy(np.full((1 + i % 3, 16), str(i).encode(), dtype=object))
+        grpc_client.async_infer(
+            "simple_identity",
+            [tensor],
+            functools.partial(lambda n, result, error: answers.put((n, result, error)), i),
+        )
+    for _ in range(8):
+        i, result, error = answers.get(timeout=30)
+        assert error is None
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1 + i % 3, 16), str(i).encode()))
+    assert rows_so_far() - before == sum(1 + i % 3 for i in range(8))  # rows, whatever the batches
 
 
 def test_string_tensors_round_trip_over_http_json_and_binary(http_client: th.InferenceServerClient) -> None:
