@@ -46,8 +46,8 @@ def config(model: Path) -> ServerConfig:
     return ServerConfig(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
-        http_port=0,  # every port free (0): never the default one, which another server may hold
         models=(ModelSettings(name="tiny", path=str(model)),),
     )
 

@@ -102,7 +102,7 @@ def test_a_triton_repository_is_served_with_its_instances_delay_and_preferred_si
 ) -> None:
     repo = triton_repo(tmp_path, TINY + IGNORED)
     config = ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, http_port=0, model_repository=str(repo)
+        host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=-1, model_repository=str(repo)
     )
 
     async def main() -> dict[str, object]:
