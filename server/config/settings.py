@@ -133,7 +133,12 @@ class ModelSettings(BaseModel):
     versions: IntList = option((), "N", "versions to serve with version_policy=specific: 1,3 or 1 3")
     # version_policy=latest serves this many of the highest versions (set by a config.pbtxt only)
     latest_versions: Annotated[Int, Field(ge=1)] = 1
-    warmup: bool = option(True, "BOOL", "run zero batches at every batch size before a model is marked ready")
+    warmup: bool = option(
+        True,
+        "BOOL",
+        "warm each version up before it is marked ready: config.pbtxt's model_warmup, else zero batches "
+        "(a variable dimension gets 1)",
+    )
     # OpenVINO (docs/server.md "Backends")
     inference_precision: Annotated[str, one_of(INFERENCE_PRECISIONS)] = option(
         "fp32",
