@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kserve_fixtures import KServeServer, kserve_server
 
 from resnet_serve.client.channel import DEFAULT_TIMEOUT_S
 from resnet_serve.server.config import OPTIONS, ServerConfig
@@ -25,6 +26,7 @@ from resnet_serve.server.observability.metrics import ServerMetrics
 pytestmark = pytest.mark.slow  # kubectl kustomize takes about a second per kustomization
 
 ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
 
 
 @cache
@@ -165,6 +167,23 @@ def test_the_probed_health_service_is_the_one_the_server_registers() -> None:
     from resnet_serve.server.kserve.service import SERVICE
 
     assert SERVICE == KSERVE_SERVICE
+
+
+def test_the_probes_the_manifests_name_answer_on_a_real_server(kserve_server: KServeServer) -> None:
+    import urllib.request
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    container = server(OVERLAYS[0])
+    path = container["livenessProbe"]["httpGet"]["path"]
+    with urllib.request.urlopen(f"http://{kserve_server.http_url}{path}", timeout=10) as answer:
+        assert answer.status == 200
+    service = container["readinessProbe"]["grpc"]["service"]
+    with grpc.insecure_channel(kserve_server.url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
