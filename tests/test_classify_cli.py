@@ -114,7 +114,8 @@ def test_a_closed_port_fails_within_3s_with_one_line_naming_the_reason(
     err = capsys.readouterr().err.strip()
     assert code == 1 and elapsed < 3.0, (elapsed, err)
     assert len(err.splitlines()) == 1
-    assert err.startswith("error: cannot connect to 127.0.0.1:1: connection refused: nothing listens there")
+    refused = "cannot connect to 127.0.0.1:1: connection refused: nothing listens there"
+    assert err.startswith(f"resnet-serve classify: error: {refused}"), err
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8001", "grpcs://localhost:8001"])
@@ -123,7 +124,9 @@ def test_a_url_for_the_server_is_refused_at_once_naming_the_form_wanted(
 ) -> None:
     assert main(["classify", "--server", url, str(images / "dark.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {url}: give the gRPC port as HOST:PORT, not a URL"), err
+    assert err.startswith(
+        f"resnet-serve classify: error: {url}: give the gRPC port as HOST:PORT, not a URL"
+    ), err
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -201,3 +201,38 @@ def test_packaging_without_batching_flags_writes_no_queue_delay(tmp_path: Path) 
             parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
             assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
             assert "max_queue_delay" not in text
+
+
+@pytest.mark.parametrize("spelling", [["4", "8"], ["4,8"], ["4,", "8"], ["4, 8"]])
+def test_package_takes_preferred_batch_sizes_as_serve_spells_them_or_space_separated(
+    tmp_path: Path, spelling: list[str]
+) -> None:
+    repo = tmp_path / "repo"
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(repo), "--name", "m", "--preferred-batch-sizes", *spelling]
+    assert main(argv) == 0
+    assert list(read_model(repo / "m").dynamic_batching.preferred_batch_sizes) == [4, 8]
+
+
+def test_package_refuses_a_preferred_batch_size_that_is_not_a_whole_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(tmp_path / "r"), "--name", "m", "--preferred-batch-sizes", "4,x"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "'x'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_package_takes_the_queue_delay_in_microseconds_or_as_serve_also_spells_it_in_milliseconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    for name, flag, value in (("us", "--max-queue-delay-us", "1500"), ("ms", "--max-queue-delay-ms", "1.5")):
+        assert main(["package", model, "--repo", str(tmp_path / name), "--name", "m", flag, value]) == 0
+        assert read_model(tmp_path / name / "m").dynamic_batching.max_queue_delay_us == 1500
+    both = ["--max-queue-delay-us", "1", "--max-queue-delay-ms", "1"]
+    assert main(["package", model, "--repo", str(tmp_path / "both"), "--name", "m", *both]) != 0
+    assert "give the queue delay once" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()

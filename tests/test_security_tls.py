@@ -225,4 +225,4 @@ def test_classify_against_a_tls_port_names_the_mismatch_within_3s(
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert code == 1 and elapsed < 3.0, (elapsed, err)
-    assert err.startswith(f"error: cannot connect to {server.url}: {reason}"), err
+    assert err.startswith(f"resnet-serve classify: error: cannot connect to {server.url}: {reason}"), err
