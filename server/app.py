@@ -24,7 +24,7 @@ from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.drain import close_sockets
+from resnet_serve.server.drain import close_sockets, refuse_connections
 from resnet_serve.server.http.app import HttpServer
 from resnet_serve.server.http.tls import ssl_context
 from resnet_serve.server.image.service import ImageClassifierService
@@ -43,6 +43,7 @@ _MB = 1024 * 1024
 # How long, after the last accepted request is answered, the server keeps refusing new ones before it closes
 # the connections: time for the last answers to leave the process (loopback: well under 1 ms).
 DRAIN_LINGER_S = 0.05
+ACCEPT_SETTLE_S = 0.01  # for gRPC to accept what connected just before the port stopped taking connections
 
 
 class StartupError(RuntimeError):
@@ -239,12 +240,15 @@ class InferenceServer:
 
     async def _end_drain(self, server: grpc.aio.Server, deadline: float) -> None:
         """Stop gRPC so that no request ends CANCELLED (server/drain.py): the last answers get
-        `DRAIN_LINGER_S` to leave while new requests are still refused UNAVAILABLE; then the open
-        connections are closed (UNAVAILABLE for whatever is in transit) and, in the same step of the event
-        loop (before any client can reconnect), gRPC stops: it closes the listener, with nothing left to
-        cancel."""
+        `DRAIN_LINGER_S` to leave while new requests are still refused UNAVAILABLE; then the port stops
+        taking connections and the open ones are closed (UNAVAILABLE for whatever is in transit, and a
+        client that reconnects is refused), and only then does gRPC stop, with nothing left to cancel."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, min(DRAIN_LINGER_S, deadline - loop.time())))
+        refuse_connections(self.grpc_port)
+        # What completed its handshake just before is still in the accept queue: let gRPC accept it, so
+        # that it is among the connections closed next (its requests are refused UNAVAILABLE meanwhile).
+        await asyncio.sleep(ACCEPT_SETTLE_S)
         closed = close_sockets(self.grpc_port)
         log.debug("closed %d client connection(s) at the end of the drain", closed)
         await server.stop(min(1.0, max(0.0, deadline - loop.time())))
