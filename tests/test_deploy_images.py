@@ -159,5 +159,6 @@ def test_each_server_drains_before_compose_kills_it_and_serves_the_readmes_repos
     mounts = [v for v in server["volumes"] if v.endswith(":/models:ro")]
     assert mounts == [f"{ROOT / 'model_repository'}:/models:ro"]
     assert server["environment"]["RESNET_SERVE_MODEL_REPOSITORY"] == "/models"
-    assert {p["published"] for p in server["ports"]} == {8000, 8001, 8002}
+    # "ADDRESS:PUBLISHED:TARGET/tcp": every interface and Triton's ports unless PUBLISH_* say otherwise.
+    assert sorted(server["ports"]) == [f"0.0.0.0:{p}:{p}/tcp" for p in (8000, 8001, 8002)]
     assert "server" in server["networks"]["default"]["aliases"]  # prometheus.yml scrapes server:8002
