@@ -480,3 +480,60 @@ def test_docker_compose_cpu_profile_serves_the_repository_healthy(digits: Digits
         assert container.inspect()["State"]["ExitCode"] == 0
     finally:
         run("down", "--volumes", "--timeout", "30", timeout=90)
+
+
+def test_the_gpu_images_builder_stage_resolves_to_wheels_for_its_python(tmp_path: Path) -> None:
+    """What can be checked of Dockerfile.gpu without NVIDIA's base image or index: its builder stage's wheel
+    set ([serve] at constraints.txt's versions plus its pinned GPU packages) resolves to binary wheels for the
+    builder's Python on x86-64 Linux. tensorrt-cu13 is the line: PyPI has only a small sdist of it, whose
+    build downloads the real wheels from NVIDIA's index (pypi.nvidia.com), unreachable here."""
+    from dockerfiles import DOCKERFILES, stages
+
+    builder = stages(DOCKERFILES["Dockerfile.gpu"])[0]
+    python = re.fullmatch(r"python:(3\.\d+)-slim", builder.base)
+    assert python is not None, builder.base
+    pins = re.findall(r"([a-z][a-z0-9-]*)==([0-9][\w.]*)", " ".join(builder.all("RUN")))
+    assert {name for name, _ in pins} >= {"onnxruntime-gpu", "tensorrt-cu13", "cuda-python"}, pins
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheel = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wheel.returncode == 0, wheel.stderr
+    (ours,) = tmp_path.glob("resnet_serve-*.whl")
+    target = [
+        "--python-version", python.group(1), "--implementation", "cp",
+        "--abi", "cp" + python.group(1).replace(".", ""), "--platform", "manylinux_2_28_x86_64",
+        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--only-binary=:all:",
+    ]  # fmt: skip
+    wanted = [f"{ours}[serve]", *(f"{n}=={v}" for n, v in pins if not n.startswith("tensorrt"))]
+    resolved = subprocess.run(
+        [*pip, "install", "--dry-run", "--ignore-installed", "--target", str(tmp_path / "t"), *target,
+         "-c", str(ROOT / "constraints.txt"), "--report", str(tmp_path / "report.json"), *wanted],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    installs = json.loads((tmp_path / "report.json").read_text())["install"]
+    names = {item["metadata"]["name"].lower().replace("_", "-") for item in installs}
+    assert {"onnxruntime-gpu", "cuda-python", "grpcio", "resnet-serve"} <= names, names
+    assert "torch" not in names
+    tensorrt = [f"{n}=={v}" for n, v in pins if n.startswith("tensorrt")]
+    sdist = subprocess.run(
+        [*pip, "download", "--no-deps", "--no-binary=:all:", "-d", str(tmp_path / "sdist"), *tensorrt],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sdist.returncode == 0, f"{tensorrt} is not on PyPI at all: {sdist.stderr[-2000:]}"
+    binary = subprocess.run(
+        [*pip, "install", "--dry-run", "--ignore-installed", "--no-deps", "--target", str(tmp_path / "t"),
+         *target, *tensorrt],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    where = "a wheel on PyPI" if binary.returncode == 0 else "no wheel on PyPI, only an sdist"
+    report(
+        f"GPU builder stage (Python {python.group(1)}): {len(installs)} wheels resolve; "
+        f"{', '.join(tensorrt)}: {where} (whose build downloads TensorRT from NVIDIA's index)"
+    )
