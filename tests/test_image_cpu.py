@@ -51,6 +51,7 @@ def docker(*args: str, timeout: float = 120.0, check: bool = True) -> subprocess
 def report(line: str) -> None:
     """A figure or finding for the script's closing summary (WORK/report.txt) and pytest's -s output."""
     print(line)
+    WORK.mkdir(parents=True, exist_ok=True)
     with (WORK / "report.txt").open("a") as out:
         out.write(line + "\n")
 
