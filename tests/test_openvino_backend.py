@@ -146,6 +146,25 @@ def test_bf16_runs_in_bf16_or_is_refused_where_the_cpu_has_no_bf16(tiny_onnx: Pa
 
 
 @needs_openvino
+@pytest.mark.parametrize(
+    "caps",
+    [["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"], ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]],
+    ids=["intel-xeon-avx512-vnni", "amd-epyc-zen3-avx2"],
+)
+def test_bf16_is_refused_on_a_cpu_without_bf16_whatever_this_machine_has(
+    tiny_onnx: Path, caps: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal branch of the test above runs on every machine: the CPU plugin's capability list of the
+    CPUs without BF16 seen on this machine kind stands in for this machine's own."""
+    from resnet_serve.runtime import openvino
+
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: list(caps))
+    options = InstanceOptions(intra_op_threads=1, inference_precision="bf16")
+    with pytest.raises(BackendError, match=r"needs a CPU with BF16 .* silently compute in fp32"):
+        create_backends(tiny_onnx, "openvino", 1, options)
+
+
+@needs_openvino
 def test_instances_are_streams_of_one_compiled_model_running_concurrently(tiny_onnx: Path) -> None:
 
     backends = create_backends(tiny_onnx, "openvino", 2, InstanceOptions(intra_op_threads=1))
@@ -320,3 +339,16 @@ def test_a_repository_config_selects_openvino_its_precision_mode_and_threads() -
         parse_config(_config_json(inference_precision="int4"), "c.json")
     with pytest.raises(RepositoryError, match="intra_op_threads must be ≥ 0"):
         parse_config(_config_json(intra_op_threads=-1), "c.json")
+
+
+@needs_openvino
+def test_a_model_with_string_tensors_is_refused_at_load_naming_the_backend_that_serves_it(
+    tmp_path: Path,
+) -> None:
+    from triton_models import write_simple_string
+
+    model = write_simple_string(tmp_path) / "1" / "model.onnx"
+    with pytest.raises(BackendError, match=r"'INPUT0' is a string \(BYTES\) tensor.*backend onnxruntime"):
+        create_backends(model, "openvino", 1, InstanceOptions())
+    (served,) = create_backends(model, "onnxruntime", 1, InstanceOptions())  # the one that serves it
+    assert [s.dtype.kind for s in served.info.inputs] == ["O", "O"]
