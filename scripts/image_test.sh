@@ -26,6 +26,11 @@ mkdir -p "$work"
 started=$(date +%s)
 say() { printf '==> [%4ds] %s\n' "$(($(date +%s) - started))" "$*"; }
 
+if [[ $EUID -ne 0 ]] && ! docker info >/dev/null 2>&1; then
+  echo "image-test: run it as root (it installs Debian packages, starts dockerd and builds with buildah)" >&2
+  exit 2
+fi
+
 # --- 1. packages -----------------------------------------------------------------------------------------
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
