@@ -452,6 +452,7 @@ def test_docker_compose_cpu_profile_serves_the_repository_healthy(digits: Digits
     environment = {
         **os.environ,
         "PUBLISH_ADDRESS": "127.0.0.1",
+        "GRAFANA_ADMIN_PASSWORD": "not-used",  # compose reads the whole file, Grafana's service included
         **{f"PUBLISH_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     compose = [
