@@ -86,6 +86,8 @@ DISTRIBUTIONS = {
     "cuda": "cuda-python",
     "pynvml": "nvidia-ml-py",
     "openvino": "openvino",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
 }
 
 
