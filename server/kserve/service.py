@@ -33,7 +33,6 @@ from resnet_serve.server.context import ServerContext
 from resnet_serve.server.errors import (
     ServeError,
     boundary,
-    echo,
     invalid_argument,
     status_of,
     stream_boundary,
@@ -42,6 +41,7 @@ from resnet_serve.server.errors import (
 from resnet_serve.server.http.context import HttpContext  # which front end a refusal is counted for
 from resnet_serve.server.kserve.codec import decode_request, encode_response
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
+from resnet_serve.server.models.overrides import parse_override
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
 from resnet_serve.server.request import Call
@@ -262,13 +262,9 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         self._model_control_allowed(context)
-        unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
-        if unsupported:
-            raise invalid_argument(
-                f"load parameters {echo(unsupported)} are not supported: models load from the repository as "
-                "configured"
-            )
-        await self._manager.load(request.model_name)
+        # `config` and `file:<path>` overrides (Triton's semantics and words: server/models/overrides.py).
+        override = parse_override(request.model_name, request.parameters)
+        await self._manager.load(request.model_name, override=override)
         return pb.RepositoryModelLoadResponse()
 
     @boundary

@@ -41,6 +41,7 @@ from resnet_serve.server.config import ModelSettings, ServerConfig, image_format
 from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
 from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.budget import DecodeBudget
+from resnet_serve.server.models.overrides import LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
+# Triton's words for a lookup that finds no ready model (core's model_repository_manager.cc): clients match
+# the prefix (docs/kserve.md, "Error messages").
+UNKNOWN_MODEL = "Request for unknown model:"
 
 
 @dataclass
@@ -65,6 +69,7 @@ class _Entry:
     versions: dict[str, ServedModel] = field(default_factory=dict)
     status: dict[str, VersionStatus] = field(default_factory=dict)
     unloaded: bool = False  # taken down on request: not meant to be served until loaded again
+    override_dir: Path | None = None  # the temporary model directory of a load with overrides, while served
 
 
 class ModelManager:
@@ -108,6 +113,8 @@ class ModelManager:
         inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
+        if version.isdigit():
+            version = str(int(version))  # Triton reads the version as a number: "01" is version 1
         if not self._accepting:
             if count:
                 self._count_refusal(name, entry, version)
@@ -116,7 +123,7 @@ class ModelManager:
             if count:
                 self.metrics.unknown_model(name)
             served = ", ".join(sorted(self._entries)) or "none"
-            raise not_found(f"model {echo(name)} is not served (served models: {served})")
+            raise not_found(f"{UNKNOWN_MODEL} {echo(name)} is not found (served models: {served})")
         if version:
             model = entry.versions.get(version)
             if model is None:
@@ -124,15 +131,25 @@ class ModelManager:
                 if count:
                     self._count_refusal(name, entry, version)
                 if status is not None:
-                    raise unavailable(f"model {echo(name)} version {version} is {status.state}")
+                    raise unavailable(
+                        f"{UNKNOWN_MODEL} {echo(name)} version {version} is not at ready state "
+                        f"({status.state})"
+                    )
+                if not version.isdigit():
+                    raise not_found(
+                        f"failed to get model version from specified version string {echo(version)}, "
+                        "version should be an integral value > 0"
+                    )
                 known = ", ".join(sorted(entry.status, key=version_key)) or "none"
-                raise not_found(f"model {echo(name)} has no version {echo(version)} (versions: {known})")
+                raise not_found(
+                    f"{UNKNOWN_MODEL} {echo(name)} version {version} is not found (versions: {known})"
+                )
             return model
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         if not ready:
             if count:
                 self._count_refusal(name, entry, version)
-            raise unavailable(f"model {name!r} has no ready version")
+            raise unavailable(f"{UNKNOWN_MODEL} {echo(name)} has no available versions")
         return max(ready, key=lambda m: version_key(m.version))
 
     def _count_refusal(self, name: str, entry: _Entry | None, version: str) -> None:
@@ -186,7 +203,7 @@ class ModelManager:
         """The loaded versions of a model, lowest first (NOT_FOUND when the model is not served)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise not_found(f"model {echo(name)} is not served")
+            raise not_found(f"{UNKNOWN_MODEL} {echo(name)} is not found")
         return sorted(entry.versions.values(), key=lambda m: version_key(m.version))
 
     def statuses(self) -> list[VersionStatus]:
@@ -253,64 +270,93 @@ class ModelManager:
         if name in self._entries:
             return self._entries[name].settings
         repo = self.config.model_repository
-        # Only a directory directly in the repository, as repository_models lists them: a client's name must
-        # not reach the repository itself ("") or anything outside it ("..", "../x", "a/b").
-        in_repository = bool(name) and name == Path(name).name and not name.startswith(".")
-        if repo and in_repository and (Path(repo) / name).is_dir():
+        # Only a directory directly in the repository, as repository_models lists them (_plain_name).
+        if repo and _plain_name(name) and (Path(repo) / name).is_dir():
             return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
-        raise not_found(f"model {echo(name)} is neither configured nor in the model repository")
+        raise not_found(
+            f"failed to load {echo(name)}, failed to poll from model repository: the model is neither "
+            "configured nor in the model repository"
+        )
 
-    async def load(self, name: str, settings: ModelSettings | None = None) -> None:
+    async def load(
+        self, name: str, settings: ModelSettings | None = None, override: LoadOverride | None = None
+    ) -> None:
         """Load (or reload) a model's versions per its version policy; ready when this returns.
 
+        `override` (RepositoryModelLoad's `config` and `file:` parameters, server/models/overrides.py) loads
+        from a temporary model directory instead of the repository's, until the next load without one.
         Versions no longer selected are retired after the new ones are ready. Raises ServeError NOT_FOUND
         for an unknown model, INTERNAL-free: a load failure raises ServeError UNAVAILABLE with the reason.
         """
         if not self._accepting:
             raise unavailable("server is shutting down")
+        if override is not None and override.files:
+            # The request's files are the whole model: it need not be in the repository, but its name must
+            # be one a repository directory could have.
+            if not _plain_name(name):
+                raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
+            try:
+                settings = settings or self._settings_for(name)
+            except ServeError:
+                settings = dataclasses.replace(self.config.model_defaults, name=name, path="")
         settings = settings or self._settings_for(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, _Entry(settings))
             entry.settings = settings
             entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
+            override_dir = None
+            if override is not None:
+                repository_path = Path(settings.path) if settings.path else None
+                override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
+                settings = dataclasses.replace(settings, path=str(override_dir))
             try:
-                source = read_source(settings)
-                settings = source.settings
-                wanted = select_versions(source.versions, settings)
-            except BackendError as exc:
-                raise unavailable(f"cannot load model {name!r}: {exc}") from None
+                await self._load_locked(name, entry, settings)
+            except BaseException:
+                discard(override_dir)
+                raise
+            previous, entry.override_dir = entry.override_dir, override_dir
+            if previous is not None and previous != override_dir:
+                discard(previous)
+
+    async def _load_locked(self, name: str, entry: _Entry, settings: ModelSettings) -> None:
+        try:
+            source = read_source(settings)
+            settings = source.settings
+            wanted = select_versions(source.versions, settings)
+        except BackendError as exc:
+            raise unavailable(f"failed to load {echo(name)}, {exc}") from None
+        for version in wanted:
+            entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
+        loaded: dict[str, ServedModel] = {}
+        try:
+            for version, path in wanted.items():
+                loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
+        except (BackendError, OSError, ValueError) as exc:
+            for model in loaded.values():
+                await self._retire(model, still_served=model.version in entry.versions)
             for version in wanted:
-                entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
-            loaded: dict[str, ServedModel] = {}
-            try:
-                for version, path in wanted.items():
-                    loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
-            except (BackendError, OSError, ValueError) as exc:
-                for model in loaded.values():
-                    await self._retire(model, still_served=model.version in entry.versions)
-                for version in wanted:
-                    # A failed reload leaves the versions already serving as they were.
-                    state = ModelState.READY if version in entry.versions else ModelState.UNAVAILABLE
-                    entry.status[version] = VersionStatus(
-                        name, version, state, "" if state is ModelState.READY else str(exc)
-                    )
-                self._notify()
-                raise unavailable(f"cannot load model {name!r}: {exc}") from None
-            retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
-            entry.versions = dict(loaded)
-            for version, model in loaded.items():
-                entry.status[version] = VersionStatus(name, version, ModelState.READY)
-                model.metrics.set_ready(True)
-            for model in retired:
-                if model.version not in loaded:
-                    entry.status[model.version] = VersionStatus(name, model.version, ModelState.UNLOADING)
-            for model in retired:
-                await self._retire(model, still_served=model.version in loaded)
-                if model.version not in loaded:
-                    entry.status[model.version] = VersionStatus(
-                        name, model.version, ModelState.UNAVAILABLE, UNLOADED
-                    )
+                # A failed reload leaves the versions already serving as they were.
+                state = ModelState.READY if version in entry.versions else ModelState.UNAVAILABLE
+                entry.status[version] = VersionStatus(
+                    name, version, state, "" if state is ModelState.READY else str(exc)
+                )
             self._notify()
+            raise unavailable(f"failed to load {echo(name)}, {exc}") from None
+        retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
+        entry.versions = dict(loaded)
+        for version, model in loaded.items():
+            entry.status[version] = VersionStatus(name, version, ModelState.READY)
+            model.metrics.set_ready(True)
+        for model in retired:
+            if model.version not in loaded:
+                entry.status[model.version] = VersionStatus(name, model.version, ModelState.UNLOADING)
+        for model in retired:
+            await self._retire(model, still_served=model.version in loaded)
+            if model.version not in loaded:
+                entry.status[model.version] = VersionStatus(
+                    name, model.version, ModelState.UNAVAILABLE, UNLOADED
+                )
+        self._notify()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; its queued and running requests still complete. NOT_FOUND if not loaded."""
@@ -328,6 +374,8 @@ class ModelManager:
                 entry.status[model.version] = VersionStatus(
                     name, model.version, ModelState.UNAVAILABLE, UNLOADED
                 )
+            discard(entry.override_dir)
+            entry.override_dir = None
             log.info("model %s unloaded", name)
             self._notify()
 
@@ -352,6 +400,9 @@ class ModelManager:
                 )
             for backend in model.backends:
                 backend.close()
+        for entry in self._entries.values():
+            discard(entry.override_dir)
+            entry.override_dir = None
 
     async def _retire(self, model: ServedModel, still_served: bool = False) -> None:
         # A reloaded version shares its metrics with the replacement, which is already ready.
@@ -447,6 +498,12 @@ class ModelManager:
             image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
             preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
+
+
+def _plain_name(name: str) -> bool:
+    """A name that can only mean a directory directly in the repository: a client's name must not reach the
+    repository itself ("") or anything outside it ("..", "../x", "a/b")."""
+    return bool(name) and name == Path(name).name and not name.startswith(".")
 
 
 def _runs_on(backend: str, info: BackendInfo) -> str:
