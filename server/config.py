@@ -123,6 +123,15 @@ class ServerConfig:
     grpc_http2_min_recv_ping_interval: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
     openvino_cache_dir: str = "~/.cache/resnet-serve/openvino"  # "": compile at every load
+    # Triton's endpoint and readiness options (issue #23; docs/server.md, "Triton's options").
+    grpc_address: str = ""  # "": --host
+    http_address: str = ""
+    metrics_address: str = ""
+    allow_grpc: bool = True
+    allow_http: bool = True
+    allow_metrics: bool = True
+    strict_readiness: bool = True  # false: ready whenever the server is live and accepting
+    repository_poll_secs: float = 15.0  # --model-control-mode poll: seconds between repository scans
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -295,7 +304,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "model_control_mode",
         model_control.parse_mode,
-        "none: RepositoryModelLoad/Unload are refused; explicit: clients may load and unload models",
+        "none: RepositoryModelLoad/Unload are refused; explicit: clients may load and unload models; "
+        "poll: the server loads, reloads and unloads models as the repository changes",
         "server",
         "MODE",
     ),
@@ -373,6 +383,28 @@ OPTIONS: tuple[Option, ...] = (
         "also export Triton's metric names (nv_inference_request_success, ...) for Triton dashboards",
         "server",
         "BOOL",
+    ),
+    # -- Triton's endpoint, readiness and repository options (docs/server.md, "Triton's options") --
+    Option("grpc_address", str, "address the gRPC port listens on (none: --host)", "server", "ADDR"),
+    Option("http_address", str, "address the HTTP/REST port listens on (none: --host)", "server", "ADDR"),
+    Option("metrics_address", str, "address the metrics port listens on (none: --host)", "server", "ADDR"),
+    Option("allow_grpc", _bool, "serve the gRPC endpoint at all", "server", "BOOL"),
+    Option("allow_http", _bool, "serve the HTTP/REST endpoint at all", "server", "BOOL"),
+    Option("allow_metrics", _bool, "serve the Prometheus metrics endpoint at all", "server", "BOOL"),
+    Option(
+        "strict_readiness",
+        _bool,
+        "ready only while every model meant to be served has a ready version (false: ready whenever the "
+        "server is live and accepting requests)",
+        "server",
+        "BOOL",
+    ),
+    Option(
+        "repository_poll_secs",
+        float,
+        "with --model-control-mode poll: seconds between scans of the model repository",
+        "server",
+        "SECONDS",
     ),
     Option(
         "backend",
@@ -681,11 +713,30 @@ def validate(config: ServerConfig) -> ServerConfig:
     if config.grace_period_s < 0:
         raise ConfigError(f"grace_period_s must be >= 0, got {config.grace_period_s}")
     config = _validate_security(config)
+    _validate_endpoints(config)
     if not config.models and not config.model_repository:
         raise ConfigError(
             "no models to serve: pass --model NAME=PATH, --model-repository DIR or a config file"
         )
     return config
+
+
+def listen_address(config: ServerConfig, endpoint: str) -> str:
+    """The address `endpoint` ("grpc", "http", "metrics") listens on: its own --ENDPOINT-address, else
+    --host."""
+    own: str = getattr(config, f"{endpoint}_address")
+    return own or config.host
+
+
+def _validate_endpoints(config: ServerConfig) -> None:
+    if not (config.allow_grpc or config.allow_http):
+        raise ConfigError(
+            "allow_grpc and allow_http are both false: no endpoint would answer inference requests"
+        )
+    if config.repository_poll_secs <= 0:
+        raise ConfigError(f"repository_poll_secs must be > 0, got {config.repository_poll_secs}")
+    if model_control.polls(config.model_control_mode) and not config.model_repository:
+        raise ConfigError("model_control_mode poll needs a model repository to poll (--model-repository)")
 
 
 def _validate_security(config: ServerConfig) -> ServerConfig:

@@ -319,10 +319,11 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     # ---------------------------------------------------------------------------------------------- helpers
 
     def _model_control_allowed(self, context: Context) -> None:
-        if not model_control.load_unload_allowed(self._ctx.config.model_control_mode):
+        mode = self._ctx.config.model_control_mode
+        if not model_control.load_unload_allowed(mode):
             protocol = "http" if isinstance(context, HttpContext) else "grpc"
             self._ctx.metrics.access_refused(protocol, "model-repository", "model_control")
-            raise unavailable(model_control.REFUSED)  # Triton's status for it
+            raise unavailable(model_control.refusal(mode))  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:
         return self._manager.get(name, version, count=False)  # metadata: not an inference request

@@ -175,12 +175,18 @@ class ModelManager:
         except ServeError:
             return False
 
-    def all_ready(self) -> bool:
-        """Every model that is meant to be served has a ready version, as Triton's readiness: a failed load
-        makes the server unready (docs/kserve.md, ServerReady), so a load balancer that checks readiness does
-        not send traffic a half-working server cannot answer; a model unloaded on request does not, because
-        nothing is meant to serve it."""
-        if not self._accepting or not self._entries:
+    def all_ready(self, strict: bool = True) -> bool:
+        """The server's readiness rule, the one truth behind ServerReady, /v2/health/ready and gRPC health
+        (docs/server.md, "Readiness"). Not while shutting down. `strict` (Triton's --strict-readiness, its
+        default): every model that is meant to be served has a ready version, so a failed load makes the
+        server unready and a load balancer that checks readiness does not send traffic a half-working server
+        cannot answer; a model unloaded on request does not count, because nothing is meant to serve it; a
+        server with no model at all is unready. Not strict: ready while accepting, whatever the models."""
+        if not self._accepting:
+            return False
+        if not strict:
+            return True
+        if not self._entries:
             return False
         return all(self.is_ready(name) for name, entry in self._entries.items() if not entry.unloaded)
 
