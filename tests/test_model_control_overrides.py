@@ -105,6 +105,10 @@ def test_file_overrides_load_a_model_from_the_request_alone(
     grpc_client.unload_model("posted")
     assert not grpc_client.is_model_ready("posted")
     assert not any(p.exists() for p in written), "the temporary model directory outlived the unload"
+    # Without its files the model is nowhere: a plain load looks in the repository, as Triton's does.
+    error = _refusal(grpc_client.load_model, "posted")
+    assert error.status() == "StatusCode.NOT_FOUND"
+    assert error.message().startswith("failed to load 'posted', failed to poll from model repository")
     # Over HTTP the bytes travel base64-encoded (tritonclient.http encodes them).
     http_client.load_model("posted", config='{"max_batch_size": 3}', files={"file:1/model.onnx": data})
     assert http_client.get_model_config("posted")["max_batch_size"] == 3

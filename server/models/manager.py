@@ -273,7 +273,8 @@ class ModelManager:
         for settings in self.config.models:
             if settings.name == name:
                 return settings
-        if name in self._entries:
+        if name in self._entries and self._entries[name].settings.path:
+            # (A model loaded from a request's files alone has no path: a plain load looks for it below.)
             return self._entries[name].settings
         repo = self.config.model_repository
         # Only a directory directly in the repository, as repository_models lists them (_plain_name).
