@@ -12,6 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,36 +101,65 @@ def _listening(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+@contextmanager
+def _serving_tiny(tmp_path: Path, *args: str) -> Iterator[str]:
+    """`serve` of the tiny model with `args`, yielding its "ready:" line."""
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    log_path = tmp_path / "server.log"
+    base = ("--model", f"tiny={model}", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0")
+    with log_path.open("wb") as log, serving(*base, *args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT):
+        _wait(lambda: " ready: grpc=" in log_path.read_text(), "the server is ready")
+        yield next(line for line in log_path.read_text().splitlines() if " ready: grpc=" in line)
+
+
+def _port(line: str, key: str) -> tuple[str, int]:
+    found = re.search(rf"{key}=(?:http://)?([0-9.]+):(\d+)", line)
+    assert found, (key, line)
+    return found.group(1), int(found.group(2))
+
+
+def _tiny_input(module: Any) -> Any:
+    tensor = module.InferInput("input", [1, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+    return tensor
+
+
 @pytest.mark.slow
-def test_the_metrics_endpoint_listens_on_its_own_address(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--metrics-address", "127.0.0.2")
-    try:
-        port = int(server.metrics_url.rsplit(":", 1)[1].split("/")[0])
-        assert "127.0.0.2" in server.metrics_url
-        assert _listening("127.0.0.2", port) and not _listening("127.0.0.1", port)
-        assert tc.InferenceServerClient(server.url).is_server_live()  # gRPC still on --host
-    finally:
-        stop_server(server)
+def test_each_endpoint_listens_on_its_own_address(tmp_path: Path) -> None:
+    # 127.0.0.2 and 127.0.0.3 are loopback addresses too: each port must be there and not on --host.
+    addresses = (
+        "--grpc-address",
+        "127.0.0.2",
+        "--http-address",
+        "127.0.0.3",
+        "--metrics-address",
+        "127.0.0.2",
+    )
+    with _serving_tiny(tmp_path, "--metrics-port", "0", *addresses) as line:
+        ports = {key: _port(line, key) for key in ("grpc", "http", "metrics")}
+        assert {key: host for key, (host, _) in ports.items()} == {
+            "grpc": "127.0.0.2",
+            "http": "127.0.0.3",
+            "metrics": "127.0.0.2",
+        }
+        for host, port in ports.values():
+            assert _listening(host, port) and not _listening("127.0.0.1", port)
+        grpc_client = tc.InferenceServerClient(f"127.0.0.2:{ports['grpc'][1]}")
+        assert grpc_client.infer("tiny", [_tiny_input(tc)]).as_numpy("logits").shape == (1, 10)
+        http_client = th.InferenceServerClient(f"127.0.0.3:{ports['http'][1]}")
+        assert http_client.infer("tiny", [_tiny_input(th)]).as_numpy("logits").shape == (1, 10)
 
 
 @pytest.mark.slow
 def test_allow_flags_turn_endpoints_off(tmp_path: Path) -> None:
-    model = write_tiny_onnx(tmp_path / "tiny.onnx")
-    log_path = tmp_path / "server.log"
-    args = (
-        "--model", f"tiny={model}", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-        "--allow-grpc", "false", "--allow-metrics", "false",
-    )  # fmt: skip
-    with log_path.open("wb") as log, serving(*args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT):
-        _wait(lambda: " ready: grpc=" in log_path.read_text(), "the server is ready")
-        line = next(line for line in log_path.read_text().splitlines() if " ready: grpc=" in line)
+    with _serving_tiny(tmp_path, "--allow-grpc", "false", "--allow-metrics", "false") as line:
         assert "grpc=off" in line and "metrics=off" in line, line
-        found = re.search(r"http=127\.0\.0\.1:(\d+)", line)
-        assert found, line
-        client = th.InferenceServerClient(f"127.0.0.1:{found.group(1)}")
-        tensor = th.InferInput("input", [1, 1, 8, 8], "FP32")
-        tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
-        assert client.infer("tiny", [tensor]).as_numpy("logits").shape == (1, 10)
+        client = th.InferenceServerClient(f"127.0.0.1:{_port(line, 'http')[1]}")
+        assert client.infer("tiny", [_tiny_input(th)]).as_numpy("logits").shape == (1, 10)
+    with _serving_tiny(tmp_path / "http-off", "--allow-http", "false", "--metrics-port", "0") as line:
+        assert "http=off" in line, line
+        client = tc.InferenceServerClient(f"127.0.0.1:{_port(line, 'grpc')[1]}")
+        assert client.infer("tiny", [_tiny_input(tc)]).as_numpy("logits").shape == (1, 10)
 
 
 def _server_with_a_broken_model(tmp_path: Path, *extra: str) -> KServeServer:
