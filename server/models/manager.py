@@ -273,9 +273,10 @@ class ModelManager:
         for settings in self.config.models:
             if settings.name == name:
                 return settings
-        if name in self._entries and self._entries[name].settings.path:
-            # (A model loaded from a request's files alone has no path: a plain load looks for it below.)
-            return self._entries[name].settings
+        entry = self._entries.get(name)
+        if entry is not None and entry.override_dir is None and entry.settings.path:
+            # (A model loaded with overrides, or from a request's files alone, is looked for below.)
+            return entry.settings
         repo = self.config.model_repository
         # Only a directory directly in the repository, as repository_models lists them (_plain_name).
         if repo and _plain_name(name) and (Path(repo) / name).is_dir():
@@ -288,82 +289,92 @@ class ModelManager:
     async def load(
         self, name: str, settings: ModelSettings | None = None, override: LoadOverride | None = None
     ) -> None:
-        """Load (or reload) a model's versions per its version policy; ready when this returns.
+        """Load (or reload) a model (`_load`); ready when this returns.
 
         `override` (RepositoryModelLoad's `config` and `file:` parameters, server/models/overrides.py) loads
-        from a temporary model directory instead of the repository's, until the next load without one.
+        from a temporary model directory instead of the repository's, until the next load without one; the
+        directory is removed when the versions it holds are replaced or unloaded.
+        """
+        override_dir = None
+        if override is not None:
+            settings = settings or self._override_settings(name, override)
+            repository_path = Path(settings.path) if settings.path else None
+            override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
+            settings = dataclasses.replace(settings, path=str(override_dir))
+        try:
+            await self._load(name, settings)
+        except BaseException:
+            discard(override_dir)
+            raise
+        # No await from here on: the bookkeeping is atomic with the load that just finished under the lock.
+        entry = self._entries[name]
+        previous, entry.override_dir = entry.override_dir, override_dir
+        if previous is not None and previous != override_dir:
+            discard(previous)
+
+    def _override_settings(self, name: str, override: LoadOverride) -> ModelSettings:
+        """The settings a load with overrides starts from: the model's own; for a model that comes from the
+        request's files alone, the model defaults (its name must be one a repository directory could have)."""
+        if not override.files:
+            return self._settings_for(name)
+        if not _plain_name(name):
+            raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
+        try:
+            return self._settings_for(name)
+        except ServeError:
+            return dataclasses.replace(self.config.model_defaults, name=name, path="")
+
+    async def _load(self, name: str, settings: ModelSettings | None = None) -> None:
+        """Load (or reload) a model's versions per its version policy; ready when this returns.
+
         Versions no longer selected are retired after the new ones are ready. Raises ServeError NOT_FOUND
         for an unknown model, INTERNAL-free: a load failure raises ServeError UNAVAILABLE with the reason.
         """
         if not self._accepting:
             raise unavailable("server is shutting down")
-        if override is not None and override.files:
-            # The request's files are the whole model: it need not be in the repository, but its name must
-            # be one a repository directory could have.
-            if not _plain_name(name):
-                raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
-            try:
-                settings = settings or self._settings_for(name)
-            except ServeError:
-                settings = dataclasses.replace(self.config.model_defaults, name=name, path="")
         settings = settings or self._settings_for(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, _Entry(settings))
             entry.settings = settings
             entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
-            override_dir = None
-            if override is not None:
-                repository_path = Path(settings.path) if settings.path else None
-                override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
-                settings = dataclasses.replace(settings, path=str(override_dir))
             try:
-                await self._load_locked(name, entry, settings)
-            except BaseException:
-                discard(override_dir)
-                raise
-            previous, entry.override_dir = entry.override_dir, override_dir
-            if previous is not None and previous != override_dir:
-                discard(previous)
-
-    async def _load_locked(self, name: str, entry: _Entry, settings: ModelSettings) -> None:
-        try:
-            source = read_source(settings)
-            settings = source.settings
-            wanted = select_versions(source.versions, settings)
-        except BackendError as exc:
-            raise unavailable(f"failed to load {echo(name)}, {exc}") from None
-        for version in wanted:
-            entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
-        loaded: dict[str, ServedModel] = {}
-        try:
-            for version, path in wanted.items():
-                loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
-        except (BackendError, OSError, ValueError) as exc:
-            for model in loaded.values():
-                await self._retire(model, still_served=model.version in entry.versions)
+                source = read_source(settings)
+                settings = source.settings
+                wanted = select_versions(source.versions, settings)
+            except BackendError as exc:
+                raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             for version in wanted:
-                # A failed reload leaves the versions already serving as they were.
-                state = ModelState.READY if version in entry.versions else ModelState.UNAVAILABLE
-                entry.status[version] = VersionStatus(
-                    name, version, state, "" if state is ModelState.READY else str(exc)
-                )
+                entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
+            loaded: dict[str, ServedModel] = {}
+            try:
+                for version, path in wanted.items():
+                    loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
+            except (BackendError, OSError, ValueError) as exc:
+                for model in loaded.values():
+                    await self._retire(model, still_served=model.version in entry.versions)
+                for version in wanted:
+                    # A failed reload leaves the versions already serving as they were.
+                    state = ModelState.READY if version in entry.versions else ModelState.UNAVAILABLE
+                    entry.status[version] = VersionStatus(
+                        name, version, state, "" if state is ModelState.READY else str(exc)
+                    )
+                self._notify()
+                raise unavailable(f"failed to load {echo(name)}, {exc}") from None
+            retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
+            entry.versions = dict(loaded)
+            for version, model in loaded.items():
+                entry.status[version] = VersionStatus(name, version, ModelState.READY)
+                model.metrics.set_ready(True)
+            for model in retired:
+                if model.version not in loaded:
+                    entry.status[model.version] = VersionStatus(name, model.version, ModelState.UNLOADING)
+            for model in retired:
+                await self._retire(model, still_served=model.version in loaded)
+                if model.version not in loaded:
+                    entry.status[model.version] = VersionStatus(
+                        name, model.version, ModelState.UNAVAILABLE, UNLOADED
+                    )
             self._notify()
-            raise unavailable(f"failed to load {echo(name)}, {exc}") from None
-        retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
-        entry.versions = dict(loaded)
-        for version, model in loaded.items():
-            entry.status[version] = VersionStatus(name, version, ModelState.READY)
-            model.metrics.set_ready(True)
-        for model in retired:
-            if model.version not in loaded:
-                entry.status[model.version] = VersionStatus(name, model.version, ModelState.UNLOADING)
-        for model in retired:
-            await self._retire(model, still_served=model.version in loaded)
-            if model.version not in loaded:
-                entry.status[model.version] = VersionStatus(
-                    name, model.version, ModelState.UNAVAILABLE, UNLOADED
-                )
-        self._notify()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; its queued and running requests still complete. NOT_FOUND if not loaded."""
