@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.onnxruntime import default_threads
-from resnet_serve.server.config import ServerConfig, listen_address
+from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.context import ServerContext
 from resnet_serve.server.drain import close_sockets
 from resnet_serve.server.http.app import HttpServer
@@ -83,7 +83,7 @@ class InferenceServer:
             self.security = SecurityPolicy(config, self.metrics)  # refusals counted in the metrics
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
-        grpc_host, http_host, metrics_host = (listen_address(config, e) for e in ("grpc", "http", "metrics"))
+        grpc_host, http_host, metrics_host = (config.listen_address(e) for e in ("grpc", "http", "metrics"))
         if config.allow_grpc:
             _check_port_free(grpc_host, config.grpc_port, "grpc_port")
         if self._serves_http:
@@ -195,7 +195,7 @@ class InferenceServer:
     def summary(self) -> str:
         config = self.config
         grpc_host, http_host, metrics_host = (
-            _bracketed(listen_address(config, e)) for e in ("grpc", "http", "metrics")
+            _bracketed(config.listen_address(e)) for e in ("grpc", "http", "metrics")
         )
         models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
         metrics = (

@@ -4,7 +4,6 @@ connection are capped, and a message over the size limit is refused before it re
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,13 @@ pytestmark = pytest.mark.slow
 
 def config_for(model: Path, **values: Any) -> ServerConfig:
     base = ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="tiny", path=str(model)),)
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="tiny", path=str(model)),),
     )
-    return dataclasses.replace(base, **values)
+    return base.model_copy(update=values)
 
 
 async def watch(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamCall[Any, Any]:

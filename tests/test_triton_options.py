@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from resnet_serve.cli.commands.serve import configure
 from resnet_serve.cli.triton_flags import ALIASES, NOT_SUPPORTED
-from resnet_serve.server.config import ConfigError, listen_address, load_config
+from resnet_serve.server.config import ConfigError, load_config
 from resnet_serve.server.launch import serving
 
 DOCS = ROOT / "docs" / "server.md"
@@ -58,7 +58,7 @@ def test_each_endpoint_takes_its_own_address_and_host_stays_the_default() -> Non
     config = load_config(
         parse("--model-repository", "r", "--host", "10.0.0.1", "--http-address", "::1"), env={}
     )
-    assert [listen_address(config, e) for e in ("grpc", "http", "metrics")] == ["10.0.0.1", "::1", "10.0.0.1"]
+    assert [config.listen_address(e) for e in ("grpc", "http", "metrics")] == ["10.0.0.1", "::1", "10.0.0.1"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ in DIR.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -69,7 +68,8 @@ class _Entry:
     versions: dict[str, ServedModel] = field(default_factory=dict)
     status: dict[str, VersionStatus] = field(default_factory=dict)
     unloaded: bool = False  # taken down on request: not meant to be served until loaded again
-    override_dir: Path | None = None  # the temporary model directory of a load with overrides, while served
+    # The temporary model directory of the last load, when it had overrides (removed once no version uses it).
+    override_dir: Path | None = None
 
 
 class ModelManager:
@@ -280,7 +280,9 @@ class ModelManager:
         repo = self.config.model_repository
         # Only a directory directly in the repository, as repository_models lists them (_plain_name).
         if repo and _plain_name(name) and (Path(repo) / name).is_dir():
-            return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
+            return self.config.model_defaults.model_copy(
+                update={"name": name, "path": str(Path(repo) / name)}
+            )
         raise not_found(
             f"failed to load {echo(name)}, failed to poll from model repository: the model is neither "
             "configured nor in the model repository"
@@ -300,7 +302,7 @@ class ModelManager:
             settings = settings or self._override_settings(name, override)
             repository_path = Path(settings.path) if settings.path else None
             override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
-            settings = dataclasses.replace(settings, path=str(override_dir))
+            settings = settings.model_copy(update={"path": str(override_dir)})
         try:
             await self._load(name, settings)
         except BaseException:
@@ -322,7 +324,7 @@ class ModelManager:
         try:
             return self._settings_for(name)
         except ServeError:
-            return dataclasses.replace(self.config.model_defaults, name=name, path="")
+            return self.config.model_defaults.model_copy(update={"name": name, "path": ""})
 
     async def _load(self, name: str, settings: ModelSettings | None = None) -> None:
         """Load (or reload) a model's versions per its version policy; ready when this returns.
@@ -392,8 +394,7 @@ class ModelManager:
                 entry.status[model.version] = VersionStatus(
                     name, model.version, ModelState.UNAVAILABLE, UNLOADED
                 )
-            discard(entry.override_dir)
-            entry.override_dir = None
+            discard(entry.override_dir)  # (kept in the entry: a plain load must look in the repository)
             log.info("model %s unloaded", name)
             self._notify()
 
