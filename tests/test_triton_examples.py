@@ -7,6 +7,8 @@ starts passing, so the marker cannot outlive the feature."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,6 @@ def test_example_clients_are_the_recorded_upstream_files() -> None:
         assert "NVIDIA CORPORATION" in script.read_text().splitlines()[1], f"{script}: license header missing"
     copied = {p.name for p in Path(CLIENTS).glob("*.py")}
     assert copied == {r.script for r in RUNS}, "copied examples that no run uses, or the reverse"
+    recorded = dict(reversed(line.split()) for line in re.findall(r"^[0-9a-f]{64}  \S+\.py$", text, re.M))
+    actual = {name: hashlib.sha256((CLIENTS / name).read_bytes()).hexdigest() for name in copied}
+    assert recorded == actual, "an example differs from the upstream copy SOURCE.md records"
