@@ -1,9 +1,6 @@
 """Triton's own Python example clients, copied unchanged into tests/triton_example_clients/, pass against
 resnet-serve (issue #23). lab/triton_examples/ builds the models they expect, starts the servers and runs
-them; this test asserts each run's outcome. `python -m lab.triton_examples` prints the same as a table.
-
-A run that waits for a feature this branch lacks is xfail(strict=True): it fails the suite the moment it
-starts passing, so the marker cannot outlive the feature."""
+them; this test asserts each run's outcome. `python -m lab.triton_examples` prints the same as a table."""
 
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[Run, Result]:
 
 
 def _param(run: Run) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=f"needs {run.needs}")] if run.needs else []
+    marks = []
     if run.server == DEFAULT_PORTS and not namespace_available():
         marks.append(pytest.mark.skip(reason="needs `unshare -n` (root): the example dials ports 8000/8001"))
     return pytest.param(run, id=run.id, marks=marks)

@@ -1,11 +1,12 @@
 """Run Triton's example clients, unchanged, against a real `resnet-serve serve`.
 
-Each server serves a repository that lab/triton_examples/models.py writes, listens on 127.0.0.1 with free
-ports (all three), and starts with `--exit-on-error false`, so that a model this build cannot load yet leaves
-only its own examples failing. Each example runs as its own process with this interpreter, with its `-u`
-flag pointed at the server; it passes when it exits 0 (the examples check their own answers and exit 1 on a
-mismatch). memory_growth_test.py dials Triton's default ports and has no flag to change them, so it runs in a
-private network namespace (`unshare -n`, root only) where 8000 and 8001 are free by construction.
+Each server serves a repository that lab/triton_examples/models.py writes and listens on 127.0.0.1 with free
+ports (all three); it starts with the defaults otherwise (warmup included, so the models with a variable
+dimension must warm up, and a model that fails to load stops the start-up). Each example runs as its own
+process with this interpreter, with its `-u` flag pointed at the server; it passes when it exits 0 (the
+examples check their own answers and exit 1 on a mismatch). memory_growth_test.py dials Triton's default ports
+and has no flag to change them, so it runs in a private network namespace (`unshare -n`, root only) where 8000
+and 8001 are free by construction.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def serving(kind: str, workdir: Path, ports: tuple[str, str] = ("0", "0")) -> It
     args = serve_command(
         "--model-repository", str(repository), "--host", "127.0.0.1",
         "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", "0",
-        "--exit-on-error", "false", "--intra-op-threads", "1", "--preprocess-threads", "1",
+        "--intra-op-threads", "1", "--preprocess-threads", "1",
         *SERVER_FLAGS[kind],
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

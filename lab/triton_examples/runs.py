@@ -5,21 +5,13 @@ Out of scope, so not listed: the sequence-batching examples (simple_*_sequence_*
 `simple_*_health_metadata.py` (they require the server's name to be "triton"; resnet-serve keeps its own),
 and the CUDA shared-memory `simple_*_cudashm_client.py` (they need a GPU).
 
-`needs` names a feature the run depends on that this branch does not have yet (issue #23, items 1-5, built on
-the triton-data branch): the test marks such a run xfail(strict=True), so it must start passing the moment the
-feature lands, and the marker is then removed.
+Every run listed must pass (tests/test_triton_examples.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
-
-# Features of issue #23 that a run may wait for (items 1-5).
-BYTES_TENSORS: Final = "BYTES/STRING tensors (#23 item 1)"
-NO_BATCH_DIM: Final = "max_batch_size 0, reshape and input.format (#23 items 2-4)"
-INPUT_FORMAT: Final = "input.format FORMAT_NHWC (#23 item 3)"
-WARMUP: Final = "warmup with a variable dimension (#23 item 5)"
 
 # The servers a run uses: the shared one, one of its own in explicit model-control mode (the example unloads
 # `simple` and counts the repository's models), or one on Triton's default ports in a private network
@@ -35,7 +27,6 @@ class Run:
     script: str  # a file in tests/triton_example_clients/
     args: tuple[str, ...] = ()  # {grpc}, {http}, {image}, {images}: filled in when it runs
     server: str = MAIN
-    needs: str = ""  # a missing feature (see above); "" when the run should pass today
 
     @property
     def id(self) -> str:
@@ -47,56 +38,48 @@ G: Final = ("-u", "{grpc}")
 H: Final = ("-u", "{http}")
 
 RUNS: Final = (
-    Run("grpc_client.py", G, needs=NO_BATCH_DIM),
-    Run("grpc_explicit_byte_content_client.py", G, needs=BYTES_TENSORS),
+    Run("grpc_client.py", G),
+    Run("grpc_explicit_byte_content_client.py", G),
     Run("grpc_explicit_int8_content_client.py", G),
     Run("grpc_explicit_int_content_client.py", G),
     Run(
         "grpc_image_client.py",
         (*G, "-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", "{image}"),
-        needs=NO_BATCH_DIM,
     ),
-    Run("grpc_image_client.py", (*G, "-m", "densenet_onnx", "-a", "{image}"), needs=NO_BATCH_DIM),
-    Run("grpc_image_client.py", (*G, "-m", "densenet_onnx", "--streaming", "{image}"), needs=NO_BATCH_DIM),
+    Run("grpc_image_client.py", (*G, "-m", "densenet_onnx", "-a", "{image}")),
+    Run("grpc_image_client.py", (*G, "-m", "densenet_onnx", "--streaming", "{image}")),
     Run(
         "grpc_image_client.py",
         (*G, "-m", "inception_batch", "-b", "2", "-s", "INCEPTION", "{images}"),
-        needs=INPUT_FORMAT,
     ),
     Run(
         "image_client.py",
         (*H, "-i", "http", "-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", "{image}"),
-        needs=NO_BATCH_DIM,
     ),
     Run(
         "image_client.py",
         (*G, "-i", "grpc", "-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION", "{image}"),
-        needs=NO_BATCH_DIM,
     ),
-    Run("image_client.py", (*H, "-i", "http", "-a", "-m", "densenet_onnx", "{image}"), needs=NO_BATCH_DIM),
-    Run("image_client.py", (*G, "-i", "grpc", "-a", "-m", "densenet_onnx", "{image}"), needs=NO_BATCH_DIM),
+    Run("image_client.py", (*H, "-i", "http", "-a", "-m", "densenet_onnx", "{image}")),
+    Run("image_client.py", (*G, "-i", "grpc", "-a", "-m", "densenet_onnx", "{image}")),
     Run(
         "image_client.py",
         (*G, "-i", "grpc", "--streaming", "-m", "densenet_onnx", "{image}"),
-        needs=NO_BATCH_DIM,
     ),
     Run(
         "image_client.py",
         (*H, "-i", "http", "-m", "inception_onnx", "-s", "INCEPTION", "{image}"),
-        needs=NO_BATCH_DIM,
     ),
     Run(
         "image_client.py",
         (*H, "-i", "http", "-m", "inception_batch", "-b", "2", "-s", "INCEPTION", "{images}"),
-        needs=INPUT_FORMAT,
     ),
     Run(
         "image_client.py",
         (*G, "-i", "grpc", "-m", "inception_batch", "-b", "2", "-s", "VGG", "{images}"),
-        needs=INPUT_FORMAT,
     ),
-    Run("memory_growth_test.py", ("-i", "grpc", "-r", "20"), DEFAULT_PORTS, needs=WARMUP),
-    Run("memory_growth_test.py", ("-i", "http", "-r", "20"), DEFAULT_PORTS, needs=WARMUP),
+    Run("memory_growth_test.py", ("-i", "grpc", "-r", "20"), DEFAULT_PORTS),
+    Run("memory_growth_test.py", ("-i", "http", "-r", "20"), DEFAULT_PORTS),
     Run("reuse_infer_objects_client.py", (*G, "-i", "grpc")),
     Run("reuse_infer_objects_client.py", (*H, "-i", "http")),
     Run("simple_grpc_aio_infer_client.py", G),
@@ -109,8 +92,8 @@ RUNS: Final = (
     Run("simple_grpc_keepalive_client.py", G),
     Run("simple_grpc_model_control.py", G, GRPC_CONTROL),
     Run("simple_grpc_shm_client.py", G),
-    Run("simple_grpc_shm_string_client.py", G, needs=BYTES_TENSORS),
-    Run("simple_grpc_string_infer_client.py", G, needs=BYTES_TENSORS),
+    Run("simple_grpc_shm_string_client.py", G),
+    Run("simple_grpc_string_infer_client.py", G),
     Run("simple_http_aio_infer_client.py", H),
     Run(
         "simple_http_aio_infer_client.py",
@@ -125,6 +108,6 @@ RUNS: Final = (
     Run("simple_http_infer_client.py", (*H, "-H", "x-request-id:triton-example")),
     Run("simple_http_model_control.py", H, HTTP_CONTROL),
     Run("simple_http_shm_client.py", H),
-    Run("simple_http_shm_string_client.py", H, needs=BYTES_TENSORS),
-    Run("simple_http_string_infer_client.py", H, needs=BYTES_TENSORS),
+    Run("simple_http_shm_string_client.py", H),
+    Run("simple_http_string_infer_client.py", H),
 )
