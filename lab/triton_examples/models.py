@@ -19,7 +19,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET: Final = 17
 INT_MODELS: Final = {"simple": TensorProto.INT32, "simple_int8": TensorProto.INT8}
-_CONFIG_TYPES: Final[dict[int, str]] = {TensorProto.INT32: "TYPE_INT32", TensorProto.INT8: "TYPE_INT8"}
+_CONFIG_TYPES: Final[dict[int, str]] = {
+    TensorProto.INT32: "TYPE_INT32",
+    TensorProto.INT8: "TYPE_INT8",
+    TensorProto.STRING: "TYPE_STRING",
+}
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> None:
@@ -49,8 +53,10 @@ def _config(name: str, max_batch_size: int, inputs: str, outputs: str) -> str:
     )
 
 
-def write_add_sub(repo: Path, name: str, elem: int) -> None:
-    """`simple` / `simple_int8`: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, [16] per row."""
+def write_add_sub(repo: Path, name: str, elem: int) -> Path:
+    """`simple` (INT32), `simple_int8` (INT8) and `simple_string` (STRING, decimal strings):
+    OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, [16] per row, max_batch_size 8; computed in INT32
+    between two Casts. Returns the model directory."""
     nodes = [
         helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
         helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
@@ -76,35 +82,7 @@ def write_add_sub(repo: Path, name: str, elem: int) -> None:
         _tensors("output", [("OUTPUT0", dtype, dims), ("OUTPUT1", dtype, dims)]),
     )
     (repo / name / "config.pbtxt").write_text(text)
-
-
-def write_simple_string(repo: Path) -> None:
-    """`simple_string`: `simple` on decimal strings (Cast STRING → INT32, add/subtract, Cast back)."""
-    nodes = [
-        helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
-        helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
-        helper.make_node("Add", ["a", "b"], ["sum"]),
-        helper.make_node("Sub", ["a", "b"], ["diff"]),
-        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
-        helper.make_node("Cast", ["diff"], ["OUTPUT1"], to=TensorProto.STRING),
-    ]
-    shape: list[int | str] = ["batch", 16]
-    s = TensorProto.STRING
-    graph = helper.make_graph(
-        nodes,
-        "simple_string",
-        [_io("INPUT0", s, shape), _io("INPUT1", s, shape)],
-        [_io("OUTPUT0", s, shape), _io("OUTPUT1", s, shape)],
-    )
-    _save(graph, repo / "simple_string" / "1" / "model.onnx")
-    dims = "    dims: [ 16 ]\n"
-    text = _config(
-        "simple_string",
-        8,
-        _tensors("input", [("INPUT0", "TYPE_STRING", dims), ("INPUT1", "TYPE_STRING", dims)]),
-        _tensors("output", [("OUTPUT0", "TYPE_STRING", dims), ("OUTPUT1", "TYPE_STRING", dims)]),
-    )
-    (repo / "simple_string" / "config.pbtxt").write_text(text)
+    return repo / name
 
 
 def write_identity(repo: Path, name: str, elem: int, config_type: str) -> None:
@@ -257,7 +235,7 @@ def write_inception_batch(repo: Path) -> None:
 WRITERS: Final = {
     "simple": lambda repo: write_add_sub(repo, "simple", TensorProto.INT32),
     "simple_int8": lambda repo: write_add_sub(repo, "simple_int8", TensorProto.INT8),
-    "simple_string": write_simple_string,
+    "simple_string": lambda repo: write_add_sub(repo, "simple_string", TensorProto.STRING),
     "simple_identity": lambda repo: write_identity(
         repo, "simple_identity", TensorProto.STRING, "TYPE_STRING"
     ),
