@@ -129,6 +129,7 @@ def test_file_overrides_load_a_model_from_the_request_alone(
         ({"file:" + "A" * 256: b"x"}, "{}", "longer than 255 bytes"),
         ({"file:": b"x"}, "{}", "must name a file by a relative path"),
         ({"file:config.pbtxt": b"x"}, "{}", "the configuration comes from the 'config' parameter"),
+        ({"file:1": b"x", "file:1/model.onnx": b"y"}, "{}", "cannot write the override files"),
     ],
 )
 def test_file_overrides_are_refused_before_anything_is_written(

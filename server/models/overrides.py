@@ -124,7 +124,7 @@ def materialize(name: str, override: LoadOverride, repository_path: Path | None)
     """The temporary model directory `<tmp>/<name>/` this load reads: config.pbtxt from the override's
     config, and either the request's files (a file override) or links to the repository model's own files
     (a config override alone). The caller removes it with `discard` when the load is undone."""
-    assert override.config is not None
+    config = override.config if override.config is not None else mc.ModelConfig()
     root = Path(tempfile.mkdtemp(prefix="resnet-serve-override-"))
     model_dir = root / name
     try:
@@ -138,9 +138,9 @@ def materialize(name: str, override: LoadOverride, repository_path: Path | None)
                 write_bytes_atomic(target, data)
         elif repository_path is not None:
             _link_repository_files(repository_path, model_dir)
-        text = text_format.MessageToString(override.config)
+        text = text_format.MessageToString(config)
         write_bytes_atomic(model_dir / TRITON_CONFIG_NAME, text.encode("utf-8"))
-    except (OSError, NotADirectoryError) as exc:
+    except OSError as exc:
         discard(model_dir)
         raise refused(name, f"cannot write the override files: {exc.strerror or exc}") from None
     except ServeError:
