@@ -66,6 +66,17 @@ def test_a_version_that_is_not_a_number(kserve_server: KServeServer) -> None:
         assert message.startswith("failed to get model version from specified version string 'one'"), message
 
 
+def test_a_version_of_thousands_of_digits_is_not_a_number_and_the_answer_stays_short(
+    kserve_server: KServeServer,
+) -> None:
+    # Python refuses to read a 5000-digit integer: the lookup must not try (it would be an INTERNAL error).
+    client = tc.InferenceServerClient(kserve_server.url)
+    error = _refusal(client.infer, "tiny", [_input(tc)], model_version="9" * 5000)
+    assert error.status() == "StatusCode.NOT_FOUND"
+    assert error.message().startswith("failed to get model version from specified version string '999")
+    assert len(error.message()) < 1000
+
+
 def test_a_version_with_a_leading_zero_is_that_number(kserve_server: KServeServer) -> None:
     client = tc.InferenceServerClient(kserve_server.url)
     assert client.infer("tiny", [_input(tc)], model_version="01").get_response().model_version == "1"

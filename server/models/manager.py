@@ -60,6 +60,7 @@ UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused 
 # Triton's words for a lookup that finds no ready model (core's model_repository_manager.cc): clients match
 # the prefix (docs/kserve.md, "Error messages").
 UNKNOWN_MODEL = "Request for unknown model:"
+MAX_VERSION_DIGITS = 18  # a version is an int64 to Triton; longer digit strings are not versions
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ModelManager:
         inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
-        if version.isdigit():
+        if version.isdigit() and len(version) <= MAX_VERSION_DIGITS:
             version = str(int(version))  # Triton reads the version as a number: "01" is version 1
         if not self._accepting:
             if count:
@@ -137,7 +138,7 @@ class ModelManager:
                         f"{UNKNOWN_MODEL} {echo(name)} version {version} is not at ready state "
                         f"({status.state})"
                     )
-                if not version.isdigit():
+                if not version.isdigit() or len(version) > MAX_VERSION_DIGITS:
                     raise not_found(
                         f"failed to get model version from specified version string {echo(version)}, "
                         "version should be an integral value > 0"
