@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -132,9 +133,8 @@ def run_in_namespace(run: Run, workdir: Path) -> Result:
     """`run` against a server on 127.0.0.1:8001 (gRPC) and :8000 (HTTP) inside a private network namespace:
     the harness runs itself there (`--one INDEX`) and prints the result as JSON."""
     index = RUNS.index(run)
-    inner = (
-        f"ip link set lo up && exec {sys.executable} -m lab.triton_examples --one {index} --workdir {workdir}"
-    )
+    python, where = shlex.quote(sys.executable), shlex.quote(str(workdir))
+    inner = f"ip link set lo up && exec {python} -m lab.triton_examples --one {index} --workdir {where}"
     start = time.monotonic()
     done = subprocess.run(
         ["unshare", "-n", "sh", "-c", inner],
