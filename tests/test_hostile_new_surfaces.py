@@ -1,0 +1,267 @@
+"""Hostile and malformed input against the surfaces that came with string tensors, models without a batch
+dimension, multipart uploads and load overrides: each is refused with a clear message and the client's
+status (gRPC INVALID_ARGUMENT / HTTP 400), never INTERNAL/500 with a traceback in the server log. Driven
+by the real tritonclient where it can express the request, raw HTTP where it cannot (lone surrogates,
+broken multipart bodies)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+import tritonclient.http as th
+from kserve_fixtures import KServeServer, start_server, stop_server
+from triton_models import write_string_identity
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.slow
+
+IMAGE_API = "/v1/models/tiny/classify"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
+    tmp = tmp_path_factory.mktemp("hostile_new")
+    write_string_identity(tmp / "repository")  # max_batch_size 0
+    write_string_identity(tmp / "repository", "simple_identity", max_batch_size=8)
+    server = start_server(tmp, "--model-control-mode", "explicit")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+    assert "failed unexpectedly" not in server.log(), server.log()[-3000:]
+
+
+@pytest.fixture
+def grpc_client(server: KServeServer) -> Iterator[tc.InferenceServerClient]:
+    client = tc.InferenceServerClient(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http_client(server: KServeServer) -> Iterator[th.InferenceServerClient]:
+    client = th.InferenceServerClient(server.http_url)
+    yield client
+    client.close()
+
+
+def post(
+    server: KServeServer, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """(status, error message or body) of a raw HTTP POST."""
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        text = error.read().decode()
+        return error.code, json.loads(text).get("error", text)
+
+
+def words(values: list[bytes]) -> np.ndarray:
+    return np.array(values, dtype=object)
+
+
+# ------------------------------------------------------------------------------------------ BYTES tensors
+
+
+def test_class_count_on_a_bytes_output_is_invalid_argument_on_both_protocols(
+    grpc_client: tc.InferenceServerClient, http_client: th.InferenceServerClient
+) -> None:
+    for client, module, model, shape in (
+        (grpc_client, tc, "string_identity", [2]),
+        (http_client, th, "string_identity", [2]),
+        (grpc_client, tc, "simple_identity", [1, 2]),
+    ):
+        tensor = module.InferInput("INPUT0", shape, "BYTES")
+        tensor.set_data_from_numpy(words([b"a", b"b"]).reshape(shape))
+        top = module.InferRequestedOutput("OUTPUT0", class_count=1)
+        with pytest.raises(InferenceServerException, match="classification") as info:
+            client.infer(model, [tensor], outputs=[top])
+        assert "BYTES" in info.value.message(), info.value.message()
+        assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "400"), info.value.status()
+
+
+def test_a_lone_surrogate_in_json_is_400_wherever_it_appears(server: KServeServer) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); Python keeps it in a str that protobuf and UTF-8
+    cannot encode. Every JSON body the HTTP API reads refuses it, naming it."""
+    infer = "/v2/models/string_identity/infer"
+    tensor = '{"name":"INPUT0","datatype":"BYTES","shape":[1],"data":["a"]}'
+    cases = {
+        infer: [
+            '{"inputs":[{"name":"INPUT0","datatype":"BYTES","shape":[1],"data":["\\ud800"]}]}',
+            '{"inputs":[{"name":"\\udfff","datatype":"BYTES","shape":[1],"data":["a"]}]}',
+            '{"id":"\\ud800","inputs":[' + tensor + "]}",
+            '{"parameters":{"p":"\\ud800"},"inputs":[' + tensor + "]}",
+            '{"inputs":[' + tensor + '],"outputs":[{"name":"\\ud800"}]}',
+        ],
+        "/v2/repository/models/spare/load": ['{"parameters":{"config":"{\\"backend\\":\\"\\udcff\\"}"}}'],
+        "/v2/systemsharedmemory/region/r/register": ['{"key":"\\ud800","offset":0,"byte_size":8}'],
+    }
+    for path, bodies in cases.items():
+        for body in bodies:
+            status, message = post(server, path, body.encode())
+            assert (status, "surrogate" in message) == (400, True), (path, body, status, message)
+    # A proper pair is one character, and fine.
+    pair = '{"inputs":[{"name":"INPUT0","datatype":"BYTES","shape":[1],"data":["\\ud83d\\ude00"]}]}'
+    status, answer = post(server, infer, pair.encode())
+    assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["\U0001f600"]
+
+
+def test_bytes_json_data_nested_unevenly_is_400_as_numbers_are(server: KServeServer) -> None:
+    infer = "/v2/models/string_identity/infer"
+    uneven: list[list[object]] = [[["a"], "b"], ["a", ["b"]], [[["a"]], ["b"]]]
+    for data in uneven:
+        body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [2], "data": data}]}
+        status, message = post(server, infer, json.dumps(body).encode())
+        assert (status, "nested" in message) == (400, True), (data, status, message)
+    even: list[list[object]] = [["a", "b"], [["a", "b"]], [["a"], ["b"]]]
+    for data in even:  # flat, or nested evenly (Triton takes both)
+        body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [2], "data": data}]}
+        status, answer = post(server, infer, json.dumps(body).encode())
+        assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["a", "b"], answer
+
+
+# ------------------------------------------------------------------------------------- multipart uploads
+
+
+def multipart(boundary: str, *parts: bytes) -> bytes:
+    body = b""
+    for data in parts:
+        disposition = 'Content-Disposition: form-data; name="data"; filename="x.png"'
+        body += f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
+        body += data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "needle"),
+    [
+        ("multipart/form-data", multipart("XyZ", b"img"), "boundary"),
+        ("multipart/form-data; boundary=", multipart("XyZ", b"img"), "boundary"),
+        ("multipart/form-data; boundary=other", multipart("XyZ", b"img"), "boundary"),
+        ("multipart/form-data; boundary=" + "b" * 71, multipart("b" * 71, b"img"), "boundary"),
+        ("multipart/form-data; boundary=XyZ", b"no boundary line in this body at all", "boundary"),
+        ("multipart/form-data; boundary=XyZ", multipart("XyZ", b"img")[:-12], "multipart"),
+        ("multipart/form-data; boundary=XyZ", b"--XyZ\r\n" + b"h" * 70000, "multipart"),
+    ],
+)
+def test_a_malformed_multipart_upload_is_400(
+    server: KServeServer, content_type: str, body: bytes, needle: str
+) -> None:
+    status, message = post(server, IMAGE_API, body, {"Content-Type": content_type})
+    assert status == 400 and needle in message, (status, message)
+
+
+# ------------------------------------------------------------------------------------------ load overrides
+
+
+def test_a_load_parameter_integer_beyond_64_bits_is_400(server: KServeServer) -> None:
+    body = json.dumps({"parameters": {"colour": 2**70}}).encode()
+    status, message = post(server, "/v2/repository/models/spare/load", body)
+    assert status == 400 and "colour" in message, (status, message)
+
+
+def test_a_model_name_too_long_or_with_a_nul_is_refused_not_internal(
+    grpc_client: tc.InferenceServerClient, http_client: th.InferenceServerClient
+) -> None:
+    for name in ("a" * 300, "a\x00b"):
+        for files in (None, {"file:1/model.onnx": b"x"}):
+            with pytest.raises(InferenceServerException) as info:
+                grpc_client.load_model(name, config="{}" if files else None, files=files)
+            assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), info.value
+    with pytest.raises(InferenceServerException) as error:
+        http_client.load_model("a" * 300)
+    assert error.value.status() in ("400", "404"), error.value
+
+
+def test_instance_count_over_the_limit_is_refused_before_any_session_is_made(
+    grpc_client: tc.InferenceServerClient,
+) -> None:
+    from resnet_serve.server.models.triton_config import MAX_INSTANCES
+
+    config = json.dumps({"instance_group": [{"count": MAX_INSTANCES}, {"count": 1}]})
+    with pytest.raises(InferenceServerException, match=f"at most {MAX_INSTANCES}"):
+        grpc_client.load_model("spare", config=config)
+    grpc_client.load_model("spare")  # the repository's configuration again
+    assert grpc_client.is_model_ready("spare")
+
+
+def test_default_model_filename_cannot_leave_the_version_directory(
+    server: KServeServer, grpc_client: tc.InferenceServerClient, tmp_path: Path
+) -> None:
+    elsewhere = server.model_file("tiny", "1").resolve()  # any .onnx file on the server's disk
+    up = "../" * 40 + str(elsewhere).lstrip("/")
+    for name in (up, "sub/model.onnx", ".."):
+        with pytest.raises(InferenceServerException, match="default_model_filename") as info:
+            grpc_client.load_model("spare", config=json.dumps({"default_model_filename": name}))
+        assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.UNAVAILABLE")
+    grpc_client.load_model("spare")
+    assert grpc_client.is_model_ready("spare")
+
+
+def test_a_failed_override_load_leaves_the_model_reloadable_from_the_repository(
+    grpc_client: tc.InferenceServerClient,
+) -> None:
+    """The override's temporary directory is removed when its load fails; the next plain load must read the
+    repository again (it looked in the removed directory: 'model path does not exist: /tmp/...')."""
+    with pytest.raises(InferenceServerException, match="max_batch_size must be >= 0"):
+        grpc_client.load_model("spare", config=json.dumps({"max_batch_size": -1}))
+    assert grpc_client.is_model_ready("spare")  # the versions already serving stay
+    grpc_client.load_model("spare")
+    assert grpc_client.is_model_ready("spare")
+    with pytest.raises(InferenceServerException):
+        grpc_client.load_model("fresh", config="{}", files={"file:1/model.onnx": b"not onnx"})
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.load_model("fresh")  # it never was in the repository
+    assert info.value.status() == "StatusCode.NOT_FOUND" and "/tmp" not in info.value.message()
+
+
+def test_load_overrides_racing_inference_on_the_same_model_drop_no_request(
+    grpc_client: tc.InferenceServerClient, server: KServeServer
+) -> None:
+    import threading
+    import time
+
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    answered: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def infer() -> None:
+        client = tc.InferenceServerClient(server.url)
+        try:
+            while not stop.is_set() and len(answered) + len(errors) < 2000:
+                tensor = tc.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                try:
+                    assert client.infer("spare", [tensor]).as_numpy("logits").shape == (1, 10)
+                    answered.append(1)
+                except InferenceServerException as error:
+                    errors.append(str(error))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=infer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        for i in range(4):
+            if time.monotonic() > deadline:
+                break
+            config = json.dumps({"max_batch_size": 2 + i}) if i % 2 == 0 else None
+            grpc_client.load_model("spare", config=config)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert answered and not errors, errors[:3]
+    assert grpc_client.get_model_config("spare").config.max_batch_size != 4  # the plain load came last
