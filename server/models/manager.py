@@ -42,7 +42,7 @@ from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models import warmup
 from resnet_serve.server.models.configured import configure
-from resnet_serve.server.models.overrides import LoadOverride, discard, materialize, refused
+from resnet_serve.server.models.overrides import NAME_MAX, LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,
@@ -323,7 +323,11 @@ class ModelManager:
         if not override.files:
             return self._settings_for(name)
         if not _plain_name(name):
-            raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
+            raise refused(
+                name,
+                f"a model loaded from file overrides needs a plain name (no '/', '..' or NUL; at most "
+                f"{NAME_MAX} bytes)",
+            )
         try:
             return self._settings_for(name)
         except ServeError:
@@ -340,6 +344,10 @@ class ModelManager:
         settings = settings or self._settings_for(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, _Entry(settings))
+            # A failed load keeps the settings of the versions still serving: an override's point at its
+            # temporary directory, removed when the load fails, where the next plain load must not look.
+            fresh = settings.model_copy(update={"path": ""})  # a new entry: the repository is looked in again
+            kept = entry.settings if entry.settings is not settings else fresh
             entry.settings = settings
             entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
             try:
@@ -350,6 +358,7 @@ class ModelManager:
                 if not entry.versions:
                     # No version to label: the alert on `resnet_serve_model_ready == 0` must still see it.
                     self.metrics.model(name, UNKNOWN_MODEL_LABEL).set_ready(False)
+                entry.settings = kept
                 self._notify()
                 raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             self.metrics.forget(name, UNKNOWN_MODEL_LABEL)  # its versions are known now
@@ -370,6 +379,7 @@ class ModelManager:
                     )
                     if state is not ModelState.READY:  # a series at 0, so that an alert on it can fire
                         self.metrics.model(name, version).set_ready(False)
+                entry.settings = kept
                 self._notify()
                 raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
@@ -546,7 +556,8 @@ class ModelManager:
 def _plain_name(name: str) -> bool:
     """A name that can only mean a directory directly in the repository: a client's name must not reach the
     repository itself ("") or anything outside it ("..", "../x", "a/b")."""
-    return bool(name) and name == Path(name).name and not name.startswith(".")
+    plain = bool(name) and name == Path(name).name and not name.startswith(".") and "\x00" not in name
+    return plain and len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX  # longer: ENAMETOOLONG
 
 
 def _runs_on(backend: str, info: BackendInfo) -> str:
