@@ -34,6 +34,10 @@ TRITON_BACKENDS: Final = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", 
 # Triton's default model file name per backend (default_model_filename overrides it).
 DEFAULT_FILES: Final = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "torch": "model.pt"}
 _DEVICES: Final = {mc.ModelInstanceGroup.KIND_CPU: "cpu", mc.ModelInstanceGroup.KIND_GPU: "cuda"}
+# Execution instances one model version may have (each is a session, its memory and a thread): far above what
+# a machine runs well, far below what exhausts its memory (a load override's count of 2e9 took 22 GiB within
+# a minute before this limit).
+MAX_INSTANCES: Final = 128
 
 # The fields resnet-serve acts on, as dotted paths (a repeated field's elements share one path). Closed under
 # prefixes: a message listed here has its own fields checked one by one.
@@ -203,6 +207,12 @@ def from_message(cfg: mc.ModelConfig, path: Path) -> TritonModelConfig:
         )
     policy = cfg.dynamic_batching.default_queue_policy
     instances, device = _instances(cfg, where)
+    filename = cfg.default_model_filename
+    if filename and (Path(filename).name != filename or filename in (".", "..") or "\x00" in filename):
+        raise RepositoryError(
+            f"{where}: default_model_filename {filename[:300]!r} must be a file name in each version "
+            "directory"
+        )
     backend = _backend(cfg, where)
     which = cfg.version_policy.WhichOneof("policy_choice") or ""
     versions = tuple(int(v) for v in cfg.version_policy.specific.versions)
@@ -270,7 +280,12 @@ def _instances(cfg: mc.ModelConfig, where: str) -> tuple[int, str]:
     if any(g.count < 0 for g in cfg.instance_group):
         raise RepositoryError(f"{where}: instance_group.count must be >= 0")
     device = _DEVICES[stated.pop()] if stated else ""
-    return sum(max(1, g.count) for g in cfg.instance_group), device
+    total = sum(max(1, g.count) for g in cfg.instance_group)
+    if total > MAX_INSTANCES:
+        raise RepositoryError(
+            f"{where}: instance_group asks for {total} instances; at most {MAX_INSTANCES} per model version"
+        )
+    return total, device
 
 
 def _datatype(data_type: int) -> str:
