@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
 from kserve_fixtures import KServeServer, start_server, stop_server
-from triton_models import write_string_identity
+from triton_models import _one_op_model, write_string_identity
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
     tmp = tmp_path_factory.mktemp("hostile_new")
     write_string_identity(tmp / "repository")  # max_batch_size 0
     write_string_identity(tmp / "repository", "simple_identity", max_batch_size=8)
+    write_reshaping(tmp / "repository", "reshape_alone", max_batch_size=0)
+    write_reshaping(tmp / "repository", "reshape_rows", max_batch_size=8)
     server = start_server(tmp, "--model-control-mode", "explicit")
     try:
         yield server
     finally:
         stop_server(server)
     assert "failed unexpectedly" not in server.log(), server.log()[-3000:]
+
+
+def write_reshaping(repository: Path, name: str, max_batch_size: int) -> None:
+    """INT32: clients send dims [-1], the model sees `reshape { shape: [2, -1] }` (an even count only)."""
+    from onnx import TensorProto, numpy_helper
+
+    config = f"""
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] reshape {{ shape: [ 2, -1 ] }} }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] reshape {{ shape: [ 2, -1 ] }} }} ]
+"""
+    dims = ["batch", "a", "b"] if max_batch_size else ["a", "b"]
+    two = numpy_helper.from_array(np.array(2, dtype=np.int32), "two")
+    _one_op_model(repository, name, "Mul", (TensorProto.INT32, dims), config, [two])
 
 
 @pytest.fixture
@@ -127,6 +145,47 @@ def test_bytes_json_data_nested_unevenly_is_400_as_numbers_are(server: KServeSer
         body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [2], "data": data}]}
         status, answer = post(server, infer, json.dumps(body).encode())
         assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["a", "b"], answer
+
+
+# ------------------------------------------------------------------------------ reshape, no batch dimension
+
+
+def test_a_shape_that_config_reshape_cannot_take_is_invalid_argument_before_queuing(
+    grpc_client: tc.InferenceServerClient,
+) -> None:
+    for model, good, bad in (("reshape_alone", [4], [3]), ("reshape_rows", [1, 4], [1, 3])):
+        tensor = tc.InferInput("INPUT0", good, "INT32")
+        tensor.set_data_from_numpy(np.arange(4, dtype=np.int32).reshape(good))
+        assert grpc_client.infer(model, [tensor]).as_numpy("OUTPUT0").tolist() == (
+            np.arange(4).reshape(good) * 2
+        ).tolist()
+        tensor = tc.InferInput("INPUT0", bad, "INT32")
+        tensor.set_data_from_numpy(np.arange(3, dtype=np.int32).reshape(bad))
+        with pytest.raises(InferenceServerException, match=r"reshape \[2, -1\]") as info:
+            grpc_client.infer(model, [tensor])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+
+
+def test_concurrent_requests_to_a_model_without_a_batch_dimension_each_run_alone(
+    server: KServeServer,
+) -> None:
+    import threading
+
+    answers: dict[int, list[bytes]] = {}
+
+    def send(n: int) -> None:
+        client = tc.InferenceServerClient(server.url)
+        tensor = tc.InferInput("INPUT0", [n], "BYTES")
+        tensor.set_data_from_numpy(np.array([str(n).encode()] * n, dtype=object))
+        answers[n] = client.infer("string_identity", [tensor]).as_numpy("OUTPUT0").tolist()
+        client.close()
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {n: [str(n).encode()] * n for n in range(1, 7)}
 
 
 # ------------------------------------------------------------------------------------- multipart uploads

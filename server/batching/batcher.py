@@ -50,6 +50,7 @@ from resnet_serve.server.errors import (
     queue_full,
     unavailable,
 )
+from resnet_serve.server.models.configured import ConfiguredBackend
 from resnet_serve.server.observability.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,10 @@ class DynamicBatcher:
                     f"input {spec.name!r} of model {self.name!r} must have shape [{', '.join(shown)}], "
                     f"got {list(arr.shape)}"
                 )
+            if isinstance(self._backends[0], ConfiguredBackend):  # config.pbtxt's reshape, checked now
+                refusal = self._backends[0].reshape_refusal(spec.name, arr.shape)
+                if refusal is not None:
+                    raise invalid_argument(f"model {self.name!r}: {refusal}")
             if not self.batched:
                 rows = 1
             elif rows == -1:
