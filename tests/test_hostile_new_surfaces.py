@@ -7,6 +7,7 @@ broken multipart bodies)."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +20,6 @@ import tritonclient.http as th
 from kserve_fixtures import KServeServer, start_server, stop_server
 from triton_models import _one_op_model, write_string_identity
 from tritonclient.utils import InferenceServerException
-
-pytestmark = pytest.mark.slow
 
 IMAGE_API = "/v1/models/tiny/classify"
 
@@ -90,6 +89,7 @@ def words(values: list[bytes]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ BYTES tensors
 
 
+@pytest.mark.slow
 def test_class_count_on_a_bytes_output_is_invalid_argument_on_both_protocols(
     grpc_client: tc.InferenceServerClient, http_client: th.InferenceServerClient
 ) -> None:
@@ -107,6 +107,7 @@ def test_class_count_on_a_bytes_output_is_invalid_argument_on_both_protocols(
         assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "400"), info.value.status()
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_in_json_is_400_wherever_it_appears(server: KServeServer) -> None:
     """JSON may escape half of a UTF-16 pair ("\\ud800"); Python keeps it in a str that protobuf and UTF-8
     cannot encode. Every JSON body the HTTP API reads refuses it, naming it."""
@@ -133,6 +134,7 @@ def test_a_lone_surrogate_in_json_is_400_wherever_it_appears(server: KServeServe
     assert status == 200 and json.loads(answer)["outputs"][0]["data"] == ["\U0001f600"]
 
 
+@pytest.mark.slow
 def test_bytes_json_data_nested_unevenly_is_400_as_numbers_are(server: KServeServer) -> None:
     infer = "/v2/models/string_identity/infer"
     uneven: list[list[object]] = [[["a"], "b"], ["a", ["b"]], [[["a"]], ["b"]]]
@@ -150,15 +152,17 @@ def test_bytes_json_data_nested_unevenly_is_400_as_numbers_are(server: KServeSer
 # ------------------------------------------------------------------------------ reshape, no batch dimension
 
 
+@pytest.mark.slow
 def test_a_shape_that_config_reshape_cannot_take_is_invalid_argument_before_queuing(
     grpc_client: tc.InferenceServerClient,
 ) -> None:
     for model, good, bad in (("reshape_alone", [4], [3]), ("reshape_rows", [1, 4], [1, 3])):
         tensor = tc.InferInput("INPUT0", good, "INT32")
         tensor.set_data_from_numpy(np.arange(4, dtype=np.int32).reshape(good))
-        assert grpc_client.infer(model, [tensor]).as_numpy("OUTPUT0").tolist() == (
-            np.arange(4).reshape(good) * 2
-        ).tolist()
+        assert (
+            grpc_client.infer(model, [tensor]).as_numpy("OUTPUT0").tolist()
+            == (np.arange(4).reshape(good) * 2).tolist()
+        )
         tensor = tc.InferInput("INPUT0", bad, "INT32")
         tensor.set_data_from_numpy(np.arange(3, dtype=np.int32).reshape(bad))
         with pytest.raises(InferenceServerException, match=r"reshape \[2, -1\]") as info:
@@ -166,6 +170,7 @@ def test_a_shape_that_config_reshape_cannot_take_is_invalid_argument_before_queu
         assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
 
 
+@pytest.mark.slow
 def test_concurrent_requests_to_a_model_without_a_batch_dimension_each_run_alone(
     server: KServeServer,
 ) -> None:
@@ -212,6 +217,7 @@ def multipart(boundary: str, *parts: bytes) -> bytes:
         ("multipart/form-data; boundary=XyZ", b"--XyZ\r\n" + b"h" * 70000, "multipart"),
     ],
 )
+@pytest.mark.slow
 def test_a_malformed_multipart_upload_is_400(
     server: KServeServer, content_type: str, body: bytes, needle: str
 ) -> None:
@@ -222,12 +228,14 @@ def test_a_malformed_multipart_upload_is_400(
 # ------------------------------------------------------------------------------------------ load overrides
 
 
+@pytest.mark.slow
 def test_a_load_parameter_integer_beyond_64_bits_is_400(server: KServeServer) -> None:
     body = json.dumps({"parameters": {"colour": 2**70}}).encode()
     status, message = post(server, "/v2/repository/models/spare/load", body)
     assert status == 400 and "colour" in message, (status, message)
 
 
+@pytest.mark.slow
 def test_a_model_name_too_long_or_with_a_nul_is_refused_not_internal(
     grpc_client: tc.InferenceServerClient, http_client: th.InferenceServerClient
 ) -> None:
@@ -241,6 +249,7 @@ def test_a_model_name_too_long_or_with_a_nul_is_refused_not_internal(
     assert error.value.status() in ("400", "404"), error.value
 
 
+@pytest.mark.slow
 def test_instance_count_over_the_limit_is_refused_before_any_session_is_made(
     grpc_client: tc.InferenceServerClient,
 ) -> None:
@@ -253,6 +262,7 @@ def test_instance_count_over_the_limit_is_refused_before_any_session_is_made(
     assert grpc_client.is_model_ready("spare")
 
 
+@pytest.mark.slow
 def test_default_model_filename_cannot_leave_the_version_directory(
     server: KServeServer, grpc_client: tc.InferenceServerClient, tmp_path: Path
 ) -> None:
@@ -266,6 +276,7 @@ def test_default_model_filename_cannot_leave_the_version_directory(
     assert grpc_client.is_model_ready("spare")
 
 
+@pytest.mark.slow
 def test_a_failed_override_load_leaves_the_model_reloadable_from_the_repository(
     grpc_client: tc.InferenceServerClient,
 ) -> None:
@@ -283,6 +294,7 @@ def test_a_failed_override_load_leaves_the_model_reloadable_from_the_repository(
     assert info.value.status() == "StatusCode.NOT_FOUND" and "/tmp" not in info.value.message()
 
 
+@pytest.mark.slow
 def test_load_overrides_racing_inference_on_the_same_model_drop_no_request(
     grpc_client: tc.InferenceServerClient, server: KServeServer
 ) -> None:
@@ -324,3 +336,47 @@ def test_load_overrides_racing_inference_on_the_same_model_drop_no_request(
             thread.join(30)
     assert answered and not errors, errors[:3]
     assert grpc_client.get_model_config("spare").config.max_batch_size != 4  # the plain load came last
+
+
+# --------------------------------------------------- config.pbtxt limits (what a load override can also send)
+
+LIMITED = """
+name: "m"
+backend: "onnxruntime"
+max_batch_size: {mbs}
+input [ {{ name: "x", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+output [ {{ name: "y", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("mbs", "extra", "message"),
+    [
+        (8, "instance_group [ { count: 100 }, { count: 100 } ]", "asks for 200 instances; at most 128"),
+        (8, 'default_model_filename: "../../elsewhere.onnx"', "must be a file name"),
+        (8, 'default_model_filename: ".."', "must be a file name"),
+        (
+            2**31 - 1,
+            'model_warmup [ { name: "w" batch_size: 2147483647 inputs { key: "x" value: '
+            "{ data_type: TYPE_FP32 dims: [ 1048576 ] zero_data: true } } } ]",
+            "model_warmup[0] ('w') would make",
+        ),
+        (
+            8,
+            'model_warmup [ { name: "w" batch_size: 1 count: 1000000000 inputs { key: "x" value: '
+            "{ data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]",
+            "count 1000000000 is over",
+        ),
+    ],
+)
+def test_config_values_that_would_exhaust_the_server_are_refused_when_read(
+    tmp_path: Path, mbs: int, extra: str, message: str
+) -> None:
+    from resnet_serve.formats.repository import RepositoryError
+    from resnet_serve.server.models.triton_config import read_config
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(LIMITED.format(mbs=mbs, extra=extra))
+    with pytest.raises(RepositoryError, match=re.escape(message)):
+        read_config(tmp_path / "m")

@@ -38,6 +38,10 @@ _DEVICES: Final = {mc.ModelInstanceGroup.KIND_CPU: "cpu", mc.ModelInstanceGroup.
 # a machine runs well, far below what exhausts its memory (a load override's count of 2e9 took 22 GiB within
 # a minute before this limit).
 MAX_INSTANCES: Final = 128
+# A model_warmup sample runs at load, before the model is ready: its data is made in memory and run `count`
+# times on each instance. Far above any warmup's needs, far below a load that never ends or exhausts memory.
+MAX_WARMUP_COUNT: Final = 1000
+MAX_WARMUP_ELEMENTS: Final = 1 << 28  # one input's batch_size × its dims (1 GiB of FP32)
 
 # The fields resnet-serve acts on, as dotted paths (a repeated field's elements share one path). Closed under
 # prefixes: a message listed here has its own fields checked one by one.
@@ -346,6 +350,8 @@ def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> W
         raise RepositoryError(f"{where}.batch_size {w.batch_size} is over max_batch_size {max_batch_size}")
     if not w.inputs:
         raise RepositoryError(f"{where} ({w.name!r}) gives no inputs")
+    if w.count > MAX_WARMUP_COUNT:
+        raise RepositoryError(f"{where} ({w.name!r}): count {w.count} is over {MAX_WARMUP_COUNT}")
     inputs: list[WarmupInput] = []
     for name in w.inputs:  # file order is lost in a map; sorted for a stable order
         given = w.inputs[name]
@@ -367,6 +373,12 @@ def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> W
         if kind == "input_data_file":
             file = _warmup_file(given.input_data_file, f"{where}: input '{name}'", path.parent)
         dims = tuple(int(d) for d in given.dims)
+        elements = max(1, w.batch_size) * _count(dims)
+        if elements > MAX_WARMUP_ELEMENTS:
+            raise RepositoryError(
+                f"{where} ({w.name!r}) would make {elements} elements of input '{name}' "
+                f"(batch_size × dims); at most {MAX_WARMUP_ELEMENTS}"
+            )
         inputs.append(WarmupInput(name, datatype, dims, kind, file, given.input_data_file))
     inputs.sort(key=lambda i: i.name)
     return WarmupSample(field, w.name, w.batch_size, max(1, w.count), tuple(inputs))
