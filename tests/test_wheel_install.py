@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,12 +26,12 @@ import onnxruntime as ort
 import pytest
 from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 from PIL import Image
+from support.checkout import REPO, checkout_copy
 
 from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 SHADOWS = ("client", "server", "models", "cli")
 READY = re.compile(r"ready: grpc=[^:\s]+:(\d+) metrics=")
 
@@ -59,28 +58,6 @@ class Installed:
         return str(self.venv / "bin" / "resnet-serve")
 
 
-def _checkout_copy(dest: Path) -> Path:
-    """The files git would commit (tracked, plus new files not ignored), links kept as links: the wheel is
-    built from them, not from whatever build/ or .egg-info an earlier build left in the checkout."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = REPO / rel
-        if not src.exists() and not src.is_symlink():
-            continue  # deleted in the working tree, not yet committed
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            target.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, target)
-    return dest
-
-
 def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
     start = time.monotonic()
     # Without PYTHONPATH: a checkout on it (with the .egg-info an editable install leaves there) would make
@@ -95,7 +72,7 @@ def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     seconds: dict[str, float] = {}
     base = tmp_path_factory.mktemp("wheel")
-    source = _checkout_copy(base / "source")
+    source = checkout_copy(base / "source")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     _timed(seconds, "build", [*pip, "wheel", "--no-deps", "--quiet", "-w", str(base / "dist"), str(source)])
     (wheel,) = (base / "dist").glob("resnet_serve-*.whl")
