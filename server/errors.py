@@ -26,6 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import InvalidInput
+from resnet_serve.server.outcomes import OF_STATUS, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,10 @@ def _bounded(message: str) -> str:
     return encoded[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore") + f"…({len(message)} chars)"
 
 
-# Metric outcome labels (docs/architecture.md, metrics API) for each status a request can end with.
-OUTCOMES: dict[grpc.StatusCode, str] = {
-    grpc.StatusCode.OK: "success",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
-    grpc.StatusCode.NOT_FOUND: "invalid_input",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
-    # Refused without being queued: shutting down, no ready version, the version is unloading. A full
-    # queue is UNAVAILABLE too but says so itself (`queue_full`), so overload and outage stay apart.
-    grpc.StatusCode.UNAVAILABLE: "unavailable",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
-    grpc.StatusCode.CANCELLED: "cancelled",
-    grpc.StatusCode.INTERNAL: "backend_error",
-}
-
-
 class ServeError(Exception):
     """A request failed with a known gRPC status; `message` is one line meant for the client."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None) -> None:
         message = _bounded(message)
         super().__init__(message)
         self.code = code
@@ -76,9 +62,9 @@ class ServeError(Exception):
         self._outcome = outcome
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> Outcome:
         """The metrics outcome label for this error: the one it was raised with, else its status's."""
-        return self._outcome or OUTCOMES.get(self.code, "backend_error")
+        return self._outcome or OF_STATUS.get(self.code, Outcome.BACKEND_ERROR)
 
     def __repr__(self) -> str:
         return f"ServeError({self.code.name}, {self.message!r})"
@@ -98,7 +84,7 @@ def unavailable(message: str) -> ServeError:
 
 def queue_full(message: str) -> ServeError:
     """UNAVAILABLE because the model's queue is full (overload), counted apart from other refusals."""
-    return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome="queue_full")
+    return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome=Outcome.QUEUE_FULL)
 
 
 def deadline_exceeded(message: str) -> ServeError:
@@ -113,21 +99,21 @@ def internal(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.INTERNAL, message)
 
 
-def refusal_outcome(error: ServeError) -> str:
+def refusal_outcome(error: ServeError) -> Outcome:
     """The access-log outcome of a request refused before it reached a model version: NOT_FOUND is what the
     metrics count as `not_found` (ServerMetrics.unknown_model), the rest as their metrics outcome."""
-    return "not_found" if error.code == grpc.StatusCode.NOT_FOUND else error.outcome
+    return Outcome.NOT_FOUND if error.code == grpc.StatusCode.NOT_FOUND else error.outcome
 
 
-def outcome_of(exc: BaseException) -> str:
+def outcome_of(exc: BaseException) -> Outcome:
     """The metrics outcome for an exception a request ended with (unexpected ones are backend errors)."""
     if isinstance(exc, ServeError):
         return exc.outcome
     if isinstance(exc, InvalidInput):
-        return "invalid_input"
+        return Outcome.INVALID_INPUT
     if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return "backend_error"
+        return Outcome.CANCELLED
+    return Outcome.BACKEND_ERROR
 
 
 def status_of(exc: Exception, rpc: str) -> ServeError:

@@ -40,7 +40,8 @@ from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, P
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.launch import free_port, serving
-from resnet_serve.server.observability.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.server.observability.metrics import LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.server.outcomes import FAILURES
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,7 +406,7 @@ def test_kserve_model_statistics_report_the_numbers_prometheus_scrapes(server: S
     assert int(inference["queue"]["ns"]) == ns("resnet_serve_queue_duration_seconds_sum")
     assert int(inference["compute_input"]["ns"]) == ns("resnet_serve_preprocess_duration_seconds_sum")
     assert int(inference["compute_infer"]["ns"]) == ns("resnet_serve_compute_duration_seconds_sum")
-    failed = sum(value("resnet_serve_requests_total", ("outcome", o)) for o in FAILURE_OUTCOMES)
+    failed = sum(value("resnet_serve_requests_total", ("outcome", o)) for o in FAILURES)
     assert int(inference.get("fail", {}).get("count", 0)) == failed
     batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
     assert sum(batches.values()) == value("resnet_serve_executions_total")

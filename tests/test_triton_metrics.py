@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from resnet_serve.server.observability.metrics import FAILURE_OUTCOMES, TRITON_FAILURE_REASONS, ServerMetrics
+from resnet_serve.server.observability.metrics import TRITON_FAILURE_REASONS, ServerMetrics
+from resnet_serve.server.outcomes import FAILURES
 
 LABELS = {"model": "m", "version": "2"}
 
@@ -32,7 +33,7 @@ def test_nv_inference_metrics_carry_triton_names_labels_and_units() -> None:
         )
     model.batch_executed(4, 0.002)
     model.batch_executed(2, 0.002)
-    for outcome in FAILURE_OUTCOMES:
+    for outcome in FAILURES:
         model.request_done(outcome, 0.001)
     model.set_queue_depth(5)
     got = samples(metrics)
@@ -55,7 +56,7 @@ def test_nv_inference_metrics_carry_triton_names_labels_and_units() -> None:
         "BACKEND": 1,
         "OTHER": 2,
     }
-    assert set(TRITON_FAILURE_REASONS) == set(FAILURE_OUTCOMES)
+    assert set(TRITON_FAILURE_REASONS) == set(FAILURES)
 
 
 def test_triton_counters_are_exposed_without_a_total_suffix_as_triton_does() -> None:

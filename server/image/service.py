@@ -24,6 +24,7 @@ from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
+from resnet_serve.server.outcomes import Outcome
 from resnet_serve.server.request import Call
 from resnet_serve.server.streams import answer_concurrently
 
@@ -148,7 +149,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 detail = f"{len(failures)} of {len(results)} images failed; first: {failures[0].message}"
                 call.summary(failures[0].outcome, batch_size, detail)
             else:
-                call.summary("success", batch_size)
+                call.summary(Outcome.SUCCESS, batch_size)
         return pb.ClassifyBatchResponse(results=results)
 
     async def _classify_batch(
@@ -219,7 +220,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             total = time.perf_counter() - start
             batch_sizes.append(result.batch_size)
             model.metrics.request_done(
-                "success", total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
+                Outcome.SUCCESS, total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
             )
             logits = result.outputs[model.info.outputs[0].name]
             for row, i in enumerate(chunk):

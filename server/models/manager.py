@@ -50,11 +50,11 @@ from resnet_serve.server.models.sources import (
     version_key,
 )
 from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
+from resnet_serve.server.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
-UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
 
 
 @dataclass
@@ -150,7 +150,7 @@ class ModelManager:
             ready = [v for v, m in entry.versions.items() if m.state is ModelState.READY]
             known = ready or [*entry.versions, *entry.status]
             version = max(known, key=version_key) if known else UNKNOWN_MODEL_LABEL
-        self.metrics.model(name, version).request_done(UNAVAILABLE_OUTCOME, 0.0)
+        self.metrics.model(name, version).request_done(Outcome.UNAVAILABLE, 0.0)
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:

@@ -43,6 +43,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from resnet_serve.server.outcomes import FAILURES, REQUEST_OUTCOMES, Outcome
+
 log = logging.getLogger(__name__)
 
 
@@ -56,19 +58,6 @@ class _SilentHandler(WSGIRequestHandler):
 
 
 PREFIX: Final = "resnet_serve"
-
-# Outcomes a request can end with; `not_found` is only reported through `ServerMetrics.unknown_model`.
-SUCCESS: Final = "success"
-FAILURE_OUTCOMES: Final = (
-    "invalid_input",
-    "queue_full",
-    "unavailable",  # refused unqueued: no ready version (loading, unloaded, failed) or shutting down
-    "deadline_exceeded",
-    "cancelled",
-    "backend_error",
-)
-NOT_FOUND: Final = "not_found"
-OUTCOMES: Final = (SUCCESS, *FAILURE_OUTCOMES)
 
 # Requests for models that are not served share one label pair: using the requested name as a label
 # would let any client create unbounded series.
@@ -92,19 +81,18 @@ ACCESS_PROTOCOLS: Final = ("grpc", "http")
 ACCESS_REFUSAL_REASONS: Final = (
     "restricted",  # a restricted protocol group without its header value: UNAVAILABLE, as Triton
     "unauthenticated",  # the image API without a valid bearer token: UNAUTHENTICATED (HTTP 401)
-    "permission_denied",  # PERMISSION_DENIED (HTTP 403); no refusal answers it yet, kept for one
     "model_control",  # load/unload under --model-control-mode none: UNAVAILABLE, as Triton
 )
 
 # Triton's `reason` label of nv_inference_request_failure (Triton 2.4x: REJECTED for a full queue or an
 # expired queue timeout, CANCELED, BACKEND for a failed execution, OTHER) for each of our failure outcomes.
 TRITON_FAILURE_REASONS: Final = {
-    "queue_full": "REJECTED",
-    "deadline_exceeded": "REJECTED",
-    "cancelled": "CANCELED",
-    "backend_error": "BACKEND",
-    "invalid_input": "OTHER",
-    "unavailable": "OTHER",
+    Outcome.QUEUE_FULL: "REJECTED",
+    Outcome.DEADLINE_EXCEEDED: "REJECTED",
+    Outcome.CANCELLED: "CANCELED",
+    Outcome.BACKEND_ERROR: "BACKEND",
+    Outcome.INVALID_INPUT: "OTHER",
+    Outcome.UNAVAILABLE: "OTHER",
 }
 
 
@@ -219,7 +207,7 @@ class ModelMetrics:
         self._batch = _Histogram(BATCH_SIZE_BUCKETS)
         # Every outcome is there from the start, so each series reads 0 before its first event and
         # rate()/increase() see the first one.
-        self._outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._outcomes: dict[str, int] = dict.fromkeys(REQUEST_OUTCOMES, 0)
         self._failed_ns = 0
         self._inference_count = 0
         self._execution_count = 0
@@ -246,12 +234,14 @@ class ModelMetrics:
         fast failures do not pull latency quantiles down; failures are counted by outcome instead.
         """
         if outcome not in self._outcomes:
-            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+            raise ValueError(
+                f"unknown request outcome {outcome!r}; expected one of {', '.join(REQUEST_OUTCOMES)}"
+            )
         now_ms = int(time.time() * 1000)
         with self._lock:
             self._outcomes[outcome] += 1
             self._last_inference_ms = now_ms
-            if outcome != SUCCESS:
+            if outcome != Outcome.SUCCESS:
                 self._failed_ns += int(total_s * _NS_PER_S)
                 return
             self._inference_count += inferences
@@ -291,7 +281,7 @@ class ModelMetrics:
     def statistics(self) -> ModelStatistics:
         zero = StatDuration()
         with self._lock:
-            failures = {o: self._outcomes[o] for o in FAILURE_OUTCOMES}
+            failures: dict[str, int] = {o: self._outcomes[o] for o in FAILURES}
             return ModelStatistics(
                 name=self.name,
                 version=self.version,
@@ -442,7 +432,7 @@ class _ModelsCollector(Collector):
             in_flight.add_metric(s.labels, s.in_flight)
             ready.add_metric(s.labels, 1.0 if s.ready else 0.0)
             load.add_metric(s.labels, s.load_s)
-        requests.add_metric([UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, NOT_FOUND], unknown)
+        requests.add_metric([UNKNOWN_MODEL_LABEL, UNKNOWN_MODEL_LABEL, Outcome.NOT_FOUND], unknown)
         yield from (batch, requests, failed, inferences, executions, queue_depth, in_flight, ready, load)
 
 
@@ -483,9 +473,9 @@ def _triton_families(snapshots: Iterable[_Snapshot]) -> Iterator[Metric]:
     )
     for s in snapshots:
         labels = dict(zip(_LABELS, s.labels, strict=True))
-        success.add_sample(success.name, labels, s.outcomes[SUCCESS])
+        success.add_sample(success.name, labels, s.outcomes[Outcome.SUCCESS])
         reasons = dict.fromkeys(sorted(set(TRITON_FAILURE_REASONS.values())), 0)
-        for outcome in FAILURE_OUTCOMES:
+        for outcome in FAILURES:
             reasons[TRITON_FAILURE_REASONS[outcome]] += s.outcomes[outcome]
         for reason, n in reasons.items():
             failure.add_sample(failure.name, {**labels, "reason": reason}, n)
