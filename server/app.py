@@ -14,11 +14,13 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from resnet_serve.formats.ready import Ready, ReadyModel, write_ready
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.config import ServerConfig
@@ -180,6 +182,11 @@ class InferenceServer:
         http = f"{host}:{self.http_port}" if self.http_port is not None else "off"
         return f"ready: grpc={host}:{self.grpc_port} metrics={metrics} http={http}{security} models: {models}"
 
+    def ready(self) -> Ready:
+        """What the ready file says (formats/ready.py): the ports this server listens on and its models."""
+        models = tuple(ReadyModel(s.name, s.version, str(s.state)) for s in self.manager.statuses())
+        return Ready(os.getpid(), self.config.host, self.grpc_port, self.http_port, self.metrics_port, models)
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -267,5 +274,17 @@ async def serve(config: ServerConfig) -> int:
         return 1
     server.install_signal_handlers()
     log.info(server.summary())
-    await server.wait_for_shutdown()
+    ready_file = Path(config.ready_file) if config.ready_file else None
+    if ready_file is not None:
+        try:
+            write_ready(ready_file, server.ready())
+        except OSError as exc:
+            log.error("cannot write the ready file (--ready-file): %s", exc)
+            await server.stop()
+            return 1
+    try:
+        await server.wait_for_shutdown()
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # a file left behind would say a stopped server is ready
     return 0

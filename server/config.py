@@ -123,6 +123,7 @@ class ServerConfig:
     grpc_http2_min_recv_ping_interval: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
     openvino_cache_dir: str = "~/.cache/resnet-serve/openvino"  # "": compile at every load
+    ready_file: str = ""  # "": none; else formats/ready.py's JSON, written once ready, removed at exit
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -366,6 +367,14 @@ OPTIONS: tuple[Option, ...] = (
         "(false: serve what loads, unready until every model does, as Triton's --exit-on-error=false)",
         "server",
         "BOOL",
+    ),
+    Option(
+        "ready_file",
+        str,
+        "once ready, write FILE (atomically): JSON with the pid, the gRPC, HTTP and metrics ports and "
+        "the models, for whoever started the server (removed at exit; docs/server.md)",
+        "server",
+        "FILE",
     ),
     Option(
         "triton_metrics",

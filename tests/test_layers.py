@@ -28,6 +28,8 @@ PACKAGE = "resnet_serve"
 NOT_INSTALLED = "lab"  # importable from a checkout only: no installed layer may import it
 # Qualifiers the table spells in words, mapped to the files they mean.
 QUALIFIER_FILES = {"torch backend only": {"runtime/torch_cuda.py"}}
+# Qualifiers that name the only modules of a layer that may be imported.
+QUALIFIER_MODULES = {"launch only": {f"{PACKAGE}.server.launch"}}
 # The module a layer's "everything, lazily" is asked of: what runs before the subcommand is known.
 ENTRY = {"cli": f"{PACKAGE}.cli.main"}
 TORCH = "torch"
@@ -41,6 +43,7 @@ class Allowed:
     may_import: frozenset[str]  # layers; the layer itself is always allowed
     lazily: frozenset[str]  # of may_import, the ones that must be imported inside a function
     only_from: dict[str, frozenset[str]]  # layer -> the only files (relative to the root) that may import it
+    only_modules: dict[str, frozenset[str]]  # layer -> the only modules of it that may be imported
     entry_lazily: bool  # "everything, lazily": the entry module loads no other layer at load time
     torch_free: bool
 
@@ -108,6 +111,7 @@ def parse_table(doc: str) -> dict[str, Allowed]:
         layers: set[str] = set()
         lazily: set[str] = set()
         only_from: dict[str, frozenset[str]] = {}
+        only_modules: dict[str, frozenset[str]] = {}
         entry_lazily = False
         for token in _split_top_level(may):
             m = re.fullmatch(r"([\w ]+?)\s*(?:\((.*)\))?", token)
@@ -132,6 +136,8 @@ def parse_table(doc: str) -> dict[str, Allowed]:
                     lazily.update(names)
                 elif q in QUALIFIER_FILES:
                     only_from.update({n: frozenset(QUALIFIER_FILES[q]) for n in names})
+                elif q in QUALIFIER_MODULES:
+                    only_modules.update({n: frozenset(QUALIFIER_MODULES[q]) for n in names})
                 else:
                     raise AssertionError(f"docs/architecture.md, row {folder}: unknown qualifier {q!r}")
         table[folder] = Allowed(
@@ -140,6 +146,7 @@ def parse_table(doc: str) -> dict[str, Allowed]:
             may_import=frozenset(layers),
             lazily=frozenset(lazily),
             only_from=only_from,
+            only_modules=only_modules,
             entry_lazily=entry_lazily,
             torch_free="torch-free" in what or "never torch" in what,
         )
@@ -278,6 +285,9 @@ def check(root: Path, doc: str) -> list[str]:
             elif target_layer in allowed.only_from and rel not in allowed.only_from[target_layer]:
                 files = ", ".join(sorted(allowed.only_from[target_layer]))
                 problems.append(f"{where(imp)}: imports {shown}; only {files} may import {target_layer}/")
+            elif target_layer in allowed.only_modules and shown not in allowed.only_modules[target_layer]:
+                modules_ = ", ".join(sorted(allowed.only_modules[target_layer]))
+                problems.append(f"{where(imp)}: imports {shown}; of {target_layer}/ only {modules_} may be")
             elif target_layer in allowed.lazily and imp.eager:
                 problems.append(
                     f"{where(imp)}: imports {shown} at load time; {module.layer}/ may import "
@@ -337,6 +347,7 @@ DOC = """\
 | 1 | `models/` | the library | formats |
 | 2 | `runtime/` | backends | models (torch backend only, lazily), formats |
 | 3 | `server/` | the server. **never torch** | runtime, formats |
+| 4 | `bench/` | the tools | server (launch only), formats |
 | 5 | `cli/` | the program | everything, lazily |
 | – | `lab/` | experiments | anything |
 """
@@ -353,6 +364,9 @@ def _house(tmp_path: Path, files: dict[str, str]) -> Path:
         "runtime/torch_cuda.py": "def load():\n    import torch\n    from resnet_serve.models import net\n",
         "server/__init__.py": "",
         "server/app.py": "from resnet_serve.runtime import factory\nfrom resnet_serve.formats import keys\n",
+        "server/launch.py": "import subprocess\nfrom resnet_serve.formats import keys\n",
+        "bench/__init__.py": "",
+        "bench/tune.py": "from resnet_serve.server.launch import wait_ready\n",
         "cli/__init__.py": "",
         "cli/main.py": "import argparse\n\ndef run():\n    from resnet_serve.server import app\n",
         "cli/demo.py": "from resnet_serve.server import app\n",
@@ -428,6 +442,11 @@ def test_checker_passes_a_house_in_order(tmp_path: Path) -> None:
         (
             {"runtime/factory.py": "def f():\n    from resnet_serve.models import net\n"},
             "runtime/factory.py:2: imports resnet_serve.models.net; only runtime/torch_cuda.py may import",
+        ),
+        # "(launch only)": of that layer, only the modules the qualifier names
+        (
+            {"bench/tune.py": "from resnet_serve.server import app\n"},
+            "bench/tune.py:1: imports resnet_serve.server.app; of server/ only resnet_serve.server.launch",
         ),
         (
             {"cli/main.py": "from resnet_serve.cli import demo\n"},
