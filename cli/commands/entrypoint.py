@@ -20,11 +20,11 @@ from pathlib import Path
 from types import FrameType
 
 from resnet_serve.cli.commands import serve
+from resnet_serve.formats.sidecar import ENGINE_PRECISIONS
 from resnet_serve.server import config
 from resnet_serve.server.observability.logging import configure_logging
 
 log = logging.getLogger("resnet_serve.entrypoint")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 class _Terminated(Exception):
@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--engine-precision",
-        choices=PRECISIONS,
+        choices=ENGINE_PRECISIONS,
         default=os.environ.get("RESNET_SERVE_ENGINE_PRECISION", "auto"),
         help="auto: each ONNX's own precision; fp16 converts FP32 models (default: %(default)s; "
         "env RESNET_SERVE_ENGINE_PRECISION)",

@@ -45,12 +45,14 @@ from resnet_serve.server.errors import ServeError, echo, invalid_argument
 from resnet_serve.server.image.budget import preprocess_images
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.shm.parameters import (
+    SHARED_MEMORY_BYTE_SIZE,
+    SHARED_MEMORY_OFFSET,
+    SHARED_MEMORY_REGION,
+)
 from resnet_serve.server.shm.registry import Region, SharedMemoryRegistry
 
 UINT8: Final = "UINT8"
-SHARED_MEMORY: Final = "shared_memory_region"
-SHARED_MEMORY_BYTE_SIZE: Final = "shared_memory_byte_size"
-SHARED_MEMORY_OFFSET: Final = "shared_memory_offset"
 _NO_SHARED_MEMORY: Final = "shared memory is not supported here; send tensors in raw_input_contents"
 _US: Final = 1e-6
 
@@ -286,13 +288,15 @@ def _requested_outputs(
 def shared_tensor(parameters: Any, tensor: str, regions: SharedMemoryRegistry | None) -> SharedTensor | None:
     """The region a tensor's parameters name, checked against it; None when the tensor is in the message.
     `tensor` ("input 'x'") starts each error message."""
-    param = parameters.get(SHARED_MEMORY)
+    param = parameters.get(SHARED_MEMORY_REGION)
     if param is None:
         return None
     if regions is None:
         raise invalid_argument(_NO_SHARED_MEMORY)
     if param.WhichOneof("parameter_choice") != "string_param" or not param.string_param:
-        raise invalid_argument(f"{tensor}: the {SHARED_MEMORY} parameter must be a region name (a string)")
+        raise invalid_argument(
+            f"{tensor}: the {SHARED_MEMORY_REGION} parameter must be a region name (a string)"
+        )
     if SHARED_MEMORY_BYTE_SIZE not in parameters:
         raise invalid_argument(f"{tensor}: a tensor in shared memory needs {SHARED_MEMORY_BYTE_SIZE}")
     byte_size = _int_parameter(parameters, SHARED_MEMORY_BYTE_SIZE, tensor)
@@ -346,7 +350,7 @@ def write_region(name: str, where: SharedTensor, data: memoryview, params: Any) 
             f"{data.nbytes} bytes of the output"
         )
     where.region.write(where.offset, data)
-    params[SHARED_MEMORY].string_param = where.name
+    params[SHARED_MEMORY_REGION].string_param = where.name
     params[SHARED_MEMORY_BYTE_SIZE].int64_param = data.nbytes
     if where.offset:
         params[SHARED_MEMORY_OFFSET].int64_param = where.offset
