@@ -26,6 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import InvalidInput
+from resnet_serve.server.frontend import CallContext, call_context
 from resnet_serve.server.outcomes import OF_STATUS, Outcome
 
 log = logging.getLogger(__name__)
@@ -132,36 +133,40 @@ def status_of(exc: Exception, rpc: str) -> ServeError:
 Servicer = TypeVar("Servicer")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Context = TypeVar("Context", bound=grpc.aio.ServicerContext[Any, Any])
+# What grpc.aio passes a servicer method, or a CallContext already (HTTP's, server/http/context.py).
+AnyContext = grpc.aio.ServicerContext[Any, Any] | CallContext
 
 
 def boundary(
-    rpc: Callable[[Servicer, Request, Context], Awaitable[Response]],
-) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
-    """Wrap a unary servicer method: whatever it raises ends the RPC with `status_of`'s status."""
+    rpc: Callable[[Servicer, Request, CallContext], Awaitable[Response]],
+) -> Callable[[Servicer, Request, AnyContext], Awaitable[Response]]:
+    """Wrap a unary servicer method: it gets its call as a CallContext (server/frontend.py), and whatever
+    it raises ends the call with `status_of`'s status."""
     name = rpc.__name__
 
     @functools.wraps(rpc)
-    async def method(self: Servicer, request: Request, context: Context) -> Response:
+    async def method(self: Servicer, request: Request, context: AnyContext) -> Response:
+        call = call_context(context)
         try:
-            return await rpc(self, request, context)
+            return await rpc(self, request, call)
         except Exception as exc:
             error = status_of(exc, name)
-        await context.abort(error.code, error.message)
+        await call.abort(error.code, error.message)
 
     return method
 
 
 def stream_boundary(
-    rpc: Callable[[Servicer, Request, Context], AsyncIterator[Response]],
-) -> Callable[[Servicer, Request, Context], AsyncIterator[Response]]:
+    rpc: Callable[[Servicer, Request, CallContext], AsyncIterator[Response]],
+) -> Callable[[Servicer, Request, AnyContext], AsyncIterator[Response]]:
     """Wrap a streaming servicer method: a failure of the stream itself (not of one item, which the method
-    answers in-stream) ends the RPC with `status_of`'s status."""
+    answers in-stream) ends the call with `status_of`'s status."""
     name = rpc.__name__
 
     @functools.wraps(rpc)
-    async def method(self: Servicer, requests: Request, context: Context) -> AsyncIterator[Response]:
-        answers = rpc(self, requests, context)
+    async def method(self: Servicer, requests: Request, context: AnyContext) -> AsyncIterator[Response]:
+        call = call_context(context)
+        answers = rpc(self, requests, call)
         try:
             async for answer in answers:
                 yield answer
@@ -170,6 +175,6 @@ def stream_boundary(
             error = status_of(exc, name)
         finally:
             await answers.aclose()  # type: ignore[attr-defined]
-        await context.abort(error.code, error.message)
+        await call.abort(error.code, error.message)
 
     return method

@@ -27,7 +27,7 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import grpc
 from aiohttp import web, web_protocol
@@ -311,8 +311,7 @@ class HttpServer:
             image=image,
             top_k=int(top_k),
         )
-        # The servicer is typed for grpc's context; HttpContext has the part of it the service uses.
-        return _json(to_json(await self._image.Classify(message, cast(Any, call))))
+        return _json(to_json(await self._image.Classify(message, call)))
 
     # --------------------------------------------------------------------------------------- repository
 
