@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,21 +86,27 @@ def _split_top_level(cell: str) -> list[str]:
     return [p.strip() for p in [*parts, current] if p.strip()]
 
 
-def parse_table(doc: str) -> dict[str, Allowed]:
-    """docs/architecture.md's layer table: `| layer | folder | what | may import (of ours) |`."""
-    rows: list[tuple[str, str, str, str]] = []
+def _table_rows(doc: str, header: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Each row (the line and its cells) of the markdown table whose header starts with `header`."""
     in_table = False
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[:2] == ["layer", "folder"]:
+        if line.startswith("|") and cells[: len(header)] == header:
             in_table = True
             continue
         if not in_table:
             continue
         if not line.startswith("|"):
-            break
+            return
         if set(line) <= set("|-: "):
             continue
+        yield line, cells
+
+
+def parse_table(doc: str) -> dict[str, Allowed]:
+    """docs/architecture.md's layer table: `| layer | folder | what | may import (of ours) |`."""
+    rows: list[tuple[str, str, str, str]] = []
+    for line, cells in _table_rows(doc, ["layer", "folder"]):
         assert len(cells) == 4, f"docs/architecture.md: a layer-table row without 4 cells: {line!r}"
         level, folder, what, may = cells
         rows.append((level, folder.strip("`").rstrip("/"), what, may))
@@ -324,6 +331,64 @@ def check(root: Path, doc: str) -> list[str]:
     return sorted(set(problems))
 
 
+# ---------------------------------------------------------------------------------------- inside server/
+
+SERVER = "server"
+
+
+def parse_server_table(doc: str) -> dict[str, int]:
+    """docs/architecture.md's "Inside server/" table: `| level | units | what |` → unit name → level."""
+    levels: dict[str, int] = {}
+    for line, cells in _table_rows(doc, ["level", "units"]):
+        assert len(cells) == 3 and cells[0].isdigit(), f"docs/architecture.md, Inside server/: {line!r}"
+        for unit in cells[1].split(","):
+            name = unit.strip().strip("`")
+            assert name not in levels, f"docs/architecture.md, Inside server/: {name!r} listed twice"
+            levels[name] = int(cells[0])
+    assert levels, "docs/architecture.md has no 'Inside server/' table (| level | units | what |)"
+    return levels
+
+
+def _server_unit(name: str) -> str | None:
+    """The unit of server/ a dotted module name is in: its subpackage, or its own module name."""
+    parts = name.split(".")
+    return parts[2] if parts[:2] == [PACKAGE, SERVER] and len(parts) > 2 else None
+
+
+def check_server(root: Path, doc: str) -> list[str]:
+    """Every import between units of server/ that does not run to a lower level of the table."""
+    levels = parse_server_table(doc)
+    modules = {n: m for n, m in collect(root, parse_table(doc)).items() if m.layer == SERVER}
+    units = {u for u in map(_server_unit, modules) if u is not None}
+    problems = [
+        f"server/{u}: a unit of server/ missing from docs/architecture.md's table"
+        for u in units - set(levels)
+    ]
+    problems += [f"{u}: in docs/architecture.md's server table, not in server/" for u in set(levels) - units]
+    for module in modules.values():
+        unit = _server_unit(module.name)
+        if unit not in levels:
+            continue
+        for imp in module.imports:
+            if imp.type_only:
+                continue
+            for target in resolve(imp.target, modules)[-1:]:
+                other = _server_unit(target)
+                if other is None or other == unit or other not in levels or levels[other] < levels[unit]:
+                    continue
+                where = f"{imp.path.relative_to(root)}:{imp.line}"
+                problems.append(
+                    f"{where}: {unit} (level {levels[unit]}) imports {target} ({other}, level "
+                    f"{levels[other]}); a unit of server/ imports only lower levels"
+                )
+    return sorted(set(problems))
+
+
+def test_units_inside_server_import_only_lower_levels() -> None:
+    problems = check_server(ROOT, (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    assert not problems, "imports against docs/architecture.md's server table:\n" + "\n".join(problems)
+
+
 def test_imports_follow_the_layer_table() -> None:
     problems = check(ROOT, (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
     assert not problems, "imports against docs/architecture.md's layer table:\n" + "\n".join(problems)
@@ -459,6 +524,67 @@ def test_checker_reports_an_import_against_the_table(
 ) -> None:
     problems = check(_house(tmp_path, files), DOC)
     assert any(needle in p for p in problems), problems
+
+
+SERVER_DOC = (
+    DOC
+    + """
+| level | units | what |
+|---|---|---|
+| 0 | `errors`, `launch` | errors |
+| 1 | `models`, `extra` | models |
+| 2 | `app` | the server |
+"""
+)
+
+
+def _server_house(tmp_path: Path, files: dict[str, str]) -> Path:
+    base = {
+        "server/errors.py": "",
+        "server/models/__init__.py": "",
+        "server/models/manager.py": "from resnet_serve.server import errors\n",
+        "server/extra.py": "",
+        "server/app.py": "from resnet_serve.server.models import manager\n",
+    }
+    return _house(tmp_path, {**base, **files})
+
+
+def test_server_checker_passes_units_in_order(tmp_path: Path) -> None:
+    assert check_server(_server_house(tmp_path, {}), SERVER_DOC) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        # a cycle: errors (0) back up to models (1), also lazily
+        (
+            {"server/errors.py": "def f():\n    from resnet_serve.server.models import manager\n"},
+            "server/errors.py:2: errors (level 0) imports resnet_serve.server.models.manager (models, level",
+        ),
+        # sideways, within a level
+        (
+            {"server/extra.py": "from resnet_serve.server.models.manager import x\n"},
+            "server/extra.py:1: extra (level 1) imports resnet_serve.server.models.manager (models, level 1)",
+        ),
+        # a new unit must be placed in the table
+        ({"server/new.py": ""}, "server/new: a unit of server/ missing from docs/architecture.md's table"),
+        # annotations only do not count, a real import does
+        (
+            {"server/errors.py": "from resnet_serve.server import app\n"},
+            "server/errors.py:1: errors (level 0) imports resnet_serve.server.app (app, level 2)",
+        ),
+    ],
+)
+def test_server_checker_reports_an_import_against_the_table(
+    tmp_path: Path, files: dict[str, str], needle: str
+) -> None:
+    problems = check_server(_server_house(tmp_path, files), SERVER_DOC)
+    assert any(needle in p for p in problems), problems
+
+
+def test_server_checker_lets_annotations_point_anywhere(tmp_path: Path) -> None:
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from resnet_serve.server import app\n"
+    assert check_server(_server_house(tmp_path, {"server/errors.py": typed}), SERVER_DOC) == []
 
 
 def test_checker_refuses_a_table_word_it_does_not_know() -> None:

@@ -18,9 +18,9 @@ import numpy as np
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.batching.batcher import Ticket
+from resnet_serve.server.decode.budget import preprocess_each, preprocess_images
 from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
 from resnet_serve.server.frontend import CallContext
-from resnet_serve.server.image.budget import preprocess_each, preprocess_images
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel

@@ -41,8 +41,8 @@ import numpy as np
 from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, numpy_to_kserve
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
+from resnet_serve.server.decode.budget import preprocess_images
 from resnet_serve.server.errors import ServeError, echo, invalid_argument
-from resnet_serve.server.image.budget import preprocess_images
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.shm.parameters import (
@@ -243,7 +243,7 @@ async def _decode_images(
             f"got {list(array.shape)}"
         )
     model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
-    # Within the server's decode memory budget (server/image/budget.py), waiting up to the request's timeout.
+    # Within the server's decode memory budget (server/decode/budget.py), waiting up to the request's timeout.
     rows = await preprocess_images(pre, executor, [bytes(item) for item in array], timeout)
     return np.stack(rows).astype(spec.dtype, copy=False)
 

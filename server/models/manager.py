@@ -38,9 +38,9 @@ from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_ba
 from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
+from resnet_serve.server.decode import gpu as image_decoders
+from resnet_serve.server.decode.budget import DecodeBudget
 from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
-from resnet_serve.server.image import gpu_decode as image_decoders
-from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,

@@ -25,8 +25,8 @@ import numpy as np
 
 from resnet_serve.formats.decode import DecodeDeferred, Header
 from resnet_serve.formats.preprocess import Preprocessor
+from resnet_serve.server.decode import gpu as gpu_decode
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.image import gpu_decode
 from resnet_serve.server.outcomes import Outcome
 
 MIB: Final = 1024 * 1024
