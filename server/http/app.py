@@ -336,8 +336,8 @@ class HttpServer:
         return web.Response()
 
     # ------------------------------------------------------------------ shared memory, trace, logging
-    # The HTTP forms of the shared-memory RPCs: they answer whatever the gRPC service answers (today
-    # UNIMPLEMENTED), so implementing an RPC in server/kserve/service.py serves it on both protocols.
+    # The HTTP forms of the shared-memory RPCs run the gRPC service's methods (server/kserve/service.py), so
+    # both protocols register, list and unregister the same regions (server/shm/registry.py).
 
     async def _shm_status(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
         name = request.match_info.get("region", "")

@@ -89,10 +89,6 @@ class ModelManager:
     # ------------------------------------------------------------------------------------------- lookup
 
     @property
-    def accepting(self) -> bool:
-        return self._accepting
-
-    @property
     def default_model(self) -> str:
         """The model a request that names none gets: the configured one, else the first configured."""
         if self.config.default_model:
