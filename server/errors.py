@@ -88,6 +88,13 @@ def queue_full(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome=Outcome.QUEUE_FULL)
 
 
+def malformed(reason: str, what: str = "request") -> ServeError:
+    """A request that did not deserialize (protobuf's DecodeError): INVALID_ARGUMENT, never gRPC's UNKNOWN.
+    The one answer for it, wherever it is caught: a unary request (server/inflight.py), an inference
+    request or stream item (server/kserve/wire.py, then the service), another stream's item (`status_of`)."""
+    return invalid_argument(f"malformed {what}: {reason}")
+
+
 def deadline_exceeded(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
@@ -125,7 +132,7 @@ def status_of(exc: Exception, rpc: str) -> ServeError:
     if isinstance(exc, InvalidInput):
         return invalid_argument(str(exc))
     if isinstance(exc, DecodeError):  # a stream item that did not deserialize; else gRPC answers UNKNOWN
-        return invalid_argument(f"malformed request: {exc}")
+        return malformed(str(exc))
     log.error("%s failed unexpectedly", rpc, exc_info=exc)
     return internal(f"{rpc} failed inside the server; the server log has the details")
 

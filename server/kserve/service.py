@@ -35,6 +35,7 @@ from resnet_serve.server.errors import (
     boundary,
     echo,
     invalid_argument,
+    malformed,
     status_of,
     stream_boundary,
     unavailable,
@@ -213,7 +214,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
         def lookup() -> ServedModel:
             if incoming.error is not None:
-                raise invalid_argument(f"malformed ModelInferRequest: {incoming.error}")
+                raise malformed(incoming.error, "ModelInferRequest")
             return self._manager.get(request.model_name, request.model_version)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
