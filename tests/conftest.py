@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,32 @@ def _restore_logging() -> Iterator[None]:
 # Every server a test starts in a subprocess (they inherit this) serves HTTP/REST on a free port: the
 # default, Triton's 8000, would collide between test runs sharing a machine. A test's own --http-port wins.
 os.environ.setdefault("RESNET_SERVE_HTTP_PORT", "0")
+
+# The server's default ports (Triton's HTTP, gRPC and metrics ports). Another process may hold any of them on
+# a user's or CI's machine, so no test may depend on one being free: the suite holds each one that is free for
+# its whole run, and a server a test starts on a default port fails at once, on every machine, instead of only
+# where something else happens to listen there.
+DEFAULT_PORTS = (8000, 8001, 8002)
+
+
+def _hold(port: int) -> socket.socket | None:
+    """Listen on 127.0.0.1:`port` without SO_REUSEPORT (so no server can share it), or None if it is taken."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", port))
+        holder.listen(1)
+    except OSError:
+        holder.close()
+        return None  # someone else holds it: the same situation, already
+    return holder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_ports_are_taken() -> Iterator[None]:
+    held = [s for s in (_hold(port) for port in DEFAULT_PORTS) if s is not None]
+    yield
+    for s in held:
+        s.close()
 
 
 def _cuda_available() -> bool:

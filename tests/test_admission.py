@@ -142,6 +142,7 @@ def flooded(
     config = ServerConfig(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
         models=(ModelSettings(name="tiny", path=str(model_file), batching=batching),),
     )

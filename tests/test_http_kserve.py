@@ -17,7 +17,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
-from kserve_fixtures import TINY_LABELS, TINY_PREPROCESS, KServeServer, kserve_server, reference_logits
+from kserve_fixtures import (
+    TINY_LABELS,
+    TINY_PREPROCESS,
+    KServeServer,
+    assert_top_k_strings,
+    kserve_server,
+    reference_logits,
+)
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -250,9 +257,7 @@ def test_classification_returns_triton_style_top_k_strings(
     assert got.shape == (2, 3)
     logits = reference_logits(kserve_server.model_file("tiny", "1"), x)
     for row, strings in zip(logits, got, strict=True):
-        order = np.argsort(-row, kind="stable")[:3]
-        texts = [s.decode() if isinstance(s, bytes) else s for s in strings]
-        assert texts == [f"{row[i]:f}:{i}:{TINY_LABELS[i]}" for i in order]
+        assert_top_k_strings(strings, row, k=3)
 
 
 def test_fp16_model_answers_fp16(client: Any, kserve_server: KServeServer) -> None:

@@ -17,6 +17,7 @@ from kserve_fixtures import (
     TINY_LABELS,
     TINY_PREPROCESS,
     KServeServer,
+    assert_top_k_strings,
     reference_logits,
     start_server,
     stop_server,
@@ -164,8 +165,7 @@ def test_classification_returns_triton_style_top_k_strings(
     assert got.shape == (2, 3)
     logits = reference_logits(kserve_server.model_file("tiny", "1"), x)
     for row, strings in zip(logits, got, strict=True):
-        order = np.argsort(-row, kind="stable")[:3]
-        assert [s.decode() for s in strings] == [f"{row[i]:f}:{i}:{TINY_LABELS[i]}" for i in order]
+        assert_top_k_strings(strings, row, k=3)
 
 
 def test_typed_contents_are_accepted_like_raw_contents(
@@ -252,10 +252,17 @@ def test_fp16_model_takes_fp16_fp32_and_uint8_and_answers_fp16(
     for tensor in (half, fp32_input(x)):
         got = client.infer("half", [tensor]).as_numpy("logits")
         assert got.dtype == np.float16
-        np.testing.assert_array_equal(got, expected)
+        assert_close_fp16(got, expected)
     got = client.infer("half", [uint8]).as_numpy("logits")
     expected_pixels = reference_logits(kserve_server.model_file("half", "1"), normalise(pixels))
-    np.testing.assert_array_equal(got, expected_pixels)
+    assert_close_fp16(got, expected_pixels)
+
+
+def assert_close_fp16(got: np.ndarray, expected: np.ndarray) -> None:
+    """The server's runtime (ONNX Runtime or OpenVINO, whichever this module runs on) against ONNX Runtime's
+    reference: equal to within FP16's own resolution (2^-10 relative), not bit for bit: the two runtimes'
+    kernels, and each runtime's kernels on different CPUs, round differently."""
+    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 def test_model_config_names_the_runtime_and_the_precision_it_computes_in(

@@ -44,7 +44,11 @@ CLIENT_ERRORS = {
 
 def config(model: Path) -> ServerConfig:
     return ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="tiny", path=str(model)),)
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="tiny", path=str(model)),),
     )
 
 

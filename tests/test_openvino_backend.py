@@ -146,6 +146,25 @@ def test_bf16_runs_in_bf16_or_is_refused_where_the_cpu_has_no_bf16(tiny_onnx: Pa
 
 
 @needs_openvino
+@pytest.mark.parametrize(
+    "caps",
+    [["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"], ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]],
+    ids=["intel-xeon-avx512-vnni", "amd-epyc-zen3-avx2"],
+)
+def test_bf16_is_refused_on_a_cpu_without_bf16_whatever_this_machine_has(
+    tiny_onnx: Path, caps: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal branch of the test above runs on every machine: the CPU plugin's capability list of the
+    CPUs without BF16 seen on this machine kind stands in for this machine's own."""
+    from resnet_serve.runtime import openvino
+
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: list(caps))
+    options = InstanceOptions(intra_op_threads=1, inference_precision="bf16")
+    with pytest.raises(BackendError, match=r"needs a CPU with BF16 .* silently compute in fp32"):
+        create_backends(tiny_onnx, "openvino", 1, options)
+
+
+@needs_openvino
 def test_instances_are_streams_of_one_compiled_model_running_concurrently(tiny_onnx: Path) -> None:
 
     backends = create_backends(tiny_onnx, "openvino", 2, InstanceOptions(intra_op_threads=1))

@@ -163,6 +163,7 @@ def test_model_control_is_off_by_default_load_and_unload_are_refused_as_triton_d
     config = ServerConfig(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
         model_repository=str(repository),
         models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
@@ -213,6 +214,7 @@ def test_a_restricted_stream_is_refused_and_the_header_opens_it(tiny_onnx: Path)
     config = ServerConfig(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
         models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
         grpc_restricted_protocol=(parse_restriction(f"inference:{ADMIN_KEY}={ADMIN_VALUE}"),),
@@ -251,6 +253,7 @@ def test_a_reload_replaces_the_tokens_and_a_bad_token_file_keeps_the_old_ones(
     config = ServerConfig(
         host="127.0.0.1",
         grpc_port=0,
+        http_port=0,
         metrics_port=-1,
         models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
         auth_token_file=str(tokens),

@@ -142,6 +142,7 @@ def test_bad_certificate_files_stop_the_server_before_it_loads_a_model(
         return ServerConfig(
             host="127.0.0.1",
             grpc_port=0,
+            http_port=0,
             metrics_port=-1,
             models=(ModelSettings(name="tiny", path=str(tiny_onnx)),),
             grpc_use_ssl=True,

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.slow
 
 def config_for(model: Path, **values: Any) -> ServerConfig:
     base = ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="tiny", path=str(model)),)
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="tiny", path=str(model)),),
     )
     return dataclasses.replace(base, **values)
 

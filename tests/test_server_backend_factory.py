@@ -85,7 +85,11 @@ def test_without_tensorrt_a_plan_fails_with_a_clear_backend_error(tmp_path: Path
 def test_without_tensorrt_the_server_refuses_to_start_with_one_line(tmp_path: Path) -> None:
     plan = write_plan(tmp_path)
     config = ServerConfig(
-        host="127.0.0.1", grpc_port=0, metrics_port=-1, models=(ModelSettings(name="engine", path=str(plan)),)
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        models=(ModelSettings(name="engine", path=str(plan)),),
     )
 
     async def main() -> None:

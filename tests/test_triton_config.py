@@ -100,7 +100,9 @@ def test_a_triton_repository_is_served_with_its_instances_delay_and_preferred_si
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = triton_repo(tmp_path, TINY + IGNORED)
-    config = ServerConfig(host="127.0.0.1", grpc_port=0, metrics_port=-1, model_repository=str(repo))
+    config = ServerConfig(
+        host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=-1, model_repository=str(repo)
+    )
 
     async def main() -> dict[str, object]:
         server = InferenceServer(config, ServerMetrics(registry=CollectorRegistry()))
