@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import write_tiny_onnx
 from PIL import Image
-from test_server_integration import encode, start_server, stop_server
+from support.server import encode, start_server, stop_server
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc

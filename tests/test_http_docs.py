@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +22,12 @@ from conftest import TINY_LABELS
 from PIL import Image
 
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import serve_command, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "kserve.md"
-READY = re.compile(r"ready: grpc=\S+ metrics=http://[^:\s]+:(\d+)/metrics http=[^:\s]+:(\d+)")
 PREPROCESS = {
     "color": "L",
     "resize": 32,
@@ -84,17 +82,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, 
     args = serve_command(
         "--model", f"digits={model}", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--http-port", "0", "--intra-op-threads", "1", "--preprocess-threads", "1",
-        "--model-control-mode", "explicit",
+        "--model-control-mode", "explicit", "--ready-file", str(work / "ready.json"),
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not (found := READY.search(log_path.read_text(errors="replace"))):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        yield work, int(found.group(2)), int(found.group(1))
+        ready = wait_ready(process, work / "ready.json", 60, log=log_path)
+        assert ready.http_port is not None and ready.metrics_port is not None
+        yield work, ready.http_port, ready.metrics_port
     finally:
         stop(process)
 

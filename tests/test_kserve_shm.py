@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
 from conftest import write_tiny_onnx
-from test_server_integration import ServerProcess, scrape, start_server, stop_server
+from support.server import ServerProcess, scrape, start_server, stop_server
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
