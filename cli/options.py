@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from resnet_serve.client.channel import DEFAULT_TARGET, TOKEN_ENV, TLSConfig
+from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.formats.errors import UserError
 
 

@@ -90,7 +90,6 @@ class TLSConfig:
 
 
 Metadata: TypeAlias = tuple[tuple[str, str], ...]
-TOKEN_ENV = "RESNET_SERVE_AUTH_TOKEN"
 
 
 def auth_metadata(token: str | None) -> Metadata | None:

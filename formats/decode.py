@@ -59,6 +59,8 @@ DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # the noise, and its other M/8 scales run without SIMD (no faster than Pillow's full decode) and move pixels
 # more (97 grey levels at most against Pillow's 15, on 72 photo variants).
 CPU_DECODERS: Final = ("pillow", "turbo")
+# Every decoder the server's `image_decoder` may name: nvimgcodec decodes JPEGs on a GPU, batched per request.
+DECODERS: Final = (*CPU_DECODERS, "nvimgcodec")
 # JPEG DCT scaling (decoding at a fraction of the size) is used only while the decoded shorter side stays at
 # least this many times the resize target, so the resampling that follows still averages over several
 # source pixels: measured on sklearn's photos, the pixels then differ from a full decode by < 1 grey level

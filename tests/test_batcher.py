@@ -101,7 +101,7 @@ def test_batched_answers_equal_unbatched_answers(tiny_onnx: Path, runtime: str) 
         "tiny",
         "1",
         runtime_backends(tiny_onnx, runtime),
-        BatchingConfig(max_batch_size=8, max_queue_delay_ms=20),
+        BatchingConfig(max_batch_size=8, max_queue_delay_us=20_000),
         metrics,
     )
 

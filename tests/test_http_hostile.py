@@ -193,7 +193,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     # `slow`: a few ms per row, one row per batch and room for 2 queued: a burst overflows its queue.
     small_queue = BatchingConfig(max_batch_size=1, max_queue_size=2)
     slow = ModelSettings(
-        "slow", str(write_tiny_onnx(tmp / "slow.onnx", slow_layers=40)), batching=small_queue
+        name="slow", path=str(write_tiny_onnx(tmp / "slow.onnx", slow_layers=40)), batching=small_queue
     )
     config = ServerConfig(
         host="127.0.0.1",
@@ -202,7 +202,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         metrics_port=-1,
         max_image_bytes=LIMIT // 2,
         grpc_max_message_bytes=LIMIT,
-        models=(ModelSettings("tiny", str(write_tiny_onnx(tmp / "tiny.onnx"))), slow),
+        models=(ModelSettings(name="tiny", path=str(write_tiny_onnx(tmp / "tiny.onnx"))), slow),
     )
     with running(config) as live:
         yield live
@@ -621,7 +621,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         max_image_bytes=LIMIT // 2,
         grpc_max_message_bytes=LIMIT,
         auth_token_file=str(tokens),
-        models=(ModelSettings("tiny", str(write_tiny_onnx(tmp / "tiny.onnx"))),),
+        models=(ModelSettings(name="tiny", path=str(write_tiny_onnx(tmp / "tiny.onnx"))),),
     )
     with running(config) as live:
         yield live

@@ -4,7 +4,6 @@ connection are capped, and a message over the size limit is refused before it re
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ def config_for(model: Path, **values: Any) -> ServerConfig:
         metrics_port=-1,
         models=(ModelSettings(name="tiny", path=str(model)),),
     )
-    return dataclasses.replace(base, **values)
+    return base.model_copy(update=values)
 
 
 async def watch(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamCall[Any, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,17 @@ from typing import Any
 import pytest
 
 from resnet_serve.cli.commands.serve import configure_parser
-from resnet_serve.server.config import OPTIONS, ConfigError, ServerConfig, load_config
+from resnet_serve.formats.environment import TOKEN_ENV
+from resnet_serve.server.config import (
+    OPTIONS,
+    ConfigError,
+    Option,
+    ServerConfig,
+    load_config,
+    option,
+    read_sources,
+)
+from resnet_serve.server.security.restrict import Restriction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,3 +138,270 @@ def test_serve_refuses_bad_input_with_one_line_and_no_traceback(tmp_path: Path) 
     )
     assert missing.returncode == 1
     assert "missing.onnx" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# ------------------------------------------------------------------ every option, every source, one check
+# What each option's name was before the declaration moved to pydantic: users, scripts and docs spell them.
+NAMES_IN_USE = (
+    "host",
+    "grpc_port",
+    "http_port",
+    "metrics_port",
+    "metrics",
+    "model_repository",
+    "default_model",
+    "preprocess_threads",
+    "max_image_bytes",
+    "max_image_pixels",
+    "jpeg_draft",
+    "image_formats",
+    "image_decoder",
+    "max_decode_memory_mib",
+    "grace_period_s",
+    "grpc_use_ssl",
+    "grpc_server_cert",
+    "grpc_server_key",
+    "grpc_root_cert",
+    "grpc_use_ssl_mutual",
+    "grpc_restricted_protocol",
+    "model_control_mode",
+    "auth_token_file",
+    "grpc_max_message_bytes",
+    "grpc_max_concurrent_streams",
+    "grpc_keepalive_time",
+    "grpc_keepalive_timeout",
+    "grpc_keepalive_permit_without_calls",
+    "grpc_http2_min_recv_ping_interval",
+    "grpc_http2_max_ping_strikes",
+    "grpc_max_connection_age_ms",
+    "grpc_max_connection_age_grace_ms",
+    "exit_on_error",
+    "triton_metrics",
+    "backend",
+    "device",
+    "instances",
+    "intra_op_threads",
+    "intra_op_spinning",
+    "version_policy",
+    "versions",
+    "warmup",
+    "inference_precision",
+    "performance_mode",
+    "openvino_cache_dir",
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "preferred_batch_sizes",
+    "max_queue_size",
+    "timeout_ms",
+)
+# A valid value other than the default for the options whose type alone does not say one: (text, TOML, value).
+CHOSEN: dict[str, tuple[str, Any, Any]] = {
+    "host": ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+    "image_formats": ("png,jpeg", "png,jpeg", "png,jpeg"),
+    "image_decoder": ("turbo", "turbo", "turbo"),
+    "version_policy": ("all", "all", "all"),
+    "inference_precision": ("bf16", "bf16", "bf16"),
+    "performance_mode": ("throughput", "throughput", "throughput"),
+    "model_control_mode": ("EXPLICIT", "explicit", "explicit"),
+    "grpc_restricted_protocol": (
+        "inference:k=v",
+        ["inference:k=v"],
+        (Restriction(frozenset({"inference"}), "k", "v"),),
+    ),
+}
+CHOICES = {"image_formats", "image_decoder", "version_policy", "inference_precision", "performance_mode",
+           "model_control_mode", "grpc_restricted_protocol"}  # fmt: skip
+
+
+def chosen(opt: Option) -> tuple[str, Any, Any]:
+    """A valid value other than the default, as text (flag, env), as a TOML value, and as read."""
+    if opt.key in CHOSEN:
+        return CHOSEN[opt.key]
+    default = opt.default
+    if isinstance(default, bool):
+        return str(not default).lower(), not default, not default
+    if isinstance(default, int):
+        return str(default + 1), default + 1, default + 1
+    if isinstance(default, float):
+        return str(default + 1.5), default + 1.5, default + 1.5
+    if isinstance(default, tuple):
+        return "1,2", [1, 2], (1, 2)
+    return "some/value", "some/value", "some/value"
+
+
+def bad_values(opt: Option) -> list[str]:
+    """Values the option must refuse: the wrong type, and just past its lower limit."""
+    default = opt.default
+    if isinstance(default, str):
+        return ["nonsense"] if opt.key in CHOICES else []
+    bad = ["maybe"] if isinstance(default, bool) else ["x"]
+    bad += [str(m.ge - 1) for m in opt.info.metadata if hasattr(m, "ge")]
+    return bad
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def read_as(source: str, opt: Option, key: str, given: Any, tmp_path: Path) -> Any:
+    """Give `key` (the option's or its alias's) `given` through one source: what the option reads."""
+    if source == "flag":
+        values = read_sources(parse("--" + key.replace("_", "-"), str(given)), {})
+    elif source == "env":
+        values = read_sources({}, {"RESNET_SERVE_" + key.upper(): str(given)})
+    else:
+        table = {"[server]": "[server]", "[model_defaults]": "[model_defaults]"}.get(source, source)
+        body = f"{table}\n{key} = {toml_value(given)}\n" + ('path = "a.onnx"\n' if "models." in table else "")
+        values = read_sources({"config": write_toml(tmp_path, body)}, {})
+    layer = {"server": values.server, "model": values.model_defaults}[opt.scope]
+    return values.models["a"][opt.key] if "models." in source else layer[opt.key]
+
+
+def sources_of(opt: Option) -> list[str]:
+    sources = (["flag"] if opt.has_flag else []) + ["env"]
+    if opt.in_toml:
+        sources += ["[server]"] if opt.scope == "server" else ["[model_defaults]", "[models.a]"]
+    return sources
+
+
+def without_source(message: str) -> str:
+    return re.sub(r" \([^()]*\)$", "", message)
+
+
+def test_every_option_in_use_keeps_its_name() -> None:
+    spelled = {o.key for o in OPTIONS} | {o.alias.key for o in OPTIONS if o.alias}
+    assert set(NAMES_IN_USE) <= spelled
+    assert option("auth_token").env == TOKEN_ENV  # the one name the client commands read too
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.key)
+def test_every_option_reads_alike_from_its_flag_its_variable_and_its_toml_key(
+    opt: Option, tmp_path: Path
+) -> None:
+    text, in_toml, value = chosen(opt)
+    for source in sources_of(opt):
+        given = in_toml if source.startswith("[") else text
+        assert read_as(source, opt, opt.key, given, tmp_path) == value, source
+    for bad in bad_values(opt):
+        messages = set()
+        for source in sources_of(opt):
+            with pytest.raises(ConfigError) as info:
+                read_as(source, opt, opt.key, bad, tmp_path)
+            message = str(info.value)
+            assert opt.key in message and "\n" not in message, message
+            messages.add(without_source(message))
+        assert len(messages) == 1, messages  # the same check, whichever way the value came
+
+
+def test_the_queue_delay_is_microseconds_and_milliseconds_an_alias_in_every_source(tmp_path: Path) -> None:
+    opt = option("max_queue_delay_us")
+    for source in sources_of(opt):
+        assert read_as(source, opt, "max_queue_delay_us", 2500, tmp_path) == 2500, source
+        assert read_as(source, opt, "max_queue_delay_ms", 2.5, tmp_path) == 2500, source
+    for bad in ("x", "inf", "-1"):
+        messages = set()
+        for source in sources_of(opt):
+            with pytest.raises(ConfigError) as info:
+                read_as(source, opt, "max_queue_delay_ms", bad, tmp_path)
+            messages.add(without_source(str(info.value)))
+        assert len(messages) == 1, messages
+    config = load_config(parse("--model", "a=a.onnx", "--max-queue-delay-ms", "0.5"), {})
+    assert config.models[0].batching.max_queue_delay_us == 500
+    assert config.models[0].batching.max_queue_delay_ms == 0.5
+    # Precedence holds across the two spellings: a flag in ms beats a variable in µs.
+    env = {"RESNET_SERVE_MAX_QUEUE_DELAY_US": "7000"}
+    assert (
+        load_config(
+            parse("--model", "a=a.onnx", "--max-queue-delay-ms", "2"), env
+        ).model_defaults.batching.max_queue_delay_us
+        == 2000
+    )
+    with pytest.raises(ConfigError, match="give one"):
+        load_config(
+            parse("--model", "a=a.onnx", "--max-queue-delay-ms", "2", "--max-queue-delay-us", "5"), {}
+        )
+
+
+@pytest.mark.parametrize("argv", [("4", "8"), ("4,8",), ("4, 8",), ("4,", "8")])
+def test_preferred_batch_sizes_take_words_or_commas(argv: tuple[str, ...]) -> None:
+    config = load_config(parse("--model", "a=a.onnx", "--preferred-batch-sizes", *argv), {})
+    assert config.models[0].batching.preferred_batch_sizes == (4, 8)
+
+
+def test_the_settings_round_trip_through_json_exactly(tmp_path: Path) -> None:
+    toml = write_toml(
+        tmp_path,
+        '[models.a]\npath = "a"\nversion_policy = "specific"\nversions = [1, 3]\ninstances = 2\n',
+    )
+    config = load_config(
+        parse(
+            "--config", toml, "--model", "b=b.onnx", "--grpc-use-ssl", "--grpc-server-cert", "c.pem",
+            "--grpc-server-key", "k.pem", "--grpc-restricted-protocol", "inference,metadata:key=s3cret",
+            "--preferred-batch-sizes", "2", "4", "--max-queue-delay-ms", "1.5", "--timeout-ms", "2.5",
+            "--image-formats", "png,tiff", "--model-control-mode", "explicit", "--jpeg-draft", "false",
+        ),
+        {TOKEN_ENV: "t" * 24},
+    )  # fmt: skip
+    text = config.model_dump_json()
+    again = ServerConfig.model_validate_json(text)
+    assert again == config
+    assert again.model_dump_json() == text
+    assert again.models[0].explicit == {"version_policy", "versions", "instances"}
+    assert again.grpc_restricted_protocol[0].matches("s3cret") and again.auth_token == "t" * 24
+    assert "s3cret" not in repr(again) and "t" * 24 not in repr(again)
+
+
+def test_options_in_the_wrong_table_and_misspelt_ones_are_named(tmp_path: Path) -> None:
+    wrong = write_toml(tmp_path, "[server]\nmax_batch_size = 4\n")
+    with pytest.raises(ConfigError, match=r"max_batch_size is a model option: set it in \[model_defaults\]"):
+        load_config(parse("--config", wrong, "--model", "a=a.onnx"), {})
+    misspelt = write_toml(tmp_path, "[server]\ngrpc_prot = 1\n")
+    with pytest.raises(ConfigError, match="did you mean grpc_port"):
+        load_config(parse("--config", misspelt, "--model", "a=a.onnx"), {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "line"),
+    [
+        (["--max-batch-size", "0"], {}, "max_batch_size must be >= 1, got 0 (--max-batch-size)"),
+        (
+            [],
+            {"RESNET_SERVE_WARMUP": "maybe"},
+            "warmup: expected true or false, got 'maybe' (env RESNET_SERVE_WARMUP)",
+        ),
+    ],
+)
+def test_a_bad_value_stops_serve_with_one_line_naming_it_and_no_pydantic_dump(
+    argv: list[str], env: dict[str, str], line: str
+) -> None:
+    run = [sys.executable, "-m", "resnet_serve", "serve", "--model", "a=a.onnx", *argv]
+    done = subprocess.run(
+        run, cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("invalid configuration: " + line), done.stderr
+    assert "validation error" not in done.stderr and "pydantic" not in done.stderr
+
+
+def test_health_asks_the_port_the_servers_variable_names() -> None:
+    run = [sys.executable, "-m", "resnet_serve", "health", "--help"]
+    bad = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RESNET_SERVE_GRPC_PORT": "eighty"})  # fmt: skip
+    assert bad.returncode == 2 and "grpc_port: expected a whole number, got 'eighty'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+DOC = REPO / "docs" / "server.md"
+
+
+def test_the_docs_table_lists_every_option_with_its_variable_and_default() -> None:
+    section = DOC.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2].strip("`"))
+    assert sorted(rows) == sorted(o.key for o in OPTIONS), "docs/server.md's table and the options differ"
+    for opt in OPTIONS:
+        assert rows[opt.key] == (opt.env, opt.shown_default), opt.key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -43,7 +42,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def manager_for(repo: Path, **model_defaults: Any) -> ModelManager:
-    defaults = dataclasses.replace(ModelSettings(name=""), **model_defaults)
+    defaults = ModelSettings(name="").model_copy(update=model_defaults)
     config = ServerConfig(model_repository=str(repo), model_defaults=defaults)
     return ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
 
@@ -177,10 +176,9 @@ def test_unknown_model_is_not_found_and_counted(repo: Path) -> None:
 def test_unload_finishes_queued_requests_and_load_brings_the_model_back(tmp_path: Path) -> None:
     slow = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=20)
     config = ServerConfig(models=(ModelSettings(name="tiny", path=str(slow)),))
-    config = dataclasses.replace(
-        config, models=(dataclasses.replace(config.models[0], batching=dataclasses.replace(
-            config.models[0].batching, max_batch_size=1)),)
-    )  # fmt: skip
+    one_row = config.models[0].batching.model_copy(update={"max_batch_size": 1})
+    model = config.models[0].model_copy(update={"batching": one_row})
+    config = config.model_copy(update={"models": (model,)})
     manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
 
     async def main() -> None:

@@ -86,7 +86,7 @@ def test_answers_survive_the_next_batch_reusing_the_buffer() -> None:
     async def scenario() -> list[list[float]]:
         backend = EchoBackend()
         metrics = ServerMetrics(registry=CollectorRegistry()).model("m", "1")
-        batcher = DynamicBatcher("m", "1", [backend], BatchingConfig(max_queue_delay_ms=0.0), metrics)
+        batcher = DynamicBatcher("m", "1", [backend], BatchingConfig(max_queue_delay_us=0), metrics)
         try:
             blocker = asyncio.create_task(batcher.submit({"x": np.full((1, 2), -1.0, F32)}))
             await asyncio.sleep(0.05)  # the worker now waits in infer: the next ones queue together

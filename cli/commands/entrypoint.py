@@ -18,10 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
+
+from pydantic import BaseModel
 
 from resnet_serve.cli.commands import serve
+from resnet_serve.cli.flags import add_flags
 from resnet_serve.formats.sidecar import ENGINE_PRECISIONS
 from resnet_serve.server import config
+from resnet_serve.server.config.options import Int, one_of, option, options_of
 from resnet_serve.server.observability.logging import configure_logging
 
 log = logging.getLogger("resnet_serve.entrypoint")
@@ -31,50 +36,23 @@ class _Terminated(Exception):
     """SIGTERM while engines were being built: stop the build and exit as a signalled process would."""
 
 
+class EngineSettings(BaseModel):
+    """The entrypoint's own settings, declared as the server's are (flags and env derived from them)."""
+
+    build_engines: bool = option(
+        False, "BOOL", "build (or reuse) engines for --model-repository and serve them"
+    )
+    engine_cache: str = option("/engines", "DIR", "writable volume for engines and the timing cache")
+    engine_precision: Annotated[str, one_of(ENGINE_PRECISIONS)] = option(
+        "auto", "PRECISION", "auto: each ONNX's own precision; fp16 converts FP32 models"
+    )
+    engine_device: Int = option(0, "N", "CUDA device to build on", ge=0)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     serve.configure(parser)
     group = parser.add_argument_group("TensorRT engines built on this node before serving")
-    group.add_argument(
-        "--build-engines",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=_bool(os.environ.get("RESNET_SERVE_BUILD_ENGINES", "false")),
-        metavar="BOOL",
-        help="build (or reuse) engines for --model-repository and serve them "
-        "(default: %(default)s; env RESNET_SERVE_BUILD_ENGINES)",
-    )
-    group.add_argument(
-        "--engine-cache",
-        type=Path,
-        default=Path(os.environ.get("RESNET_SERVE_ENGINE_CACHE", "/engines")),
-        metavar="DIR",
-        help="writable volume for engines and the timing cache (default: %(default)s; "
-        "env RESNET_SERVE_ENGINE_CACHE)",
-    )
-    group.add_argument(
-        "--engine-precision",
-        choices=ENGINE_PRECISIONS,
-        default=os.environ.get("RESNET_SERVE_ENGINE_PRECISION", "auto"),
-        help="auto: each ONNX's own precision; fp16 converts FP32 models (default: %(default)s; "
-        "env RESNET_SERVE_ENGINE_PRECISION)",
-    )
-    group.add_argument(
-        "--engine-device",
-        type=int,
-        default=0,
-        metavar="N",
-        help="CUDA device to build on (default: %(default)s)",
-    )
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    add_flags(group, options_of(EngineSettings, ""), env=os.environ)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +114,9 @@ def _build(repository: Path, args: argparse.Namespace) -> Path:
                     f"building the engine of {job.model} version {job.version} failed (its log is above)"
                 )
 
-        root, built = engine_cache.prepare(repository, args.engine_cache, node, build, args.engine_precision)
+        root, built = engine_cache.prepare(
+            repository, Path(args.engine_cache), node, build, args.engine_precision
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     reused = "" if built else " (all reused from the cache)"

@@ -9,7 +9,9 @@ import argparse
 import os
 
 from resnet_serve.cli.options import add_connection_arguments, positive_float, tls_from_args
+from resnet_serve.formats.environment import env_of
 
+PORT_ENV = env_of("grpc_port")  # the server's option (server/config/settings.py)
 EXAMPLES = """examples:
   resnet-serve health                                   # localhost, port $RESNET_SERVE_GRPC_PORT or 8001
   resnet-serve health --server gpu-box:8001 --service resnetserve.v1.ImageClassifier --timeout 1"""
@@ -25,8 +27,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=positive_float, default=3.0, metavar="S", help="seconds to wait (default: 3)"
     )
     add_connection_arguments(parser)
-    # Inside a container the probe runs beside the server, with its environment: the same gRPC port.
-    parser.set_defaults(server=f"localhost:{os.environ.get('RESNET_SERVE_GRPC_PORT', '8001')}")
+    # Inside a container the probe runs beside the server, with its environment: the same gRPC port, read
+    # through the server's declaration of it (which needs the `serve` extra, as the server does).
+    try:
+        from resnet_serve.server.config import ConfigError, from_env
+    except ModuleNotFoundError:
+        if PORT_ENV in os.environ:
+            parser.error(f"{PORT_ENV} is set, but reading it needs the serve extra: pass --server HOST:PORT")
+        return
+    try:
+        parser.set_defaults(server=f"localhost:{from_env('grpc_port')}")
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,11 +10,10 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
 
+from resnet_serve.cli.flags import add_flags
 from resnet_serve.server import config
-from resnet_serve.server.observability.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from resnet_serve.server.observability.logging import configure_logging
 
 log = logging.getLogger("resnet_serve.server")
 
@@ -39,65 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add `--config`, `--model` and one flag per option; defaults and env names appear in `--help`."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help=f"TOML configuration file (env {config.ENV_PREFIX}CONFIG)",
+    """Add `--config`, `--model` and one flag per option, all derived from the settings' declaration
+    (server/config/settings.py); defaults and env names appear in `--help`."""
+    add_flags(parser, config.INPUT_OPTIONS)
+    add_flags(parser.add_argument_group("server"), config.SERVER_OPTIONS)
+    group = parser.add_argument_group(
+        "models (defaults for every model; a packaged config.json, then [models.NAME], override them)"
     )
-    parser.add_argument(
-        "--model",
-        metavar="NAME=PATH",
-        action="append",
-        default=argparse.SUPPRESS,
-        help="serve an .onnx file (version 1) or a directory of numbered versions under NAME; repeatable",
-    )
-    groups = {
-        "server": parser.add_argument_group("server"),
-        "model": parser.add_argument_group(
-            "models (defaults for every model; a packaged config.json, then [models.NAME], override them)"
-        ),
-    }
-    for opt in config.OPTIONS:
-        default = opt.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        shown = str(shown).lower() if isinstance(shown, bool) else shown
-        groups[opt.scope].add_argument(
-            opt.flag,
-            dest=opt.key,
-            action="extend" if opt.repeat else "store",  # a repeat option's parse returns a tuple
-            metavar=opt.metavar or None,
-            type=_flag_type(opt),
-            default=argparse.SUPPRESS,
-            help=f"{opt.help} (default: {shown if shown != '' else 'none'}; env {opt.env})",
-        )
-
-
-def _flag_type(opt: config.Option) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return opt.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{opt.flag}: {exc}") from None
-
-    return parse
+    add_flags(group, config.MODEL_OPTIONS)
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     """--log-format and --log-level, defaulting to $RESNET_SERVE_LOG_FORMAT / $RESNET_SERVE_LOG_LEVEL."""
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=os.environ.get("RESNET_SERVE_LOG_FORMAT", "text"),
-        help="text for people, json (one object per line, with request_id) for log collectors "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        type=str.lower,
-        default=os.environ.get("RESNET_SERVE_LOG_LEVEL", "info"),
-        help="debug adds one access-log line per request; info logs nothing per request "
-        "(default: %(default)s)",
-    )
+    add_flags(parser, config.LOG_OPTIONS, env=os.environ)

@@ -407,7 +407,7 @@ def _triton_config(model: ServedModel) -> Any:
         out.dynamic_batching.CopyFrom(
             mc.ModelDynamicBatching(
                 preferred_batch_size=list(b.preferred_batch_sizes),
-                max_queue_delay_microseconds=round(b.max_queue_delay_ms * 1000),
+                max_queue_delay_microseconds=b.max_queue_delay_us,
                 preserve_ordering=False,
                 default_queue_policy=mc.ModelQueuePolicy(
                     max_queue_size=b.max_queue_size,

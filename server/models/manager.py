@@ -17,7 +17,6 @@ in DIR.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -253,7 +252,9 @@ class ModelManager:
         # not reach the repository itself ("") or anything outside it ("..", "../x", "a/b").
         in_repository = bool(name) and name == Path(name).name and not name.startswith(".")
         if repo and in_repository and (Path(repo) / name).is_dir():
-            return dataclasses.replace(self.config.model_defaults, name=name, path=str(Path(repo) / name))
+            return self.config.model_defaults.model_copy(
+                update={"name": name, "path": str(Path(repo) / name)}
+            )
         raise not_found(f"model {echo(name)} is neither configured nor in the model repository")
 
     async def load(self, name: str, settings: ModelSettings | None = None) -> None:

@@ -103,7 +103,7 @@ def _packaged_values(packaged: PackagedModel | None) -> dict[str, Any]:
         "instances": packaged.instance_count,
         "max_batch_size": max(1, packaged.max_batch_size),
         "preferred_batch_sizes": tuple(packaged.dynamic_batching.preferred_batch_sizes),
-        "max_queue_delay_ms": packaged.dynamic_batching.max_queue_delay_us / 1000.0,
+        "max_queue_delay_us": packaged.dynamic_batching.max_queue_delay_us,
     }
     for key in ("inference_precision", "performance_mode", "intra_op_threads"):  # optional keys
         if getattr(packaged, key) is not None:
@@ -123,7 +123,7 @@ def _triton_values(triton: TritonModelConfig | None, alone: bool) -> dict[str, A
         values["max_batch_size"] = max(1, triton.max_batch_size)
     if triton.dynamic_batching or alone:
         values["preferred_batch_sizes"] = triton.preferred_batch_sizes
-        values["max_queue_delay_ms"] = triton.max_queue_delay_us / 1000.0
+        values["max_queue_delay_us"] = triton.max_queue_delay_us
     if triton.version_policy:
         values |= {
             "version_policy": triton.version_policy,

@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Final
 
+from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.server.security.files import SecurityError, read_secret_file
 
 HEADER: Final = "authorization"
@@ -89,5 +90,5 @@ def read_tokens(path: str, env_token: str = "") -> TokenSet:
         if not tokens:
             raise SecurityError(f"--auth-token-file {path}: holds no token")
     if env_token:
-        tokens.append(check_token(env_token, "RESNET_SERVE_AUTH_TOKEN"))
+        tokens.append(check_token(env_token, TOKEN_ENV))
     return TokenSet(tokens)
