@@ -1,9 +1,9 @@
 """A real `resnet-serve serve` process for the KServe v2 tests, driven by the real tritonclient.
 
 The server runs as a subprocess (started the way users start it), serving a repository with the tiny
-classifier from conftest.py: `tiny` versions 1 and 2 (different weights, version policy "all"), `spare`
-(for load/unload) and `half`, an FP16 model. Expected outputs come from running the same ONNX files with
-ONNX Runtime in the test.
+classifier of tests/support/tiny_model.py: `tiny` versions 1 and 2 (different weights, version policy
+"all"), `spare` (for load/unload) and `half`, an FP16 model. Expected outputs come from running the same
+ONNX files with ONNX Runtime in the test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
 from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS
 from PIL import Image
+from support.tiny_model import TINY_LABELS
 
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.server.launch import serve_command, stop, wait_ready

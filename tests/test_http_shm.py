@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 import tritonclient.utils.shared_memory as shm
-from conftest import write_tiny_onnx
 from support.server import ServerProcess, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 from test_kserve_shm import OUT_ROW_BYTES, ROW_BYTES, SHAPE, batch, region
 from tritonclient.utils import InferenceServerException
 

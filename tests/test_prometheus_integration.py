@@ -31,9 +31,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import TINY_PREPROCESS
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from support.tiny_model import TINY_PREPROCESS
 
 from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as tc
-from conftest import write_tiny_onnx
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.formats.ready import FORMAT, Ready, ReadyModel, read_ready, write_ready
 from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready

@@ -11,10 +11,11 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import RUNTIMES, TINY_LABELS, TINY_PREPROCESS, runtime_flags
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from support.runtimes import RUNTIMES, runtime_flags
 from support.server import ServerProcess, encode, scrape, start_server, stop_server
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS
 
 from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 from resnet_serve.protos import classifier_pb2 as pb
@@ -48,7 +49,7 @@ def server(
     tiny_onnx: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     # Exact JPEG decoding, so answers can be compared with the training-side preprocessing bit for bit.
-    # Every test here runs on each runtime (conftest.RUNTIMES).
+    # Every test here runs on each runtime (support.runtimes.RUNTIMES).
     runtime = runtime_flags(request.param, tmp_path_factory.mktemp("openvino-cache"))
     proc = start_server(
         "--model",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as tc
-from conftest import write_tiny_onnx
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.server.launch import serve_command, serving, wait_ready
 

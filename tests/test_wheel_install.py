@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 from PIL import Image
 from support.checkout import REPO, checkout_copy
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
 from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 from resnet_serve.server.launch import stop, wait_ready
