@@ -283,18 +283,53 @@ def _server_split(splits: list[ServerSplit]) -> dict[str, float] | None:
 
 
 def parse_concurrency(text: str) -> list[int]:
-    """ "1,2,4" → [1, 2, 4]; "1:64" → powers of two from 1 to 64."""
+    """--concurrency: "1,2,4" → [1, 2, 4]; "LO:HI" doubles from LO and ends at HI ("1:64" → 1, 2, 4, ..., 64;
+    "3:12" → 3, 6, 12; "3:3" → 3): a short sweep over a wide range. perf_analyzer's linear START:END:STEP is
+    --concurrency-range (parse_concurrency_range)."""
+    flag = f"--concurrency {text!r}"
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise ValueError(
+                f"{flag}: LO:HI doubles from LO to HI; for START:END:STEP use --concurrency-range"
+            )
+        lo, hi = _levels(flag, parts, "LO:HI")
+        if hi < lo:
+            raise ValueError(f"{flag}: HI must be at least LO")
+        levels = [lo]
+        while levels[-1] * 2 < hi:
+            levels.append(levels[-1] * 2)
+        return levels if levels[-1] == hi else [*levels, hi]
+    values = _levels(flag, [x for x in text.split(",") if x.strip()], "1,2,4 or 1:64")
+    if not values:
+        raise ValueError(f"{flag}: expected e.g. 1,2,4 or 1:64 (doubling)")
+    return values
+
+
+def parse_concurrency_range(text: str) -> list[int]:
+    """--concurrency-range, as perf_analyzer: "START[:END[:STEP]]", linear, END included when a step lands on
+    it ("1:4" → 1, 2, 3, 4; "2:8:3" → 2, 5, 8; "3:3" → 3; "4" → 4). END defaults to START, STEP to 1."""
+    flag = f"--concurrency-range {text!r}"
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise ValueError(f"{flag}: expected START:END[:STEP], e.g. 1:16 or 4:64:4")
+    values = _levels(flag, parts, "START:END[:STEP], e.g. 1:16")
+    start = values[0]
+    end = values[1] if len(values) > 1 else start
+    step = values[2] if len(values) > 2 else 1
+    if end < start:
+        raise ValueError(f"{flag}: END must be at least START")
+    return list(range(start, end + 1, step))
+
+
+def _levels(flag: str, parts: list[str], expected: str) -> list[int]:
+    """Whole numbers of at least 1, or a ValueError naming the flag and the expected form."""
     try:
-        if ":" in text:
-            lo, hi = (int(x) for x in text.split(":", 1))
-            if lo < 1 or hi < lo:
-                raise ValueError
-            return [2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1) if lo <= 2**k <= hi]
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in parts]
     except ValueError:
-        raise ValueError(f"--concurrency {text!r}: expected e.g. 1,2,4 or 1:64 (powers of two)") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"--concurrency {text!r}: every level must be at least 1")
+        raise ValueError(f"{flag}: expected {expected}") from None
+    if min(values, default=1) < 1:
+        raise ValueError(f"{flag}: every level must be at least 1")
     return values
 
 

@@ -28,6 +28,7 @@ class BenchOptions:
     tls: TLSConfig | None = None
     token: str | None = field(default=None, repr=False)  # image API bearer token (--token-file)
     protocol: str = "image"  # "image": our ImageClassifier API; "kserve": KServe v2 tensors
+    transport: str = "grpc"  # KServe v2 over "grpc" or "http" (perf_analyzer's -i)
     model: str = ""  # "" = the server's default model
     images: str = "auto"
     batch_size: int = 1
@@ -45,6 +46,7 @@ class BenchOptions:
     baseline_device: str = "cpu"
     baseline_threads: int = 0
     out: Path = Path("artifacts/bench")
+    csv: Path | None = None  # also the CSV here (perf_analyzer's -f)
     title: str = ""
 
 
@@ -55,7 +57,10 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
 
     from resnet_serve.bench import baseline, plots, report, slo
     from resnet_serve.bench.loadgen import Closed, Open, StepResult, Timing, run_step
+    from resnet_serve.formats.errors import Failure, UserError
 
+    if not levels:  # the parsers never return none; a caller of this function might
+        raise UserError("nothing to measure: give at least one concurrency or rate")
     sender, workload, model = await make_sender(options)
     timing = Timing(
         options.warmup,
@@ -108,6 +113,7 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
     config = {
         "server": options.server,
         "protocol": options.protocol,
+        "transport": options.transport,
         "model": model,
         "batch_size": sender.batch_size,
         "workload": workload,
@@ -126,12 +132,22 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
     }
     doc = report.document(config, _environment(), steps, base_results, slo_doc)
     written = report.write(doc, options.out)
+    if options.csv is not None:
+        written.append(report.write_csv(doc, options.csv))
+    print(report.table(doc))
+    if not any(s.requests for s in steps):  # nothing to plot: say why instead of empty plots
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+        errors: dict[str, int] = {}
+        for s in steps:
+            for name, count in s.errors.items():
+                errors[name] = errors.get(name, 0) + count
+        found = ", ".join(f"{name} {count}" for name, count in sorted(errors.items())) or "no answer at all"
+        raise Failure(f"no request completed at any load level ({found}); see {options.out / 'bench.json'}")
     title = options.title or f"{model or 'default model'} via {options.protocol} API at {options.server}"
     written.append(plots.latency_throughput(doc, options.out / "latency_throughput.png", title))
     written.append(plots.latency_cdf(steps, options.out / "latency_cdf.png", title))
-    print(report.table(doc))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0 if any(s.requests for s in steps) else 1
+    return 0
 
 
 async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:
@@ -143,7 +159,7 @@ async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:
 
     if options.protocol == "kserve":
         sender = await kserve_sender(
-            options.server, options.model, options.tls, options.batch_size, options.timeout
+            options.server, options.model, options.tls, options.batch_size, options.timeout, options.transport
         )
         return sender, sender.description, sender.model_name
     # No retries: a benchmark must see every UNAVAILABLE, not hide it behind backoff.

@@ -113,10 +113,15 @@ def csv_text(doc: dict[str, Any]) -> str:
 
 
 def write(doc: dict[str, Any], out: Path) -> list[Path]:
-    written = [out / "bench.json", out / "bench.csv"]
+    written = [out / "bench.json", write_csv(doc, out / "bench.csv")]
     write_json_atomic(written[0], doc)
-    write_bytes_atomic(written[1], csv_text(doc).encode())
     return written
+
+
+def write_csv(doc: dict[str, Any], path: Path) -> Path:
+    """The steps as CSV at `path` (bench.csv, or perf_analyzer's -f FILE)."""
+    write_bytes_atomic(path, csv_text(doc).encode())
+    return path
 
 
 def table(doc: dict[str, Any]) -> str:

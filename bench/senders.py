@@ -8,6 +8,7 @@ KServe requests go through the real tritonclient (a different client than ours, 
 from __future__ import annotations
 
 import abc
+import asyncio
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -111,38 +112,50 @@ class TensorModel:
 
 
 class KServeSender(Sender):
-    """ModelInfer through tritonclient.grpc.aio with tensors of the model's input shape and datatype."""
+    """ModelInfer through tritonclient's asyncio client, over gRPC (tritonclient.grpc.aio) or HTTP
+    (tritonclient.http.aio, perf_analyzer's -i http), with tensors of the model's input shape and datatype."""
 
-    def __init__(self, triton: Any, model: TensorModel, batch_size: int = 1, timeout_s: float = 10.0) -> None:
-        from tritonclient.grpc import aio as triton_aio
-
+    def __init__(
+        self,
+        triton: Any,
+        model: TensorModel,
+        batch_size: int = 1,
+        timeout_s: float = 10.0,
+        transport: str = "grpc",
+    ) -> None:
+        module = _triton_module(transport)
         self._triton = triton
         self._model = model
+        self._http = transport == "http"
         self.model_name = model.name
         self.batch_size = batch_size
         self._timeout = timeout_s
         shape = (batch_size, *model.shape) if model.batches else model.shape
         self._inputs = []
         for tensor in random_tensors(shape, model.datatype):
-            tensor_input = triton_aio.InferInput(model.input_name, list(shape), model.datatype)
+            tensor_input = module.InferInput(model.input_name, list(shape), model.datatype)
             tensor_input.set_data_from_numpy(tensor)
             self._inputs.append(tensor_input)
         self._cycle = itertools.cycle(self._inputs)
-        self._outputs = [triton_aio.InferRequestedOutput(model.output_name)]
-        self.description = f"{model.datatype} tensors of shape {list(shape)} via tritonclient"
+        self._outputs = [module.InferRequestedOutput(model.output_name)]
+        self.description = f"{model.datatype} tensors of shape {list(shape)} via tritonclient ({transport})"
 
     async def send(self) -> Reply:
         from tritonclient.utils import InferenceServerException
 
+        inputs = [next(self._cycle)]
         try:
-            await self._triton.infer(
-                self._model.name,
-                inputs=[next(self._cycle)],
-                outputs=self._outputs,
-                client_timeout=self._timeout,
-            )
+            if self._http:  # tritonclient.http has no client-side deadline per call: asyncio's
+                call = self._triton.infer(self._model.name, inputs=inputs, outputs=self._outputs)
+                await asyncio.wait_for(call, self._timeout)
+            else:
+                await self._triton.infer(
+                    self._model.name, inputs=inputs, outputs=self._outputs, client_timeout=self._timeout
+                )
         except InferenceServerException as exc:
             return Reply(_status_name(exc.status()))
+        except TimeoutError:
+            return Reply("DEADLINE_EXCEEDED")
         return Reply(OK)
 
     async def counters(self) -> dict[str, float] | None:
@@ -150,9 +163,12 @@ class KServeSender(Sender):
         from tritonclient.utils import InferenceServerException
 
         try:
-            stats = await self._triton.get_inference_statistics(
-                self._model.name, as_json=True, client_timeout=5
-            )
+            if self._http:
+                stats = await self._triton.get_inference_statistics(self._model.name)
+            else:
+                stats = await self._triton.get_inference_statistics(
+                    self._model.name, as_json=True, client_timeout=5
+                )
         except InferenceServerException:
             return None
         totals: dict[str, float] = {}
@@ -195,10 +211,20 @@ def split_from_counters(
 
 
 def _status_name(status: str | None) -> str:
-    # tritonclient reports gRPC failures as "StatusCode.UNAVAILABLE".
+    # tritonclient.grpc reports failures as "StatusCode.UNAVAILABLE", tritonclient.http as the HTTP status.
     if not status:
         return "UNKNOWN"
-    return status.removeprefix("StatusCode.")
+    return f"HTTP {status}" if status.isdigit() else status.removeprefix("StatusCode.")
+
+
+def _triton_module(transport: str) -> Any:
+    if transport == "http":
+        from tritonclient.http import aio as http_aio
+
+        return http_aio
+    from tritonclient.grpc import aio as grpc_aio
+
+    return grpc_aio
 
 
 async def kserve_sender(
@@ -207,29 +233,38 @@ async def kserve_sender(
     tls: TLSConfig | None,
     batch_size: int,
     timeout_s: float,
+    transport: str = "grpc",
 ) -> KServeSender:
     """Connect with tritonclient, read the model's input from ModelMetadata and ModelConfig."""
-    from tritonclient.grpc import aio as triton_aio
     from tritonclient.utils import InferenceServerException
 
-    triton = _triton_client(triton_aio, target, tls)
+    http = transport == "http"
+    triton = _triton_http_client(target, tls) if http else _triton_client(_triton_module("grpc"), target, tls)
     try:
         if not model:
-            index = await triton.get_model_repository_index(as_json=True)
-            ready = [m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"]
+            index = await (
+                triton.get_model_repository_index()
+                if http
+                else triton.get_model_repository_index(as_json=True)
+            )
+            listed = index if isinstance(index, list) else index.get("models", [])
+            ready = [m["name"] for m in listed if m.get("state", "READY") == "READY"]
             if not ready:
                 raise InferenceServerException("the server lists no READY model; pass --model")
             model = ready[0]
-        meta = await triton.get_model_metadata(model, as_json=True)
-        config = await triton.get_model_config(model, as_json=True)
-    except InferenceServerException as exc:
+        if http:
+            meta = await triton.get_model_metadata(model)
+            config = await triton.get_model_config(model)
+        else:
+            meta = await triton.get_model_metadata(model, as_json=True)
+            config = await triton.get_model_config(model, as_json=True)
+    except (InferenceServerException, OSError) as exc:  # OSError: aiohttp cannot connect
         await triton.close()
-        raise ConnectionError(f"KServe metadata from {target}: {exc}") from None
+        raise ConnectionError(f"KServe metadata from {target} over {transport}: {exc}") from None
+    config = config.get("config", config)  # gRPC's answer wraps the config, HTTP's is the config
     first_in, first_out = meta["inputs"][0], meta["outputs"][0]
     dims = tuple(int(d) for d in first_in["shape"])
-    batches = int(config.get("config", {}).get("max_batch_size", 0) or 0) > 0 or (
-        bool(dims) and dims[0] == -1
-    )
+    batches = int(config.get("max_batch_size", 0) or 0) > 0 or (bool(dims) and dims[0] == -1)
     shape = dims[1:] if batches else dims
     if any(d < 0 for d in shape):
         await triton.close()
@@ -237,7 +272,22 @@ async def kserve_sender(
     tensor_model = TensorModel(
         model, first_in["name"], first_in["datatype"], shape, batches, first_out["name"]
     )
-    return KServeSender(triton, tensor_model, batch_size if batches else 1, timeout_s)
+    return KServeSender(triton, tensor_model, batch_size if batches else 1, timeout_s, transport)
+
+
+def _triton_http_client(target: str, tls: TLSConfig | None) -> Any:
+    """tritonclient.http's asyncio client for one `host:port` (HTTP has no client-side balancing)."""
+    if "," in target or target.startswith("dns:"):
+        raise ValueError(f"-i http takes one --server HOST:PORT, not {target!r}")
+    module = _triton_module("http")
+    if tls is None:
+        return module.InferenceServerClient(url=target)
+    import ssl
+
+    context = ssl.create_default_context(cafile=_path(tls.root_certs))
+    if tls.client_cert is not None:
+        context.load_cert_chain(str(tls.client_cert), _path(tls.client_key))
+    return module.InferenceServerClient(url=target, ssl=True, ssl_context=context)
 
 
 def _triton_client(triton_aio: Any, target: str, tls: TLSConfig | None) -> Any:

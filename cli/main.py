@@ -19,10 +19,8 @@ class Command:
     module: str  # under resnet_serve.cli.commands: configure(parser) and run(args) -> exit status
     summary: str
     #: Exit status for a UserError or an OSError: 2 where the command treats bad input as a usage error.
-    #: A ConnectionError (no server answered) is always 1: a failure, not a usage error.
+    #: A ConnectionError (no server answered) or a Failure (it ran and failed) is always 1, not a usage error.
     error_status: int = 1
-    #: Whether the error line names the command (``resnet-serve export: error: ...``) or not (``error: ...``).
-    named_errors: bool = False
     #: Appended to the line for an OSError (a file that cannot be read or written).
     os_hint: str = ""
 
@@ -41,19 +39,13 @@ COMMANDS: dict[str, Command] = {
     "export": Command(
         "export",
         "fold BatchNorm and export a checkpoint or torchvision weights to ONNX",
-        named_errors=True,
     ),
-    "quantize": Command(
-        "quantize", "INT8 post-training quantization (QDQ) calibrated on real images", named_errors=True
-    ),
+    "quantize": Command("quantize", "INT8 post-training quantization (QDQ) calibrated on real images"),
     "verify": Command(
         "verify",
         "parity report: PyTorch vs folded vs ONNX Runtime FP32/INT8 (vs TensorRT)",
-        named_errors=True,
     ),
-    "package": Command(
-        "package", "lay out ONNX models as a versioned model repository for serving", named_errors=True
-    ),
+    "package": Command("package", "lay out ONNX models as a versioned model repository for serving"),
     "build-engine": Command("build_engine", "compile an ONNX model to a TensorRT engine (GPU nodes)"),
     "serve": Command(
         "serve", "run the gRPC inference server (image API + KServe v2) with metrics", error_status=2
@@ -135,23 +127,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from resnet_serve.cli.helpformat import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog=f"resnet-serve {name}",
         description=(module.__doc__ or cmd.summary).strip(),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,  # every command's help: examples as written, each default once
     )
     module.configure(parser)
     args = parser.parse_args(rest)
-    from resnet_serve.formats.errors import UserError  # here: nothing but the subcommand loads before it runs
+    # here: nothing but the subcommand loads before it runs
+    from resnet_serve.formats.errors import Failure, UserError
 
     try:
         return int(module.run(args))
     except (UserError, OSError) as exc:
         # The one place a user-facing error becomes its line: the layers raise, none of them prints.
-        prefix = f"resnet-serve {name}: error: " if cmd.named_errors else "error: "
+        # Every command's error line has argparse's shape for a usage error: "resnet-serve NAME: error: ...".
+        prefix = f"resnet-serve {name}: error: "
         hint = cmd.os_hint if isinstance(exc, OSError) else ""
         print(f"{prefix}{error_line(exc)}{hint}", file=sys.stderr)
-        return 1 if isinstance(exc, ConnectionError) else cmd.error_status
+        failed = isinstance(exc, ConnectionError | Failure)  # it ran and failed: 1, never a usage error
+        return 1 if failed else cmd.error_status
     except KeyboardInterrupt:
         print(f"resnet-serve {name}: interrupted", file=sys.stderr)
         return 130

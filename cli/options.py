@@ -1,10 +1,13 @@
-"""Command-line options for reaching a server, shared by `classify` and `bench`, and their checks."""
+"""Command-line options shared by several commands (reaching a server: `classify`, `bench`, `health`;
+numbers and lists), and their checks."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
 from resnet_serve.formats.environment import TOKEN_ENV
@@ -100,3 +103,26 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
     return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """One argument of a list option: "8", or comma-separated "8,16" (the spelling of serve and config.json
+    lists); with nargs="+" and action=Flatten, "8 16" and "8,16" both give [8, 16]."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected whole numbers such as 8,16 or 8 16, got {text!r}")
+    return [positive_int(p) for p in parts]
+
+
+class Flatten(argparse.Action):
+    """nargs="+" of a list type (positive_ints): the lists joined into one."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        flat = [item for value in values or () for item in (value if isinstance(value, list) else [value])]
+        setattr(namespace, self.dest, flat)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from resnet_serve.client.channel import TLSConfig
+from resnet_serve.client.channel import KSERVE_SERVICE, SERVICE, TLSConfig
 from resnet_serve.client.results import ClassifyError
 
 
@@ -33,6 +33,17 @@ def check(target: str, service: str = "", timeout: float = 3.0, tls: TLSConfig |
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            detail = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or _reason(code, service)
             raise ClassifyError(code, f"health check of {target}: {detail}") from None
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _reason(code: grpc.StatusCode, service: str) -> str:
+    """What an answer without details means (grpcio's health service says nothing with its NOT_FOUND)."""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return (
+            f"the server has no health status for service {service!r}: it reports one for '' (the whole "
+            f"server) and one per gRPC service ({KSERVE_SERVICE}, {SERVICE}); a model's readiness is "
+            "KServe's ModelReady (GET /v2/models/NAME/ready)"
+        )
+    return f"the server answered {code.name} without a reason"

@@ -8,7 +8,8 @@ error, as with `kubectl apply --validate=strict`):
 
 * built-in kinds against the Kubernetes OpenAPI schemas that kubernetes-validate ships, for the oldest
   Kubernetes we support and the newest it knows;
-* custom resources (KServe's ServingRuntime and InferenceService, the Prometheus Operator's ServiceMonitor)
+* custom resources (KServe's ServingRuntime and InferenceService, the Prometheus Operator's ServiceMonitor and
+  PrometheusRule)
   against the CRD schemas vendored in deploy/schemas/ (their releases are in deploy/schemas/README.md).
 
 tests/test_deploy_k8s.py runs the same functions, plus the rules the manifests must keep.
@@ -25,9 +26,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
-import yaml
+try:
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+except ModuleNotFoundError as missing:  # one line, not a traceback (tests/test_deploy_k8s.py)
+    raise SystemExit(
+        f"deploy/validate.py needs the Python package {missing.name!r}, which is in the dev extra: "
+        "pip install -e '.[dev]' (or make install)"
+    ) from None
 
 ROOT = Path(__file__).resolve().parents[1]
 KUSTOMIZATIONS = (

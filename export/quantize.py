@@ -119,7 +119,9 @@ def _calibrate(pre: Path, data: NDArray[np.float32], method: str, cache: Path) -
     )
     chunks = [data[i : i + IMAGES_PER_COLLECT] for i in range(0, len(data), IMAGES_PER_COLLECT)]
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-        for chunk in tqdm(chunks, desc="calibrating", unit="chunk", leave=False, file=sys.stderr):
+        # disable=None: no bar when stderr is not a terminal (a pipe, a CI log gets no carriage returns)
+        bar = tqdm(chunks, desc="calibrating", unit="chunk", leave=False, file=sys.stderr, disable=None)
+        for chunk in bar:
             calibrator.collect_data(_calibration_reader(chunk, input_name))
         save_tensors_data(calibrator.compute_data(), cache)
 
@@ -223,11 +225,21 @@ def load_fp32(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
     return model, meta
 
 
+VARIANT_FIELD = "{variant}"  # in --out's file name: where each variant's name goes
+
+
 def output_paths(out: Path, variant: str) -> dict[str, Path]:
-    """One variant goes to --out; both go beside it as NAME-trt.onnx and NAME-ort.onnx."""
-    if variant != "both":
-        return {variant: out}
-    return {v: out.with_name(f"{out.stem}-{v}{out.suffix or '.onnx'}") for v in VARIANTS}
+    """Where each variant goes: --out itself for one variant, and --out with `{variant}` replaced by each
+    variant's name (trt, ort) for both. Both with an --out that holds no `{variant}` is refused: two files
+    cannot honour one name."""
+    variants = VARIANTS if variant == "both" else (variant,)
+    if len(variants) > 1 and VARIANT_FIELD not in out.name:
+        example = out.with_name(f"{out.stem}-{VARIANT_FIELD}{out.suffix or '.onnx'}")
+        raise ExportError(
+            f"--variant both writes two models, one per variant: put {VARIANT_FIELD} in --out's file name, "
+            f"e.g. --out {example} (writes {out.stem}-trt and {out.stem}-ort), or choose one --variant"
+        )
+    return {v: out.with_name(out.name.replace(VARIANT_FIELD, v)) for v in variants}
 
 
 def write_all(models: dict[str, onnx.ModelProto], paths: dict[str, Path]) -> list[str]:

@@ -2,8 +2,8 @@
 
 Each layer has its own subclasses (ExportError, ModelsError, ConfigError, ...); all of them derive from
 `UserError`, whose `str()` is one line saying what went wrong and what to do. The CLI prints it once, in
-cli/main.py (`error: MESSAGE`, or `resnet-serve COMMAND: error: MESSAGE` for the export commands); the server
-answers INVALID_ARGUMENT for `InvalidInput`.
+cli/main.py (`resnet-serve COMMAND: error: MESSAGE`, argparse's shape for a usage error); the server answers
+INVALID_ARGUMENT for `InvalidInput`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A failure the user can fix (bad input, a missing file, a failed check); `str()` is one line."""
+
+
+class Failure(UserError):
+    """The command ran and what it did failed (every benchmark request failed, ...): exit status 1, where a
+    command's bad input may be a usage error (2)."""
 
 
 class InvalidInput(UserError, ValueError):

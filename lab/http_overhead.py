@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import statistics
@@ -31,42 +30,11 @@ from typing import Any
 from lab.server_overhead import wait_ready
 from resnet_serve.bench import baseline
 from resnet_serve.bench.loadgen import Closed, StepResult, Timing, run_step
-from resnet_serve.bench.senders import OK, Reply, Sender, kserve_sender
-from resnet_serve.bench.workload import random_tensors
+from resnet_serve.bench.senders import Reply, Sender, kserve_sender
 from resnet_serve.formats.files import write_json_atomic
 from resnet_serve.server.launch import free_port, serve_command, stop
 
 READY_TIMEOUT_S = 180.0
-
-
-class HttpSender(Sender):
-    """ModelInfer over HTTP through tritonclient.http.aio: binary input, binary output."""
-
-    def __init__(self, url: str, model: str, shape: tuple[int, ...], output: str) -> None:
-        import tritonclient.http.aio as http_aio
-
-        self._client = http_aio.InferenceServerClient(url, conn_limit=64)
-        self._model = model
-        inputs = []
-        for tensor in random_tensors((1, *shape), "FP32"):
-            item = http_aio.InferInput("input", [1, *shape], "FP32")
-            item.set_data_from_numpy(tensor)
-            inputs.append(item)
-        self._inputs = itertools.cycle(inputs)
-        self._outputs = [http_aio.InferRequestedOutput(output)]
-        self.description = f"FP32 [1, {', '.join(map(str, shape))}] via tritonclient.http.aio"
-
-    async def send(self) -> Reply:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            await self._client.infer(self._model, [next(self._inputs)], outputs=self._outputs)
-        except InferenceServerException as exc:
-            return Reply(str(exc.status()))
-        return Reply(OK)
-
-    async def close(self) -> None:
-        await self._client.close()
 
 
 class Counted(Sender):
@@ -137,7 +105,8 @@ async def _measure(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         await wait_ready(client, server, "http_overhead", READY_TIMEOUT_S)
         senders = {
             "grpc": Counted(await kserve_sender(f"127.0.0.1:{grpc_port}", "model", None, 1, 60.0)),
-            "http": Counted(HttpSender(f"127.0.0.1:{http_port}", "model", (3, 224, 224), "logits")),
+            # bench's own KServe sender over HTTP (`resnet-serve bench -i http`): binary input and output
+            "http": Counted(await kserve_sender(f"127.0.0.1:{http_port}", "model", None, 1, 60.0, "http")),
         }
         timing = Timing(args.warmup, args.window, args.max_step_time, 0.10)
         try:

@@ -21,7 +21,8 @@ class BackendError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output: the batch dimension is the leading -1 when the model batches."""
+    """One input or output: the batch dimension is the leading -1 when the model batches. A BYTES (string)
+    tensor has dtype object and holds `bytes` elements (formats/bytes_tensor.py)."""
 
     name: str
     dtype: np.dtype[np.generic]
@@ -47,16 +48,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch. Every input has the same leading batch size; every output has it too.
+        """Run one batch. Every input has the same leading batch size; every output has it too (a model with
+        max_batch_size 0 has no batch dimension: one request's inputs, whole).
 
         The input arrays belong to the caller again once `infer` returns (the batcher reuses their memory
         for its next batch): keep nothing that refers to them."""
-
-    def warmup(self, batch_sizes: list[int]) -> None:
-        """Run zero inputs at the given batch sizes so the first real request pays no lazy initialisation."""
-        for n in batch_sizes:
-            feeds = {spec.name: np.zeros((n, *spec.shape[1:]), dtype=spec.dtype) for spec in self.info.inputs}
-            self.infer(feeds)
 
     def close(self) -> None:  # noqa: B027 - most backends have nothing to release
         """Release device memory and sessions."""

@@ -28,6 +28,7 @@ _ORT_TYPES: dict[str, np.dtype[np.generic]] = {
     "tensor(int8)": np.dtype(np.int8),
     "tensor(uint8)": np.dtype(np.uint8),
     "tensor(bool)": np.dtype(np.bool_),
+    "tensor(string)": np.dtype(object),  # BYTES: object arrays of bytes (formats/bytes_tensor.py)
 }
 
 
@@ -104,8 +105,33 @@ class OrtBackend(Backend):
         return TensorSpec(name=name, dtype=dtype, shape=dims)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, inputs)
-        return dict(zip(self._output_names, results, strict=True))
+        feeds = {name: _to_ort(array) if array.dtype.hasobject else array for name, array in inputs.items()}
+        results = self._session.run(self._output_names, feeds)
+        return {
+            name: _from_ort(out) if out.dtype.hasobject else out
+            for name, out in zip(self._output_names, results, strict=True)
+        }
 
     def close(self) -> None:
         del self._session
+
+
+def _to_ort(array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor (object array of bytes) as ORT's string tensor: its Python binding takes str elements,
+    so each element is decoded as UTF-8, undecodable bytes kept as surrogates (`_from_ort` restores them)."""
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [
+        item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else item
+        for item in array.reshape(-1).tolist()
+    ]
+    return out
+
+
+def _from_ort(array: np.ndarray) -> np.ndarray:
+    """ORT's string output (str elements) as a BYTES tensor of bytes."""
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [
+        item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
+        for item in array.reshape(-1).tolist()
+    ]
+    return out

@@ -148,8 +148,13 @@ class CompiledOpenVino:
         try:
             # read_model for the file's metadata_props (OpenVINO keeps them as rt_info["framework"]);
             # compiling from the path lets a cache hit skip the graph transformations.
-            props = _framework_props(core().read_model(str(path)))
+            model = core().read_model(str(path))
+            props = _framework_props(model)
+            for port in [*model.inputs, *model.outputs]:
+                _refuse_strings(port, path)
             self._compiled = core().compile_model(str(path), "CPU", _config(options))
+        except BackendError:
+            raise
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise BackendError(f"OpenVINO cannot load {path}: {_one_line(exc)}") from None
         self.path = path
@@ -269,6 +274,16 @@ def _framework_props(model: Any) -> dict[str, str]:
         return {}
     framework = info["framework"]
     return {str(key): framework[key].astype(str) for key in framework}
+
+
+def _refuse_strings(port: Any, path: Path) -> None:
+    """A string (BYTES) input or output: OpenVINO's ONNX reader has string tensors, but not the ops that use
+    them here, so such a model is refused at load with the backend that serves it."""
+    if port.get_element_type().get_type_name() == "string":
+        raise BackendError(
+            f"{path}: tensor {port.get_any_name()!r} is a string (BYTES) tensor, which the OpenVINO backend "
+            "does not serve; serve this model with backend onnxruntime"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

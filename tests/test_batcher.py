@@ -381,3 +381,22 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
     run(main())
     assert batcher.join(5)
     assert backend.sizes == [1, 1, 1]
+
+
+def test_a_model_without_a_batch_dimension_runs_each_request_whole_and_alone() -> None:
+    backend = FakeBackend(delay_s=0.01)
+    backend.info.max_batch_size = 0  # Triton's max_batch_size 0: (-1, 2) is the model's own shape
+    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=20)
+
+    async def main() -> list[BatchResult]:
+        return await asyncio.gather(*(batcher.submit(rows(i, n=3 + i)) for i in range(4)))
+
+    results = run(main())
+    # A leading 3..6 is the model's dimension, not rows capped at one: each request is one inference, alone.
+    assert sorted(backend.sizes) == [3, 4, 5, 6]
+    for i, result in enumerate(results):
+        assert result.batch_size == 1
+        np.testing.assert_array_equal(result.outputs["y"], np.full((3 + i, 2), 2 * i + 1, dtype=np.float32))
+    with pytest.raises(ServeError, match=r"must have shape \[\?, 2\], got \[3\]"):
+        run(batcher.submit({"x": np.zeros(3, dtype=np.float32)}))
+    batcher.close()

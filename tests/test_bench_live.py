@@ -85,9 +85,27 @@ def test_closed_loop_on_the_kserve_api_through_tritonclient(server: KServeServer
     assert split is not None and split["batch_size"] >= 2 and split["compute_ms"] > 0
 
 
+def test_kserve_over_http_as_perf_analyzers_dash_i_http(server: KServeServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "-i", "http", "--server", server.http_url, "-m", "tiny", "--concurrency-range", "1:2",
+            "--out", str(out), *QUICK]  # fmt: skip
+    assert main(args) == 0
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["config"]["protocol"] == "kserve" and doc["config"]["transport"] == "http"
+    assert "via tritonclient (http)" in doc["config"]["workload"]
+    assert [s["concurrency"] for s in doc["steps"]] == [1, 2]
+    for step in doc["steps"]:
+        assert step["requests"] > 0 and step["error_count"] == 0
+        assert step["server_ms"] is not None and step["server_ms"]["compute_ms"] > 0  # HTTP statistics
+
+
 def test_an_unreachable_server_is_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["bench", "--server", "127.0.0.1:1", "--timeout", "0.3", "--out", str(tmp_path), *QUICK])
     assert code == 1
-    assert capsys.readouterr().err.strip().startswith("error: no server answered at 127.0.0.1:1")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith("resnet-serve bench: error: no server answered at 127.0.0.1:1")
+    )

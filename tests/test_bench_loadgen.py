@@ -20,6 +20,7 @@ from resnet_serve.bench.loadgen import (
     Timing,
     block_length,
     parse_concurrency,
+    parse_concurrency_range,
     parse_rates,
     poisson_schedule,
     run_step,
@@ -172,6 +173,25 @@ def test_latency_summary_reports_every_percentile_in_milliseconds() -> None:
     assert summary["p99.9"] == pytest.approx(999.001)
     assert set(summary.as_dict()) == {"count", "mean", "min", "max", "p50", "p90", "p95", "p99", "p99.9"}
     assert LatencySummary.of([]).count == 0
+
+
+def test_a_doubling_range_starts_at_lo_ends_at_hi_and_is_never_empty() -> None:
+    assert parse_concurrency("3:12") == [3, 6, 12]
+    assert parse_concurrency("3:3") == [3]
+    assert parse_concurrency("1:100") == [1, 2, 4, 8, 16, 32, 64, 100]
+    with pytest.raises(ValueError, match="--concurrency-range"):  # perf_analyzer's form has its own flag
+        parse_concurrency("1:16:2")
+
+
+def test_the_concurrency_range_is_perf_analyzers_linear_start_end_step() -> None:
+    assert parse_concurrency_range("3:12") == list(range(3, 13))
+    assert parse_concurrency_range("3:3") == [3]
+    assert parse_concurrency_range("2:8:3") == [2, 5, 8]
+    assert parse_concurrency_range("1:10:4") == [1, 5, 9]
+    assert parse_concurrency_range("4") == [4]
+    for bad in ("0:4", "4:2", "a:b", "1:2:3:4", "1:4:0", ""):
+        with pytest.raises(ValueError, match="--concurrency-range"):
+            parse_concurrency_range(bad)
 
 
 def test_load_levels_parse_lists_and_power_of_two_ranges() -> None:

@@ -107,7 +107,7 @@ def test_an_unreachable_server_is_one_clear_line(images: Path, capsys: pytest.Ca
     code = main(["classify", "--server", "127.0.0.1:1", "--timeout", "0.3", str(images / "dark.png")])
     err = capsys.readouterr().err
     assert code == 1
-    assert err.strip() == "error: no server answered at 127.0.0.1:1 within 0.3s"
+    assert err.strip() == "resnet-serve classify: error: no server answered at 127.0.0.1:1 within 0.3s"
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

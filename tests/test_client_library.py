@@ -202,6 +202,17 @@ def test_importing_the_client_pulls_in_neither_torch_nor_onnxruntime() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
+def test_dir_of_the_client_package_lists_its_lazily_imported_names() -> None:
+    import resnet_serve.client as package
+
+    listed = dir(package)
+    for name in package.__all__:
+        assert name in listed, name
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError, match=r"resnet_serve\.client"):
+        package.Nothing  # noqa: B018 - the attribute access is the test
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_with_a_private_root_certificate(tmp_path: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"

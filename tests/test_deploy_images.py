@@ -5,6 +5,7 @@ volume), the build context, and `docker-compose config` on every profile."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def _compose_config(*profile: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "GRAFANA_ADMIN_PASSWORD": "not-admin"},  # compose requires one
     )
     assert done.returncode == 0, done.stderr
     config: dict[str, Any] = yaml.safe_load(done.stdout)
@@ -137,6 +139,15 @@ def test_the_gpu_profile_serves_on_the_gpu_and_the_cpu_profile_needs_none() -> N
     assert gpu["build"]["dockerfile"] == "Dockerfile.gpu" and cpu["image"] == "resnet-serve:cpu"
 
 
+def _published(port: str | dict[str, Any]) -> tuple[str, int]:
+    """(host address, published port) of one rendered `ports` entry: compose 1.x renders one with a host
+    address as "127.0.0.1:8000:8000/tcp", compose 2 as a mapping."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "0.0.0.0")), int(port["published"])
+    host, published, _ = port.rsplit(":", 2) if port.count(":") >= 2 else ("0.0.0.0", *port.split(":"))
+    return host, int(published)
+
+
 def _seconds(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     total, number = 0.0, ""
@@ -159,5 +170,9 @@ def test_each_server_drains_before_compose_kills_it_and_serves_the_readmes_repos
     mounts = [v for v in server["volumes"] if v.endswith(":/models:ro")]
     assert mounts == [f"{ROOT / 'model_repository'}:/models:ro"]
     assert server["environment"]["RESNET_SERVE_MODEL_REPOSITORY"] == "/models"
-    assert {p["published"] for p in server["ports"]} == {8000, 8001, 8002}
+    assert {_published(p) for p in server["ports"]} == {
+        ("127.0.0.1", 8000),
+        ("127.0.0.1", 8001),
+        ("127.0.0.1", 8002),
+    }
     assert "server" in server["networks"]["default"]["aliases"]  # prometheus.yml scrapes server:8002

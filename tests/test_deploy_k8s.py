@@ -4,8 +4,12 @@ deployment depends on."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kserve_fixtures import KServeServer, kserve_server
 
 from resnet_serve.client.channel import DEFAULT_TIMEOUT_S
 from resnet_serve.server.config import OPTIONS, ServerConfig
@@ -21,6 +26,7 @@ from resnet_serve.server.observability.metrics import ServerMetrics
 pytestmark = pytest.mark.slow  # kubectl kustomize takes about a second per kustomization
 
 ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
 
 
 @cache
@@ -123,16 +129,29 @@ def test_a_kustomization_that_does_not_render_fails(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- the rules the manifests keep
 
 
+KSERVE_SERVICE = "inference.GRPCInferenceService"  # the grpc.health.v1 service name readiness asks about
+LIVE = {"path": "/v2/health/live"}
+
+
+def _probes_ask_live_and_ready_apart(container: dict[str, Any], http_port: object) -> None:
+    # Triton's chart: liveness asks "is the process answering" (/v2/health/live, true while a model fails or
+    # a drain runs), readiness "can it serve" (gRPC health of the KServe service).
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {**LIVE, "port": http_port}, probe
+        assert "grpc" not in container[probe], probe
+    assert container["readinessProbe"]["grpc"] == {"port": 8001, "service": KSERVE_SERVICE}
+    # A busy pod answers health late now and then: one slow answer must not drop it from the endpoints.
+    readiness = container["readinessProbe"]
+    assert readiness["timeoutSeconds"] >= 3 and readiness["failureThreshold"] >= 3
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 30  # but a broken pod leaves soon
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_grpc_probes_drain_and_grace_period(overlay: str) -> None:
+def test_probes_drain_and_grace_period(overlay: str) -> None:
     pod = one(rendered(overlay), "Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": 8001}, probe
-    readiness = container["readinessProbe"]
-    # Readiness turns false within a few seconds of SIGTERM (health NOT_SERVING), well inside the drain.
-    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 5
-    # Liveness cannot fail during a drain: it needs longer than the grace period of NOT_SERVING.
+    _probes_ask_live_and_ready_apart(container, "http")
+    # Liveness cannot fail during a drain: it needs longer than the grace period.
     liveness = container["livenessProbe"]
     grace = float(env_of(container).get("RESNET_SERVE_GRACE_PERIOD_S", ServerConfig().grace_period_s))
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > grace
@@ -141,6 +160,65 @@ def test_grpc_probes_drain_and_grace_period(overlay: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False  # the server never calls the Kubernetes API
+
+
+def test_the_probed_health_service_is_the_one_the_server_registers() -> None:
+    from resnet_serve.server.kserve.service import SERVICE
+
+    assert SERVICE == KSERVE_SERVICE
+
+
+def test_the_probes_the_manifests_name_answer_on_a_real_server(kserve_server: KServeServer) -> None:
+    import urllib.request
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    container = server(OVERLAYS[0])
+    path = container["livenessProbe"]["httpGet"]["path"]
+    with urllib.request.urlopen(f"http://{kserve_server.http_url}{path}", timeout=10) as answer:
+        assert answer.status == 200
+    service = container["readinessProbe"]["grpc"]["service"]
+    with grpc.insecure_channel(kserve_server.url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_autoscaler_owns_the_scale_and_replicas_spread_over_zones_and_nodes(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployment = one(docs, "Deployment")
+    # `kubectl apply -k` would reset the HPA's scale to a `replicas` in the manifest.
+    assert "replicas" not in deployment["spec"]
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+    pod = deployment["spec"]["template"]
+    spread = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert constraint["labelSelector"]["matchLabels"]  # not every pod of the namespace
+        assert constraint["maxSkew"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_network_policy_opens_only_the_servers_ports(overlay: str) -> None:
+    docs = rendered(overlay)
+    pod = one(docs, "Deployment")["spec"]["template"]
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    opened = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert opened == {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    (metrics_rule,) = [r for r in policy["ingress"] if {p["port"] for p in r["ports"]} == {"metrics"}]
+    assert all("namespaceSelector" in peer for peer in metrics_rule["from"])  # only Prometheus' namespace
+    for rule in policy["ingress"]:
+        assert rule["from"], "an empty `from` opens the port to every source"
+    # Inference from any pod of the namespace: kustomize's labels must not narrow it to the server's own pods.
+    (inference,) = [r for r in policy["ingress"] if {p["port"] for p in r["ports"]} == {"http", "grpc"}]
+    assert inference["from"] == [{"podSelector": {}}]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -169,13 +247,45 @@ def test_the_model_repository_is_a_read_only_volume(overlay: str) -> None:
 def test_the_gpu_overlay_takes_a_gpu_and_caches_engines_the_cpu_overlay_none() -> None:
     gpu, cpu = server(OVERLAYS[1]), server(OVERLAYS[0])
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert gpu["image"] == "resnet-serve:gpu" and cpu["image"] == "resnet-serve:cpu"
+    assert gpu["image"].endswith("-gpu") and cpu["image"].endswith("-cpu")
     assert env_of(gpu)["RESNET_SERVE_BUILD_ENGINES"] == "true"
     assert any(m["mountPath"] == env_of(gpu)["RESNET_SERVE_ENGINE_CACHE"] for m in gpu["volumeMounts"])
     assert "nvidia.com/gpu" not in str(cpu["resources"])
     # The first start builds engines: the startup probe allows far longer on the GPU overlay.
     budget = gpu["startupProbe"]["periodSeconds"] * gpu["startupProbe"]["failureThreshold"]
     assert budget >= 600
+    assert gpu["startupProbe"]["httpGet"] == {**LIVE, "port": "http"}  # the overlay adds no second handler
+
+
+def _version() -> str:
+    import tomllib
+
+    version: str = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+def _images() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for kustomization in validator().KUSTOMIZATIONS:
+        for doc in rendered(kustomization):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", doc.get("spec", {}))
+            found += [(kustomization, c) for c in spec.get("containers", [])]
+    assert len(found) == 3
+    return found
+
+
+def test_every_image_is_fully_qualified_and_immutable_under_if_not_present() -> None:
+    for where, container in _images():
+        image = container["image"]
+        registry, _, rest = image.partition("/")
+        # A registry host (a dot or a port in the first component): CRI-O's short-name mode refuses others.
+        assert rest and ("." in registry or ":" in registry or registry == "localhost"), (where, image)
+        assert container["imagePullPolicy"] == "IfNotPresent", where
+        name, _, digest = image.partition("@")
+        tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
+        # IfNotPresent only with a reference that never changes: a digest, or the release's version tag.
+        assert digest.startswith("sha256:") or tag.startswith(_version() + "-"), (where, image)
+        assert tag not in {"", "latest", "cpu", "gpu"}, (where, image)
 
 
 def test_the_autoscaler_uses_a_metric_the_server_exports_through_the_adapters_rule() -> None:
@@ -221,10 +331,126 @@ def test_kserve_runs_our_image_over_v2_grpc() -> None:
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
     (container,) = runtime["spec"]["containers"]
-    assert container["image"].startswith("resnet-serve:")
+    assert container["image"].rpartition("/")[2].startswith("resnet-serve:")
     assert env_of(container)["RESNET_SERVE_MODEL_REPOSITORY"] == "/mnt/models"  # the storage initializer's
     assert "grpc-v2" in runtime["spec"]["protocolVersions"]
-    assert container["readinessProbe"]["grpc"] == {"port": 8001}
+    _probes_ask_live_and_ready_apart(container, 8000)
+
+
+def test_the_kserve_runtime_survives_an_engine_build_and_keeps_its_engines_across_restarts() -> None:
+    runtime = one(rendered("deploy/kserve"), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    # The entrypoint builds TensorRT engines before any port opens: minutes for a ResNet-50. Without a
+    # startup probe the liveness probe (30 s) would restart the container in the middle of every build.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] < 60  # a hung server still restarts
+    # The engines live on a volume, not in the container's layer: a container restart finds them built.
+    cache = env_of(container)["RESNET_SERVE_ENGINE_CACHE"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+    (volume,) = [v for v in runtime["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
+# --------------------------------------------------------------------------------------------- alerts
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    docs = rendered(OVERLAYS[0])
+    rule = one(docs, "PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def test_the_alerts_cover_readiness_errors_latency_and_a_full_queue_with_exported_metrics() -> None:
+    import re
+
+    alerts = _alerts()
+    assert set(alerts) == {
+        "ResnetServeModelNotReady",
+        "ResnetServeErrorRate",
+        "ResnetServeP99LatencyHigh",
+        "ResnetServeQueueFull",
+    }
+    metrics = ServerMetrics()
+    model = metrics.model("m", "1")
+    model.request_done("success", 0.01, 0.001, 0.001, 0.005)
+    model.set_queue_depth(0)
+    samples = [s for family in metrics.registry.collect() for s in family.samples]
+    exported = {s.name for s in samples}
+    outcomes = {s.labels.get("outcome") for s in samples if s.name == "resnet_serve_requests_total"}
+    for name, alert in alerts.items():
+        used = set(re.findall(r"\bresnet_serve_\w+", alert["expr"]))
+        assert used and used <= exported, (name, used - exported)
+        for value in re.findall(r'outcome=~?"([^"]+)"', alert["expr"]):
+            assert set(value.split("|")) <= outcomes, (name, value)
+        assert alert["labels"]["severity"] in {"critical", "warning"}
+        assert alert["annotations"]["summary"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) missing")
+def test_the_alerts_fire_on_what_they_name_and_stay_quiet_otherwise(tmp_path: Path) -> None:
+    rule = one(rendered(OVERLAYS[0]), "PrometheusRule")
+    groups = copy.deepcopy(rule["spec"]["groups"])  # rendered() is cached: leave its objects alone
+    for group in groups:  # the expressions are under test; promtool would also compare rendered annotations
+        for r in group["rules"]:
+            r.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+    labels = 'namespace="inference",pod="p1",model="digits",version="1"'
+    per_model = {"namespace": "inference", "model": "digits", "severity": "warning"}
+    expected = {
+        "ResnetServeModelNotReady": {**_labels(labels), "severity": "critical"},
+        "ResnetServeErrorRate": per_model,
+        "ResnetServeQueueFull": per_model,
+        "ResnetServeP99LatencyHigh": per_model,
+    }
+
+    def case(ready: str, refused: str, fast: str) -> dict[str, Any]:
+        """60 requests a minute for 30 minutes; `refused` of them queue_full, `fast` under 250 ms."""
+        bucket = f"resnet_serve_request_duration_seconds_bucket{{{labels},le="
+        series = {
+            f"resnet_serve_model_ready{{{labels}}}": ready,
+            f'resnet_serve_requests_total{{{labels},outcome="success"}}': "0+60x30",
+            f'resnet_serve_requests_total{{{labels},outcome="queue_full"}}': refused,
+            bucket + '"0.25"}': fast,
+            bucket + '"1"}': fast,
+            bucket + '"+Inf"}': "0+60x30",
+        }
+        return {"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()]}
+
+    failing = case(ready="0x30", refused="0+60x30", fast="0x30")
+    failing["alert_rule_test"] = [
+        {"eval_time": "20m", "alertname": name, "exp_alerts": [{"exp_labels": exp}]}
+        for name, exp in expected.items()
+    ]
+    healthy = case(ready="1x30", refused="0x30", fast="0+60x30")
+    healthy["alert_rule_test"] = [
+        {"eval_time": "20m", "alertname": name, "exp_alerts": []} for name in expected
+    ]
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [failing, healthy]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        ["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _labels(matchers: str) -> dict[str, str]:
+    return dict(pair.replace('"', "").split("=") for pair in matchers.split(","))
+
+
+@pytest.mark.parametrize("package", ["kubernetes_validate", "jsonschema"])
+def test_validate_without_the_dev_extra_is_one_line_naming_the_extra(package: str) -> None:
+    script = (
+        f"import sys, runpy; sys.modules[{package!r}] = None; "  # as if not installed
+        "runpy.run_path('deploy/validate.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert package in done.stderr and "'.[dev]'" in done.stderr
 
 
 def test_the_vendored_schemas_name_their_release() -> None:

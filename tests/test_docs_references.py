@@ -122,3 +122,117 @@ def test_every_command_a_doc_shows_exists(doc: Path) -> None:
             if module not in ("torch.distributed.run",) and importlib.util.find_spec(module) is None:
                 stale.append(f"{doc.name}:{number}: `python -m {module}` names no module")
     assert not stale, "stale commands in the docs:\n" + "\n".join(stale)
+
+
+# ------------------------------------------------------------------- what the README's commands create
+
+
+def _readme_commands() -> list[str]:
+    return [line for _, line in _fenced_lines(ROOT / "README.md")]
+
+
+def _created_repositories() -> set[str]:
+    """The model repositories the README's commands write (`package ... --repo DIR`)."""
+    return {m for line in _readme_commands() for m in re.findall(r"--repo (\S+)", line)}
+
+
+def test_the_readme_serve_line_names_every_port_the_server_opens() -> None:
+    from resnet_serve.server.config import ServerConfig
+
+    defaults = ServerConfig()
+    # The tour's serve line, the one that says where the server listens.
+    (serve,) = [line for line in _readme_commands() if line.startswith("resnet-serve serve ") and "#" in line]
+    for name, port in (
+        ("gRPC", defaults.grpc_port),
+        ("HTTP", defaults.http_port),
+        ("metrics", defaults.metrics_port),
+    ):
+        assert f"{name} :{port}" in serve, (name, serve)
+
+
+def test_every_repository_a_doc_serves_or_packages_into_is_one_the_readme_creates() -> None:
+    created = _created_repositories()
+    assert created
+    used = re.compile(r'(?:--model-repository|--repo|model_repository =) "?([\w./-]+)')
+    stale = [
+        f"{doc.name}:{number}: {path}"
+        for doc in DOCS
+        for number, line in enumerate(doc.read_text().splitlines(), 1)
+        for path in used.findall(line)
+        if path not in created and not path.startswith(("/", "$")) and path not in {"DIR", "R", "REPO"}
+    ]
+    assert not stale, f"repositories nothing creates (the README's: {sorted(created)}):\n" + "\n".join(stale)
+
+
+def test_git_ignores_what_the_readmes_commands_write() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = {*_created_repositories()}
+    written |= {m.strip("'\"") for line in _readme_commands() for m in re.findall(r"--out (\S+)", line)}
+    assert "model_repository" in written
+    for path in sorted(written):
+        probe = path.rstrip("/") + "/probe" if "." not in Path(path).name else path
+        done = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT, timeout=30)
+        assert done.returncode == 0, f"{path} (written by a README command) is not in .gitignore"
+
+
+# ----------------------------------------------------------------------------- no duplicated text
+
+
+def _prose_paragraphs(doc: Path) -> list[tuple[int, str]]:
+    """(first line, text) of each paragraph outside code fences and tables."""
+    paragraphs: list[tuple[int, str]] = []
+    current: list[str] = []
+    start = 0
+    in_fence = False
+    for number, line in enumerate([*doc.read_text().splitlines(), ""], 1):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        prose = not in_fence and line.strip() and not line.lstrip().startswith(("|", "```", "#"))
+        if prose:
+            start = start or number
+            current.append(line.strip())
+        elif current:
+            paragraphs.append((start, " ".join(current)))
+            current, start = [], 0
+    return paragraphs
+
+
+def _repeated_run(text: str, words: int = 8) -> str | None:
+    tokens = text.split()
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(tokens) - words + 1):
+        run = tuple(tokens[i : i + words])
+        if run in seen:
+            return " ".join(run)
+        seen.add(run)
+    return None
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_paragraph_repeats_itself_and_no_table_lists_a_row_twice(doc: Path) -> None:
+    found = [
+        f"{doc.name}:{number}: repeats {run!r}"
+        for number, text in _prose_paragraphs(doc)
+        if (run := _repeated_run(text)) is not None
+    ]
+    keys: dict[str, int] = {}
+    for number, line in enumerate(doc.read_text().splitlines(), 1):
+        if not line.startswith("|"):
+            keys = {}  # a new table
+            continue
+        key = line.split("|")[1].strip()
+        if key in keys and key.startswith("`"):  # a named row (an option, a field), not a layer number
+            found.append(f"{doc.name}:{number}: row {key} again (line {keys[key]})")
+        keys.setdefault(key, number)
+    assert not found, "\n".join(found)
+
+
+def test_the_duplication_check_catches_a_repeated_fragment() -> None:
+    assert _repeated_run("a b c d e f g h, then a b c d e f g h") is None  # "h," and "h" differ
+    assert _repeated_run(
+        "one two three four five six seven eight and one two three four five six seven eight"
+    )

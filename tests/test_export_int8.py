@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def digits_models(
     ckpt = cached_digits_checkpoint(request, tmp)
     fp32 = tmp / "model.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(fp32)]) == 0
-    assert main(["quantize", str(fp32), "--variant", "both", "--out", str(tmp / "int8.onnx")]) == 0
+    assert main(["quantize", str(fp32), "--variant", "both", "--out", str(tmp / "int8-{variant}.onnx")]) == 0
     return {"checkpoint": ckpt, "fp32": fp32, "trt": tmp / "int8-trt.onnx", "ort": tmp / "int8-ort.onnx"}
 
 
@@ -256,7 +258,7 @@ def test_quantize_both_writes_neither_file_when_one_cannot_be_written(
     digits_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "q-ort.onnx").mkdir()  # the second destination is a folder: its rename fails
-    out = tmp_path / "q.onnx"
+    out = tmp_path / "q-{variant}.onnx"
     rc = main(["quantize", str(digits_models["fp32"]), "--variant", "both", "--out", str(out)])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after calibration's progress bar
     assert rc != 0 and last.startswith("resnet-serve quantize: error:") and "q-ort.onnx" in last
@@ -281,11 +283,45 @@ def test_quantize_both_leaves_neither_file_when_a_write_fails(
             yield tmp
 
     monkeypatch.setattr("resnet_serve.export.quantize.atomic_path", disk_full_for_the_second)
-    out = tmp_path / "q.onnx"
+    out = tmp_path / "q-{variant}.onnx"
     rc = main(["quantize", str(digits_models["fp32"]), "--variant", "both", "--out", str(out)])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc != 0 and "No space left" in last
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_both_honours_out_through_its_variant_field_or_refuses_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_serve.export.quantize import output_paths
+
+    assert output_paths(tmp_path / "m.int8.onnx", "ort") == {"ort": tmp_path / "m.int8.onnx"}
+    assert output_paths(tmp_path / "m-{variant}.onnx", "both") == {
+        "trt": tmp_path / "m-trt.onnx",
+        "ort": tmp_path / "m-ort.onnx",
+    }
+    missing = tmp_path / "missing.onnx"  # not even read: the combination is refused first
+    rc = main(["quantize", str(missing), "--variant", "both", "--out", str(tmp_path / "m.int8.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "\n" not in err
+    assert err.startswith("resnet-serve quantize: error: --variant both writes two models")
+    assert "m.int8-{variant}.onnx" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quantize_writes_no_carriage_returns_into_a_pipe(
+    digits_models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "q.onnx"
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_serve", "quantize", str(digits_models["fp32"]), "--out", str(out),
+         "--num-calibration", "64"],
+        capture_output=True, text=False, timeout=600, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"\r" not in done.stderr and b"\r" not in done.stdout
+    assert out.is_file()
 
 
 def _foreign_onnx(path: Path) -> Path:

@@ -182,3 +182,38 @@ def test_packaging_with_a_zero_setting_is_refused_not_defaulted(
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "must be ≥ 1" in err
     assert not (repo / "m").exists()
+
+
+@pytest.mark.parametrize("spelling", [["4", "8"], ["4,8"], ["4,", "8"], ["4, 8"]])
+def test_package_takes_preferred_batch_sizes_as_serve_spells_them_or_space_separated(
+    tmp_path: Path, spelling: list[str]
+) -> None:
+    repo = tmp_path / "repo"
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(repo), "--name", "m", "--preferred-batch-sizes", *spelling]
+    assert main(argv) == 0
+    assert list(read_model(repo / "m").dynamic_batching.preferred_batch_sizes) == [4, 8]
+
+
+def test_package_refuses_a_preferred_batch_size_that_is_not_a_whole_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    argv = ["package", model, "--repo", str(tmp_path / "r"), "--name", "m", "--preferred-batch-sizes", "4,x"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "'x'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_package_takes_the_queue_delay_in_microseconds_or_as_serve_also_spells_it_in_milliseconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(_tiny_onnx(tmp_path / "a.onnx"))
+    for name, flag, value in (("us", "--max-queue-delay-us", "1500"), ("ms", "--max-queue-delay-ms", "1.5")):
+        assert main(["package", model, "--repo", str(tmp_path / name), "--name", "m", flag, value]) == 0
+        assert read_model(tmp_path / name / "m").dynamic_batching.max_queue_delay_us == 1500
+    both = ["--max-queue-delay-us", "1", "--max-queue-delay-ms", "1"]
+    assert main(["package", model, "--repo", str(tmp_path / "both"), "--name", "m", *both]) != 0
+    assert "give the queue delay once" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()

@@ -86,6 +86,8 @@ DISTRIBUTIONS = {
     "cuda": "cuda-python",
     "pynvml": "nvidia-ml-py",
     "openvino": "openvino",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
 }
 
 
@@ -253,7 +255,7 @@ def test_bench_names_a_missing_extra_in_one_line_before_it_starts(
     out = tmp_path / "out"
     assert main(["bench", "--server", UNREACHABLE, "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert err.startswith("resnet-serve bench: error: ") and message in err and "\n" not in err
     assert not out.exists()
 
 
@@ -264,4 +266,7 @@ def test_a_baseline_of_unknown_kind_is_refused_before_the_sweep(
     model.write_bytes(b"")
     assert main(["bench", "--server", UNREACHABLE, "--baseline", str(model), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --baseline {model}: cannot tell the backend") and "\n" not in err
+    assert (
+        err.startswith(f"resnet-serve bench: error: --baseline {model}: cannot tell the backend")
+        and "\n" not in err
+    )

@@ -10,10 +10,10 @@ import tritonclient.http as httpclient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resnet_serve.formats.bytes_tensor import deserialize, serialize
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.http.binary import encode_response, parse_request
-from resnet_serve.server.kserve.codec import join_bytes, split_bytes
 
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64, "BOOL": np.bool_}
 
@@ -53,7 +53,33 @@ def test_bytes_inputs_keep_their_length_prefixes() -> None:
     tensor = httpclient.InferInput("images", [3], "BYTES")
     tensor.set_data_from_numpy(images)
     parsed = parse_request(*body_of([tensor]), "m", "")
-    assert split_bytes("images", parsed.incoming.raw[0]) == list(images)
+    assert deserialize(parsed.incoming.raw[0]) == list(images)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    elements=st.lists(st.text(max_size=8), min_size=1, max_size=6),
+    binary=st.booleans(),
+    nested=st.booleans(),
+)
+def test_string_tensors_from_tritonclient_json_or_binary_arrive_serialised_and_answer_back(
+    elements: list[str], binary: bool, nested: bool
+) -> None:
+    array = np.array([e.encode() for e in elements], dtype=np.object_)
+    shape = [1, len(elements)] if nested else [len(elements)]
+    tensor = httpclient.InferInput("s", shape, "BYTES")
+    tensor.set_data_from_numpy(array.reshape(shape), binary_data=binary)
+    parsed = parse_request(*body_of([tensor]), "m", "")
+    raw = bytes(parsed.incoming.raw[0])
+    assert raw == serialize(array.tolist())
+    response = pb.ModelInferResponse(model_name="m", model_version="1")
+    response.outputs.add(name="s", datatype="BYTES", shape=shape)
+    response.raw_output_contents.append(raw)
+    want = parse_request(*body_of([tensor], outputs=[httpclient.InferRequestedOutput("s", binary)]), "m", "")
+    body, json_length = encode_response(response, want)
+    result = httpclient.InferResult.from_response_body(body, header_length=json_length)
+    got = result.as_numpy("s").reshape(-1).tolist()
+    assert [g if isinstance(g, bytes) else g.encode() for g in got] == array.tolist()
 
 
 def test_output_parameters_pass_through_and_binary_data_is_consumed() -> None:
@@ -101,7 +127,7 @@ def test_responses_decode_with_tritonclients_own_parser(binary: bool) -> None:
             pb.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32", shape=[2, 3]),
             pb.ModelInferResponse.InferOutputTensor(name="top", datatype="BYTES", shape=[2, 1]),
         ],
-        raw_output_contents=[logits.tobytes(), join_bytes(strings)],
+        raw_output_contents=[logits.tobytes(), serialize(strings)],
     )
     tensor = httpclient.InferInput("x", [1], "FP32")
     tensor.set_data_from_numpy(np.zeros(1, np.float32))

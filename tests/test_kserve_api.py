@@ -72,6 +72,27 @@ def test_model_config_states_batching_tensors_and_the_models_own_metadata(
     assert parameters["accepted_input_datatypes"] == "FP32,UINT8,BYTES"
 
 
+UNSET = ("optimization", "model_warmup", "response_cache", "ensemble_scheduling", "sequence_batching")
+
+
+def test_triton_fields_the_server_cannot_state_are_in_the_answer_and_left_unset_as_the_docs_say(
+    client: tc.InferenceServerClient,
+) -> None:
+    from pathlib import Path
+
+    config = client.get_model_config("tiny", "1").config
+    set_fields = {f.name for f, _ in config.ListFields()}
+    for field in UNSET:
+        assert field in config.DESCRIPTOR.fields_by_name, field  # Triton's schema: the answer has the field
+        assert field not in set_fields, field
+    assert all(out.label_filename == "" for out in config.output)
+    section = (Path(__file__).parents[1] / "docs" / "kserve.md").read_text().split("## ModelConfig", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    assert "absent" not in section  # the fields exist; what the docs promise is that they are unset
+    for field in (*UNSET, "label_filename"):
+        assert f"`{field}`" in section, field
+
+
 def test_metadata_of_unknown_model_is_not_found(client: tc.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as info:
         client.get_model_metadata("nope")

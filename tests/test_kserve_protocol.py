@@ -11,8 +11,10 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resnet_serve.formats.bytes_tensor import deserialize, serialize
+from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.kserve.codec import from_contents, from_raw, join_bytes, split_bytes, top_k_strings
+from resnet_serve.server.kserve.codec import from_contents, from_raw, top_k_strings
 
 
 def _fields(file: FileDescriptor) -> set[tuple[Any, ...]]:
@@ -67,18 +69,22 @@ def test_every_field_and_rpc_we_define_is_tritons_with_the_same_number_and_type(
 def test_bytes_elements_round_trip_through_length_prefixes(elements: list[bytes]) -> None:
     from tritonclient.utils import serialize_byte_tensor
 
-    raw = join_bytes(elements)
+    raw = serialize(elements)
     if elements:
         assert raw == serialize_byte_tensor(np.array(elements, dtype=np.object_)).item()
-    assert split_bytes("x", raw) == elements
+    assert deserialize(raw) == elements
 
 
 def test_truncated_bytes_tensor_is_rejected() -> None:
-    raw = join_bytes([b"abcdef"])
-    with pytest.raises(ServeError, match="runs past the end"):
-        split_bytes("x", raw[:-1])
-    with pytest.raises(ServeError, match="truncated"):
-        split_bytes("x", raw + b"\x01")
+    raw = serialize([b"abcdef"])
+    with pytest.raises(InvalidInput, match="element 0 says 6 bytes but only 5 remain"):
+        deserialize(raw[:-1])
+    with pytest.raises(InvalidInput, match="truncated"):
+        deserialize(raw + b"\x01")
+    with pytest.raises(InvalidInput, match="bytes follow the 1 BYTES elements"):
+        deserialize(raw + raw, 1)
+    with pytest.raises(InvalidInput, match="cannot hold 3 BYTES elements"):  # before splitting anything
+        deserialize(raw, 3)
 
 
 def test_raw_fp32_is_a_view_of_the_request_bytes_with_its_shape() -> None:

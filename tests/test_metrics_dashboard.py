@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from resnet_serve.server.observability.gpu import gpu_metric_families
 from resnet_serve.server.observability.metrics import ServerMetrics
@@ -104,12 +106,21 @@ def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
         cells |= mine
 
 
-def test_dashboard_datasource_is_the_provisioned_one() -> None:
+def test_dashboard_queries_a_datasource_variable_so_it_imports_into_any_grafana() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    chooser = variables["datasource"]
+    assert chooser["type"] == "datasource" and chooser["query"] == "prometheus"
+    using = [p["datasource"] for p in dashboard["panels"]]
+    using += [t["datasource"] for p in dashboard["panels"] for t in p["targets"]]
+    using += [v["datasource"] for v in variables.values() if v["type"] == "query"]
+    assert using and all(d == {"type": "prometheus", "uid": "${datasource}"} for d in using), using
+    # No uid of one particular Grafana anywhere: an import elsewhere would find no such datasource.
+    uids = set(re.findall(r'"uid": "([^"]*)"', DASHBOARD.read_text()))
+    assert uids == {"${datasource}", dashboard["uid"]}, uids
+    # In docker-compose the provisioned Prometheus is the default, which the variable starts on.
     provisioned = (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
-    uid = re.search(r"^\s*uid:\s*(\S+)\s*$", provisioned, re.M)
-    assert uid is not None
-    for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        assert panel["datasource"]["uid"] == uid.group(1)
+    assert re.search(r"^\s*isDefault:\s*true\s*$", provisioned, re.M)
 
 
 @pytest.mark.skipif(
@@ -130,16 +141,47 @@ def test_dashboard_queries_parse_as_promql_and_the_scrape_config_is_valid(tmp_pa
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_compose_file_is_valid_and_reserves_a_gpu_for_the_server() -> None:
-    done = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config"],
+def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose not installed")
+    base = {k: v for k, v in os.environ.items() if k not in {"GRAFANA_ADMIN_PASSWORD", "PUBLISH_ADDRESS"}}
+    return subprocess.run(
+        [compose, "-f", "docker-compose.yml", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**base, **(env or {})},
     )
+
+
+def test_compose_file_is_valid_and_reserves_a_gpu_for_the_server() -> None:
+    done = _compose("config", env={"GRAFANA_ADMIN_PASSWORD": "not-admin"})
     assert done.returncode == 0, done.stderr
     server = done.stdout.split("\n  server:\n", 1)[1]
     assert "driver: nvidia" in server
-    assert "published: 8002" in server
+    assert "published: 8002" in server or ":8002:8002" in server
+
+
+def test_compose_publishes_every_port_on_loopback_unless_told_otherwise() -> None:
+    for profile in ("cpu", "gpu"):
+        done = _compose("--profile", profile, "config", env={"GRAFANA_ADMIN_PASSWORD": "not-admin"})
+        assert done.returncode == 0, done.stderr
+        published = {
+            name: service.get("ports", [])
+            for name, service in yaml.safe_load(done.stdout)["services"].items()
+        }
+        ports = [p for ps in published.values() for p in ps]
+        numbers = {str(p).split(":")[-1].split("/")[0] for p in ports}
+        assert {"3000", "9090", "8000", "8001", "8002"} <= numbers, published
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), published
+    opened = _compose("config", env={"GRAFANA_ADMIN_PASSWORD": "x", "PUBLISH_ADDRESS": "0.0.0.0"})
+    assert "0.0.0.0:3000:3000" in opened.stdout
+
+
+def test_compose_refuses_to_start_grafana_without_an_admin_password() -> None:
+    done = _compose("config")
+    assert done.returncode != 0
+    assert "set GRAFANA_ADMIN_PASSWORD" in done.stderr
+    assert ":-admin" not in (ROOT / "docker-compose.yml").read_text()

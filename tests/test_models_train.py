@@ -95,7 +95,7 @@ def test_bad_input_is_a_one_line_error_and_exit_2(
 ) -> None:
     assert _run(*argv, "--out", tmp_path / "m.pt") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and expected in err and "\n" not in err
+    assert err.startswith("resnet-serve train: error: ") and expected in err and "\n" not in err
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -114,7 +114,7 @@ def test_out_of_range_settings_are_a_one_line_error_and_write_nothing(
 ) -> None:
     assert _run(flag, value, "--out", tmp_path / "m.pt") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and flag in err and "\n" not in err
+    assert err.startswith("resnet-serve train: error: ") and flag in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
 
 

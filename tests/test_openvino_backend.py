@@ -340,3 +340,16 @@ def test_a_repository_config_selects_openvino_its_precision_mode_and_threads() -
         parse_config(_config_json(inference_precision="int4"), "c.json")
     with pytest.raises(RepositoryError, match="intra_op_threads must be ≥ 0"):
         parse_config(_config_json(intra_op_threads=-1), "c.json")
+
+
+@needs_openvino
+def test_a_model_with_string_tensors_is_refused_at_load_naming_the_backend_that_serves_it(
+    tmp_path: Path,
+) -> None:
+    from triton_models import write_simple_string
+
+    model = write_simple_string(tmp_path) / "1" / "model.onnx"
+    with pytest.raises(BackendError, match=r"'INPUT0' is a string \(BYTES\) tensor.*backend onnxruntime"):
+        create_backends(model, "openvino", 1, InstanceOptions())
+    (served,) = create_backends(model, "onnxruntime", 1, InstanceOptions())  # the one that serves it
+    assert [s.dtype.kind for s in served.info.inputs] == ["O", "O"]

@@ -178,7 +178,9 @@ def test_missing_tensorrt_is_one_line_and_non_zero(
     if tensorrt_installed():
         pytest.skip("TensorRT is installed here; the GPU tests cover the build")
     assert code == 1
-    assert err.startswith("error: TensorRT is not installed") and err.count("\n") == 1
+    assert (
+        err.startswith("resnet-serve build-engine: error: TensorRT is not installed") and err.count("\n") == 1
+    )
     assert not (tmp_path / "m.plan").exists()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,92 @@ def test_the_package_command_writes_a_config_pbtxt_triton_parses(
     assert (tmp_path / "repo" / "tiny" / "labels.txt").read_text().splitlines() == [
         f"class-{i}" for i in range(10)
     ]
+
+
+# ----------------------------------------------------------------- reshape, format and model_warmup (#23)
+
+
+def test_reshape_format_and_model_warmup_are_read_and_checked_by_field(tmp_path: Path) -> None:
+    from triton_models import DENSENET_SIZE as S
+    from triton_models import densenet_config, write_densenet_like
+
+    repo = tmp_path / "repo"
+    cfg = read_config(write_densenet_like(repo))
+    (data,) = cfg.inputs
+    assert (data.dims, data.reshape, data.format) == ((3, S, S), (1, 3, S, S), "FORMAT_NCHW")
+    assert cfg.outputs[0].reshape == (1, 10, 1, 1) and cfg.ignored == ()
+    (repo / "densenet_like" / "config.pbtxt").write_text(densenet_config(fmt="FORMAT_NHWC"))
+    assert read_config(repo / "densenet_like").inputs[0].format == "FORMAT_NHWC"
+    bad = {
+        densenet_config().replace(
+            f"shape: [ 1, 3, {S}, {S} ]", "shape: [ 1, 3, 2 ]"
+        ): "holds 6 elements but dims",
+        densenet_config().replace(
+            f"dims: [ 3, {S}, {S} ]", f"dims: [ 3, {S * S} ]"
+        ): "FORMAT_NCHW needs 3 dims",
+        densenet_config() + WARMUP_NO_DATA: "expects input 'data_0' to have input_data_type set",
+        densenet_config() + WARMUP_NO_DATA.replace("dims: [ 3 ]", "dims: [ -1 ] zero_data: true"): (
+            "expects all variable-size dimensions are specified for input 'data_0'"
+        ),
+        densenet_config() + WARMUP_NO_DATA.replace("dims: [ 3 ]", 'dims: [ 3 ] input_data_file: "../x"'): (
+            "must name a file in"
+        ),
+        densenet_config() + WARMUP_NO_DATA.replace("batch_size: 1", "batch_size: 2"): (
+            "batch_size must be 1 for a model without batching"
+        ),
+    }
+    for text, message in bad.items():
+        (repo / "densenet_like" / "config.pbtxt").write_text(text)
+        with pytest.raises(RepositoryError, match=re.escape(message)):
+            read_config(repo / "densenet_like")
+
+
+WARMUP_NO_DATA = """
+model_warmup [ { name: "w" batch_size: 1
+  inputs { key: "data_0" value: { data_type: TYPE_FP32 dims: [ 3 ] } } } ]
+"""
+
+
+def test_a_model_warmup_that_does_not_fit_or_fails_fails_the_load_naming_the_sample(tmp_path: Path) -> None:
+    from triton_models import SIMPLE_STRING_CONFIG, write_simple_string, write_variable_int32
+
+    sample = 'model_warmup [ {{ name: "s" batch_size: 2 inputs {{ key: "INPUT0" value: {{ {} }} }} }} ]'
+    short = sample.format('data_type: TYPE_INT32 dims: [ 4 ] input_data_file: "short"')
+    directory = write_variable_int32(tmp_path / "a", warmup=short)
+    (directory / "warmup").mkdir()
+    (directory / "warmup" / "short").write_bytes(b"\x00" * 15)
+    assert "warmup setting expects 16 bytes, but the data provided from" in load_error(tmp_path / "a")
+    wrong = sample.format("data_type: TYPE_FP32 dims: [ 4 ] zero_data: true")
+    write_variable_int32(tmp_path / "b", warmup=wrong)
+    assert "model_warmup[0] ('s'): input 'INPUT0' is INT32 in the model, not FP32" in load_error(
+        tmp_path / "b"
+    )
+    # Asked for, a warmup that fails is a load failure: simple_string cannot Cast empty strings to numbers.
+    zeros = "data_type: TYPE_STRING dims: [ 16 ] zero_data: true"
+    both = (
+        f'model_warmup [ {{ name: "s" batch_size: 2 inputs {{ key: "INPUT0" value: {{ {zeros} }} }} '
+        f'inputs {{ key: "INPUT1" value: {{ {zeros} }} }} }} ]'
+    )
+    write_simple_string(tmp_path / "c", SIMPLE_STRING_CONFIG + both)
+    assert "model 'simple_string': warmup 's' failed" in load_error(tmp_path / "c")
+
+
+def test_model_warmup_data_files_become_the_sample_rows(tmp_path: Path) -> None:
+    from triton_models import SIMPLE_STRING_CONFIG, write_simple_string
+
+    from resnet_serve.formats.bytes_tensor import serialize
+    from resnet_serve.runtime.factory import InstanceOptions, create_backends
+    from resnet_serve.server.models.warmup import configured_runs
+
+    sample = """model_warmup [ { name: "s" batch_size: 3 count: 2
+      inputs { key: "INPUT0" value: { data_type: TYPE_STRING dims: [ 16 ] input_data_file: "a" } }
+      inputs { key: "INPUT1" value: { data_type: TYPE_STRING dims: [ 16 ] random_data: true } } } ]"""
+    directory = write_simple_string(tmp_path, SIMPLE_STRING_CONFIG + sample)
+    (directory / "warmup").mkdir()
+    (directory / "warmup" / "a").write_bytes(serialize([str(i).encode() for i in range(16)]))
+    cfg = read_config(directory)
+    (backend,) = create_backends(directory / "1" / "model.onnx", "onnxruntime", 1, InstanceOptions())
+    (run,) = configured_runs(cfg.warmup, backend.info, "simple_string")
+    assert run.count == 2 and run.feeds["INPUT0"].shape == (3, 16)
+    assert run.feeds["INPUT0"][2].tolist() == [str(i).encode() for i in range(16)]
+    assert run.feeds["INPUT1"].tolist() == [[b""] * 16] * 3  # random_data for strings: empty (Triton's)

@@ -1,16 +1,22 @@
 """Differential fuzzing of the hand-written ModelInferRequest reader (server/kserve/wire.py) against
 protobuf's own parser: on random and mutated bytes both accept or both refuse, and what they accept is the
-same message. Bounded for CI by max_examples (a few seconds)."""
+same message; and the BYTES tensors in them decode exactly or are refused as INVALID_ARGUMENT. Bounded for CI
+by max_examples (a few seconds)."""
 
 from __future__ import annotations
 
 import struct
 
+import grpc
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import deserialize_bytes_tensor
 
+from resnet_serve.formats.bytes_tensor import serialize
 from resnet_serve.protos import grpc_service_pb2 as pb
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.kserve.codec import from_raw
 from resnet_serve.server.kserve.wire import parse_infer_request
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,3 +109,42 @@ def test_groups_and_a_mistyped_field_7_are_what_protobuf_says() -> None:
         _varint(0x3B),  # an unterminated group
     ):
         check(seed + extra)
+
+
+# ------------------------------------------------------------------------------------------ BYTES tensors
+
+
+@st.composite
+def bytes_tensors(draw: st.DrawFn) -> tuple[list[int], bytes]:
+    """A shape and its serialised BYTES elements, then mutated: prefixes flipped (huge lengths included),
+    the buffer cut or extended, bytes inserted."""
+    elements = draw(st.lists(st.binary(max_size=12), max_size=6))
+    shape = [len(elements)] if draw(st.booleans()) else [1, len(elements)]
+    data = bytearray(serialize(elements))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "cut", "insert", "length"]))
+        if kind == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "cut":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=6))
+        else:
+            data[at:at] = struct.pack("<I", draw(st.integers(0, 2**32 - 1)))
+    return shape, bytes(data)
+
+
+@FUZZ
+@given(bytes_tensors())
+def test_bytes_tensors_decode_exactly_or_are_invalid_argument(case: tuple[list[int], bytes]) -> None:
+    shape, data = case
+    try:
+        array = from_raw("t", "BYTES", shape, memoryview(data))
+    except ServeError as exc:
+        assert exc.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input 't'" in exc.message
+        return
+    assert array.shape == tuple(shape)
+    assert serialize(array.reshape(-1).tolist()) == data  # every byte accounted for, nothing dropped
+    assert deserialize_bytes_tensor(data).tolist() == array.reshape(-1).tolist()  # tritonclient agrees

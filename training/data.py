@@ -194,7 +194,8 @@ def _decode_all(
                 desc=desc,
                 unit="img",
                 leave=False,
-                disable=os.environ.get("RANK", "0") != "0",  # under torchrun only rank 0 shows progress
+                # Under torchrun only rank 0 shows progress, and only on a terminal (None: no \r in pipes).
+                disable=None if os.environ.get("RANK", "0") == "0" else True,
             )
         )
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

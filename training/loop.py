@@ -233,7 +233,7 @@ def _train(cfg: TrainConfig, options: TrainOptions, resumed: dict[str, Any] | No
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="step",
             leave=False,
-            disable=not env.main,
+            disable=None if env.main else True,  # None: no bar unless stderr is a terminal (no \r in pipes)
         )
         for step in bar:
             idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]

@@ -31,6 +31,9 @@ EXAMPLES = """examples:
   resnet-serve bench --rate 400 --slo-p99-ms 50
   # the KServe v2 tensor API through tritonclient, batches of 8:
   resnet-serve bench --protocol kserve --model digits --batch-size 8 --concurrency 1,4,16
+  # as perf_analyzer: KServe v2 over HTTP, concurrency 1 to 8 one by one, 5 s windows, a CSV:
+  resnet-serve bench -i http --server localhost:8000 -m digits --concurrency-range 1:8 \\
+      --measurement-interval 5000 -f results.csv
 
 Run it on the server's machine for the baseline ratio to mean anything; on a small machine the load
 generator competes with the server for CPU (see docs/benchmarking.md)."""
@@ -39,16 +42,26 @@ generator competes with the server for CPU (see docs/benchmarking.md)."""
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     what = parser.add_argument_group("what to send")
     what.add_argument(
         "--protocol",
         choices=("image", "kserve"),
-        default="image",
-        help="image: our ImageClassifier API with encoded images; kserve: KServe v2 tensors",
+        help="image: our ImageClassifier API with encoded images; kserve: KServe v2 tensors "
+        "(default: image; kserve with -i http)",
     )
     what.add_argument(
-        "--model", default="", help="model name (image API default: the server's default model)"
+        "-i",
+        dest="transport",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="as perf_analyzer: the KServe v2 transport (default: grpc); http (tritonclient.http, one "
+        "--server, localhost:8000 unless given) implies --protocol kserve",
+    )
+    what.add_argument(
+        "-m",
+        "--model",
+        default="",
+        help="model name (image API default: the server's default model; KServe: the first ready one)",
     )
     what.add_argument(
         "--images",
@@ -68,7 +81,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--concurrency",
         metavar="LIST",
-        help="closed loop: e.g. 1,2,4 or 1:64 for powers of two (default: 1,2,4,8)",
+        help="closed loop: e.g. 1,2,4, or LO:HI doubling from LO up to HI (1:64 → 1,2,4,...,64; 3:12 → "
+        "3,6,12) (default: 1,2,4,8)",
+    )
+    load.add_argument(
+        "--concurrency-range",
+        metavar="START:END[:STEP]",
+        help="closed loop, as perf_analyzer: START to END in steps of STEP (default 1), linear: "
+        "1:4 → 1,2,3,4; 3:3 → 3",
     )
     load.add_argument("--rate", metavar="LIST", help="open loop: Poisson requests/s, e.g. 100 or 50,100,200")
     parser.add_argument(
@@ -88,12 +108,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     timing.add_argument(
         "--warmup", type=float, default=2.0, metavar="S", help="seconds per step (default: 2)"
     )
-    timing.add_argument(
+    window = timing.add_mutually_exclusive_group()
+    window.add_argument(
         "--window",
         type=positive_float,
         default=2.0,
         metavar="S",
         help="measurement window in seconds (default: 2)",
+    )
+    window.add_argument(
+        "--measurement-interval",
+        "-p",
+        type=positive_float,
+        metavar="MS",
+        help="the measurement window in milliseconds, as perf_analyzer (instead of --window)",
     )
     timing.add_argument(
         "--max-step-time",
@@ -149,6 +177,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for bench.json, bench.csv and the PNGs (default: artifacts/bench)",
     )
+    out.add_argument(
+        "-f",
+        dest="csv",
+        type=Path,
+        metavar="FILE.csv",
+        help="also write the results table as CSV to FILE (as perf_analyzer's -f; bench.csv's columns)",
+    )
     out.add_argument("--title", default="", help="plot title (default: model, protocol and server)")
     add_connection_arguments(parser)
 
@@ -157,14 +192,25 @@ def run(args: argparse.Namespace) -> int:
     """0 when any request completed; bad options and unusable input files are errors with exit status 2,
     a server that does not answer (ConnectionError) exits 1."""
     from resnet_serve.bench import extras
-    from resnet_serve.bench.loadgen import parse_concurrency, parse_rates
+    from resnet_serve.bench.loadgen import parse_concurrency, parse_concurrency_range, parse_rates
     from resnet_serve.bench.main import BenchOptions, bench
     from resnet_serve.formats.errors import UserError
 
     tls = tls_from_args(args)
+    protocol = args.protocol or ("kserve" if args.transport == "http" else "image")
+    if args.transport == "http" and protocol != "kserve":
+        raise OptionError(
+            "-i http benchmarks KServe v2 over HTTP: drop --protocol image (the image API is gRPC)"
+        )
+    server = args.server
+    if args.transport == "http" and not getattr(args, "_servers_given", None):
+        server = "localhost:8000"  # the HTTP port, as perf_analyzer's default for -i http
+    window = args.measurement_interval / 1000 if args.measurement_interval else args.window
     try:
         if args.rate:
             loads: list[Any] = parse_rates(args.rate)
+        elif args.concurrency_range:
+            loads = parse_concurrency_range(args.concurrency_range)
         else:
             loads = parse_concurrency(args.concurrency or "1,2,4,8")
         if args.warmup < 0:
@@ -173,12 +219,13 @@ def run(args: argparse.Namespace) -> int:
             # baseline.measure says the same, but only after the whole sweep has run
             raise FileNotFoundError(f"--baseline {args.baseline}: no such model file")
         # Everything the run will import, checked before it starts (bench/extras.py).
-        extras.check(extras.needs(args.protocol, args.images, args.baseline))
+        extras.check(extras.needs(protocol, args.images, args.baseline))
         options = BenchOptions(
-            server=args.server,
+            server=server,
             tls=tls,
             token=token_from_args(args),
-            protocol=args.protocol,
+            protocol=protocol,
+            transport=args.transport,
             model=args.model,
             images=args.images,
             batch_size=args.batch_size,
@@ -186,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             slo_p99_ms=args.slo_p99_ms,
             slo_iterations=args.slo_iterations,
             warmup=args.warmup,
-            window=args.window,
+            window=window,
             max_step_time=args.max_step_time,
             stability=args.stability,
             timeout=args.timeout,
@@ -196,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
             baseline_device=args.baseline_device,
             baseline_threads=args.baseline_threads,
             out=args.out,
+            csv=args.csv,
             title=args.title,
         )
         return asyncio.run(bench(options, loads))

@@ -34,7 +34,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "`resnet-serve quantize`. example:\n"
         "  resnet-serve build-engine model.onnx --out model.plan --precision fp16 --max-batch 128"
     )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("onnx", type=Path, help="ONNX model (FP32, FP16 or INT8 QDQ from our export)")
     parser.add_argument("--out", type=Path, required=True, help="engine file to write (e.g. model.plan)")
     parser.add_argument(

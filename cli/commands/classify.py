@@ -30,7 +30,6 @@ The summary (count, errors, latency percentiles) goes to stderr; the exit status
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Classify image files with a running resnet-serve server."
     parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument("--model", default="", help="model name (default: the server's default model)")
     parser.add_argument(

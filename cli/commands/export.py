@@ -18,7 +18,6 @@ import argparse
 import time
 from pathlib import Path
 
-from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.cli.sources import add_source_arguments, source_from_args
 from resnet_serve.export import onnx_export
 from resnet_serve.export.errors import ExportError
@@ -27,7 +26,6 @@ from resnet_serve.formats.files import write_bytes_atomic
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (atomically)")
     parser.add_argument(

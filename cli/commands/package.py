@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resnet_serve.cli.helpformat import HelpFormatter
+from resnet_serve.cli.options import Flatten, positive_ints
 from resnet_serve.export import package
+from resnet_serve.export.errors import ExportError
 from resnet_serve.formats.repository import BACKENDS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
     parser.add_argument("model", type=Path, help="ONNX model from `resnet-serve export` or `quantize`")
     parser.add_argument("--repo", type=Path, required=True, help="model repository directory")
     parser.add_argument("--name", required=True, help="model name (the directory under --repo)")
@@ -41,20 +41,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_argument("--max-batch-size", type=int, help="largest batch the server may form [32]")
     settings.add_argument(
         "--preferred-batch-sizes",
-        type=int,
+        type=positive_ints,
         nargs="+",
-        help="batch sizes the batcher aims for [8 16 32 64, up to the max]",
+        action=Flatten,
+        metavar="N",
+        help="batch sizes the batcher aims for, as 16 32 or 16,32 (serve's spelling) "
+        "[8 16 32 64, up to the max]",
     )
     settings.add_argument(
         "--max-queue-delay-us",
         type=int,
         help="longest a request waits for a batch to fill, microseconds [2000]",
     )
+    settings.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        metavar="MS",
+        help="the same as --max-queue-delay-us, in milliseconds (as serve's alias)",
+    )
     settings.add_argument("--backend", choices=BACKENDS, help="preferred backend [onnxruntime]")
     settings.add_argument("--instances", type=int, help="model instances (sessions) to run [1]")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_queue_delay_ms is not None:
+        if args.max_queue_delay_us is not None:
+            raise ExportError("give the queue delay once: --max-queue-delay-us or --max-queue-delay-ms")
+        args.max_queue_delay_us = round(args.max_queue_delay_ms * 1000)  # config.json keeps microseconds
     settings = package.ServingSettings(
         args.max_batch_size,
         args.preferred_batch_sizes,

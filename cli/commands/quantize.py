@@ -13,7 +13,7 @@ All other resnet_serve metadata is kept. Quantize the folded FP32 model (the def
 examples:
   resnet-serve quantize artifacts/digits/model.onnx --out artifacts/digits/model.int8.onnx
   resnet-serve quantize resnet50.onnx --images calib/ --variant both --method percentile \\
-      --out resnet50.int8.onnx
+      --out 'resnet50.int8-{variant}.onnx'          # resnet50.int8-trt.onnx and resnet50.int8-ort.onnx
 """
 
 from __future__ import annotations
@@ -22,20 +22,19 @@ import argparse
 import time
 from pathlib import Path
 
-from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.export import quantize
 from resnet_serve.export.errors import ExportError
 from resnet_serve.export.samples import calibration_batch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
     parser.add_argument("onnx", type=Path, help="FP32 ONNX model written by `resnet-serve export`")
     parser.add_argument(
         "--out",
         type=Path,
         required=True,
-        help="INT8 model to write; with --variant both, NAME-trt.onnx and NAME-ort.onnx",
+        help="INT8 model to write; {variant} in its name becomes the variant (trt, ort): required "
+        "with --variant both, e.g. --out 'model.int8-{variant}.onnx'",
     )
     parser.add_argument(
         "--variant",
@@ -62,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.num_calibration < 1:
         raise ExportError("--num-calibration must be at least 1")
+    paths = quantize.output_paths(args.out, args.variant)  # before any work: --out must fit --variant
     fp32, meta = quantize.load_fp32(args.onnx)
     data = calibration_batch(meta.labels, meta.preprocess, args.images, args.num_calibration)
     print(f"quantizing {meta.arch} to INT8 QDQ: {args.method} calibration on {len(data)} images")
-    paths = quantize.output_paths(args.out, args.variant)
     models = quantize.quantize(fp32, meta, data, tuple(paths), args.method)
     written = quantize.write_all(models, paths)
     for line in written:

@@ -32,69 +32,69 @@ def configure(parser: argparse.ArgumentParser) -> None:
         " Data-parallel: torchrun --nproc_per_node=2 -m resnet_serve train ..."
     )
     a = parser.add_argument
-    a("--arch", default=None, help=f"architecture, one of: {', '.join(registry.names())} [default: resnet20]")
+    a("--arch", default=None, help=f"architecture, one of: {', '.join(registry.names())} (default: resnet20)")
     a(
         "--dataset",
         choices=datasets.DATASETS,
         default=None,
         help="digits: sklearn's 8x8 digits (built in); folder: --data DIR/<class>/*.jpg "
         "(or DIR/train + DIR/val); "
-        "cifar10: --data DIR of CIFAR-10 python batches [default: digits]",
+        "cifar10: --data DIR of CIFAR-10 python batches (default: digits)",
     )
     a("--data", type=Path, default=None, help="data set location for folder and cifar10")
     a(
         "--out",
         type=Path,
         default=Path("artifacts/digits/model.pt"),
-        help="checkpoint path, rewritten after every epoch [default: artifacts/digits/model.pt]",
+        help="checkpoint path, rewritten after every epoch (default: artifacts/digits/model.pt)",
     )
-    a("--epochs", type=int, default=None, help=f"training epochs [default: {DEFAULTS.epochs}]")
+    a("--epochs", type=int, default=None, help=f"training epochs (default: {DEFAULTS.epochs})")
     a(
         "--batch-size",
         type=int,
         default=None,
-        help=f"global batch size, split across processes [default: {DEFAULTS.batch_size}]",
+        help=f"global batch size, split across processes (default: {DEFAULTS.batch_size})",
     )
-    a("--lr", type=float, default=None, help=f"peak learning rate [default: {DEFAULTS.lr}]")
+    a("--lr", type=float, default=None, help=f"peak learning rate (default: {DEFAULTS.lr})")
     a(
         "--momentum",
         type=float,
         default=None,
-        help=f"SGD momentum (Nesterov) [default: {DEFAULTS.momentum}]",
+        help=f"SGD momentum (Nesterov) (default: {DEFAULTS.momentum})",
     )
-    a("--weight-decay", type=float, default=None, help=f"weight decay [default: {DEFAULTS.weight_decay}]")
-    a("--opt", choices=("sgd", "adamw"), default=None, help="optimizer [default: sgd]")
+    a("--weight-decay", type=float, default=None, help=f"weight decay (default: {DEFAULTS.weight_decay})")
+    a("--opt", choices=("sgd", "adamw"), default=None, help="optimizer (default: sgd)")
     a(
         "--warmup-epochs",
         type=float,
         default=None,
-        help=f"linear warm-up before the cosine decay [default: {DEFAULTS.warmup_epochs}]",
+        help=f"linear warm-up before the cosine decay (default: {DEFAULTS.warmup_epochs})",
     )
     a(
         "--label-smoothing",
         type=float,
         default=None,
-        help=f"cross-entropy label smoothing [default: {DEFAULTS.label_smoothing}]",
+        help=f"cross-entropy label smoothing (default: {DEFAULTS.label_smoothing})",
     )
     a(
         "--seed",
         type=int,
         default=None,
-        help="seed for initialisation, shuffling and augmentation [default: 0]",
+        help="seed for initialisation, shuffling and augmentation (default: 0)",
     )
     a(
         "--amp",
         choices=("auto", "off", "bf16", "fp16"),
         default=None,
         help="mixed precision: auto = fp16/bf16 autocast on CUDA, off on CPU; bf16 also works on CPU "
-        "[default: auto]",
+        "(default: auto)",
     )
-    a("--color", choices=("RGB", "L"), default=None, help="folder data: colour mode [default: RGB]")
+    a("--color", choices=("RGB", "L"), default=None, help="folder data: colour mode (default: RGB)")
     a(
         "--image-size",
         type=int,
         default=None,
-        help="folder data: crop size (images are resized to size*8/7 first) [default: 64]",
+        help="folder data: crop size (images are resized to size*8/7 first) (default: 64)",
     )
     a(
         "--zero-init-residual",
@@ -112,8 +112,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="CKPT",
         help="continue an interrupted run from CKPT (default: --out) with the settings stored in it",
     )
-    a("--workers", type=int, default=2, help="threads that decode folder images [default: 2]")
-    a("--device", default=None, help="cpu, cuda or cuda:N [default: cuda if available]")
+    a("--workers", type=int, default=2, help="threads that decode folder images (default: 2)")
+    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     a("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
 
 

@@ -34,7 +34,6 @@ generator shares the machine with the server, as a co-located client would (docs
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 ONNX model")
     parser.add_argument(
         "--slo-p99-ms", type=positive_float, required=True, metavar="MS", help="p99 latency limit"

@@ -24,7 +24,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from resnet_serve.cli.helpformat import HelpFormatter
 from resnet_serve.cli.sources import add_source_arguments, source_from_args
 from resnet_serve.export import verify
 from resnet_serve.export.errors import ExportError
@@ -34,7 +33,6 @@ from resnet_serve.formats.repository import INFERENCE_PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = HelpFormatter
     add_source_arguments(parser)
     parser.add_argument(
         "--onnx",

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).parent / "dashboards" / "resnet-serve.json"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # the uid provisioned in provisioning/datasources
+# Every panel and variable queries the datasource the `datasource` variable picks (default: Grafana's default
+# Prometheus datasource, which provisioning/datasources is in docker-compose), so the JSON imports into any
+# Grafana whatever its datasources' uids.
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE = {"type": "prometheus", "uid": f"${{{DATASOURCE_VARIABLE}}}"}
 JOB = 'job=~"$job"'
 SEL = f'{JOB}, model=~"$model"'
 RATE = "$__rate_interval"
@@ -249,6 +253,16 @@ def dashboard() -> dict[str, Any]:
         "timezone": "",
         "templating": {
             "list": [
+                {
+                    "name": DATASOURCE_VARIABLE,
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},  # Grafana picks the default Prometheus datasource
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                },
                 variable("job", "label_values(resnet_serve_model_ready, job)", "Job"),
                 variable("model", 'label_values(resnet_serve_model_ready{job=~"$job"}, model)', "Model"),
             ]

@@ -2,7 +2,9 @@
 
 Semantics (docs/server.md, "Batching"):
 
-* A request carries one or more rows (its inputs' leading dimension). Requests are never split: a batch is
+* A request carries one or more rows (its inputs' leading dimension). A model without a batch dimension
+  (max_batch_size 0, Triton's meaning) takes inputs of its own shape, whole: each request is one inference and
+  runs on its own, never stacked with another. Requests are never split: a batch is
   a run of whole requests taken from the head of the queue in arrival order, at most `max_batch_size` rows.
   A request with more rows than `max_batch_size` is refused with INVALID_ARGUMENT.
 * An instance that becomes free dispatches at once when the queue holds `max_batch_size` rows, when a prefix
@@ -140,9 +142,10 @@ class DynamicBatcher:
         self.version = version
         self.config = config
         self.info: BackendInfo = backends[0].info
-        # A model that does not batch (max_batch_size 0) still takes requests of one row.
+        # A model without a batch dimension (max_batch_size 0) runs one request at a time.
         model_max = self.info.max_batch_size
-        self.max_batch_size = min(config.max_batch_size, model_max) if model_max > 0 else 1
+        self.batched = model_max > 0
+        self.max_batch_size = min(config.max_batch_size, model_max) if self.batched else 1
         self._preferred = sorted({s for s in config.preferred_batch_sizes if s <= self.max_batch_size})
         self._delay_s = config.max_queue_delay_ms / 1000.0
         self._timeout_s = config.timeout_ms / 1000.0 if config.timeout_ms > 0 else None
@@ -250,23 +253,27 @@ class DynamicBatcher:
                 f"model {self.name!r} expects inputs {self._input_names}, got {sorted(inputs)}"
             )
         rows = -1
+        first = 1 if self.batched else 0  # without a batch dimension the whole shape is the model's
         for spec in self.info.inputs:
             arr = inputs[spec.name]
             if arr.dtype != spec.dtype:
                 raise invalid_argument(
                     f"input {spec.name!r} of model {self.name!r} must be {spec.dtype}, got {arr.dtype}"
                 )
-            expected = spec.shape[1:]
-            actual = arr.shape[1:]
+            expected = spec.shape[first:]
+            actual = arr.shape[first:]
             if arr.ndim != len(spec.shape) or any(
                 e >= 0 and e != a for e, a in zip(expected, actual, strict=True)
             ):
-                shown = ["N", *("?" if d < 0 else str(d) for d in expected)]
+                shown = ["N"] if self.batched else []
+                shown += ["?" if d < 0 else str(d) for d in expected]
                 raise invalid_argument(
                     f"input {spec.name!r} of model {self.name!r} must have shape [{', '.join(shown)}], "
                     f"got {list(arr.shape)}"
                 )
-            if rows == -1:
+            if not self.batched:
+                rows = 1
+            elif rows == -1:
                 rows = arr.shape[0]
             elif arr.shape[0] != rows:
                 raise invalid_argument(f"inputs of model {self.name!r} disagree on the batch dimension")
@@ -409,7 +416,7 @@ class DynamicBatcher:
                 # The staging buffers are overwritten by this worker's next batch, while the requests may
                 # still be serialising their rows of the outputs.
                 outputs = {k: v.copy() if staging.owns(v) else v for k, v in outputs.items()}
-            bad = [name for name, out in outputs.items() if out.shape[:1] != (rows,)]
+            bad = [name for name, out in outputs.items() if self.batched and out.shape[:1] != (rows,)]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have the batch's {rows} rows")
             compute_s = time.perf_counter() - start
@@ -421,6 +428,9 @@ class DynamicBatcher:
         else:
             offset = 0
             for p in batch:
+                if not self.batched:  # one request, its outputs whole
+                    outcomes.append((p, BatchResult(outputs, start - p.enqueued, compute_s, rows)))
+                    continue
                 mine = {name: out[offset : offset + p.rows] for name, out in outputs.items()}
                 offset += p.rows
                 outcomes.append((p, BatchResult(mine, start - p.enqueued, compute_s, rows)))

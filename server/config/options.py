@@ -14,7 +14,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import (
     AfterValidator,
@@ -26,12 +26,14 @@ from pydantic import (
     create_model,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
 from resnet_serve.formats.environment import env_of
 from resnet_serve.formats.errors import UserError
+
+if TYPE_CHECKING:  # a type only: pydantic_core is pydantic's, not a dependency of ours
+    from pydantic_core import ErrorDetails
 
 _EXTRA: Final = (
     "x-resnet-serve"  # where option() keeps the spelling details, in the field's json_schema_extra

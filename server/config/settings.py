@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_serializer,
+    model_validator,
+)
 
 from resnet_serve.formats.decode import ALLOWED_FORMATS, DECODERS, DEFAULT_FORMATS
 from resnet_serve.formats.environment import TOKEN_ENV
@@ -125,7 +133,12 @@ class ModelSettings(BaseModel):
     versions: IntList = option((), "N", "versions to serve with version_policy=specific: 1,3 or 1 3")
     # version_policy=latest serves this many of the highest versions (set by a config.pbtxt only)
     latest_versions: Annotated[Int, Field(ge=1)] = 1
-    warmup: bool = option(True, "BOOL", "run zero batches at every batch size before a model is marked ready")
+    warmup: bool = option(
+        True,
+        "BOOL",
+        "warm each version up before it is marked ready: config.pbtxt's model_warmup, else zero batches "
+        "(a variable dimension gets 1)",
+    )
     # OpenVINO (docs/server.md "Backends")
     inference_precision: Annotated[str, one_of(INFERENCE_PRECISIONS)] = option(
         "fp32",
@@ -139,6 +152,12 @@ class ModelSettings(BaseModel):
     # Keys the server config set for this model itself ([models.NAME]); they win over a repository
     # model's config.json, which in turn wins over the server-wide model defaults.
     explicit: frozenset[str] = frozenset()
+
+    @field_serializer("explicit", when_used="json")
+    def _explicit_in_order(self, explicit: frozenset[str]) -> list[str]:
+        """A set's order follows string hashing and insertion history, so it varies between processes: sorted,
+        the JSON a parent passes to a child process is the same bytes every time."""
+        return sorted(explicit)
 
     @model_validator(mode="after")
     def _specific_needs_versions(self) -> ModelSettings:

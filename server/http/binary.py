@@ -23,10 +23,11 @@ from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats import bytes_tensor
 from resnet_serve.formats.datatypes import BYTES, WIRE_DTYPES
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import invalid_argument
-from resnet_serve.server.kserve.codec import element_count, join_bytes, split_bytes
+from resnet_serve.server.kserve.codec import element_count
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.shm.parameters import SHARED_MEMORY_REGION
 
@@ -254,7 +255,7 @@ def _pack(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
             raise invalid_argument(
                 f"input '{name}': expected {count} values in data for shape {shape}, got {len(flat)}"
             )
-        return join_bytes([item.encode() for item in flat])
+        return bytes_tensor.serialize(item.encode() for item in flat)
     dtype = WIRE_DTYPES.get(datatype)
     if dtype is None:
         raise invalid_argument(f"input '{name}': unsupported datatype {datatype[:40]!r}")
@@ -307,6 +308,9 @@ def _flatten(data: Any) -> list[Any]:
 def _unpack(name: str, datatype: str, raw: bytes) -> list[Any]:
     """Raw output bytes as a flat JSON list (BYTES elements as text)."""
     if datatype == BYTES:
-        return [item.decode("utf-8", "replace") for item in split_bytes(name, raw)]
+        return [
+            item.decode("utf-8", "replace")
+            for item in bytes_tensor.deserialize(raw, None, f"output '{name}'")
+        ]
     values: list[Any] = np.frombuffer(raw, dtype=WIRE_DTYPES[datatype]).tolist()
     return values

@@ -105,8 +105,9 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 model.preprocessor, self._pool, [request.image], context.time_remaining()
             )
             call.preprocess_s = preprocess_s = time.perf_counter() - call.start
-            result = await call.infer({model.info.inputs[0].name: x[None]}, context.time_remaining())
-            logits = result.outputs[model.info.outputs[0].name][0]
+            image = model.image_input(x[None])
+            result = await call.infer({model.info.inputs[0].name: image}, context.time_remaining())
+            logits = model.output_rows(result.outputs[model.info.outputs[0].name], 1)[0]
             timing = pb.Timing(
                 queue_us=_us(result.queue_s),
                 preprocess_us=_us(preprocess_s),
@@ -208,7 +209,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             pre_s = max(prepared[i][1] for i in chunk)
             try:
                 result = await model.infer(
-                    {model.info.inputs[0].name: rows}, context.time_remaining(), ticket
+                    {model.info.inputs[0].name: model.image_input(rows)}, context.time_remaining(), ticket
                 )
             except ServeError as exc:
                 model.metrics.request_done(exc.outcome, time.perf_counter() - start, preprocess_s=pre_s)
@@ -223,7 +224,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             model.metrics.request_done(
                 Outcome.SUCCESS, total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
             )
-            logits = result.outputs[model.info.outputs[0].name]
+            logits = model.output_rows(result.outputs[model.info.outputs[0].name], len(chunk))
             for row, i in enumerate(chunk):
                 timing = pb.Timing(
                     queue_us=_us(result.queue_s),
@@ -280,6 +281,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 info.platform = latest.info.platform
                 info.max_batch_size = latest.batcher.max_batch_size
                 if latest.info.inputs:
-                    info.input_shape.extend(latest.info.inputs[0].shape[1:])
+                    shape = latest.info.inputs[0].shape  # without the batch dimension, if it has one
+                    info.input_shape.extend(shape[1:] if latest.info.max_batch_size > 0 else shape)
             models.append(info)
         return pb.ListModelsResponse(models=models)

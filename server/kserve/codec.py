@@ -9,11 +9,15 @@ What a request may send for a model input (docs/kserve.md):
   takes FP32 and converts it);
 * UINT8 [N, C, H, W]: pixels 0..255, already resized and cropped to the model's geometry; the server
   normalises them with the model's preprocess mean/std, exactly as the image pipeline does;
-* BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server.
+* BYTES [N] or [N, 1]: encoded image files (PNG, JPEG, ...), decoded and preprocessed on the server — only
+  for the image input of a model with preprocessing metadata (`is_image_input`); any other BYTES input is a
+  string tensor, passed to the model as an object array of bytes (UTF-8 text checked here, before queuing).
 
-Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length prefix
-(what tritonclient sends). The hot path (raw FP32 in, raw FP32 out) views the received bytes (wire.py, no
-copy) with `np.frombuffer`, reshapes once, queues the array and serialises each output with one `tobytes`.
+A model without a batch dimension (max_batch_size 0) takes its own shapes, whole: a request is one
+inference. Raw contents are little-endian, row-major; BYTES elements each carry a 4-byte little-endian length
+prefix (what tritonclient sends), split and joined by formats/bytes_tensor.py. The hot path (raw FP32 in,
+raw FP32 out) views the received bytes (wire.py, no copy) with `np.frombuffer`, reshapes once, queues the
+array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
 
 Shared memory (Triton's extension; server/shm/): an input or requested output whose parameters name a
@@ -29,7 +33,6 @@ keep the entries one per output) and their parameters echo the region, as Triton
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -38,7 +41,9 @@ from typing import Any, Final
 
 import numpy as np
 
+from resnet_serve.formats import bytes_tensor
 from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, numpy_to_kserve
+from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.decode.budget import preprocess_images
@@ -125,7 +130,7 @@ async def decode_request(
             next_raw += 1
         else:
             array = from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
-        if tensor.datatype == BYTES:
+        if tensor.datatype == BYTES and is_image_input(model, spec):
             start = time.perf_counter()
             timeout = _timeout(request, time_remaining)
             arrays[tensor.name] = await _decode_images(model, spec, array, executor, timeout)
@@ -137,7 +142,9 @@ async def decode_request(
         raise invalid_argument(
             f"missing input(s) {missing} for model '{model.name}'; expected {_describe(specs)}"
         )
-    rows = next(iter(arrays.values())).shape[0] if arrays else 0
+    # A model without a batch dimension runs each request on its own: one inference whatever its shape.
+    batched = model.info.max_batch_size > 0
+    rows = (next(iter(arrays.values())).shape[0] if arrays else 0) if batched else 1
     return DecodedRequest(
         arrays,
         rows,
@@ -159,15 +166,18 @@ def encode_response(
     for name, k in decoded.outputs:
         array = outputs[name]
         if k:
-            strings = top_k_strings(array, k, model.labels)
-            shape = [array.shape[0], len(strings) // max(1, array.shape[0])]
+            # Without a batch dimension the whole output is one set of scores: the answer is [k] (Triton's).
+            batched = model.info.max_batch_size > 0 and array.ndim > 0
+            scores = array if batched else array.reshape(1, -1)
+            strings = top_k_strings(scores, k, model.labels)
+            shape = [scores.shape[0], len(strings) // max(1, scores.shape[0])] if batched else [len(strings)]
             tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=shape)
-            data: bytes | np.ndarray = join_bytes(strings)
+            data: bytes | np.ndarray = bytes_tensor.serialize(strings)
         else:
             tensor = pb.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=numpy_to_kserve(array.dtype), shape=array.shape
             )
-            data = array
+            data = bytes_tensor.serialize_array(array) if array.dtype.hasobject else array
         tensors.append(tensor)
         where = decoded.shared_outputs.get(name)
         if where is None:
@@ -189,34 +199,55 @@ def _describe(specs: dict[str, TensorSpec]) -> str:
 
 
 def _check_shape(model: ServedModel, spec: TensorSpec, shape: Sequence[int], datatype: str) -> None:
+    """The request's shape against the model's: -1 matches any size; with a batch dimension (max_batch_size
+    > 0) the leading one is the request's rows, at least 1; without one the shape is the model's own."""
     expected = spec.shape
+    batched = model.info.max_batch_size > 0
+    first = 1 if batched else 0
     fits = len(shape) == len(expected) and all(
-        e < 0 or e == a for e, a in zip(expected[1:], shape[1:], strict=True)
+        e < 0 or e == a for e, a in zip(expected[first:], shape[first:], strict=True)
     )
     if not fits:
+        any_size = "any batch size" if batched else "any size"
         raise invalid_argument(
             f"input '{spec.name}' of model '{model.name}' must have shape {list(expected)} "
-            f"(-1: any batch size), got {datatype} {list(shape)}"
+            f"(-1: {any_size}), got {datatype} {list(shape)}"
         )
-    if shape[0] < 1:
+    if batched and shape[0] < 1:
         raise invalid_argument(f"input '{spec.name}' has batch size {shape[0]}; need at least 1")
+
+
+def is_image_input(model: ServedModel, spec: TensorSpec) -> bool:
+    """Whether BYTES for this input are encoded images: only for a model with preprocessing metadata, and only
+    its image input (the first, a floating-point tensor). Any other BYTES input is a string tensor."""
+    return (
+        model.preprocessor is not None
+        and bool(model.info.inputs)
+        and model.info.inputs[0].name == spec.name
+        and spec.dtype.kind == "f"
+    )
 
 
 def _to_model_input(model: ServedModel, spec: TensorSpec, datatype: str, array: np.ndarray) -> np.ndarray:
     expected = numpy_to_kserve(spec.dtype)
     _check_shape(model, spec, array.shape, datatype)
     if datatype == expected:
+        if datatype == BYTES:
+            try:
+                bytes_tensor.check_text(array, f"input '{spec.name}'")
+            except InvalidInput as exc:
+                raise invalid_argument(str(exc)) from None
         return array
     if datatype == "FP32" and expected == "FP16":
         return array.astype(np.float16)
-    if datatype == UINT8 and model.preprocessor is not None and spec.dtype.kind == "f":
+    if datatype == UINT8 and model.preprocessor is not None and is_image_input(model, spec):
         # The image pipeline's own normalisation, so UINT8 pixels give identical inputs.
         return model.preprocessor.normalize_chw(array).astype(spec.dtype, copy=False)
     raise invalid_argument(
         f"input '{spec.name}' of model '{model.name}' has datatype {datatype}; expected {expected}"
         + (
             f", UINT8 pixels [N, {', '.join(map(str, spec.shape[1:]))}] or BYTES encoded images [N]"
-            if model.preprocessor is not None
+            if is_image_input(model, spec)
             else ""
         )
     )
@@ -242,10 +273,16 @@ async def _decode_images(
             f"input '{spec.name}' as BYTES must have shape [N] or [N, 1] (one encoded image per row), "
             f"got {list(array.shape)}"
         )
-    model.batcher.check_rows(array.shape[0])  # before the work of decoding a request that cannot run
+    batched = model.info.max_batch_size > 0
+    if not batched and len(spec.shape) == 3 and array.shape[0] != 1:
+        raise invalid_argument(
+            f"input '{spec.name}' of model '{model.name}' takes one image (the model has no batch "
+            f"dimension), got {array.shape[0]}"
+        )
+    model.batcher.check_rows(array.shape[0] if batched else 1)  # before decoding a request that cannot run
     # Within the server's decode memory budget (server/decode/budget.py), waiting up to the request's timeout.
     rows = await preprocess_images(pre, executor, [bytes(item) for item in array], timeout)
-    return np.stack(rows).astype(spec.dtype, copy=False)
+    return model.image_input(np.stack(rows).astype(spec.dtype, copy=False))
 
 
 def _requested_outputs(
@@ -332,7 +369,7 @@ def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTe
     dynamic dimension besides the batch)."""
     spec = next(s for s in model.info.outputs if s.name == name)
     dims = [rows, *spec.shape[1:]] if model.info.max_batch_size > 0 else list(spec.shape)
-    if any(d < 0 for d in dims):
+    if any(d < 0 for d in dims) or spec.dtype.hasobject:  # BYTES: the size is known only when written
         return
     needed = int(np.prod(dims)) * spec.dtype.itemsize
     if where.byte_size < needed:
@@ -379,9 +416,6 @@ def _timeout(request: Any, time_remaining: float | None) -> float | None:
 
 # ------------------------------------------------------------------------------------------------- tensors
 
-_LENGTH: Final = struct.Struct("<I")
-
-
 MAX_DIMS: Final = 32  # NumPy allows 64; a model input has a handful
 # The most elements a shape may span with each 0 dimension counted as 1. NumPy refuses to describe a larger
 # shape even when it holds no elements ([0, 2**62]: "array is too big"), so such a request has to be
@@ -409,10 +443,12 @@ def element_count(name: str, shape: Sequence[int]) -> int:
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """View raw little-endian bytes as an array of `shape` (BYTES: an object array of bytes elements)."""
     count = element_count(name, shape)
-    if datatype == BYTES:
-        if count * _LENGTH.size > len(raw):  # each element has a length prefix: refused before splitting
-            raise _count_mismatch(name, count, shape, "BYTES elements", len(raw) // _LENGTH.size, "at most ")
-        return _as_object_array(name, split_bytes(name, raw), shape, count)
+    if datatype == BYTES:  # prefixes checked against the buffer before anything is split
+        try:
+            elements = bytes_tensor.deserialize(raw, count, f"input {echo(name)}")
+        except InvalidInput as exc:
+            raise invalid_argument(str(exc)) from None
+        return bytes_tensor.object_array(elements, shape)
     dtype = _wire_dtype(name, datatype)
     expected = count * dtype.itemsize
     if len(raw) != expected:
@@ -432,37 +468,13 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: Any)
     if len(values) != count:
         raise _count_mismatch(name, count, shape, f"values in {field}", len(values))
     if datatype == BYTES:
-        return _as_object_array(name, list(values), shape, count)
+        return bytes_tensor.object_array(list(values), shape)
     try:
         return np.array(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
     except OverflowError:
         raise invalid_argument(
             f"input {echo(name)}: a value in {field} is out of range for {datatype}"
         ) from None
-
-
-def split_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
-    """Split length-prefixed BYTES elements."""
-    out: list[bytes] = []
-    view = memoryview(raw)
-    offset, end = 0, len(raw)
-    while offset < end:
-        if end - offset < _LENGTH.size:
-            raise invalid_argument(f"input {echo(name)}: truncated BYTES element length at byte {offset}")
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += _LENGTH.size
-        if end - offset < length:
-            raise invalid_argument(
-                f"input {echo(name)}: BYTES element of {length} bytes runs past the end of the tensor"
-            )
-        out.append(bytes(view[offset : offset + length]))
-        offset += length
-    return out
-
-
-def join_bytes(elements: Sequence[bytes]) -> bytes:
-    """Serialise BYTES elements with their length prefixes, as raw contents."""
-    return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
 
 
 def top_k_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
@@ -485,11 +497,9 @@ def top_k_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[byt
     return out
 
 
-def _count_mismatch(
-    name: str, expected: int, shape: Sequence[int], what: str, got: int, qualifier: str = ""
-) -> ServeError:
+def _count_mismatch(name: str, expected: int, shape: Sequence[int], what: str, got: int) -> ServeError:
     return invalid_argument(
-        f"input {echo(name)}: expected {expected} {what} for shape {echo(list(shape))}, got {qualifier}{got}"
+        f"input {echo(name)}: expected {expected} {what} for shape {echo(list(shape))}, got {got}"
     )
 
 
@@ -498,11 +508,3 @@ def _wire_dtype(name: str, datatype: str) -> np.dtype[Any]:
     if dtype is None:
         raise invalid_argument(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
     return dtype
-
-
-def _as_object_array(name: str, elements: list[bytes], shape: Sequence[int], count: int) -> np.ndarray:
-    if len(elements) != count:
-        raise _count_mismatch(name, count, shape, "BYTES elements", len(elements))
-    array = np.empty(count, dtype=object)
-    array[:] = elements
-    return array.reshape(shape)

@@ -41,9 +41,10 @@ from resnet_serve.server.errors import (
     unavailable,
 )
 from resnet_serve.server.frontend import CallContext
-from resnet_serve.server.kserve.codec import decode_request, encode_response
+from resnet_serve.server.kserve.codec import decode_request, encode_response, is_image_input
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.models.triton_config import TensorDecl, WarmupSample
 from resnet_serve.server.observability.logging import request_scope, resolve_request_id
 from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
@@ -372,6 +373,7 @@ def _triton_config(model: ServedModel) -> Any:
         accepted += ["UINT8", BYTES]
     parameters["accepted_input_datatypes"] = mc.ModelParameter(string_value=",".join(accepted))
     gpu = model.info.device != "cpu"
+    decls = {d.name: d for d in (*model.triton.inputs, *model.triton.outputs)} if model.triton else {}
     out = mc.ModelConfig(
         name=model.name,
         platform=model.info.platform,
@@ -382,13 +384,19 @@ def _triton_config(model: ServedModel) -> Any:
             mc.ModelInput(
                 name=s.name,
                 data_type=config_type(numpy_to_kserve(s.dtype)),
-                format=mc.ModelInput.FORMAT_NCHW if len(s.shape) == 4 else mc.ModelInput.FORMAT_NONE,
+                format=_input_format(model, s, dims(s)),
                 dims=dims(s),
+                reshape=_reshape(decls.get(s.name)),
             )
             for s in model.info.inputs
         ],
         output=[
-            mc.ModelOutput(name=s.name, data_type=config_type(numpy_to_kserve(s.dtype)), dims=dims(s))
+            mc.ModelOutput(
+                name=s.name,
+                data_type=config_type(numpy_to_kserve(s.dtype)),
+                dims=dims(s),
+                reshape=_reshape(decls.get(s.name)),
+            )
             for s in model.info.outputs
         ],
         instance_group=[
@@ -402,6 +410,8 @@ def _triton_config(model: ServedModel) -> Any:
         default_model_filename=model.path.name,
         parameters=parameters,
     )
+    if model.triton is not None and model.settings.warmup:
+        out.model_warmup.extend(_warmup(sample) for sample in model.triton.warmup)
     if batching:
         b = model.settings.batching
         out.dynamic_batching.CopyFrom(
@@ -416,6 +426,38 @@ def _triton_config(model: ServedModel) -> Any:
             )
         )
     return out
+
+
+def _input_format(model: ServedModel, spec: TensorSpec, dims: list[int]) -> Any:
+    """config.pbtxt's `format` where it states one; else FORMAT_NCHW for the image input of a model with
+    preprocessing metadata (C, H, W after any batch dimension, as the image pipeline makes them)."""
+    if model.triton is not None:
+        for decl in model.triton.inputs:
+            if decl.name == spec.name and decl.format:
+                return mc.ModelInput.Format.Value(decl.format)
+    if is_image_input(model, spec) and len(dims) == 3:
+        return mc.ModelInput.FORMAT_NCHW
+    return mc.ModelInput.FORMAT_NONE
+
+
+def _reshape(decl: TensorDecl | None) -> Any:
+    """A tensor's `reshape` as config.pbtxt states it (None: no reshape)."""
+    if decl is None or decl.reshape is None:
+        return None
+    return mc.ModelTensorReshape(shape=list(decl.reshape))
+
+
+def _warmup(sample: WarmupSample) -> Any:
+    """A model_warmup sample as config.pbtxt states it (what the version was warmed up with)."""
+    inputs = {}
+    for given in sample.inputs:
+        entry = mc.ModelWarmup.Input(data_type=config_type(given.datatype), dims=list(given.dims))
+        if given.kind == "input_data_file":
+            entry.input_data_file = given.file_name
+        else:
+            setattr(entry, given.kind, True)
+        inputs[given.name] = entry
+    return mc.ModelWarmup(name=sample.name, batch_size=sample.batch_size, count=sample.count, inputs=inputs)
 
 
 def _backend_name(model: ServedModel) -> str:

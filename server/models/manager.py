@@ -40,6 +40,8 @@ from resnet_serve.server.config import ModelSettings, ServerConfig, image_format
 from resnet_serve.server.decode import gpu as image_decoders
 from resnet_serve.server.decode.budget import DecodeBudget
 from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
+from resnet_serve.server.models import warmup
+from resnet_serve.server.models.configured import configure
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,
@@ -378,16 +380,15 @@ class ModelManager:
         )
         try:
             backends = create_backends(path, backend_name, settings.instances, options)
-            info = backends[0].info
             if source.triton is not None:
-                check_tensors(source.triton, info)
+                check_tensors(source.triton, backends[0].info)
+                backends = configure(backends, source.triton, source.no_batch_dim)
+            info = backends[0].info
             labels, preprocessor = self._describe(settings.name, info, source)
             metrics = self.metrics.model(settings.name, version)
             batcher = DynamicBatcher(settings.name, version, backends, settings.batching, metrics)
             if settings.warmup:
-                sizes = sorted({1, *settings.batching.preferred_batch_sizes, batcher.max_batch_size})
-                for backend in backends:
-                    backend.warmup(sizes)
+                self._warm_up(settings, backends, batcher, source)
         except Exception:
             for backend in backends:
                 backend.close()
@@ -417,7 +418,22 @@ class ModelManager:
             metrics=metrics,
             backends=backends,
             load_s=load_s,
+            triton=source.triton,
         )
+
+    @staticmethod
+    def _warm_up(
+        settings: ModelSettings, backends: list[Backend], batcher: DynamicBatcher, source: ModelSource
+    ) -> None:
+        """config.pbtxt's model_warmup where it has one, else the default warmup (server/models/warmup.py)."""
+        info = backends[0].info
+        if source.triton is not None and source.triton.warmup:
+            runs = warmup.configured_runs(source.triton.warmup, info, settings.name)
+            warmup.run(backends, runs, settings.name, required=True)
+            return
+        sizes = sorted({1, *settings.batching.preferred_batch_sizes, batcher.max_batch_size})
+        runs, exact = warmup.default_runs(info, sizes)
+        warmup.run(backends, runs, settings.name, required=exact)
 
     def _describe(
         self, name: str, info: BackendInfo, source: ModelSource
@@ -436,7 +452,7 @@ class ModelManager:
         if raw or source.preprocess:
             spec = PreprocessSpec.from_json(raw) if raw else PreprocessSpec.from_dict(source.preprocess or {})
             expected = (spec.channels, spec.crop, spec.crop)
-            actual = info.inputs[0].shape[1:] if info.inputs else ()
+            actual = info.inputs[0].shape[-3:] if info.inputs else ()  # C, H, W with or without a batch dim
             if len(actual) == 3 and any(a not in (-1, e) for a, e in zip(actual, expected, strict=True)):
                 raise ValueError(
                     f"model {name!r}: preprocess gives {list(expected)} but the input is {list(actual)}"

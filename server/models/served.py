@@ -12,6 +12,7 @@ from resnet_serve.formats.preprocess import Preprocessor
 from resnet_serve.runtime.base import Backend, BackendInfo
 from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
 from resnet_serve.server.config import ModelSettings
+from resnet_serve.server.models.triton_config import TritonModelConfig
 from resnet_serve.server.observability.metrics import ModelMetrics
 
 
@@ -38,12 +39,27 @@ class ServedModel:
     backends: list[Backend]
     state: ModelState = ModelState.READY
     load_s: float = 0.0
+    triton: TritonModelConfig | None = None  # its config.pbtxt, for what ModelConfig reports as stated
 
     async def infer(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None
     ) -> BatchResult:
         """Queue a request on this version's batcher (see DynamicBatcher.submit for the errors)."""
         return await self.batcher.submit(inputs, timeout_s, ticket)
+
+    def image_input(self, rows: np.ndarray) -> np.ndarray:
+        """Preprocessed images, (N, C, H, W), as the model's image input takes them: a model without a batch
+        dimension whose input is [C, H, W] takes its one image whole."""
+        if self.info.max_batch_size == 0 and self.info.inputs and len(self.info.inputs[0].shape) == 3:
+            one: np.ndarray = rows[0]
+            return one
+        return rows
+
+    @staticmethod
+    def output_rows(output: np.ndarray, rows: int) -> np.ndarray:
+        """An output as one row of scores per image (a model without a batch dimension answers [classes]
+        for its one image, Triton's densenet [1, classes, 1, 1])."""
+        return output.reshape(rows, -1)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ class ModelSource:
     labels: list[str] = field(default_factory=list)
     preprocess: dict[str, Any] | None = None
     triton: TritonModelConfig | None = None  # the config.pbtxt, whose tensors are checked against the model
+    no_batch_dim: bool = (
+        False  # the config.pbtxt, on its own, says max_batch_size 0 (server/models/configured.py)
+    )
 
 
 def read_source(settings: ModelSettings) -> ModelSource:
@@ -92,7 +95,8 @@ def read_source(settings: ModelSettings) -> ModelSource:
         versions, labels, preprocess = discover_versions(path, names), [], None
     if triton is not None and triton.labels:
         labels = list(triton.labels)
-    return ModelSource(versions, merged, labels, preprocess, triton)
+    no_batch_dim = triton is not None and packaged is None and triton.max_batch_size == 0
+    return ModelSource(versions, merged, labels, preprocess, triton, no_batch_dim)
 
 
 def _packaged_values(packaged: PackagedModel | None) -> dict[str, Any]:
@@ -154,8 +158,8 @@ def warn_ignored(name: str, triton: TritonModelConfig) -> None:
 
 def check_tensors(triton: TritonModelConfig, info: BackendInfo) -> None:
     """The config.pbtxt's input and output entries against the model's own tensors: each named tensor must
-    exist, with the stated datatype and dims (-1 on either side matches any size). ValueError names the
-    field."""
+    exist, with the stated datatype and dims — or, with a `reshape`, reshape.shape — (-1 on either side
+    matches any size). ValueError names the field."""
     batched = triton.max_batch_size > 0
     for decls, specs, kind in (
         (triton.inputs, info.inputs, "input"),
@@ -180,12 +184,13 @@ def _check_tensor(triton: TritonModelConfig, decl: TensorDecl, spec: TensorSpec,
             f"{spec.name!r} ({actual})"
         )
     shape = tuple(spec.shape[1:]) if batched else tuple(spec.shape)
-    fits = len(shape) == len(decl.dims) and all(
-        -1 in (a, d) or a == d for a, d in zip(shape, decl.dims, strict=False)
+    stated, what = (decl.reshape, "reshape.shape") if decl.reshape is not None else (decl.dims, "dims")
+    fits = len(shape) == len(stated) and all(
+        -1 in (a, d) or a == d for a, d in zip(shape, stated, strict=False)
     )
-    if decl.dims and not fits:
+    if (stated or decl.reshape is not None) and not fits:
         raise ValueError(
-            f"{triton.path}: {decl.field}.dims {list(decl.dims)} do not match the model's {spec.name!r} "
+            f"{triton.path}: {decl.field}.{what} {list(stated)} do not match the model's {spec.name!r} "
             f"{list(shape)}" + (" (without the batch dimension: max_batch_size > 0)" if batched else "")
         )
 

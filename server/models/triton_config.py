@@ -54,10 +54,15 @@ USED: Final = frozenset(
         "input.name",
         "input.data_type",
         "input.dims",
+        "input.format",
+        "input.reshape",
+        "input.reshape.shape",
         "output",
         "output.name",
         "output.data_type",
         "output.dims",
+        "output.reshape",
+        "output.reshape.shape",
         "output.label_filename",
         "instance_group",
         "instance_group.count",
@@ -68,8 +73,15 @@ USED: Final = frozenset(
         "dynamic_batching.default_queue_policy",
         "dynamic_batching.default_queue_policy.max_queue_size",
         "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+        "model_warmup",
+        "model_warmup.name",
+        "model_warmup.batch_size",
+        "model_warmup.count",
+        "model_warmup.inputs",
     }
 )
+WARMUP_FOLDER: Final = "warmup"  # input_data_file is a file in this folder of the model directory (Triton's)
+WARMUP_KINDS: Final = ("zero_data", "random_data", "input_data_file")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,31 @@ class TensorDecl:
     name: str
     datatype: str  # KServe name ("FP32", "BYTES"); "" when the entry states none
     dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1: any size
+    reshape: tuple[int, ...] | None = None  # `reshape.shape`: the model's own dims, when they differ
+    format: str = ""  # inputs: "FORMAT_NCHW" or "FORMAT_NHWC" when stated
+
+
+@dataclass(frozen=True)
+class WarmupInput:
+    """One input of a `model_warmup` sample: its data is zeros, random bytes, or a file's bytes."""
+
+    name: str
+    datatype: str  # KServe name
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0
+    kind: str  # one of WARMUP_KINDS
+    file: Path | None = None  # input_data_file, resolved inside <model>/warmup/
+    file_name: str = ""  # input_data_file as config.pbtxt states it
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One `model_warmup` entry: `batch_size` rows of its inputs, run `count` times on each instance."""
+
+    field: str  # "model_warmup[0]"
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[WarmupInput, ...]
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,7 @@ class TritonModelConfig:
     model_filename: str
     labels: tuple[str, ...]  # from the first output's label_filename
     ignored: tuple[str, ...]  # fields present that resnet-serve does not act on, as dotted paths
+    warmup: tuple[WarmupSample, ...] = ()  # model_warmup, in file order (batch_size 0 samples left out)
 
 
 def parse(text: str, where: str) -> mc.ModelConfig:
@@ -172,6 +210,11 @@ def from_message(cfg: mc.ModelConfig, path: Path) -> TritonModelConfig:
         raise RepositoryError(f"{where}: version_policy.specific lists no versions")
     inputs = tuple(_tensor(t, f"input[{i}]", where) for i, t in enumerate(cfg.input))
     outputs = tuple(_tensor(t, f"output[{i}]", where) for i, t in enumerate(cfg.output))
+    warmup = tuple(
+        _warmup(w, f"model_warmup[{i}]", cfg.max_batch_size, path)
+        for i, w in enumerate(cfg.model_warmup)
+        if w.batch_size > 0  # Triton skips a sample of batch size 0
+    )
     return TritonModelConfig(
         path=path,
         name=cfg.name or path.parent.name,
@@ -192,6 +235,7 @@ def from_message(cfg: mc.ModelConfig, path: Path) -> TritonModelConfig:
         model_filename=cfg.default_model_filename or DEFAULT_FILES.get(backend, ""),
         labels=_labels(cfg, path),
         ignored=tuple(ignored_fields(cfg)),
+        warmup=warmup,
     )
 
 
@@ -229,16 +273,99 @@ def _instances(cfg: mc.ModelConfig, where: str) -> tuple[int, str]:
     return sum(max(1, g.count) for g in cfg.instance_group), device
 
 
+def _datatype(data_type: int) -> str:
+    """Triton's DataType enum as our KServe name ("" for TYPE_INVALID, BYTES for TYPE_STRING)."""
+    if data_type == mc.TYPE_INVALID:
+        return ""
+    name = mc.DataType.Name(data_type).removeprefix("TYPE_")
+    return BYTES if name == "STRING" else name
+
+
 def _tensor(t: mc.ModelInput | mc.ModelOutput, field: str, where: str) -> TensorDecl:
     if not t.name:
         raise RepositoryError(f"{where}: {field}.name is empty")
-    enum_name = mc.DataType.Name(t.data_type)
-    datatype = "" if t.data_type == mc.TYPE_INVALID else enum_name.removeprefix("TYPE_")
-    if datatype == "STRING":
-        datatype = BYTES
+    datatype = _datatype(t.data_type)
     if any(d < -1 or d == 0 for d in t.dims):
         raise RepositoryError(f"{where}: {field}.dims {list(t.dims)} must be positive or -1")
-    return TensorDecl(field, t.name, datatype, tuple(int(d) for d in t.dims))
+    dims = tuple(int(d) for d in t.dims)
+    reshape = tuple(int(d) for d in t.reshape.shape) if t.HasField("reshape") else None
+    if reshape is not None:
+        if any(d < -1 or d == 0 for d in reshape):
+            raise RepositoryError(f"{where}: {field}.reshape.shape {list(reshape)} must be positive or -1")
+        if -1 not in dims and -1 not in reshape and _count(dims) != _count(reshape):
+            raise RepositoryError(
+                f"{where}: {field}.reshape.shape {list(reshape)} holds {_count(reshape)} elements but dims "
+                f"{list(dims)} hold {_count(dims)}"
+            )
+        if (-1 in dims) != (-1 in reshape):
+            raise RepositoryError(
+                f"{where}: {field}.dims {list(dims)} and reshape.shape {list(reshape)} must both have a "
+                "variable dimension (-1) or neither"
+            )
+    fmt = ""
+    if isinstance(t, mc.ModelInput) and t.format != mc.ModelInput.FORMAT_NONE:
+        fmt = mc.ModelInput.Format.Name(t.format)
+        if len(dims) != 3:
+            raise RepositoryError(
+                f"{where}: {field}.format {fmt} needs 3 dims (C, H, W or H, W, C without the batch "
+                f"dimension), got {list(dims)}"
+            )
+    return TensorDecl(field, t.name, datatype, dims, reshape, fmt)
+
+
+def _count(dims: tuple[int, ...]) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count
+
+
+def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> WarmupSample:
+    """One model_warmup entry, checked as Triton checks it (its messages), its files resolved."""
+    where = f"{path}: {field}"
+    if max_batch_size == 0 and w.batch_size != 1:
+        raise RepositoryError(
+            f"{where}.batch_size must be 1 for a model without batching, got {w.batch_size}"
+        )
+    if max_batch_size > 0 and w.batch_size > max_batch_size:
+        raise RepositoryError(f"{where}.batch_size {w.batch_size} is over max_batch_size {max_batch_size}")
+    if not w.inputs:
+        raise RepositoryError(f"{where} ({w.name!r}) gives no inputs")
+    inputs: list[WarmupInput] = []
+    for name in w.inputs:  # file order is lost in a map; sorted for a stable order
+        given = w.inputs[name]
+        kind = given.WhichOneof("input_data_type")
+        if kind is None:
+            raise RepositoryError(
+                f"{where}: warmup setting expects input '{name}' to have input_data_type set "
+                f"(one of {', '.join(WARMUP_KINDS)})"
+            )
+        if -1 in given.dims or any(d < 0 for d in given.dims):
+            raise RepositoryError(
+                f"{where}: warmup setting expects all variable-size dimensions are specified for input "
+                f"'{name}', got dims {list(given.dims)}"
+            )
+        datatype = _datatype(given.data_type)
+        if not datatype:
+            raise RepositoryError(f"{where}: input '{name}' needs a data_type")
+        file = None
+        if kind == "input_data_file":
+            file = _warmup_file(given.input_data_file, f"{where}: input '{name}'", path.parent)
+        dims = tuple(int(d) for d in given.dims)
+        inputs.append(WarmupInput(name, datatype, dims, kind, file, given.input_data_file))
+    inputs.sort(key=lambda i: i.name)
+    return WarmupSample(field, w.name, w.batch_size, max(1, w.count), tuple(inputs))
+
+
+def _warmup_file(name: str, where: str, model_dir: Path) -> Path:
+    folder = model_dir / WARMUP_FOLDER
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise RepositoryError(f"{where}: input_data_file {name!r} must name a file in {folder}")
+    file = folder / relative
+    if not file.is_file():
+        raise RepositoryError(f"{where}: input_data_file {file} does not exist")
+    return file
 
 
 def _labels(cfg: mc.ModelConfig, path: Path) -> tuple[str, ...]:
