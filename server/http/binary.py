@@ -27,7 +27,7 @@ from resnet_serve.formats import bytes_tensor
 from resnet_serve.formats.datatypes import BYTES, WIRE_DTYPES
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import invalid_argument
-from resnet_serve.server.kserve.codec import element_count
+from resnet_serve.server.kserve.tensors import element_count
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.shm.parameters import SHARED_MEMORY_REGION
 
