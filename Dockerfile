@@ -7,21 +7,28 @@
 #
 # Stage 1 builds our wheel and the wheels of everything [serve] needs, at the versions of constraints.txt;
 # stage 2 installs them offline (--no-index), so the runtime image has no build context, compiler or cache.
+#
+# BASE_IMAGE: the official python:3.11-slim by default; `make image-test` builds on a stand-in of it made
+# without a registry (scripts/image_test.sh). Both stages use it, so the wheels match the runtime's Python.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS builder
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # .dockerignore keeps .venv/, artifacts/, tests/ and the rest of a dev checkout out of the context.
 COPY . .
 RUN pip wheel --wheel-dir /wheels -c constraints.txt ".[serve]"
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
+# ORT_DISABLE_TELEMETRY: ONNX Runtime would try to save a telemetry device id under $HOME, which this user
+# lacks (and a --read-only root forbids), and print a non-JSON warning at every start.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     RESNET_SERVE_MODEL_REPOSITORY=/models \
-    RESNET_SERVE_LOG_FORMAT=json
+    RESNET_SERVE_LOG_FORMAT=json \
+    ORT_DISABLE_TELEMETRY=1
 # Offline (--no-index) from the wheels stage 1 built at constraints.txt's versions: pinned there, not here.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \

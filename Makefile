@@ -7,12 +7,13 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast lint typecheck pytest demo protos check-protos bench-train clean
+.PHONY: help install test test-fast lint typecheck pytest demo image-test protos check-protos bench-train clean
 
 help:
 	@echo "make demo      train, export, serve and classify the digits end to end (< 5 min)"
 	@echo "make test      install the dev dependencies, then ruff, mypy and pytest"
 	@echo "make test-fast ruff, mypy and the tests not marked slow (for iterating; CI runs make test)"
+	@echo "make image-test  build the CPU image with a real engine and test the running container (root, Debian)"
 	@echo "make protos    regenerate the gRPC code from protos/*.proto"
 	@echo "make check-protos  regenerate, then fail if the committed generated code differs (CI)"
 	@echo "make clean     remove the virtual environment, artifacts/ and build outputs"
@@ -46,6 +47,11 @@ test-fast: lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/resnet-serve demo
+
+# Installs Docker (Debian's packages) when missing, starts dockerd for the run, builds ./Dockerfile with buildah
+# and runs tests/test_image_cpu.py against the container (scripts/image_test.sh; docs/deploy.md).
+image-test: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/image_test.sh
 
 protos: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash protos/generate.sh

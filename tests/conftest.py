@@ -72,7 +72,23 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--docker",
+        action="store_true",
+        help="run only the tests marked docker (they need the built image and a Docker engine: "
+        "`make image-test` sets both up)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Docker tests need the image `make image-test` builds and a running engine: deselected without --docker,
+    # so `make test` never touches Docker; with --docker, only they run.
+    docker = config.getoption("--docker")
+    keep = [item for item in items if (item.get_closest_marker("docker") is not None) == docker]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
     # GPU tests are skipped with a visible reason when there is no GPU: never reported as passing.
     if _cuda_available():
         return

@@ -69,6 +69,16 @@ def senders(target: str, stop: threading.Event, codes: Counter[str]) -> list[thr
     return [threading.Thread(target=loop, args=item) for item in work for _ in range(SENDERS)]
 
 
+def start_load(threads: list[threading.Thread], codes: Counter[str], answers: int, within_s: float) -> None:
+    """Start the senders and wait until `answers` requests came back OK (the load is going), or fail."""
+    for t in threads:
+        t.start()
+    end = time.monotonic() + within_s
+    while codes["OK"] < answers and time.monotonic() < end:
+        time.sleep(0.01)
+    assert codes["OK"] >= answers, f"the load never got going: {dict(codes)}"
+
+
 @pytest.mark.parametrize("run", range(2))
 def test_requests_sent_through_a_sigterm_shutdown_are_answered_or_unavailable(
     tmp_path: Path, run: int
@@ -80,12 +90,7 @@ def test_requests_sent_through_a_sigterm_shutdown_are_answered_or_unavailable(
     stop = threading.Event()
     threads = senders(server.target, stop, codes)
     try:
-        for t in threads:
-            t.start()
-        end = time.monotonic() + 20
-        while codes["OK"] < 50 and time.monotonic() < end:
-            time.sleep(0.01)
-        assert codes["OK"] >= 50, f"the load never got going: {dict(codes)}"
+        start_load(threads, codes, answers=50, within_s=20)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=60) == 0, "".join(server.log)
         # The port is closed: a few more rounds see the refused connection as UNAVAILABLE.
