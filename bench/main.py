@@ -172,7 +172,7 @@ async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:
         token=options.token,
     )
     try:
-        await client.wait_until_ready(timeout=min(options.timeout, 10.0))
+        await client.wait_until_ready(timeout=min(options.timeout, 10.0), fail_fast=True)
         models = await client.list_models()
     except ClassifyError as exc:
         await client.close()

@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     cmd = COMMANDS[name]
+    from resnet_serve.server.observability.logging import quiet_grpc_core  # standard library only
+
+    quiet_grpc_core()  # before a command imports grpc: no gRPC-core INFO lines in any command's output
     try:
         module = importlib.import_module(cmd.import_path)
     except ModuleNotFoundError as exc:

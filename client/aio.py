@@ -8,17 +8,20 @@ Create it inside the running event loop that will use it (gRPC binds the channel
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
     USE_DEFAULT,
     RetryPolicy,
     TLSConfig,
@@ -56,6 +59,7 @@ class AsyncClient(wire.CallDefaults):
             self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
         self.target = target if isinstance(target, str) else ",".join(target)
+        self._tls = tls is not None
         self.model = model
         self.version = version
         self.timeout = timeout
@@ -153,16 +157,40 @@ class AsyncClient(wire.CallDefaults):
             raise wire.rpc_error(exc) from None
         return wire.models(response)
 
-    async def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds."""
+    async def wait_until_ready(self, timeout: float = 10.0, *, fail_fast: bool = False) -> None:
+        """Wait until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds,
+        naming the last connection failure. `fail_fast`: raise at the first failed connection attempt
+        instead (connection refused, a TLS mismatch), as a command run against a server that should be
+        up wants; without it a server that is still starting is waited for."""
         import asyncio
 
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        state = self._channel.get_state(try_to_connect=True)
+        failed = False  # an attempt has failed: a timeout says why
+        while state is not grpc.ChannelConnectivity.READY:
+            failed = failed or state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            if failed and fail_fast:
+                raise ClassifyError(grpc.StatusCode.UNAVAILABLE, await self._connect_failure())
+            left = end - loop.time()
+            if left <= 0:
+                last = f"; last attempt: {await self._connect_failure()}" if failed else ""
+                raise ClassifyError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no server answered at {self.target} within {timeout:g}s{last}",
+                )
+            with contextlib.suppress(TimeoutError):  # the loop's next turn reports the timeout
+                await asyncio.wait_for(self._channel.wait_for_state_change(state), left)
+            state = self._channel.get_state(try_to_connect=True)
+
+    async def _connect_failure(self) -> str:
+        """Why the channel cannot connect, in gRPC's words: a call that fails at once says it."""
+        probe = health_pb2_grpc.HealthStub(self._channel)  # type: ignore[no-untyped-call]
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        except TimeoutError:
-            raise ClassifyError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.target} within {timeout:g}s"
-            ) from None
+            await probe.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            return channel.connect_failure(self.target, wire.rpc_error(exc).message, self._tls)
+        return f"{self.target} answers now"  # connected meanwhile
 
     async def close(self) -> None:
         await self._channel.close(grace=None)

@@ -17,6 +17,7 @@ import grpc
 
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 2.0  # the call that asks a channel in TRANSIENT_FAILURE why (it fails at once)
 SERVICE = "resnetserve.v1.ImageClassifier"
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 # Client-side health checking watches this grpc.health.v1 service name on every address; "" is the server's
@@ -24,6 +25,8 @@ KSERVE_SERVICE = "inference.GRPCInferenceService"
 # the round-robin rotation before it stops accepting requests. A server without the health service
 # (UNIMPLEMENTED) counts as healthy (gRFC A17), so the setting is safe against any server.
 HEALTH_SERVICE = ""
+
+_URL_SCHEMES = ("http", "https", "grpc", "grpcs")  # typed out of habit; gRPC targets take none of them
 
 PemSource: TypeAlias = bytes | str | os.PathLike[str]
 ChannelOptions: TypeAlias = list[tuple[str, str | int]]
@@ -181,6 +184,13 @@ def target_of(servers: str | Sequence[str]) -> str:
     entries = [e for e in entries if e]
     if not entries:
         raise ValueError("no server given: expected HOST:PORT, a comma-separated list or dns:///NAME:PORT")
+    for entry in entries:
+        scheme = entry.partition("://")[0].lower()
+        if "://" in entry and scheme in _URL_SCHEMES:
+            raise ValueError(
+                f"{entry}: give the gRPC port as HOST:PORT, not a URL ({scheme}:// is for the HTTP API; "
+                "TLS is --tls)"
+            )
     if len(entries) == 1:
         return entries[0]
     v4: list[str] = []
@@ -195,6 +205,37 @@ def target_of(servers: str | Sequence[str]) -> str:
     if v4 and v6:
         raise ValueError(f"{', '.join(entries)}: mixes IPv4 and IPv6 addresses; gRPC balances one family")
     return ("ipv4:" + ",".join(dict.fromkeys(v4))) if v4 else ("ipv6:" + ",".join(dict.fromkeys(v6)))
+
+
+# What gRPC says when a connection fails (the `details` of a fail-fast call on a channel in
+# TRANSIENT_FAILURE), and what it means for someone who typed a server address.
+_CONNECT_FAILURES: tuple[tuple[str, bool | None, str], ...] = (
+    ("Connection refused", None, "connection refused: nothing listens there (is the server running, "
+     "on this port?)"),
+    ("WRONG_VERSION_NUMBER", True, "TLS handshake failed: the server does not speak TLS on this port "
+     "(drop --tls)"),
+    ("CERTIFICATE_VERIFY_FAILED", True, "TLS handshake failed: the server's certificate is not signed by the "
+     "trusted CA (--ca-cert)"),
+    ("PEER_DID_NOT_RETURN_A_CERTIFICATE", True, "TLS handshake failed: the server wants a client certificate "
+     "(--client-cert, --client-key)"),
+    ("andshake failed", True, "TLS handshake failed"),
+    ("Socket closed", False, "the server closed the connection while it was being set up: it may expect TLS "
+     "(--tls)"),
+    ("Connection reset", False, "the server reset the connection while it was being set up: it may "
+     "expect TLS (--tls)"),
+    ("errors resolving", None, "cannot resolve the host name"),
+    ("Deadline Exceeded", None, "no answer (a firewall dropping packets, or the wrong host?)"),
+)  # fmt: skip
+
+
+def connect_failure(target: str, detail: str, tls: bool) -> str:
+    """One line saying why no connection to `target` could be made, from gRPC's `detail` (the status
+    details of a call that failed for want of a connection), with gRPC's own words after the reason."""
+    detail = " ".join(detail.split())
+    for marker, with_tls, reason in _CONNECT_FAILURES:
+        if marker in detail and with_tls in (None, tls):
+            return f"cannot connect to {target}: {reason} ({detail})"
+    return f"cannot connect to {target}: {detail}"
 
 
 def _split_host_port(entry: str) -> tuple[str, int]:

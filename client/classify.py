@@ -51,7 +51,7 @@ async def classify_all(options: ClassifyOptions, inputs: list[Input]) -> int:
     )
     async with client:
         try:
-            await client.wait_until_ready(timeout=min(options.timeout, 10.0))
+            await client.wait_until_ready(timeout=min(options.timeout, 10.0), fail_fast=True)
         except ClassifyError as exc:
             raise ConnectionError(exc.message) from None
         start = time.perf_counter()

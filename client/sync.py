@@ -7,16 +7,19 @@ with Client("localhost:8001") as c:
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from resnet_serve.client import channel, wire
 from resnet_serve.client.channel import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
     USE_DEFAULT,
     RetryPolicy,
     TLSConfig,
@@ -65,6 +68,7 @@ class Client(wire.CallDefaults):
             self._channel = grpc.secure_channel(address, tls.credentials(), options=opts)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)  # type: ignore[no-untyped-call]
         self.target = target if isinstance(target, str) else ",".join(target)
+        self._tls = tls is not None
         self.model = model
         self.version = version
         self.timeout = timeout
@@ -156,14 +160,40 @@ class Client(wire.CallDefaults):
             raise wire.rpc_error(exc) from None
         return wire.models(response)
 
-    def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Block until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds."""
+    def wait_until_ready(self, timeout: float = 10.0, *, fail_fast: bool = False) -> None:
+        """Block until the channel connects; raises ClassifyError(UNAVAILABLE) after `timeout` seconds,
+        naming the last connection failure. `fail_fast`: raise at the first failed connection attempt
+        instead (connection refused, a TLS mismatch); without it a server still starting is waited for."""
+        states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
+        watch = states.put
+        self._channel.subscribe(watch, try_to_connect=True)
+        end = time.monotonic() + timeout
+        state = grpc.ChannelConnectivity.IDLE
+        failed = False  # an attempt has failed: a timeout says why
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ClassifyError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.target} within {timeout:g}s"
-            ) from None
+            while state is not grpc.ChannelConnectivity.READY:
+                failed = failed or state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+                if failed and fail_fast:
+                    raise ClassifyError(grpc.StatusCode.UNAVAILABLE, self._connect_failure())
+                try:
+                    state = states.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    last = f"; last attempt: {self._connect_failure()}" if failed else ""
+                    raise ClassifyError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"no server answered at {self.target} within {timeout:g}s{last}",
+                    ) from None
+        finally:
+            self._channel.unsubscribe(watch)
+
+    def _connect_failure(self) -> str:
+        """Why the channel cannot connect, in gRPC's words: a call that fails at once says it."""
+        probe = health_pb2_grpc.HealthStub(self._channel)  # type: ignore[no-untyped-call]
+        try:
+            probe.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            return channel.connect_failure(self.target, wire.rpc_error(exc).message, self._tls)
+        return f"{self.target} answers now"  # connected meanwhile
 
     def close(self) -> None:
         self._channel.close()

@@ -72,6 +72,11 @@ def _io_from_onnx(path: Path) -> tuple[TensorConfig, TensorConfig, Any]:
     return spec(model.graph.input[0]), spec(model.graph.output[0]), meta
 
 
+# No queue delay unless asked for, as Triton's default and `serve`'s: a request alone in the queue runs at
+# once instead of waiting for company that may not come (a delay buys throughput only under load).
+DEFAULT_MAX_QUEUE_DELAY_US = 0
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """Model-level settings; None keeps the model's current value (or the default for a new model)."""
@@ -91,7 +96,7 @@ def _resolve(s: ServingSettings, existing: PackagedModel | None) -> tuple[int, l
     delay = (
         s.max_queue_delay_us
         if s.max_queue_delay_us is not None
-        else (existing.dynamic_batching.max_queue_delay_us if existing else 2000)
+        else (existing.dynamic_batching.max_queue_delay_us if existing else DEFAULT_MAX_QUEUE_DELAY_US)
     )
     backend = s.backend or (existing.backend if existing else "onnxruntime")
     instances = (

@@ -9,7 +9,6 @@ median batch-1 latency of ResNet-50 (106 → 56 ms without it, same machine, sam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from resnet_serve.runtime.base import Backend, BackendError, BackendInfo, TensorSpec
+from resnet_serve.runtime.cpus import default_threads
 
 # ORT's type strings for the tensor element types our models use.
 _ORT_TYPES: dict[str, np.dtype[np.generic]] = {
@@ -38,14 +38,6 @@ class OrtOptions:
     intra_op_threads: int = 0  # 0: all cores
     spinning: bool = False  # see OrtBackend
     trt_cache_dir: str | None = None
-
-
-def default_threads() -> int:
-    """The cores this process may run on (respects CPU affinity, e.g. in containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OrtBackend(Backend):

@@ -22,6 +22,7 @@ def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     grpc_level = logging.getLogger("grpc").level
+    ours_level = logging.getLogger("resnet_serve").level
     yield
     for handler in list(root.handlers):
         if handler not in handlers:
@@ -31,6 +32,7 @@ def _restore_logging() -> Iterator[None]:
             root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("grpc").setLevel(grpc_level)
+    logging.getLogger("resnet_serve").setLevel(ours_level)
 
 
 # Every server a test starts in a subprocess (they inherit this) serves HTTP/REST on a free port: the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,9 @@ def test_kserve_over_http_as_perf_analyzers_dash_i_http(server: KServeServer, tm
 def test_an_unreachable_server_is_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["bench", "--server", "127.0.0.1:1", "--timeout", "0.3", "--out", str(tmp_path), *QUICK])
-    assert code == 1
-    assert (
-        capsys.readouterr()
-        .err.strip()
-        .startswith("resnet-serve bench: error: no server answered at 127.0.0.1:1")
-    )
+    start = time.monotonic()
+    code = main(["bench", "--server", "127.0.0.1:1", "--out", str(tmp_path), *QUICK])
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and elapsed < 3.0, (elapsed, err)  # it waited 10 s, then said "no server answered"
+    assert err.startswith("resnet-serve bench: error: cannot connect to 127.0.0.1:1: connection refused"), err

@@ -166,6 +166,32 @@ def test_wait_until_ready_gives_up_with_unavailable() -> None:
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+REFUSED = "cannot connect to 127.0.0.1:1: connection refused: nothing listens there"
+
+
+def test_wait_until_ready_names_the_last_connection_failure_sync_and_async() -> None:
+    """fail_fast raises at the first refused connection; waiting says why it gave up."""
+    with Client("127.0.0.1:1") as c:
+        with pytest.raises(ClassifyError) as info:
+            c.wait_until_ready(timeout=30, fail_fast=True)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.message.startswith(REFUSED)
+        with pytest.raises(ClassifyError) as info:
+            c.wait_until_ready(timeout=1.0)
+        assert info.value.message.startswith("no server answered at 127.0.0.1:1 within 1s; last attempt: ")
+        assert REFUSED in info.value.message
+
+    async def scenario() -> None:
+        async with AsyncClient("127.0.0.1:1") as c:
+            with pytest.raises(ClassifyError) as info:
+                await c.wait_until_ready(timeout=30, fail_fast=True)
+            assert info.value.message.startswith(REFUSED)
+            with pytest.raises(ClassifyError) as info:
+                await c.wait_until_ready(timeout=1.0)
+            assert REFUSED in info.value.message
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_the_async_client_supports_single_batch_and_stream_calls(server: FakeServer) -> None:
     async def scenario() -> None:
         async with AsyncClient(server.target) as c:

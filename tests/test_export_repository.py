@@ -184,6 +184,25 @@ def test_packaging_with_a_zero_setting_is_refused_not_defaulted(
     assert not (repo / "m").exists()
 
 
+def test_packaging_without_batching_flags_writes_no_queue_delay(tmp_path: Path) -> None:
+    """A lone request must not wait for a batch to fill unless asked: Triton's default, and serve's."""
+    from google.protobuf import text_format
+
+    from resnet_serve.formats.repository import TRITON_CONFIG_NAME
+    from resnet_serve.protos import model_config_pb2
+
+    onnx_file = _tiny_onnx(tmp_path / "a.onnx")
+    for fmt in ("resnet-serve", "triton"):
+        repo = tmp_path / fmt
+        assert main(["package", str(onnx_file), "--repo", str(repo), "--name", "tiny", "--format", fmt]) == 0
+        assert read_model(repo / "tiny").dynamic_batching.max_queue_delay_us == 0
+        if fmt == "triton":
+            text = (repo / "tiny" / TRITON_CONFIG_NAME).read_text()
+            parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+            assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
+            assert "max_queue_delay" not in text
+
+
 @pytest.mark.parametrize("spelling", [["4", "8"], ["4,8"], ["4,", "8"], ["4, 8"]])
 def test_package_takes_preferred_batch_sizes_as_serve_spells_them_or_space_separated(
     tmp_path: Path, spelling: list[str]

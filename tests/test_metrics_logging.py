@@ -132,3 +132,28 @@ def test_cli_flags_default_to_text_and_info_and_follow_the_environment(
     parser = argparse.ArgumentParser()
     add_logging_arguments(parser)
     assert parser.parse_args([]).log_format == "json"
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_debug_applies_to_our_loggers_and_libraries_stay_at_warning() -> None:
+    """--log-level debug must not be flooded by Pillow's line per PNG chunk (nor grpc's, aiohttp's)."""
+    from PIL import Image
+
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, "PNG")
+    Image.open(io.BytesIO(buf.getvalue())).load()  # Pillow logs STREAM/chunk lines at DEBUG
+    logging.getLogger("resnet_serve.server.app").debug("ours at debug")
+    logging.getLogger("PIL.PngImagePlugin").warning("theirs at warning")
+    logging.getLogger("aiohttp.access").info("theirs at info")
+    assert [(x["logger"], x["msg"]) for x in json_lines(out)] == [
+        ("resnet_serve.server.app", "ours at debug"),
+        ("PIL.PngImagePlugin", "theirs at warning"),
+    ]
+    out.truncate(0)
+    out.seek(0)
+    configure_logging("error", "json", stream=out)  # a level above WARNING holds for libraries too
+    logging.getLogger("PIL.PngImagePlugin").warning("theirs at warning")
+    logging.getLogger("resnet_serve.server.app").warning("ours at warning")
+    assert json_lines(out) == []

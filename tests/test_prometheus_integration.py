@@ -32,8 +32,8 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from support.tiny_model import TINY_PREPROCESS
+from test_triton_metrics import exposed_samples
 
 from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
@@ -125,12 +125,7 @@ class Server:
 
     def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+            return exposed_samples(response.read().decode())
 
 
 @pytest.fixture(scope="module")

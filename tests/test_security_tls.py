@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import KServeServer, start_server, stop_server
+from test_drain import GRPC_CORE_LINE
 from tls_certs import Pki, make_pki, mutual_tls_args
 from tritonclient.utils import InferenceServerException
 
@@ -78,6 +79,22 @@ def test_acceptance_an_mtls_port_refuses_a_client_without_a_certificate(
         no_cert.is_server_live(client_timeout=5)
     with grpc.insecure_channel(server.url) as channel, pytest.raises(grpc.RpcError):
         check(channel)
+
+
+def test_failed_handshakes_leave_no_grpc_core_line_in_the_server_log(
+    mutual: tuple[KServeServer, Path], pki: Pki
+) -> None:
+    """A plaintext client and one without a certificate: gRPC core wrote an `I…` line for each."""
+    server, _ = mutual
+    for channel in (
+        grpc.insecure_channel(server.url),
+        grpc.secure_channel(server.url, credentials(pki, client_cert=False)),
+    ):
+        with channel, pytest.raises(grpc.RpcError):
+            check(channel)
+    time.sleep(0.2)  # the server's side of the handshake ends after the client's
+    core = [line for line in server.log().splitlines() if GRPC_CORE_LINE.match(line)]
+    assert not core, core
 
 
 def test_mtls_clients_with_a_certificate_get_through_tritonclient_and_our_client(
@@ -178,3 +195,34 @@ def test_serve_with_a_missing_certificate_exits_1_with_one_log_line(tiny_onnx: P
     assert run.returncode == 1
     assert f"cannot start: --grpc-server-cert {tmp_path / 'nope.pem'}: no such file" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("tls_flags", "reason"),
+    [
+        ((), "the server closed the connection while it was being set up: it may expect TLS (--tls)"),
+        (("--tls",), "TLS handshake failed: the server's certificate is not signed by the trusted CA"),
+    ],
+)
+def test_classify_against_a_tls_port_names_the_mismatch_within_3s(
+    mutual: tuple[KServeServer, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tls_flags: tuple[str, ...],
+    reason: str,
+) -> None:
+    """A plaintext client, and a TLS client trusting the system CAs only: both were "no server answered"
+    after 10 s."""
+    from PIL import Image
+
+    from resnet_serve.cli.main import main
+
+    server, _ = mutual
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    start = time.monotonic()
+    code = main(["classify", "--server", server.url, *tls_flags, str(image)])
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and elapsed < 3.0, (elapsed, err)
+    assert err.startswith(f"resnet-serve classify: error: cannot connect to {server.url}: {reason}"), err

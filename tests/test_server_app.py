@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -174,3 +175,122 @@ def test_health_stays_serving_after_an_unload_and_not_after_a_failed_load(tmp_pa
         await server.stop(5)
 
     asyncio.run(main())
+
+
+def serving_what_loads(**models: Any) -> ServerConfig:
+    """A loopback server on free ports with exit_on_error false, serving `models` (models=..., or
+    model_repository=...)."""
+    return ServerConfig(
+        host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=-1, exit_on_error=False, **models
+    )
+
+
+def test_grpc_health_and_model_ready_series_follow_readiness_with_a_model_that_failed(
+    tmp_path: Path,
+) -> None:
+    """exit_on_error false and a model that fails to load: every health name says NOT_SERVING, as
+    ServerReady does, and the failed version has a model_ready 0 series; once it loads, all SERVING."""
+    from resnet_serve.protos import grpc_service_pb2 as kpb
+    from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
+
+    good = write_tiny_onnx(tmp_path / "good.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    config = serving_what_loads(
+        models=(ModelSettings(name="tiny", path=str(good)), ModelSettings(name="broken", path=str(broken)))
+    )
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def main() -> None:
+        server = InferenceServer(config)
+        await server.start()
+        names = ["", *server.services]
+        assert len(names) == 3
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            kserve = kpb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+
+            async def statuses() -> list[int]:
+                await asyncio.sleep(0.05)  # a readiness change updates health from a task
+                replies = [await health.Check(health_pb2.HealthCheckRequest(service=n)) for n in names]
+                return [int(r.status) for r in replies]
+
+            def ready_series(model: str) -> str:
+                lines = server.metrics.render().decode().splitlines()
+                return next(x for x in lines if x.startswith(f'resnet_serve_model_ready{{model="{model}"'))
+
+            assert not (await kserve.ServerReady(kpb.ServerReadyRequest())).ready
+            assert await statuses() == [not_serving] * 3
+            assert ready_series("broken") == 'resnet_serve_model_ready{model="broken",version="1"} 0.0'
+            write_tiny_onnx(broken)  # fixed: loading it through model control makes the server ready
+            await server.manager.load("broken")
+            assert (await kserve.ServerReady(kpb.ServerReadyRequest())).ready
+            assert await statuses() == [serving] * 3
+            assert ready_series("broken").endswith(" 1.0")
+            broken.write_bytes(b"broken again")
+            with pytest.raises(ServeError):
+                await server.manager.load("broken")  # the old version keeps serving: still ready
+            assert await statuses() == [serving] * 3
+            await server.manager.unload("tiny")  # unloaded on request: nothing is meant to serve it
+            assert await statuses() == [serving] * 3
+            await server.stop(5)
+            assert [int(server.health._server_status[n]) for n in names] == [not_serving] * 3
+
+    asyncio.run(main())
+
+
+def test_a_model_whose_configuration_fails_has_a_model_ready_series_at_zero(tmp_path: Path) -> None:
+    """No version could be read: the series carries the unknown-version label until a load succeeds."""
+    repo = tmp_path / "repo"
+    (repo / "bad").mkdir(parents=True)
+    (repo / "bad" / "config.pbtxt").write_text("this is { not a config")
+    write_tiny_onnx(repo / "good" / "1" / "model.onnx")
+    config = serving_what_loads(model_repository=str(repo))
+
+    async def main() -> None:
+        server = InferenceServer(config)
+        await server.start()
+        text = server.metrics.render().decode()
+        assert 'resnet_serve_model_ready{model="bad",version="_unknown"} 0.0' in text
+        assert not server.ctx.ready()
+        (repo / "bad" / "config.pbtxt").unlink()
+        write_tiny_onnx(repo / "bad" / "1" / "model.onnx")
+        await server.manager.load("bad")
+        text = server.metrics.render().decode()
+        assert 'model="bad",version="_unknown"' not in text
+        assert 'resnet_serve_model_ready{model="bad",version="1"} 1.0' in text
+        await server.stop(5)
+
+    asyncio.run(main())
+
+
+def test_serve_freezes_what_start_up_built_so_the_process_exits_promptly(tiny_onnx: Path) -> None:
+    """The interpreter's collections at exit walked every start-up object: 0.3-2.6 s after "stopped".
+    (The exit itself is timed by lab/exit_latency.py, not here.)"""
+    import gc
+    import os
+    import signal
+
+    from resnet_serve.server.app import serve
+
+    frozen: list[int] = []
+
+    async def stop_once_frozen() -> None:
+        end = time.monotonic() + 30
+        while gc.get_freeze_count() == 0 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        frozen.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler: the drain, as in production
+
+    async def main() -> int:
+        watcher = asyncio.create_task(stop_once_frozen())
+        code = await serve(config_for(tiny_onnx))
+        await watcher
+        return code
+
+    assert gc.get_freeze_count() == 0
+    try:
+        assert asyncio.run(main()) == 0
+    finally:
+        gc.unfreeze()
+    assert frozen[0] > 10_000, frozen

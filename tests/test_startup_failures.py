@@ -21,7 +21,9 @@ LIMIT_S = 5.0  # the issue's bound on a failed start (the old server kept runnin
 
 def start_fails(*args: str) -> str:
     """Run the server; it must exit non-zero within LIMIT_S. Returns its one output line."""
-    command = serve_command("--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args)
+    command = serve_command(
+        "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *args
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=LIMIT_S, check=False)
     lines = (done.stdout + done.stderr).splitlines()
     assert done.returncode != 0, lines
@@ -78,16 +80,8 @@ def test_exit_on_error_false_serves_the_models_that_load_and_stays_unready(tmp_p
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not an onnx model")
     log, ready_file = tmp_path / "server.log", tmp_path / "ready.json"
-    args = (
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "-1",
-        "--ready-file",
-        str(ready_file),
-    )
+    args = ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1"]
+    args += ["--ready-file", str(ready_file)]
     with (
         log.open("w") as out,
         serving(

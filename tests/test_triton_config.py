@@ -166,7 +166,9 @@ def test_version_policy_latest_num_versions_serves_the_highest_ones(tmp_path: Pa
 def test_package_format_triton_round_trips_and_keeps_both_files_in_step(tmp_path: Path) -> None:
     onnx_file = write_tiny_onnx(tmp_path / "tiny.onnx")
     repo = tmp_path / "repo"
-    settings = ServingSettings(max_batch_size=6, preferred_batch_sizes=[2, 4], instance_count=2)
+    settings = ServingSettings(
+        max_batch_size=6, preferred_batch_sizes=[2, 4], max_queue_delay_us=2000, instance_count=2
+    )
     package(onnx_file, repo, "tiny", settings=settings, repository_format="triton")
     cfg = read_config(repo / "tiny")
     assert (cfg.max_batch_size, cfg.preferred_batch_sizes, cfg.instances) == (6, (2, 4), 2)

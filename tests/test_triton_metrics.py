@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import re
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from resnet_serve.server.observability.metrics import TRITON_FAILURE_REASONS, ServerMetrics
 from resnet_serve.server.outcomes import FAILURES
@@ -11,13 +17,23 @@ from resnet_serve.server.outcomes import FAILURES
 LABELS = {"model": "m", "version": "2"}
 
 
-def samples(metrics: ServerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = metrics.render().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def exposed_samples(text: str) -> Samples:
+    """Every sample of a text exposition by the name it is exposed under (prometheus_client's parser would
+    add `_total` to the samples of a counter family, hiding the name a scraper stores)."""
+    found: Samples = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match is not None:
+            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match[2] or "")))
+            found[match[1], labels] = float(match[3])
+    return found
+
+
+def samples(metrics: ServerMetrics) -> Samples:
+    return exposed_samples(metrics.render().decode())
 
 
 def key(name: str, **extra: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -72,3 +88,45 @@ def test_triton_names_off_exports_only_ours() -> None:
     metrics.model("m", "2").request_done("success", 0.001)
     text = metrics.render().decode()
     assert "nv_inference" not in text and "resnet_serve_requests_total" in text
+
+
+# promtool's naming rules that Triton's own names break, and that Triton's /metrics breaks the same way:
+# renaming would break every Triton dashboard, so these are all it may say about nv_* (docs/metrics.md).
+TRITON_NAMING_LINTS = (
+    'counter metrics should have "_total" suffix',
+    "metric names should not contain abbreviated units",
+    'non-histogram and non-summary metrics should not have "_count" suffix',
+)
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_promtool_finds_help_and_type_for_every_triton_counter_in_a_real_scrape(encoding: str) -> None:
+    metrics = ServerMetrics(registry=CollectorRegistry())
+    model = metrics.model("m", "2")
+    model.request_done("success", 0.004, queue_s=0.001, preprocess_s=0.0005, compute_s=0.002)
+    model.batch_executed(1, 0.002)
+    port = metrics.start_http_server("127.0.0.1", 0)
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Accept": "text/plain", "Accept-Encoding": encoding},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = answer.read()
+            assert answer.headers["Content-Type"].startswith("text/plain")
+    finally:
+        metrics.stop_http_server()
+    text = gzip.decompress(body) if encoding == "gzip" else body
+    assert b"# TYPE nv_inference_count counter\n" in text
+    done = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60, check=False
+    )
+    problems = (done.stdout + done.stderr).decode().splitlines()
+    assert done.returncode in (0, 3), problems  # 3: lint findings only, no parse error
+    assert problems, "promtool reports Triton's naming; an empty report means it did not run the lint"
+    for line in problems:
+        name, _, problem = line.partition(" ")
+        assert name.startswith("nv_inference_") and problem in TRITON_NAMING_LINTS, line

@@ -242,7 +242,9 @@ def test_repository_update_writes_the_winner_into_config_json_and_config_pbtxt(t
 
     model = write_tiny_onnx(tmp_path / "model.onnx")
     repo = tmp_path / "repo"
-    settings = ServingSettings(max_batch_size=16, preferred_batch_sizes=[4, 16], instance_count=1)
+    settings = ServingSettings(
+        max_batch_size=16, preferred_batch_sizes=[4, 16], max_queue_delay_us=2000, instance_count=1
+    )
     package(model, repo, "tiny", settings=settings, repository_format="triton")
     winner = Candidate("onnxruntime", "fp32", str(model), 2, 1, 8, 2.0)
     update_repository(repo, "tiny", Scored(winner, [], 10.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from resnet_serve.bench.tune.settings import write_server_toml
 from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import sha256_file, write_json_atomic
 from resnet_serve.formats.parity import Tolerances
+from resnet_serve.runtime.cpus import default_threads
 
 
 class TuneError(UserError):
@@ -45,7 +45,7 @@ class TuneOptions:
 
 
 def _cores(requested: int) -> int:
-    return requested or len(os.sched_getaffinity(0))
+    return requested or default_threads()  # the cores the server it spawns would use
 
 
 def tune(options: TuneOptions, measurer: Measurer | None = None) -> int:

@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_argument(
         "--max-queue-delay-us",
         type=int,
-        help="longest a request waits for a batch to fill, microseconds [2000]",
+        help="longest a request waits for a batch to fill, microseconds [0: none, as Triton]",
     )
     settings.add_argument(
         "--max-queue-delay-ms",

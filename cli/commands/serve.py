@@ -13,7 +13,7 @@ import os
 
 from resnet_serve.cli.flags import add_flags
 from resnet_serve.server import config
-from resnet_serve.server.observability.logging import configure_logging
+from resnet_serve.server.observability.logging import configure_logging, quiet_grpc_core
 
 log = logging.getLogger("resnet_serve.server")
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         # start-up failure, rather than through the CLI's plain stderr line.
         log.error("invalid configuration: %s", exc)
         return 2
+    quiet_grpc_core()  # before grpc is imported
     from resnet_serve.server.app import serve  # onnxruntime and grpc: only once the config is valid
 
     return asyncio.run(serve(server_config))

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
-from aiohttp import web, web_protocol
+from aiohttp import BodyPartReader, web, web_protocol
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler  # the "100 Continue" writer; pinned aiohttp
 
@@ -300,8 +301,9 @@ class HttpServer:
         )
 
     async def _classify(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
-        """Our image API: the encoded image is the body; ?version=V&top_k=K as in ClassifyRequest."""
-        image = await read_body(request)
+        """Our image API: the encoded image is the body, or the one file of a multipart/form-data upload
+        (`curl -F data=@x.png`, TorchServe's habit); ?version=V&top_k=K as in ClassifyRequest."""
+        image = await read_upload(request, self._max_body)
         top_k = request.query.get("top_k", "0")
         if not (top_k.isascii() and top_k.isdigit() and int(top_k) <= _MAX_TOP_K):
             raise invalid_argument(f"top_k must be an integer in [0, {_MAX_TOP_K}], got {top_k[:40]!r}")
@@ -423,9 +425,43 @@ async def read_body(request: web.Request) -> bytes:
     """The whole body, decompressed, at most the size limit (aiohttp counts the inflated bytes and stops
     at the limit: HTTP 413); a body that does not decompress is INVALID_ARGUMENT, one that stops arriving
     for BODY_TIMEOUT_S is 408 and one whose client went away is CANCELLED (nobody reads the answer)."""
+    async with _reading_body():
+        return await request.read()
+
+
+async def read_upload(request: web.Request, limit: int) -> bytes:
+    """The body, or for multipart/form-data its one part's content: a form with no part or with more
+    than one is INVALID_ARGUMENT naming the forms accepted. The part is read a chunk at a time and refused
+    (413) once past `limit`, as a whole body is (aiohttp's own limit covers `read()` only)."""
+    if request.content_type != "multipart/form-data":
+        return await read_body(request)
+    async with _reading_body():
+        reader = await request.multipart()
+        part = await reader.next()
+        if not isinstance(part, BodyPartReader):  # none, or a nested multipart
+            raise invalid_argument(_ONE_PART)
+        data = bytearray()
+        while chunk := await part.read_chunk():
+            data += chunk
+            if len(data) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
+        if await reader.next() is not None:
+            raise invalid_argument(_ONE_PART)
+        return bytes(data)
+
+
+_ONE_PART: Final = (
+    "a multipart/form-data upload must hold one part, the image (curl -F data=@x.png); or send the image "
+    "as the whole body (curl --data-binary @x.png)"
+)
+
+
+@contextlib.asynccontextmanager
+async def _reading_body() -> AsyncIterator[None]:
+    """What reading a request body can meet, as the client's errors (read_body)."""
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
-            return await request.read()
+            yield
     except (web_protocol.RequestPayloadError, ContentEncodingError) as exc:
         message = " ".join(str(exc).split())[:200]
         raise invalid_argument(f"the request body could not be read: {message}") from None

@@ -66,15 +66,12 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
 
     @staticmethod
     def _k(model: ServedModel, requested: int) -> int:
+        """The number of labels to answer: 0 asks for the default; more than the model has classes gets
+        them all, as KServe's classification extension caps `class_count` (and TorchServe's topk)."""
         classes = len(model.labels)
         if requested == 0:
             return min(DEFAULT_TOP_K, classes)
-        if requested > classes:
-            raise invalid_argument(
-                f"top_k must be between 1 and {classes} (the number of classes of {model.name!r}), "
-                f"or 0 for {min(DEFAULT_TOP_K, classes)}; got {requested}"
-            )
-        return requested
+        return min(requested, classes)
 
     def _response(
         self, model: ServedModel, logits: np.ndarray, k: int, request_id: str, timing: pb.Timing

@@ -17,8 +17,8 @@ from resnet_serve.formats.metadata import (
 )
 from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.runtime.base import Backend, BackendInfo
+from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_backends
-from resnet_serve.runtime.onnxruntime import default_threads
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
 from resnet_serve.server.decode import gpu as image_decoders

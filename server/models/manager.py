@@ -133,12 +133,18 @@ class ModelManager:
         except ServeError:
             return False
 
-    def all_ready(self) -> bool:
-        """Every model that is meant to be served has a ready version, as Triton's readiness: a failed load
-        makes the server unready (docs/kserve.md, ServerReady), so a load balancer that checks readiness does
-        not send traffic a half-working server cannot answer; a model unloaded on request does not, because
-        nothing is meant to serve it."""
-        if not self._accepting or not self._entries:
+    def all_ready(self, strict: bool = True) -> bool:
+        """The server's readiness rule, the one truth behind ServerReady, /v2/health/ready and gRPC health
+        (docs/server.md, "Readiness"). Not while shutting down. `strict` (Triton's --strict-readiness, its
+        default): every model that is meant to be served has a ready version, so a failed load makes the
+        server unready and a load balancer that checks readiness does not send traffic a half-working server
+        cannot answer; a model unloaded on request does not count, because nothing is meant to serve it; a
+        server with no model at all is unready. Not strict: ready while accepting, whatever the models."""
+        if not self._accepting:
+            return False
+        if not strict:
+            return True
+        if not self._entries:
             return False
         return all(self.is_ready(name) for name, entry in self._entries.items() if not entry.unloaded)
 
@@ -255,7 +261,12 @@ class ModelManager:
                 settings = source.settings
                 wanted = select_versions(source.versions, settings)
             except BackendError as exc:
+                if not entry.versions:
+                    # No version to label: the alert on `resnet_serve_model_ready == 0` must still see it.
+                    self.metrics.model(name, UNKNOWN_MODEL_LABEL).set_ready(False)
+                self._notify()
                 raise unavailable(f"cannot load model {name!r}: {exc}") from None
+            self.metrics.forget(name, UNKNOWN_MODEL_LABEL)  # its versions are known now
             for version in wanted:
                 entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
             loaded: dict[str, ServedModel] = {}
@@ -273,6 +284,8 @@ class ModelManager:
                     entry.status[version] = VersionStatus(
                         name, version, state, "" if state is ModelState.READY else str(exc)
                     )
+                    if state is not ModelState.READY:  # a series at 0, so that an alert on it can fire
+                        self.metrics.model(name, version).set_ready(False)
                 self._notify()
                 raise unavailable(f"cannot load model {name!r}: {exc}") from None
             retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]

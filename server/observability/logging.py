@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
@@ -27,6 +28,9 @@ MAX_REQUEST_ID_LEN: Final = 128
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 ACCESS_LOGGER: Final = "resnet_serve.access"
+GRPC_CORE_VERBOSITY: Final = "ERROR"
+PROJECT_LOGGER: Final = "resnet_serve"  # the parent of every logger of ours (modules log under __name__)
+THIRD_PARTY_LEVEL: Final = logging.WARNING
 
 _NO_REQUEST: Final = "-"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default=_NO_REQUEST)
@@ -129,7 +133,8 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Route all logging to one stderr handler in the chosen format; replaces handlers set up before."""
+    """Route all logging to one stderr handler in the chosen format; replaces handlers set up before.
+    `level` applies to resnet_serve.* loggers; every other logger stays at WARNING (or `level` if higher)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     if level.lower() not in LOG_LEVELS:
@@ -141,9 +146,23 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
-    # grpc's own loggers are chatty at DEBUG and say nothing about our requests.
-    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
+    # The level is for this project's loggers; libraries (Pillow's line per PNG chunk, grpc, aiohttp,
+    # onnx) stay at WARNING, or above when the level asked for is higher.
+    ours = logging.getLevelName(level.upper())
+    logging.getLogger(PROJECT_LOGGER).setLevel(ours)
+    root.setLevel(max(ours, THIRD_PARTY_LEVEL))
+
+
+def quiet_grpc_core(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep gRPC core's info lines out of the server's output: call before grpc is imported.
+
+    gRPC core (C++) writes to stderr in its own format (`I1207 12:00:00.000000 123 file.cc:42] ...`),
+    outside this log's format and level: unset, it wrote an INFO line per failed TLS handshake (any
+    client could fill the log with them). GRPC_VERBOSITY=ERROR keeps its errors, the ones that point
+    at a fault (rare, and still in gRPC's format: they cannot be routed through Python's logging). An
+    operator's own GRPC_VERBOSITY wins, and so does GRPC_TRACE (debugging gRPC needs its verbosity)."""
+    if "GRPC_TRACE" not in environ:
+        environ.setdefault("GRPC_VERBOSITY", GRPC_CORE_VERBOSITY)
 
 
 def access_log(

@@ -16,7 +16,9 @@ Triton's names are in docs/metrics.md.
 from __future__ import annotations
 
 import bisect
+import gzip
 import logging
+import re
 import socket
 import threading
 import time
@@ -41,6 +43,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
 
 from resnet_serve.server.outcomes import FAILURES, REQUEST_OUTCOMES, Outcome
@@ -436,11 +439,46 @@ class _ModelsCollector(Collector):
         yield from (batch, requests, failed, inferences, executions, queue_depth, in_flight, ready, load)
 
 
+# Triton's counters carry no `_total` suffix, and dashboards query them by that exact name.
+TRITON_COUNTERS: Final = frozenset(
+    {
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        *(
+            f"nv_inference_{phase}_duration_us"
+            for phase in ("request", "queue", "compute_input", "compute_infer", "compute_output")
+        ),
+    }
+)
+# prometheus_client's text format names every counter family `<name>_total` in its HELP and TYPE lines
+# (OpenMetrics does not), which over Triton's `nv_…` samples leaves them without help and type for
+# text-format scrapers (promtool check metrics: "no help text").
+_TRITON_TOTAL = re.compile(rb"^# (HELP|TYPE) (nv_inference_\w+)_total ", re.MULTILINE)
+
+
 def _triton_counter(name: str, help_text: str) -> Metric:
-    # Triton's counters carry no `_total` suffix, and dashboards query them by that exact name; a
-    # CounterMetricFamily would add it, so the family is a plain counter-typed Metric with its samples named
-    # as Triton names them (Prometheus stores them as counters: tests/test_prometheus_integration.py).
+    # A CounterMetricFamily would add `_total` to the samples, so the family is a plain counter-typed Metric
+    # with its samples named as Triton names them (Prometheus stores them as counters:
+    # tests/test_prometheus_integration.py); text_exposition names its HELP/TYPE lines the same way.
+    assert name in TRITON_COUNTERS, name
     return Metric(name, help_text, "counter")
+
+
+def text_exposition(registry: CollectorRegistry) -> bytes:
+    """Prometheus' text format (0.0.4), with Triton's counters described under their samples' names, as
+    Triton's own /metrics does (`# TYPE nv_inference_count counter` over `nv_inference_count{…}`)."""
+    return _describe_triton_counters(generate_latest(registry))
+
+
+def _describe_triton_counters(text: bytes) -> bytes:
+    def fixed(match: re.Match[bytes]) -> bytes:
+        if match[2].decode() not in TRITON_COUNTERS:
+            return match[0]
+        return b"# " + match[1] + b" " + match[2] + b" "
+
+    return _TRITON_TOTAL.sub(fixed, text)
 
 
 def _triton_families(snapshots: Iterable[_Snapshot]) -> Iterator[Metric]:
@@ -546,6 +584,11 @@ class ServerMetrics:
                 self._models[key] = found
             return found
 
+    def forget(self, name: str, version: str) -> None:
+        """Drop one model version's series (a placeholder that no longer stands for anything)."""
+        with self._lock:
+            self._models.pop((name, version), None)
+
     def models(self) -> list[ModelMetrics]:
         with self._lock:
             return list(self._models.values())
@@ -581,21 +624,31 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         """The text exposition Prometheus would scrape, for tests and in-process inspection."""
-        return generate_latest(self.registry)
+        return text_exposition(self.registry)
 
     def start_http_server(self, host: str, port: int) -> int:
         """Serve /metrics on host:port from a daemon thread; port 0 picks a free port. Returns the port.
 
         Only /metrics: every other path is 404, so a probe pointed at this port by mistake (Triton's
         /v2/health/ready on :8002) fails instead of reading the metrics as "ready"."""
-        exposition = make_wsgi_app(self.registry)
+        # Content negotiation (text or OpenMetrics, `name[]` filters) stays prometheus_client's; the text
+        # format gets Triton's counter names fixed (text_exposition), then gzip when the scraper accepts it.
+        exposition = make_wsgi_app(self.registry, disable_compression=True)
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             if environ.get("PATH_INFO") != "/metrics":
                 start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
                 return [b"not found: this port serves /metrics only\n"]
-            result: Iterable[bytes] = exposition(environ, start_response)
-            return result
+            answer: list[Any] = []
+            body = b"".join(exposition(environ, lambda status, headers: answer.extend((status, headers))))
+            status, headers = answer
+            if dict(headers).get("Content-Type", "").startswith("text/plain"):
+                body = _describe_triton_counters(body)
+            if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+                body = gzip.compress(body)
+                headers = [*headers, ("Content-Encoding", "gzip")]
+            start_response(status, headers)
+            return [body]
 
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         server_class = type("MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
