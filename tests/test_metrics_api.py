@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
 from resnet_serve.server.outcomes import FAILURES, REQUEST_OUTCOMES
 
 LABELS = {"model": "resnet20", "version": "1"}

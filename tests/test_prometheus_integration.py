@@ -39,7 +39,7 @@ from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, P
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.launch import free_port, serving, wait_ready
-from resnet_serve.server.observability.metrics import LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.server.observability.model_metrics import LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
 from resnet_serve.server.outcomes import FAILURES
 
 PROMETHEUS = shutil.which("prometheus")

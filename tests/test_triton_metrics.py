@@ -11,7 +11,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from resnet_serve.server.observability.metrics import TRITON_FAILURE_REASONS, ServerMetrics
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.triton_metrics import TRITON_FAILURE_REASONS
 from resnet_serve.server.outcomes import FAILURES
 
 LABELS = {"model": "m", "version": "2"}

@@ -50,7 +50,7 @@ from resnet_serve.server.errors import (
     queue_full,
     unavailable,
 )
-from resnet_serve.server.observability.metrics import ModelMetrics
+from resnet_serve.server.observability.model_metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from resnet_serve.server.models.sources import (
     select_versions,
     version_key,
 )
-from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
 from resnet_serve.server.outcomes import Outcome
 
 log = logging.getLogger(__name__)
