@@ -13,25 +13,40 @@ import pytest
 import tritonclient.grpc as tc
 from support.tiny_model import write_tiny_onnx
 
-from resnet_serve.formats.ready import FORMAT, Ready, ReadyModel, read_ready, write_ready
+from resnet_serve.formats.ready import FORMAT, Endpoint, Ready, ReadyModel, read_ready, write_ready
 from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
 
 FREE_PORTS = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
 
 
+def _at(port: int, host: str = "127.0.0.1") -> Endpoint:
+    return Endpoint(host, port)
+
+
 def test_a_ready_file_reads_back_as_written(tmp_path: Path) -> None:
-    ready = Ready(42, "127.0.0.1", 9001, None, 9002, (ReadyModel("tiny", "1", "READY"),))
+    ready = Ready(42, _at(9001), None, _at(9002, "0.0.0.0"), (ReadyModel("tiny", "1", "READY"),))
     write_ready(tmp_path / "ready.json", ready)
     assert read_ready(tmp_path / "ready.json") == ready
-    assert json.loads((tmp_path / "ready.json").read_text())["format"] == FORMAT
+    data = json.loads((tmp_path / "ready.json").read_text())
+    assert (
+        data["format"] == FORMAT
+        and data["http"] is None
+        and data["grpc"] == {"host": "127.0.0.1", "port": 9001}
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]  # no temporary file left beside it
 
 
-def test_addresses_of_a_server_listening_everywhere_are_on_loopback() -> None:
-    assert Ready(1, "0.0.0.0", 8001, 8000, 8002).grpc_target == "127.0.0.1:8001"
-    assert Ready(1, "::", 8001, 8000, None).http_url == "http://[::1]:8000"
-    assert Ready(1, "10.0.0.5", 8001, None, 8002).metrics_url == "http://10.0.0.5:8002/metrics"
-    assert Ready(1, "10.0.0.5", 8001, None, None).http_url is None
+def test_addresses_of_an_endpoint_listening_everywhere_are_on_loopback() -> None:
+    assert Ready(1, _at(8001, "0.0.0.0"), None, None).grpc_target == "127.0.0.1:8001"
+    assert Ready(1, None, _at(8000, "::"), None).http_url == "http://[::1]:8000"
+    assert Ready(1, None, None, _at(8002, "10.0.0.5")).metrics_url == "http://10.0.0.5:8002/metrics"
+    off = Ready(1, None, None, None)
+    assert off.http_url is None and off.metrics_url is None and off.grpc_port is None
+    with pytest.raises(ValueError, match="does not serve gRPC"):
+        _ = off.grpc_target
+
+
+GOOD = f'"format": "{FORMAT}", "pid": 1, "models": []'
 
 
 @pytest.mark.parametrize(
@@ -40,11 +55,14 @@ def test_addresses_of_a_server_listening_everywhere_are_on_loopback() -> None:
         ("{not json", "not JSON"),
         ('{"format": "other/1"}', "not a resnet-serve-ready/1 ready file (format 'other/1')"),
         ("[1, 2]", "format 'list'"),
-        (f'{{"format": "{FORMAT}", "pid": 1, "host": "h"}}', "without a valid 'grpc_port'"),
+        (f'{{{GOOD}, "grpc": null, "http": null}}', "without a valid 'metrics'"),
         (
-            f'{{"format": "{FORMAT}", "pid": 1, "host": "h", "grpc_port": "80", "http_port": null, '
-            '"metrics_port": null, "models": []}',
-            "ports must be integers or null",
+            f'{{{GOOD}, "grpc": 8001, "http": null, "metrics": null}}',
+            "grpc must be an object with host and port",
+        ),
+        (
+            f'{{{GOOD}, "grpc": {{"host": "h", "port": "80"}}, "http": null, "metrics": null}}',
+            "grpc: port must be an integer in 1..65535",
         ),
     ],
 )
@@ -55,6 +73,18 @@ def test_anything_but_a_ready_file_is_refused_with_what_is_wrong(
     with pytest.raises(ValueError) as refused:
         read_ready(tmp_path / "ready.json")
     assert needle in str(refused.value)
+
+
+def test_a_ready_file_left_by_another_process_is_not_taken_for_this_ones(tmp_path: Path) -> None:
+    """A server killed with SIGKILL cannot remove its file: the next one's launcher must not read it."""
+    stale = tmp_path / "ready.json"
+    write_ready(stale, Ready(os.getpid(), _at(1), None, None))
+    process = subprocess.Popen(["sleep", "5"])
+    try:
+        with pytest.raises(NotReady, match="not ready after 0 s"):
+            wait_ready(process, stale, timeout_s=0.3)
+    finally:
+        stop(process)
 
 
 @pytest.mark.slow
@@ -81,18 +111,6 @@ def test_the_server_writes_the_ports_it_listens_on_and_removes_the_file_at_exit(
         code = stop(process)
     assert code == 0, log.read_text()
     assert not ready_file.exists(), "a stopped server left its ready file"
-
-
-def test_a_ready_file_left_by_another_process_is_not_taken_for_this_ones(tmp_path: Path) -> None:
-    """A server killed with SIGKILL cannot remove its file: the next one's launcher must not read it."""
-    stale = tmp_path / "ready.json"
-    write_ready(stale, Ready(os.getpid(), "127.0.0.1", 1, None, None))
-    process = subprocess.Popen(["sleep", "5"])
-    try:
-        with pytest.raises(NotReady, match="not ready after 0 s"):
-            wait_ready(process, stale, timeout_s=0.3)
-    finally:
-        stop(process)
 
 
 @pytest.mark.slow
