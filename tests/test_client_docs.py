@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_http_docs import write_digits_onnx
+from support.tiny_model import write_digits_onnx
 from tls_certs import make_pki, mutual_tls_args
 
 from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import struct
 import threading
@@ -17,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from support.server import encode, start_server, stop_server
+from support.server import GRPC_CORE_LINE, encode, start_server, stop_server
 from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.protos import classifier_pb2 as pb
@@ -28,7 +27,6 @@ from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
 pytestmark = pytest.mark.slow
 
 SENDERS = 6  # per API
-GRPC_CORE_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 IN_FLIGHT = 4  # requests each sender keeps open
 
 

@@ -32,8 +32,8 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from support.metrics import exposed_samples
 from support.tiny_model import TINY_PREPROCESS
-from test_triton_metrics import exposed_samples
 
 from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb

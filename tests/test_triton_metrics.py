@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import gzip
-import re
 import shutil
 import subprocess
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support.metrics import Samples, exposed_samples
 
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.observability.triton_metrics import TRITON_FAILURE_REASONS
 from resnet_serve.server.outcomes import FAILURES
 
 LABELS = {"model": "m", "version": "2"}
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def exposed_samples(text: str) -> Samples:
-    """Every sample of a text exposition by the name it is exposed under (prometheus_client's parser would
-    add `_total` to the samples of a counter family, hiding the name a scraper stores)."""
-    found: Samples = {}
-    for line in text.splitlines():
-        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        if match is not None:
-            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match[2] or "")))
-            found[match[1], labels] = float(match[3])
-    return found
 
 
 def samples(metrics: ServerMetrics) -> Samples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import tempfile
 import urllib.request
@@ -15,6 +16,8 @@ from resnet_serve.formats.ready import Ready
 from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
+# gRPC core's own log lines ("E1207 12:00:00.000000 123 file.cc:186] ..."), which no server output may hold.
+GRPC_CORE_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from resnet_serve.formats.metadata import ModelMetadata
+from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY, ModelMetadata
 
 TINY_PREPROCESS = {
     "color": "L",
@@ -70,6 +71,49 @@ def write_tiny_onnx(path: Path, seed: int = 0, classes: int = 10, slow_layers: i
     for key, value in meta.to_props().items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+# The digits model the docs use (28x28 grayscale digits, resized to 32), for tests that run their commands.
+DIGITS_PREPROCESS = {
+    "color": "L",
+    "resize": 32,
+    "crop": 32,
+    "interpolation": "bilinear",
+    "mean": [0.5],
+    "std": [0.25],
+}
+
+
+def write_digits_onnx(path: Path) -> Path:
+    """A stand-in for the docs' digits model: (N, 1, 32, 32) float32 → flatten → gemm → (N, 10) logits, with
+    the server's metadata."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (10, 32 * 32)).astype(np.float32)
+    b = rng.normal(0, 0.1, (10,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {
+        LABELS_KEY: json.dumps(TINY_LABELS),
+        PREPROCESS_KEY: json.dumps(DIGITS_PREPROCESS),
+    }.items():
+        model.metadata_props.add(key=key, value=value)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
