@@ -50,8 +50,7 @@ from resnet_serve.server.errors import (
     queue_full,
     unavailable,
 )
-from resnet_serve.server.models.configured import ConfiguredBackend
-from resnet_serve.server.observability.metrics import ModelMetrics
+from resnet_serve.server.observability.model_metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,6 @@ class DynamicBatcher:
         self._metrics = metrics
         self._backends = list(backends)
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._rows = 0  # rows in the queue
         self._reserved = 0  # places claimed by tickets and not yet filled
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -233,7 +231,6 @@ class DynamicBatcher:
             else:
                 self._admit_locked(1)
             self._queue.append(pending)
-            self._rows += rows
             depth = len(self._queue)
             self._cond.notify()
         self._metrics.set_queue_depth(depth)
@@ -274,10 +271,9 @@ class DynamicBatcher:
                     f"input {spec.name!r} of model {self.name!r} must have shape [{', '.join(shown)}], "
                     f"got {list(arr.shape)}"
                 )
-            if isinstance(self._backends[0], ConfiguredBackend):  # config.pbtxt's reshape, checked now
-                refusal = self._backends[0].reshape_refusal(spec.name, arr.shape)
-                if refusal is not None:
-                    raise invalid_argument(f"model {self.name!r}: {refusal}")
+            refusal = self._backends[0].input_refusal(spec.name, arr.shape)  # e.g. config.pbtxt's reshape
+            if refusal is not None:
+                raise invalid_argument(f"model {self.name!r}: {refusal}")
             if not self.batched:
                 rows = 1
             elif rows == -1:
@@ -303,7 +299,6 @@ class DynamicBatcher:
             return False
         pending.state = _GONE
         self._queue.remove(pending)
-        self._rows -= pending.rows
         return True
 
     def _withdraw(self, pending: _Pending) -> bool:
@@ -370,7 +365,6 @@ class DynamicBatcher:
             batch: list[_Pending] = []
             for _ in range(take):
                 pending = self._queue.popleft()
-                self._rows -= pending.rows
                 if pending.deadline is not None and pending.deadline <= now:
                     pending.state = _GONE
                     expired.append((pending, self._expired_error()))

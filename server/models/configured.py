@@ -76,7 +76,7 @@ class ConfiguredBackend(Backend):
         self._shapes = shapes
         self._batched = batched
 
-    def reshape_refusal(self, name: str, shape: tuple[int, ...]) -> str | None:
+    def input_refusal(self, name: str, shape: tuple[int, ...]) -> str | None:
         """Why an input of `shape` cannot take the input's `reshape` (None: it can), said before it is queued:
         a `reshape` with a -1 takes only element counts its other dimensions divide."""
         shapes = self._shapes.get(name)
