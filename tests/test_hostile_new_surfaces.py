@@ -380,3 +380,28 @@ def test_config_values_that_would_exhaust_the_server_are_refused_when_read(
     (tmp_path / "m" / "config.pbtxt").write_text(LIMITED.format(mbs=mbs, extra=extra))
     with pytest.raises(RepositoryError, match=re.escape(message)):
         read_config(tmp_path / "m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ("[]", "must be a JSON object"),
+        ("[1, 2]", "must be a JSON object"),
+        ("1", "must be a JSON object"),
+        ("null", "must be a JSON object"),
+        ('"max_batch_size"', "must be a JSON object"),
+        ('{"max_batch_size": -1}', "the config override: max_batch_size must be >= 0, got -1"),
+        ('{"instance_group": [{"count": 100000}]}', "asks for 100000 instances"),
+        ('{"platform": "tensorflow_savedmodel"}', "platform 'tensorflow_savedmodel' is not served here"),
+    ],
+)
+def test_a_config_override_of_the_wrong_json_type_or_bad_values_is_invalid_argument(
+    grpc_client: tc.InferenceServerClient, config: str, words: str
+) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.load_model("spare", config=config)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+    assert info.value.message().startswith("failed to load 'spare', ") and words in info.value.message()
+    assert "/tmp/" not in info.value.message()  # the temporary directory is the server's business
+    assert grpc_client.is_model_ready("spare")

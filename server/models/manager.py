@@ -36,6 +36,7 @@ from resnet_serve.server.models.sources import (
     select_versions,
     version_key,
 )
+from resnet_serve.server.models.triton_config import read_config
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
 from resnet_serve.server.outcomes import Outcome
@@ -282,6 +283,8 @@ class ModelManager:
             override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
             settings = settings.model_copy(update={"path": str(override_dir)})
         try:
+            if override_dir is not None:  # the client's config, checked before the model is touched
+                await asyncio.to_thread(self._check_override, name, override_dir)
             await self._load(name, settings)
         except BaseException:
             discard(override_dir)
@@ -291,6 +294,16 @@ class ModelManager:
         previous, entry.override_dir = entry.override_dir, override_dir
         if previous is not None and previous != override_dir:
             discard(previous)
+
+    @staticmethod
+    def _check_override(name: str, override_dir: Path) -> None:
+        """A config override that config.pbtxt's checks refuse is the client's error (INVALID_ARGUMENT), said
+        without the temporary directory it was written to."""
+        try:
+            read_config(override_dir)
+        except RepositoryError as exc:
+            where = f"{override_dir / TRITON_CONFIG_NAME}"
+            raise refused(name, str(exc).replace(where, "the config override")) from None
 
     def _override_settings(self, name: str, override: LoadOverride) -> ModelSettings:
         """The settings a load with overrides starts from: the model's own; for a model that comes from the

@@ -93,6 +93,10 @@ def parse_override(model: str, parameters: Any) -> LoadOverride | None:
 
 def parse_config(model: str, text: str) -> mc.ModelConfig:
     """A JSON ModelConfig, parsed as Triton parses it (protobuf's JSON mapping, unknown fields refused)."""
+    if not text.lstrip().startswith("{"):  # json_format takes [] as an empty config, 1 as a TypeError
+        raise refused(
+            model, f"the config override must be a JSON object (a ModelConfig), got {echo(text[:40])}"
+        )
     try:
         config = json_format.Parse(text, mc.ModelConfig())
     except json_format.ParseError as exc:
