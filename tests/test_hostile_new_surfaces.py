@@ -12,13 +12,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
 from kserve_fixtures import KServeServer, start_server, stop_server
-from triton_models import _one_op_model, write_string_identity
+from triton_models import SIMPLE_STRING_CONFIG, _one_op_model, write_simple_string, write_string_identity
 from tritonclient.utils import InferenceServerException
 
 IMAGE_API = "/v1/models/tiny/classify"
@@ -30,6 +31,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
     write_string_identity(tmp / "repository")  # max_batch_size 0
     write_string_identity(tmp / "repository", "simple_identity", max_batch_size=8)
     write_reshaping(tmp / "repository", "reshape_alone", max_batch_size=0)
+    # Strings of integers ("abc" fails the model's Cast); requests within 200 ms share a batch.
+    batching = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
+    write_simple_string(tmp / "repository", SIMPLE_STRING_CONFIG + batching)
     write_reshaping(tmp / "repository", "reshape_rows", max_batch_size=8)
     server = start_server(tmp, "--model-control-mode", "explicit")
     try:
@@ -405,3 +409,40 @@ def test_a_config_override_of_the_wrong_json_type_or_bad_values_is_invalid_argum
     assert info.value.message().startswith("failed to load 'spare', ") and words in info.value.message()
     assert "/tmp/" not in info.value.message()  # the temporary directory is the server's business
     assert grpc_client.is_model_ready("spare")
+
+
+@pytest.mark.slow
+def test_a_request_whose_data_fails_the_model_does_not_fail_the_requests_batched_with_it(
+    server: KServeServer,
+) -> None:
+    """simple_string casts its strings to integers: "abc" makes ONNX Runtime fail the whole batch it is in.
+    The others in that batch run again alone and succeed; only the request that fails alone gets the error."""
+    import asyncio
+
+    import tritonclient.grpc.aio as tc_aio
+
+    def inputs(word: bytes) -> list[tc.InferInput]:
+        tensors = []
+        for name in ("INPUT0", "INPUT1"):
+            tensor = tc.InferInput(name, [1, 16], "BYTES")
+            tensor.set_data_from_numpy(np.array([[word] * 16], dtype=object))
+            tensors.append(tensor)
+        return tensors
+
+    async def burst() -> list[Any]:
+        client = tc_aio.InferenceServerClient(server.url)
+        try:
+            calls = [client.infer("simple_string", inputs(b"abc" if i == 2 else b"7")) for i in range(6)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    for _ in range(3):  # the six share a batch within the 200 ms queue delay (retried on a slow machine)
+        results = asyncio.run(burst())
+        good = [r for i, r in enumerate(results) if i != 2]
+        assert not [r for r in good if isinstance(r, BaseException)], good
+        assert all(np.array_equal(r.as_numpy("OUTPUT0"), [[b"14"] * 16]) for r in good)
+        assert isinstance(results[2], InferenceServerException), results[2]
+        if "running each alone" in server.log():
+            break
+    assert "running each alone" in server.log()
