@@ -446,3 +446,24 @@ def test_a_request_whose_data_fails_the_model_does_not_fail_the_requests_batched
         if "running each alone" in server.log():
             break
     assert "running each alone" in server.log()
+
+
+@pytest.mark.slow
+def test_load_overrides_stay_refused_while_model_control_is_off(tmp_path: Path) -> None:
+    server = start_server(tmp_path)  # model control: none (the default, as in Triton)
+    grpc_client = tc.InferenceServerClient(server.url)
+    http_client = th.InferenceServerClient(server.http_url)
+    try:
+        for client in (grpc_client, http_client):
+            for kwargs in (
+                {"config": '{"max_batch_size": 2}'},
+                {"config": "{}", "files": {"file:1/model.onnx": b"x"}},
+            ):
+                with pytest.raises(InferenceServerException) as info:
+                    client.load_model("spare", **kwargs)  # type: ignore[arg-type]
+                assert info.value.status() in ("StatusCode.UNAVAILABLE", "503"), info.value
+        assert grpc_client.get_model_config("spare").config.max_batch_size != 2
+    finally:
+        grpc_client.close()
+        http_client.close()
+        stop_server(server)
