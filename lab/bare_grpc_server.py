@@ -27,7 +27,15 @@ from resnet_serve.protos import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
 _MB = 1024 * 1024
-OPTIONS = [("grpc.max_receive_message_length", 64 * _MB), ("grpc.max_send_message_length", 64 * _MB)]
+# The transport settings resnet-serve's server uses (server/app.py), so that the two differ in what they do
+# per request, not in a flow-control window: a 600 KB tensor under gRPC's default 64 KB window waits on
+# round trips.
+OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * _MB),
+    ("grpc.max_send_message_length", 64 * _MB),
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.lookahead_bytes", 16 * _MB),
+]
 
 
 class BareModel:

@@ -306,6 +306,8 @@ def measure(
         # every request h2load sent was answered 2xx and counted a success, none a failure, by the server
         "consistent": success == h2["status_2xx"] == h2["succeeded"] == requests and fail == 0,
         "cpu_us_per_request": 1e6 * total_s / done,
+        # the share of a core the server got: below 1 on a single pinned core, others' work took the rest
+        "server_cores_used": total_s / h2["seconds"] if h2["seconds"] > 0 else 0.0,
         "engine_cpu_us_per_request": 1e6 * engine_s / done if engine_s > 0 else None,
         "worker_cpu_us_per_request": 1e6 * (total_s - engine_s) / done,
         "processes": len(used),
@@ -382,6 +384,7 @@ def summarise(
                 "requests_per_s": statistics.median(row["requests_per_s"] for row in rows),
                 "requests_per_s_per_round": [row["requests_per_s"] for row in rows],
                 "cpu_us_per_request": statistics.median(row["cpu_us_per_request"] for row in rows),
+                "server_cores_used": statistics.median(row["server_cores_used"] for row in rows),
                 "worker_cpu_us_per_request": statistics.median(
                     row["worker_cpu_us_per_request"] for row in rows
                 ),
@@ -469,25 +472,16 @@ def print_report(result: dict[str, Any]) -> None:
     cpu = result["cpu"]
     print(f"\nCPU: {cpu['model_name']} ({' '.join(cpu['flags']) or 'no avx2/avx512'}); {result['h2load']}")
     print(result["note"] + "\n")
-    rows = [
-        [
-            "server",
-            "tensor",
-            "req/s",
-            "x bare",
-            "CPU µs/req",
-            "x bare",
-            "h2load ok/failed",
-            "server ok/failed",
-        ]
-    ]
+    head = ["server", "tensor", "req/s", "x bare", "CPU µs/req", "x bare", "cores used", "h2load ok/failed"]
+    rows = [[*head, "server ok/failed"]]
     for e in result["results"]:
         rows.append([
             e["server"], _shape(e), f"{e['requests_per_s']:.0f}", _times(e, "requests_per_s_over_bare"),
-            f"{e['cpu_us_per_request']:.0f}", _times(e, "cpu_over_bare"),
+            f"{e['cpu_us_per_request']:.0f}", _times(e, "cpu_over_bare"), f"{e['server_cores_used']:.2f}",
             f"{e['h2load_succeeded']}/{e['h2load_failed']}", f"{e['server_success']}/{e['server_fail']}",
         ])  # fmt: skip
     print(table(rows))
+    print("(cores used: the server's CPU time over the run's wall time; below 1, other work had its core)")
     print(
         "\ncapacity model: N cores ≈ min(N·1e6/w, 1e6/e) req/s (w, e: worker and engine CPU µs per request)"
     )

@@ -90,7 +90,9 @@ def test_a_tiny_run_counts_every_answer_on_both_servers(tmp_path: Path) -> None:
         # every request h2load sent came back 2xx and the server counted it a success, none a failure
         assert entry["h2load_succeeded"] == entry["h2load_2xx"] == entry["server_success"] > 0
         assert entry["h2load_failed"] == entry["server_fail"] == 0
-        assert entry["requests_per_s"] > 0 and entry["cpu_us_per_request"] > 0
+        assert (
+            entry["requests_per_s"] > 0 and entry["cpu_us_per_request"] > 0 and entry["server_cores_used"] > 0
+        )
         assert set(entry["capacity"]) == {"1", "2", "4", "8", "16"}
         if entry["server"] != "bare grpc.aio":
             assert entry["requests_per_s_over_bare"] > 0
