@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import os
 import re
+import resource
 import shutil
 import statistics
 import struct
@@ -273,12 +274,15 @@ def measure(
     success0, fail0 = server.counts(model)
     cpu0 = process_tree_cpu(server.process.pid)
     timeout = args.duration * 5 + 30
+    client0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load's, once it is waited for
     try:
         run = subprocess.run(
             h2load_command(server.port, data, requests, args), capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         raise SystemExit(f"serving_floor: h2load against {server.name} ran past {timeout:.0f} s") from None
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_s = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
     if server.process.poll() is not None:
         raise SystemExit(
             f"serving_floor: {server.name} exited with code {server.process.returncode} under load"
@@ -308,6 +312,8 @@ def measure(
         "cpu_us_per_request": 1e6 * total_s / done,
         # the share of a core the server got: below 1 on a single pinned core, others' work took the rest
         "server_cores_used": total_s / h2["seconds"] if h2["seconds"] > 0 else 0.0,
+        # and h2load's: near 1, the load generator was the limit
+        "client_cores_used": client_s / h2["seconds"] if h2["seconds"] > 0 else 0.0,
         "engine_cpu_us_per_request": 1e6 * engine_s / done if engine_s > 0 else None,
         "worker_cpu_us_per_request": 1e6 * (total_s - engine_s) / done,
         "processes": len(used),
@@ -385,6 +391,7 @@ def summarise(
                 "requests_per_s_per_round": [row["requests_per_s"] for row in rows],
                 "cpu_us_per_request": statistics.median(row["cpu_us_per_request"] for row in rows),
                 "server_cores_used": statistics.median(row["server_cores_used"] for row in rows),
+                "client_cores_used": statistics.median(row["client_cores_used"] for row in rows),
                 "worker_cpu_us_per_request": statistics.median(
                     row["worker_cpu_us_per_request"] for row in rows
                 ),
@@ -472,16 +479,18 @@ def print_report(result: dict[str, Any]) -> None:
     cpu = result["cpu"]
     print(f"\nCPU: {cpu['model_name']} ({' '.join(cpu['flags']) or 'no avx2/avx512'}); {result['h2load']}")
     print(result["note"] + "\n")
-    head = ["server", "tensor", "req/s", "x bare", "CPU µs/req", "x bare", "cores used", "h2load ok/failed"]
-    rows = [[*head, "server ok/failed"]]
+    head = ["server", "tensor", "req/s", "x bare", "CPU µs/req", "x bare", "cores used", "h2load's"]
+    rows = [[*head, "h2load ok/failed", "server ok/failed"]]
     for e in result["results"]:
         rows.append([
             e["server"], _shape(e), f"{e['requests_per_s']:.0f}", _times(e, "requests_per_s_over_bare"),
             f"{e['cpu_us_per_request']:.0f}", _times(e, "cpu_over_bare"), f"{e['server_cores_used']:.2f}",
+            f"{e['client_cores_used']:.2f}",
             f"{e['h2load_succeeded']}/{e['h2load_failed']}", f"{e['server_success']}/{e['server_fail']}",
         ])  # fmt: skip
     print(table(rows))
-    print("(cores used: the server's CPU time over the run's wall time; below 1, other work had its core)")
+    print("(cores used: the server's CPU time over the run's wall time, below 1 when other work had some"
+          " of its core; h2load's: the same for the load generator, the limit when near 1)")  # fmt: skip
     print(
         "\ncapacity model: N cores ≈ min(N·1e6/w, 1e6/e) req/s (w, e: worker and engine CPU µs per request)"
     )

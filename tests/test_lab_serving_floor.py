@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import struct
 from pathlib import Path
@@ -15,6 +16,9 @@ import pytest
 
 from lab import serving_floor
 from resnet_serve.protos import grpc_service_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## The serving floor (issue #22's instrument)"
 
 # h2load 1.52's summary of a run whose connections were refused (the shape every run's summary has)
 REFUSED = """starting benchmark...
@@ -66,14 +70,25 @@ def test_without_h2load_it_says_how_to_install_it(
     assert "apt-get install -y nghttp2-client" in capsys.readouterr().err
 
 
+def documented_arguments() -> list[str]:
+    """The arguments of the `python -m lab.serving_floor` command docs/benchmarking.md's section shows."""
+    text = (ROOT / "docs" / "benchmarking.md").read_text()
+    assert SECTION in text, f"docs/benchmarking.md lost its section {SECTION!r}"
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in section.splitlines() if line.startswith("python -m lab.serving_floor ")]
+    assert commands, "the section shows no python -m lab.serving_floor command"
+    return shlex.split(commands[0])[3:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("h2load") is None, reason=serving_floor.INSTALL_H2LOAD)
-def test_a_tiny_run_counts_every_answer_on_both_servers(tmp_path: Path) -> None:
+def test_the_documented_command_with_tiny_bounds_counts_every_answer_on_both_servers(tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     bounds = ["--rounds", "1", "--duration", "0.3", "--warmup-requests", "40", "--min-requests", "40",
               "--max-requests", "400", "--connections", "2", "--streams", "2"]  # fmt: skip
     pinning = ["--server-cpus", str(cpus[0]), "--client-cpus", str(cpus[-1])]
-    assert serving_floor.main([*bounds, *pinning, "--out", str(tmp_path)]) == 0
+    # the docs' command as written, then tiny bounds, this machine's CPUs and a temporary folder (last wins)
+    assert serving_floor.main([*documented_arguments(), *bounds, *pinning, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "serving_floor.json").read_text())
     assert (tmp_path / "serving_floor.png").stat().st_size > 0
     assert result["cpu"]["model_name"] and isinstance(result["cpu"]["flags"], list)
