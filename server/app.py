@@ -31,7 +31,9 @@ from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.inflight import InFlightInterceptor
 from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.security import model_control
 from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security.policy import SecurityPolicy
 from resnet_serve.server.security.transport import max_message_bytes
@@ -72,6 +74,7 @@ class InferenceServer:
         self._stopping: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_lock = asyncio.Lock()
+        self._poller: RepositoryPoller | None = None
 
     async def start(self) -> None:
         """Bind the ports, load the models, then serve. Fails fast (StartupError, one line saying what and
@@ -83,9 +86,13 @@ class InferenceServer:
             self.security = SecurityPolicy(config, self.metrics)  # refusals counted in the metrics
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
-        _check_port_free(config.host, config.grpc_port, "grpc_port")
-        _check_port_free(config.host, config.http_port, "http_port")
-        _check_port_free(config.host, config.metrics_port, "metrics_port")
+        grpc_host, http_host, metrics_host = (config.listen_address(e) for e in ("grpc", "http", "metrics"))
+        if config.allow_grpc:
+            _check_port_free(grpc_host, config.grpc_port, "grpc_port")
+        if self._serves_http:
+            _check_port_free(http_host, config.http_port, "http_port")
+        if self._serves_metrics:
+            _check_port_free(metrics_host, config.metrics_port, "metrics_port")
         server = grpc.aio.server(
             # Access first: a refused call is neither parsed nor counted in flight.
             interceptors=[*self.security.interceptors(), InFlightInterceptor(self.ctx.in_flight)],
@@ -105,13 +112,14 @@ class InferenceServer:
         reflection.enable_server_reflection(
             [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        address = f"{config.host}:{config.grpc_port}"
-        try:
-            self.grpc_port = self.security.add_grpc_port(server, address)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc}") from None
-        if self.grpc_port == 0:
-            raise StartupError(f"cannot listen on {address} (port in use?)")
+        address = f"{_bracketed(grpc_host)}:{config.grpc_port}"
+        if config.allow_grpc:  # --allow-grpc false: the gRPC server is built but never listens
+            try:
+                self.grpc_port = self.security.add_grpc_port(server, address)
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen on {address}: {exc}") from None
+            if self.grpc_port == 0:
+                raise StartupError(f"cannot listen on {address} (port in use?)")
         try:
             await self._load_models()
         except StartupError:
@@ -121,29 +129,33 @@ class InferenceServer:
         # failed to load leaves the server NOT_SERVING (grpc's servicer starts with "" SERVING).
         self.manager.add_listener(self._readiness_changed)
         await self._sync_health()
-        await server.start()
-        self._server = server
-        if config.http_port >= 0:
+        if config.allow_grpc:
+            await server.start()
+            self._server = server
+        if self._serves_http:
             http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
             tls = ssl_context(self.security.tls)  # the gRPC port's certificate (and its reload) here too
             try:
-                self.http_port = await http.start(config.host, config.http_port, tls)
+                self.http_port = await http.start(http_host, config.http_port, tls)
             except OSError as exc:
                 await server.stop(0)
                 await self.manager.close(0)
-                raise StartupError(f"cannot serve HTTP on {config.host}:{config.http_port}: {exc}") from None
+                raise StartupError(f"cannot serve HTTP on {http_host}:{config.http_port}: {exc}") from None
             self._http = http
-        if config.metrics_port >= 0:
+        if self._serves_metrics:
             try:
-                self.metrics_port = self.metrics.start_http_server(config.host, config.metrics_port)
+                self.metrics_port = self.metrics.start_http_server(metrics_host, config.metrics_port)
             except OSError as exc:
                 await server.stop(0)
                 await self.manager.close(0)
                 if self._http is not None:
                     await self._http.stop()
                 raise StartupError(
-                    f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}"
+                    f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc}"
                 ) from None
+        if model_control.polls(config.model_control_mode):
+            self._poller = RepositoryPoller(self.manager, config.repository_poll_secs)
+            self._poller.start()
 
     async def _load_models(self) -> None:
         config = self.config
@@ -179,13 +191,27 @@ class InferenceServer:
             for service in ("", *self.services):
                 await self.health.set(service, status)
 
+    @property
+    def _serves_http(self) -> bool:
+        return self.config.allow_http and self.config.http_port >= 0
+
+    @property
+    def _serves_metrics(self) -> bool:
+        return self.config.allow_metrics and self.config.metrics_port >= 0
+
     def summary(self) -> str:
-        host = self.config.host
+        config = self.config
+        grpc_host, http_host, metrics_host = (
+            _bracketed(config.listen_address(e)) for e in ("grpc", "http", "metrics")
+        )
         models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
-        metrics = f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port is not None else "off"
+        metrics = (
+            f"http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port is not None else "off"
+        )
         security = f" {self.security.describe()}" if self.security is not None else ""
-        http = f"{host}:{self.http_port}" if self.http_port is not None else "off"
-        return f"ready: grpc={host}:{self.grpc_port} metrics={metrics} http={http}{security} models: {models}"
+        http = f"{http_host}:{self.http_port}" if self.http_port is not None else "off"
+        grpc_at = f"{grpc_host}:{self.grpc_port}" if self._server is not None else "off"
+        return f"ready: grpc={grpc_at} metrics={metrics} http={http}{security} models: {models}"
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -218,6 +244,8 @@ class InferenceServer:
             return
         grace = self.config.grace_period_s if grace_s is None else grace_s
         self.ctx.shutting_down = True
+        if self._poller is not None:
+            await self._poller.stop()
         self.manager.stop_accepting()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -252,6 +280,11 @@ class InferenceServer:
         closed = close_sockets(self.grpc_port)
         log.debug("closed %d client connection(s) at the end of the drain", closed)
         await server.stop(min(1.0, max(0.0, deadline - loop.time())))
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address in brackets, as it must be written before a port ("[::1]:8001")."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _check_port_free(host: str, port: int, option: str) -> None:

@@ -35,5 +35,6 @@ class ServerContext:
         return True
 
     def ready(self) -> bool:
-        """Accepting requests, and every model meant to be served has a ready version (see all_ready)."""
-        return not self.shutting_down and self.manager.all_ready()
+        """Accepting requests, and (with strict readiness, the default) every model meant to be served has a
+        ready version (see all_ready)."""
+        return not self.shutting_down and self.manager.all_ready(self.config.strict_readiness)

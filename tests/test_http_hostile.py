@@ -302,7 +302,8 @@ UNKNOWN = [
 @pytest.mark.parametrize(("method", "path"), UNKNOWN)
 def test_unknown_models_and_versions_are_404_on_every_route(clean: Live, method: str, path: str) -> None:
     body = dumps({"inputs": [tensor()]}) if method == "POST" else None
-    assert "nope" in clean.error(404, method, path, body) or "'9'" in clean.error(404, method, path, body)
+    message = clean.error(404, method, path, body)
+    assert "'nope' is not found" in message or "'tiny' version 9 is not found" in message, message
     ready = path.replace("/config", "").replace("/stats", "").replace("/infer", "") + "/ready"
     if "classify" not in path:
         assert clean.call("GET", ready)[0] == 503  # not ready: no body, as for a probe

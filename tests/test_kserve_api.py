@@ -180,12 +180,6 @@ def test_loading_a_path_outside_the_repository_is_not_found(client: tc.Inference
         assert info.value.status() == "StatusCode.NOT_FOUND", name
 
 
-def test_loading_with_a_config_override_is_refused(client: tc.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException) as info:
-        client.load_model("spare", config=json.dumps({"max_batch_size": 4}))
-    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
-
-
 def test_log_settings_are_unimplemented(client: tc.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as info:
         client.get_log_settings()

@@ -5,6 +5,7 @@ control), bearer tokens on the image API, health open to probes, and model contr
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,7 +176,8 @@ def test_model_control_is_off_by_default_load_and_unload_are_refused_as_triton_d
         await server.start()
         client = triton_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
-            for call in (client.unload_model, client.load_model):
+            overrides = functools.partial(client.load_model, config="{}", files={"file:1/model.onnx": b"x"})
+            for call in (client.unload_model, client.load_model, overrides):
                 with pytest.raises(InferenceServerException) as info:
                     await call("spare")
                 assert info.value.status() == "StatusCode.UNAVAILABLE"

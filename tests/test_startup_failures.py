@@ -56,7 +56,7 @@ def test_a_broken_model_is_fatal_and_named_with_its_file(tmp_path: Path) -> None
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not an onnx model")
     line = start_fails("--model-repository", str(tmp_path))
-    assert "cannot load model 'broken'" in line and str(broken) in line
+    assert "failed to load 'broken'" in line and str(broken) in line
 
 
 def test_a_config_pbtxt_that_does_not_parse_is_fatal_and_names_its_line(tmp_path: Path) -> None:
@@ -98,4 +98,4 @@ def test_exit_on_error_false_serves_the_models_that_load_and_stays_unready(tmp_p
         assert not client.is_server_ready()
         client.close()
     errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "cannot load model 'broken'" in errors[0] and str(broken) in errors[0], errors
+    assert len(errors) == 1 and "failed to load 'broken'" in errors[0] and str(broken) in errors[0], errors

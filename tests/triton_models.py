@@ -22,7 +22,7 @@ import numpy as np
 from resnet_serve.formats.metadata import PREPROCESS_KEY
 
 if TYPE_CHECKING:
-    from onnx import ModelProto, OperatorSetIdProto, TensorProto, ValueInfoProto
+    from onnx import ModelProto, OperatorSetIdProto, TensorProto
 
 SIMPLE_STRING_CONFIG = """
 name: "simple_string"
@@ -59,26 +59,13 @@ def _opset() -> list[OperatorSetIdProto]:
 
 
 def write_simple_string(repository: Path, config: str = SIMPLE_STRING_CONFIG) -> Path:
-    """`simple_string` (module doc) with its config.pbtxt; returns the model directory."""
+    """`simple_string` (module doc; the model lab/triton_examples/ serves to Triton's example clients) with
+    `config` as its config.pbtxt; returns the model directory."""
     from onnx import TensorProto as T
-    from onnx import helper
 
-    def tensor(name: str) -> ValueInfoProto:
-        return helper.make_tensor_value_info(name, T.STRING, ["batch", 16])
+    from lab.triton_examples.models import write_add_sub
 
-    nodes = [
-        helper.make_node("Cast", ["INPUT0"], ["a"], to=T.INT32),
-        helper.make_node("Cast", ["INPUT1"], ["b"], to=T.INT32),
-        helper.make_node("Add", ["a", "b"], ["sum"]),
-        helper.make_node("Sub", ["a", "b"], ["diff"]),
-        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=T.STRING),
-        helper.make_node("Cast", ["diff"], ["OUTPUT1"], to=T.STRING),
-    ]
-    graph = helper.make_graph(
-        nodes, "simple_string", [tensor("INPUT0"), tensor("INPUT1")], [tensor("OUTPUT0"), tensor("OUTPUT1")]
-    )
-    directory = repository / "simple_string"
-    _save(helper.make_model(graph, opset_imports=_opset()), directory / "1" / "model.onnx")
+    directory = write_add_sub(repository, "simple_string", T.STRING)
     (directory / "config.pbtxt").write_text(config)
     return directory
 

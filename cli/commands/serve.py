@@ -19,8 +19,11 @@ log = logging.getLogger("resnet_serve.server")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from resnet_serve.cli.triton_flags import add_triton_flags
+
     configure_parser(parser)
     add_logging_arguments(parser)
+    add_triton_flags(parser)  # Triton's flags: aliases, and one line for each one not supported
 
 
 def run(args: argparse.Namespace) -> int:

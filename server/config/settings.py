@@ -264,7 +264,8 @@ class ServerConfig(BaseModel):
     model_control_mode: Annotated[str, AfterValidator(model_control.parse_mode)] = option(
         "none",
         "MODE",
-        "none: RepositoryModelLoad/Unload are refused; explicit: clients may load and unload models",
+        "none: RepositoryModelLoad/Unload are refused; explicit: clients may load and unload models; "
+        "poll: the server loads, reloads and unloads models as the repository changes",
     )
     auth_token_file: str = option(
         "",
@@ -317,6 +318,28 @@ class ServerConfig(BaseModel):
         "DIR",
         'OpenVINO compiled-model cache, so a restart does not compile again ("": no cache)',
     )
+    # Triton's endpoint, readiness and repository options (docs/server.md, "Triton's options").
+    grpc_address: str = option("", "ADDR", "address the gRPC port listens on (none: --host)")
+    http_address: str = option("", "ADDR", "address the HTTP/REST port listens on (none: --host)")
+    metrics_address: str = option("", "ADDR", "address the metrics port listens on (none: --host)")
+    allow_grpc: bool = option(True, "BOOL", "serve the gRPC endpoint at all")
+    allow_http: bool = option(True, "BOOL", "serve the HTTP/REST endpoint at all")
+    allow_metrics: bool = option(True, "BOOL", "serve the Prometheus metrics endpoint at all")
+    strict_readiness: bool = option(
+        True,
+        "BOOL",
+        "ready only while every model meant to be served has a ready version (false: ready whenever the "
+        "server is live and accepting requests)",
+    )
+    repository_poll_secs: Float = option(
+        15.0, "SECONDS", "with --model-control-mode poll: seconds between scans of the model repository", gt=0
+    )
+
+    def listen_address(self, endpoint: str) -> str:
+        """The address `endpoint` ("grpc", "http", "metrics") listens on: its own --ENDPOINT-address, else
+        --host."""
+        own: str = getattr(self, f"{endpoint}_address")
+        return own or self.host
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
@@ -351,6 +374,12 @@ class ServerConfig(BaseModel):
             raise ValueError(
                 "grpc_max_connection_age_grace_ms needs grpc_max_connection_age_ms (0: no age limit)"
             )
+        if not (self.allow_grpc or self.allow_http):
+            raise ValueError(
+                "allow_grpc and allow_http are both false: no endpoint would answer inference requests"
+            )
+        if model_control.polls(self.model_control_mode) and not self.model_repository:
+            raise ValueError("model_control_mode poll needs a model repository to poll (--model-repository)")
         return self
 
 

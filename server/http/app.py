@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -38,7 +39,7 @@ from aiohttp.web_urldispatcher import _default_expect_handler  # the "100 Contin
 from resnet_serve.protos import classifier_pb2 as image_pb
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.context import ServerContext
-from resnet_serve.server.errors import ServeError, cancelled, invalid_argument, status_of, unavailable
+from resnet_serve.server.errors import ServeError, cancelled, echo, invalid_argument, status_of, unavailable
 from resnet_serve.server.http.binary import (
     HEADER_LENGTH,
     encode_response,
@@ -51,6 +52,7 @@ from resnet_serve.server.http.protojson import to_json
 from resnet_serve.server.http.status import http_status
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.kserve.service import KServeService, implemented, unimplemented
+from resnet_serve.server.models.overrides import FILE_PREFIX
 from resnet_serve.server.observability.logging import REQUEST_ID_METADATA, resolve_request_id
 from resnet_serve.server.security import restrict
 from resnet_serve.server.security.access import AccessRules
@@ -493,7 +495,15 @@ def _repository_parameters(body: dict[str, Any], target: Any) -> None:
     if not isinstance(parameters, dict):
         raise invalid_argument("'parameters' must be a JSON object")
     for key, value in parameters.items():
-        if isinstance(value, bool):
+        if key.startswith(FILE_PREFIX) and isinstance(value, str):
+            # A file override's bytes travel base64-encoded in JSON (Triton's HTTP API, tritonclient.http).
+            try:
+                target[key].bytes_param = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise invalid_argument(
+                    f"parameter {echo(key)} must be base64-encoded file contents"
+                ) from None
+        elif isinstance(value, bool):
             target[key].bool_param = value
         elif isinstance(value, int):
             target[key].int64_param = value

@@ -98,6 +98,13 @@ async def decode_request(
     raw = incoming.raw
     shared = [shared_tensor(t.parameters, f"input '{t.name}'", regions) for t in request.inputs]
     in_message = sum(1 for where in shared if where is None)
+    if raw:
+        for tensor in request.inputs:
+            if tensor.HasField("contents"):
+                raise invalid_argument(
+                    "contents field must not be specified when using raw_input_contents for "
+                    f"{echo(tensor.name)} for model {echo(model.name)}"
+                )
     if raw and len(raw) != in_message:
         one_per = (
             "one per input" if in_message == len(request.inputs) else "one per input not in shared memory"
@@ -116,7 +123,8 @@ async def decode_request(
         spec = specs.get(tensor.name)
         if spec is None:
             raise invalid_argument(
-                f"unexpected input {echo(tensor.name)} for model '{model.name}'; expected {_describe(specs)}"
+                f"unexpected inference input {echo(tensor.name)} for model '{model.name}'; "
+                f"expected {_describe(specs)}"
             )
         if tensor.name in arrays:
             raise invalid_argument(f"input {echo(tensor.name)} is given twice")

@@ -33,7 +33,6 @@ from resnet_serve.server.context import ServerContext
 from resnet_serve.server.errors import (
     ServeError,
     boundary,
-    echo,
     invalid_argument,
     status_of,
     stream_boundary,
@@ -42,6 +41,7 @@ from resnet_serve.server.errors import (
 from resnet_serve.server.http.context import HttpContext  # which front end a refusal is counted for
 from resnet_serve.server.kserve.codec import decode_request, encode_response, is_image_input
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
+from resnet_serve.server.models.overrides import parse_override
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.models.triton_config import TensorDecl, WarmupSample
 from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
@@ -263,13 +263,9 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         self._model_control_allowed(context)
-        unsupported = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
-        if unsupported:
-            raise invalid_argument(
-                f"load parameters {echo(unsupported)} are not supported: models load from the repository as "
-                "configured"
-            )
-        await self._manager.load(request.model_name)
+        # `config` and `file:<path>` overrides (Triton's semantics and words: server/models/overrides.py).
+        override = parse_override(request.model_name, request.parameters)
+        await self._manager.load(request.model_name, override=override)
         return pb.RepositoryModelLoadResponse()
 
     @boundary
@@ -324,10 +320,11 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     # ---------------------------------------------------------------------------------------------- helpers
 
     def _model_control_allowed(self, context: Context) -> None:
-        if not model_control.load_unload_allowed(self._ctx.config.model_control_mode):
+        mode = self._ctx.config.model_control_mode
+        if not model_control.load_unload_allowed(mode):
             protocol = "http" if isinstance(context, HttpContext) else "grpc"
             self._ctx.metrics.access_refused(protocol, "model-repository", "model_control")
-            raise unavailable(model_control.REFUSED)  # Triton's status for it
+            raise unavailable(model_control.refusal(mode))  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:
         return self._manager.get(name, version, count=False)  # metadata: not an inference request

@@ -42,6 +42,7 @@ from resnet_serve.server.image import gpu_decode as image_decoders
 from resnet_serve.server.image.budget import DecodeBudget
 from resnet_serve.server.models import warmup
 from resnet_serve.server.models.configured import configure
+from resnet_serve.server.models.overrides import LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     ModelSource,
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
+# Triton's words for a lookup that finds no ready model (core's model_repository_manager.cc): clients match
+# the prefix (docs/kserve.md, "Error messages").
+UNKNOWN_MODEL = "Request for unknown model:"
+MAX_VERSION_DIGITS = 18  # a version is an int64 to Triton; longer digit strings are not versions
 
 
 @dataclass
@@ -66,6 +71,8 @@ class _Entry:
     versions: dict[str, ServedModel] = field(default_factory=dict)
     status: dict[str, VersionStatus] = field(default_factory=dict)
     unloaded: bool = False  # taken down on request: not meant to be served until loaded again
+    # The temporary model directory of the last load, when it had overrides (removed once no version uses it).
+    override_dir: Path | None = None
 
 
 class ModelManager:
@@ -109,6 +116,8 @@ class ModelManager:
         inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
+        if version.isdigit() and len(version) <= MAX_VERSION_DIGITS:
+            version = str(int(version))  # Triton reads the version as a number: "01" is version 1
         if not self._accepting:
             if count:
                 self._count_refusal(name, entry, version)
@@ -117,7 +126,7 @@ class ModelManager:
             if count:
                 self.metrics.unknown_model(name)
             served = ", ".join(sorted(self._entries)) or "none"
-            raise not_found(f"model {echo(name)} is not served (served models: {served})")
+            raise not_found(f"{UNKNOWN_MODEL} {echo(name)} is not found (served models: {served})")
         if version:
             model = entry.versions.get(version)
             if model is None:
@@ -125,15 +134,25 @@ class ModelManager:
                 if count:
                     self._count_refusal(name, entry, version)
                 if status is not None:
-                    raise unavailable(f"model {echo(name)} version {version} is {status.state}")
+                    raise unavailable(
+                        f"{UNKNOWN_MODEL} {echo(name)} version {version} is not at ready state "
+                        f"({status.state})"
+                    )
+                if not version.isdigit() or len(version) > MAX_VERSION_DIGITS:
+                    raise not_found(
+                        f"failed to get model version from specified version string {echo(version)}, "
+                        "version should be an integral value > 0"
+                    )
                 known = ", ".join(sorted(entry.status, key=version_key)) or "none"
-                raise not_found(f"model {echo(name)} has no version {echo(version)} (versions: {known})")
+                raise not_found(
+                    f"{UNKNOWN_MODEL} {echo(name)} version {version} is not found (versions: {known})"
+                )
             return model
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         if not ready:
             if count:
                 self._count_refusal(name, entry, version)
-            raise unavailable(f"model {name!r} has no ready version")
+            raise unavailable(f"{UNKNOWN_MODEL} {echo(name)} has no available versions")
         return max(ready, key=lambda m: version_key(m.version))
 
     def _count_refusal(self, name: str, entry: _Entry | None, version: str) -> None:
@@ -193,7 +212,7 @@ class ModelManager:
         """The loaded versions of a model, lowest first (NOT_FOUND when the model is not served)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise not_found(f"model {echo(name)} is not served")
+            raise not_found(f"{UNKNOWN_MODEL} {echo(name)} is not found")
         return sorted(entry.versions.values(), key=lambda m: version_key(m.version))
 
     def statuses(self) -> list[VersionStatus]:
@@ -257,19 +276,60 @@ class ModelManager:
         for settings in self.config.models:
             if settings.name == name:
                 return settings
-        if name in self._entries:
-            return self._entries[name].settings
+        entry = self._entries.get(name)
+        if entry is not None and entry.override_dir is None and entry.settings.path:
+            # (A model loaded with overrides, or from a request's files alone, is looked for below.)
+            return entry.settings
         repo = self.config.model_repository
-        # Only a directory directly in the repository, as repository_models lists them: a client's name must
-        # not reach the repository itself ("") or anything outside it ("..", "../x", "a/b").
-        in_repository = bool(name) and name == Path(name).name and not name.startswith(".")
-        if repo and in_repository and (Path(repo) / name).is_dir():
+        # Only a directory directly in the repository, as repository_models lists them (_plain_name).
+        if repo and _plain_name(name) and (Path(repo) / name).is_dir():
             return self.config.model_defaults.model_copy(
                 update={"name": name, "path": str(Path(repo) / name)}
             )
-        raise not_found(f"model {echo(name)} is neither configured nor in the model repository")
+        raise not_found(
+            f"failed to load {echo(name)}, failed to poll from model repository: the model is neither "
+            "configured nor in the model repository"
+        )
 
-    async def load(self, name: str, settings: ModelSettings | None = None) -> None:
+    async def load(
+        self, name: str, settings: ModelSettings | None = None, override: LoadOverride | None = None
+    ) -> None:
+        """Load (or reload) a model (`_load`); ready when this returns.
+
+        `override` (RepositoryModelLoad's `config` and `file:` parameters, server/models/overrides.py) loads
+        from a temporary model directory instead of the repository's, until the next load without one; the
+        directory is removed when the versions it holds are replaced or unloaded.
+        """
+        override_dir = None
+        if override is not None:
+            settings = settings or self._override_settings(name, override)
+            repository_path = Path(settings.path) if settings.path else None
+            override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
+            settings = settings.model_copy(update={"path": str(override_dir)})
+        try:
+            await self._load(name, settings)
+        except BaseException:
+            discard(override_dir)
+            raise
+        # No await from here on: the bookkeeping is atomic with the load that just finished under the lock.
+        entry = self._entries[name]
+        previous, entry.override_dir = entry.override_dir, override_dir
+        if previous is not None and previous != override_dir:
+            discard(previous)
+
+    def _override_settings(self, name: str, override: LoadOverride) -> ModelSettings:
+        """The settings a load with overrides starts from: the model's own; for a model that comes from the
+        request's files alone, the model defaults (its name must be one a repository directory could have)."""
+        if not override.files:
+            return self._settings_for(name)
+        if not _plain_name(name):
+            raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
+        try:
+            return self._settings_for(name)
+        except ServeError:
+            return self.config.model_defaults.model_copy(update={"name": name, "path": ""})
+
+    async def _load(self, name: str, settings: ModelSettings | None = None) -> None:
         """Load (or reload) a model's versions per its version policy; ready when this returns.
 
         Versions no longer selected are retired after the new ones are ready. Raises ServeError NOT_FOUND
@@ -291,7 +351,7 @@ class ModelManager:
                     # No version to label: the alert on `resnet_serve_model_ready == 0` must still see it.
                     self.metrics.model(name, UNKNOWN_MODEL_LABEL).set_ready(False)
                 self._notify()
-                raise unavailable(f"cannot load model {name!r}: {exc}") from None
+                raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             self.metrics.forget(name, UNKNOWN_MODEL_LABEL)  # its versions are known now
             for version in wanted:
                 entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
@@ -311,7 +371,7 @@ class ModelManager:
                     if state is not ModelState.READY:  # a series at 0, so that an alert on it can fire
                         self.metrics.model(name, version).set_ready(False)
                 self._notify()
-                raise unavailable(f"cannot load model {name!r}: {exc}") from None
+                raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
             entry.versions = dict(loaded)
             for version, model in loaded.items():
@@ -344,6 +404,7 @@ class ModelManager:
                 entry.status[model.version] = VersionStatus(
                     name, model.version, ModelState.UNAVAILABLE, UNLOADED
                 )
+            discard(entry.override_dir)  # (kept in the entry: a plain load must look in the repository)
             log.info("model %s unloaded", name)
             self._notify()
 
@@ -368,6 +429,9 @@ class ModelManager:
                 )
             for backend in model.backends:
                 backend.close()
+        for entry in self._entries.values():
+            discard(entry.override_dir)
+            entry.override_dir = None
 
     async def _retire(self, model: ServedModel, still_served: bool = False) -> None:
         # A reloaded version shares its metrics with the replacement, which is already ready.
@@ -477,6 +541,12 @@ class ModelManager:
             image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
             preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
         return labels, preprocessor
+
+
+def _plain_name(name: str) -> bool:
+    """A name that can only mean a directory directly in the repository: a client's name must not reach the
+    repository itself ("") or anything outside it ("..", "../x", "a/b")."""
+    return bool(name) and name == Path(name).name and not name.startswith(".")
 
 
 def _runs_on(backend: str, info: BackendInfo) -> str:

@@ -1,0 +1,130 @@
+"""Triton's error wording (docs/kserve.md, "Error messages"): each rule checked with the real tritonclient,
+over gRPC and HTTP where both carry it. Clients and Triton's own examples match these messages by prefix
+(`ex.message().startswith("Request for unknown model")`); the status codes are resnet-serve's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+import tritonclient.http as th
+from kserve_fixtures import KServeServer, kserve_server
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+__all__ = ["kserve_server"]  # the fixture, imported so pytest finds it
+
+pytestmark = pytest.mark.slow
+
+
+def _clients(server: KServeServer) -> list[Any]:
+    return [tc.InferenceServerClient(server.url), th.InferenceServerClient(server.http_url)]
+
+
+def _refusal(call: Callable[..., Any], *args: Any, **kwargs: Any) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def _input(module: Any) -> Any:
+    tensor = module.InferInput("input", [1, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), dtype=np.float32))
+    return tensor
+
+
+def _module(client: Any) -> Any:
+    return tc if isinstance(client, tc.InferenceServerClient) else th
+
+
+def test_unknown_model(kserve_server: KServeServer) -> None:
+    for client in _clients(kserve_server):
+        for call in (
+            lambda c: c.infer("nope", [_input(_module(c))]),
+            lambda c: c.get_model_metadata("nope"),
+            lambda c: c.get_model_config("nope"),
+        ):
+            message = _refusal(call, client).message()
+            assert message.startswith("Request for unknown model: 'nope' is not found"), message
+
+
+def test_unknown_version(kserve_server: KServeServer) -> None:
+    for client in _clients(kserve_server):
+        message = _refusal(client.infer, "tiny", [_input(_module(client))], model_version="7").message()
+        assert message.startswith("Request for unknown model: 'tiny' version 7 is not found"), message
+        message = _refusal(client.get_model_metadata, "tiny", model_version="7").message()
+        assert message.startswith("Request for unknown model: 'tiny' version 7 is not found"), message
+
+
+def test_a_version_that_is_not_a_number(kserve_server: KServeServer) -> None:
+    for client in _clients(kserve_server):
+        message = _refusal(client.infer, "tiny", [_input(_module(client))], model_version="one").message()
+        assert message.startswith("failed to get model version from specified version string 'one'"), message
+
+
+def test_a_version_of_thousands_of_digits_is_not_a_number_and_the_answer_stays_short(
+    kserve_server: KServeServer,
+) -> None:
+    # Python refuses to read a 5000-digit integer: the lookup must not try (it would be an INTERNAL error).
+    client = tc.InferenceServerClient(kserve_server.url)
+    error = _refusal(client.infer, "tiny", [_input(tc)], model_version="9" * 5000)
+    assert error.status() == "StatusCode.NOT_FOUND"
+    assert error.message().startswith("failed to get model version from specified version string '999")
+    assert len(error.message()) < 1000
+
+
+def test_a_version_with_a_leading_zero_is_that_number(kserve_server: KServeServer) -> None:
+    client = tc.InferenceServerClient(kserve_server.url)
+    assert client.infer("tiny", [_input(tc)], model_version="01").get_response().model_version == "1"
+
+
+def test_raw_and_typed_contents_together_over_grpc(kserve_server: KServeServer) -> None:
+    # tritonclient's InferInput never sets both, so the request is built with tritonclient's own generated
+    # messages and stub (as Triton's grpc_explicit_*_client.py examples do).
+    request = service_pb2.ModelInferRequest(model_name="tiny")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    tensor.contents.fp32_contents.extend([0.0] * 64)
+    request.raw_input_contents.append(np.zeros(64, dtype=np.float32).tobytes())
+    with grpc.insecure_channel(kserve_server.url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "contents field must not be specified when using raw_input_contents for 'input' for model 'tiny'"
+    )
+
+
+def test_an_input_the_model_does_not_have(kserve_server: KServeServer) -> None:
+    for client in _clients(kserve_server):
+        module = _module(client)
+        extra = module.InferInput("INPUT9", [1], "FP32")
+        extra.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+        message = _refusal(client.infer, "tiny", [_input(module), extra]).message()
+        assert message.startswith("unexpected inference input 'INPUT9' for model 'tiny'"), message
+
+
+def test_loading_a_model_that_is_not_in_the_repository(kserve_server: KServeServer) -> None:
+    for client in _clients(kserve_server):
+        error = _refusal(client.load_model, "wrong_model_name")
+        assert error.message().startswith(
+            "failed to load 'wrong_model_name', failed to poll from model repository"
+        ), error.message()
+
+
+def test_a_model_with_no_ready_version(kserve_server: KServeServer) -> None:
+    client = tc.InferenceServerClient(kserve_server.url)
+    client.unload_model("spare")
+    try:
+        message = _refusal(client.infer, "spare", [_input(tc)]).message()
+        assert message.startswith("Request for unknown model: 'spare' has no available versions"), message
+        message = _refusal(client.infer, "spare", [_input(tc)], model_version="1").message()
+        assert message.startswith("Request for unknown model: 'spare' version 1 is not at ready state"), (
+            message
+        )
+    finally:
+        client.load_model("spare")
