@@ -8,7 +8,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,29 @@ def test_capacity_is_the_workers_limit_or_the_engines() -> None:
     assert alone["1"] == pytest.approx(2000) and alone["16"] == pytest.approx(32000)
     split = serving_floor.capacity(500.0, 100.0)  # the engine caps it at 10,000/s
     assert split["2"] == pytest.approx(4000) and split["8"] == pytest.approx(10000)
+
+
+# a child that spends 0.3 s of its own CPU time, says so, and waits to be killed
+BURNER = "import time\nwhile time.process_time() < 0.3: pass\nprint('burnt', flush=True)\ntime.sleep(60)\n"
+
+
+def test_cpu_is_counted_for_the_server_and_every_process_under_it() -> None:
+    spawner = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {BURNER!r}]); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "burnt"
+        tree = serving_floor.process_tree_cpu(parent.pid)
+        assert parent.pid in tree and len(tree) == 2  # the parent and its (grand)child
+        (child,) = set(tree) - {parent.pid}
+        assert tree[child][0] >= 0.25 and "process_time" in tree[child][1]
+    finally:
+        for pid in serving_floor.process_tree_cpu(parent.pid):
+            if pid != parent.pid:
+                os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
 
 
 def test_without_h2load_it_says_how_to_install_it(
