@@ -207,6 +207,15 @@ class Server:
             )
 
 
+def cpu_list(text: str) -> set[int]:
+    """taskset's list syntax ("0", "0,1", "0-3,6") as a set of CPU numbers; ValueError if it is not one."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus |= set(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def _pinned(cpus: str, command: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *command]
 
@@ -339,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"load average {cpu['load_average'][0]:.1f}", flush=True)  # fmt: skip
     print(note, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    models = write_models(args.out / "models")
+    models = write_models(args.out.resolve() / "models")  # absolute: the bare server runs from the root
     rng = np.random.default_rng(0)
     arrays = {name: rng.standard_normal(SIZES[name]).astype(np.float32) for name in args.sizes}
     data: dict[str, Path] = {}
@@ -596,6 +605,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes: unknown {', '.join(bad)} (choose from {', '.join(SIZES)})")
     if min(args.rounds, args.connections, args.streams, args.warmup_requests, args.min_requests) < 1:
         parser.error("--rounds, --connections, --streams and the request counts must be ≥ 1")
+    usable = os.sched_getaffinity(0)
+    for option, value in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
+        try:
+            outside = cpu_list(value) - usable
+        except ValueError:
+            parser.error(f"{option} {value}: expected a CPU list such as 0 or 0,1 or 0-3")
+        if outside:
+            parser.error(
+                f"{option} {value}: CPU {min(outside)} is not one this process may use {sorted(usable)}"
+            )
     if shutil.which("h2load") is None:
         print(INSTALL_H2LOAD, file=sys.stderr)
         return 2

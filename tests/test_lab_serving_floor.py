@@ -88,6 +88,18 @@ def test_cpu_is_counted_for_the_server_and_every_process_under_it() -> None:
         parent.wait()
 
 
+def test_cpu_lists_are_read_as_taskset_reads_them_and_unusable_cpus_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert serving_floor.cpu_list("0") == {0}
+    assert serving_floor.cpu_list("0-2,5") == {0, 1, 2, 5}
+    beyond = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(SystemExit) as exit_info:
+        serving_floor.main(["--server-cpus", str(beyond), "--out", "/nonexistent/out"])
+    assert exit_info.value.code == 2
+    assert f"CPU {beyond} is not one this process may use" in capsys.readouterr().err
+
+
 def test_without_h2load_it_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
