@@ -7,11 +7,12 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint typecheck pytest demo image-test protos check-protos bench-train clean
+.PHONY: help install test test-fast lint typecheck pytest demo image-test protos check-protos bench-train clean
 
 help:
 	@echo "make demo      train, export, serve and classify the digits end to end (< 5 min)"
 	@echo "make test      install the dev dependencies, then ruff, mypy and pytest"
+	@echo "make test-fast ruff, mypy and the tests not marked slow (for iterating; CI runs make test)"
 	@echo "make image-test  build the CPU image with a real engine and test the running container (root, Debian)"
 	@echo "make protos    regenerate the gRPC code from protos/*.proto"
 	@echo "make check-protos  regenerate, then fail if the committed generated code differs (CI)"
@@ -39,6 +40,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# For iterating: everything but the tests marked slow (real servers, training, Prometheus, wheel builds).
+test-fast: lint typecheck
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/resnet-serve demo

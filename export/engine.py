@@ -30,10 +30,9 @@ from google.protobuf.message import DecodeError
 from resnet_serve.formats.errors import UserError
 from resnet_serve.formats.files import write_bytes_atomic
 from resnet_serve.formats.metadata import PRECISION_KEY, props_of
-from resnet_serve.formats.sidecar import EngineSidecar, sidecar_path
+from resnet_serve.formats.sidecar import ENGINE_PRECISIONS, EngineSidecar, sidecar_path
 from resnet_serve.runtime.tensorrt import require_tensorrt
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # What each requested precision needs the ONNX to be, by its `resnet_serve.precision` metadata.
 _SOURCE_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq-trt"}
 MIN_TRT_MAJOR = 10
@@ -122,8 +121,8 @@ def network_plan(
 def resolve_precision(requested: str, source_precision: str, *, strongly_typed: bool) -> tuple[str, bool]:
     """(engine precision, whether to convert the ONNX to FP16 first) for a requested precision and the
     precision the ONNX was exported in."""
-    if requested not in PRECISIONS:
-        raise EngineError(f"unknown precision {requested!r}; choose one of: {', '.join(PRECISIONS)}")
+    if requested not in ENGINE_PRECISIONS:
+        raise EngineError(f"unknown precision {requested!r}; choose one of: {', '.join(ENGINE_PRECISIONS)}")
     by_source = {v: k for k, v in _SOURCE_FOR.items()}
     if source_precision == "int8-qdq-ort":
         raise EngineError(

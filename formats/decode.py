@@ -10,7 +10,7 @@ plugin are never opened. Multi-frame files (GIF, WebP, TIFF, MPO) give their fir
 
 **How much memory.** `Header.cost` is an upper bound of the bytes one decode holds at its peak, computed from
 the header alone (size, mode, JPEG DCT scale) before a pixel is decoded, so the server can admit decodes
-against a budget (server/image/budget.py). The decode keeps at most two full-size images alive at once
+against a budget (server/decode/budget.py). The decode keeps at most two full-size images alive at once
 (the decoded one and one derived: EXIF-transposed or colour-converted), converts 16-bit and float images to
 8 bits in strips of rows (no full-size float64 copy), and a grey image meant for an RGB model stays grey
 until after the resize (replicating channels commutes with resampling, so the pixels are identical).
@@ -52,7 +52,7 @@ from resnet_serve.formats.errors import ImageError
 ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # What `decoder` may be in ImageLimits: "pillow", or "turbo" (JPEGs through simplejpeg, the rest through
-# Pillow); the server adds "nvimgcodec" (server/image/gpu_decode.py). Pillow is the default because it
+# Pillow); the server adds "nvimgcodec" (server/decode/gpu.py). Pillow is the default because it
 # measured fastest in the whole pipeline (lab/image_path.py, docs/benchmarking.md): its wheel carries
 # libjpeg-turbo too, with SIMD IDCTs for the 1/2, 1/4 and 1/8 draft scales, and decodes straight into the
 # image; simplejpeg's raw decode is 9-16% faster at full scale, but in the pipeline the two measured within
@@ -92,7 +92,7 @@ class ImageLimits:
 
 
 class DecodeGate(Protocol):
-    """Admits decodes by their memory cost (server/image/budget.py's DecodeBudget)."""
+    """Admits decodes by their memory cost (server/decode/budget.py's DecodeBudget)."""
 
     def try_acquire(self, nbytes: int) -> bool: ...
 

@@ -19,12 +19,14 @@ from resnet_serve.formats.errors import UserError
 FORMAT = "resnet-serve-repository/1"
 CONFIG_NAME = "config.json"
 TRITON_CONFIG_NAME = "config.pbtxt"  # Triton's model configuration (server/models/triton_config.py reads it)
-BACKENDS = ("onnxruntime", "tensorrt", "torch", "openvino")
-PLATFORMS = {
-    "onnxruntime": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "torch": "pytorch_libtorch",
-    "openvino": "openvino",
+# The backend names (config.json's and the server's `backend`; runtime/factory.py maps each to its module).
+ONNXRUNTIME, TENSORRT, TORCH, OPENVINO = "onnxruntime", "tensorrt", "torch", "openvino"
+BACKENDS = (ONNXRUNTIME, TENSORRT, TORCH, OPENVINO)
+PLATFORMS = {  # Triton's platform name of each
+    ONNXRUNTIME: "onnxruntime_onnx",
+    TENSORRT: "tensorrt_plan",
+    TORCH: "pytorch_libtorch",
+    OPENVINO: "openvino",
 }
 # How a runtime computes, whatever the file's own precision: bf16 only where the runtime and CPU run it
 # (OpenVINO on AVX512_BF16/AMX; runtime/openvino.py), never chosen silently.

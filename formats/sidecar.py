@@ -18,6 +18,10 @@ from resnet_serve.formats.errors import SidecarError
 
 SIDECAR_FORMAT = "resnet-serve-engine/1"
 
+# The precision an engine is built at (`resnet-serve build-engine --precision`, the entrypoint's
+# --engine-precision); auto: the ONNX file's own. The sidecar's `precision` is the one it was built at.
+ENGINE_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
 
 @dataclass(frozen=True)
 class EngineSidecar:

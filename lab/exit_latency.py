@@ -11,18 +11,19 @@ Before each SIGTERM a client sends `--requests` KServe requests, so the process 
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as tc
 
-_READY = re.compile(r"ready: grpc=\S+:(\d+)")
+from resnet_serve.server.launch import wait_ready
+
 _NO_FREEZE = (
     "import sys, resnet_serve.server.app as app; app.freeze_startup_objects = lambda: None; "
     "from resnet_serve.cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -36,15 +37,12 @@ def one_exit(model: Path, freeze: bool, requests: int) -> tuple[float, float]:
     command = (
         [sys.executable, "-m", "resnet_serve", *args] if freeze else [sys.executable, "-c", _NO_FREEZE, *args]
     )
+    ready_file = Path(tempfile.mkdtemp(prefix="exit-latency-")) / "ready.json"
+    command += ["--ready-file", str(ready_file)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
-    port = ""
-    for line in process.stdout:
-        match = _READY.search(line)
-        if match:
-            port = match[1]
-            break
-    client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+    # Its start-up lines wait in the pipe (a few KiB): read after the SIGTERM, with the drain's.
+    client = tc.InferenceServerClient(wait_ready(process, ready_file).grpc_target)
     shape = client.get_model_metadata("m").inputs[0].shape
     x = np.zeros([1, *map(int, shape[1:])], dtype=np.float32)
     for _ in range(requests):

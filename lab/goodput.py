@@ -22,12 +22,10 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,10 +39,9 @@ from resnet_serve.client.aio import AsyncClient
 from resnet_serve.formats.files import write_json_atomic
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.formats.preprocess import IMAGENET
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import serve_command, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"ready: grpc=(\S+:\d+)")
 MODEL = "goodput"
 SERVER_CORE, CLIENT_CORE = 0, 1
 
@@ -112,15 +109,12 @@ def pinned_server(model: Path, extra: list[str], log_path: Path) -> Iterator[Ser
     )
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     command = (["taskset", "-c", str(SERVER_CORE)] if pinned else []) + serve_command(*args)
+    ready_file = log_path.with_suffix(".ready.json")
+    command += ["--ready-file", str(ready_file)]
     with log_path.open("w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while (match := READY.search(log_path.read_text())) is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield Server(match.group(1), process.pid, pinned)
+        yield Server(wait_ready(process, ready_file, log=log_path).grpc_target, process.pid, pinned)
     finally:
         stop(process)
 

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -41,11 +40,10 @@ from tqdm import tqdm
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
-from resnet_serve.server.launch import serving
+from resnet_serve.server.launch import serving, wait_ready
 from resnet_serve.server.observability.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"ready: grpc=(\S+:\d+)")
 MODEL = "bench"
 
 
@@ -117,16 +115,14 @@ def running_server(model: Path, metrics: bool, extra: list[str], log_path: Path)
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1",
         "--metrics", "true" if metrics else "false", *extra,
     )  # fmt: skip
+    ready_file = log_path.with_suffix(".ready.json")
     with (
         log_path.open("w") as log,
-        serving(*args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as process,
+        serving(
+            *args, "--ready-file", str(ready_file), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        ) as process,
     ):
-        deadline = time.monotonic() + 60
-        while (match := READY.search(log_path.read_text())) is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield match.group(1), process.pid
+        yield wait_ready(process, ready_file, 60, log=log_path).grpc_target, process.pid
 
 
 def cpu_seconds(pid: int) -> float:

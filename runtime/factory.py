@@ -12,21 +12,23 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnet_serve.formats.repository import ONNXRUNTIME, OPENVINO, TENSORRT, TORCH
 from resnet_serve.runtime.base import Backend, BackendError
 
 # backend name → the module implementing it (lazily imported)
+# (the names are formats/repository.py's BACKENDS: the repository schema accepts exactly these)
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "resnet_serve.runtime.onnxruntime",
-    "tensorrt": "resnet_serve.runtime.tensorrt",
-    "torch": "resnet_serve.runtime.torch_cuda",
-    "openvino": "resnet_serve.runtime.openvino",
+    ONNXRUNTIME: "resnet_serve.runtime.onnxruntime",
+    TENSORRT: "resnet_serve.runtime.tensorrt",
+    TORCH: "resnet_serve.runtime.torch_cuda",
+    OPENVINO: "resnet_serve.runtime.openvino",
 }
 EXTENSIONS: dict[str, str] = {
-    ".onnx": "onnxruntime",
-    ".plan": "tensorrt",
-    ".engine": "tensorrt",
-    ".pt": "torch",
-    ".pt2": "torch",
+    ".onnx": ONNXRUNTIME,
+    ".plan": TENSORRT,
+    ".engine": TENSORRT,
+    ".pt": TORCH,
+    ".pt2": TORCH,
 }
 
 
@@ -49,7 +51,7 @@ def create_backend(
     path: Path, backend: str, device: str, intra_op_threads: int, spinning: bool = False
 ) -> Backend:
     """Build one execution instance of the model at `path`."""
-    if backend == "onnxruntime":
+    if backend == ONNXRUNTIME:
         from resnet_serve.runtime.onnxruntime import OrtBackend, OrtOptions
 
         options = OrtOptions(device=device, intra_op_threads=intra_op_threads, spinning=spinning)
@@ -90,9 +92,9 @@ def create_backends(path: Path, backend: str, count: int, options: InstanceOptio
     ONNX Runtime, TensorRT and PyTorch instances are independent sessions; OpenVINO's share one compiled
     model with one stream per instance and one InferRequest each, so the model is compiled (or imported from
     its cache) once. A precision other than fp32 is refused for a backend that cannot honour it."""
-    if backend == "openvino":
+    if backend == OPENVINO:
         try:
-            openvino = importlib.import_module(BACKENDS["openvino"])
+            openvino = importlib.import_module(BACKENDS[OPENVINO])
         except ImportError as exc:
             raise BackendError(
                 f"the openvino backend is not available here: {exc} (pip install 'resnet-serve[openvino]')"

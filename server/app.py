@@ -15,11 +15,13 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, write_ready
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config import ServerConfig
@@ -213,6 +215,17 @@ class InferenceServer:
         grpc_at = f"{grpc_host}:{self.grpc_port}" if self._server is not None else "off"
         return f"ready: grpc={grpc_at} metrics={metrics} http={http}{security} models: {models}"
 
+    def ready(self) -> Ready:
+        """What the ready file says (formats/ready.py): where each endpoint listens, and the models."""
+        at = self.config.listen_address
+        grpc_port = self.grpc_port if self._server is not None else None
+        endpoints = {
+            name: None if port is None else Endpoint(at(name), port)
+            for name, port in (("grpc", grpc_port), ("http", self.http_port), ("metrics", self.metrics_port))
+        }
+        models = tuple(ReadyModel(s.name, s.version, str(s.state)) for s in self.manager.statuses())
+        return Ready(os.getpid(), models=models, **endpoints)
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -310,8 +323,20 @@ async def serve(config: ServerConfig) -> int:
         return 1
     server.install_signal_handlers()
     log.info(server.summary())
+    ready_file = Path(config.ready_file) if config.ready_file else None
+    if ready_file is not None:
+        try:
+            write_ready(ready_file, server.ready())
+        except OSError as exc:
+            log.error("cannot write the ready file (--ready-file): %s", exc)
+            await server.stop()
+            return 1
     freeze_startup_objects()
-    await server.wait_for_shutdown()
+    try:
+        await server.wait_for_shutdown()
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # a file left behind would say a stopped server is ready
     return 0
 
 

@@ -26,6 +26,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from resnet_serve.formats.errors import InvalidInput
+from resnet_serve.server.frontend import CallContext, call_context
+from resnet_serve.server.outcomes import OF_STATUS, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +52,10 @@ def _bounded(message: str) -> str:
     return encoded[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore") + f"…({len(message)} chars)"
 
 
-# Metric outcome labels (docs/architecture.md, metrics API) for each status a request can end with.
-OUTCOMES: dict[grpc.StatusCode, str] = {
-    grpc.StatusCode.OK: "success",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
-    grpc.StatusCode.NOT_FOUND: "invalid_input",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
-    # Refused without being queued: shutting down, no ready version, the version is unloading. A full
-    # queue is UNAVAILABLE too but says so itself (`queue_full`), so overload and outage stay apart.
-    grpc.StatusCode.UNAVAILABLE: "unavailable",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
-    grpc.StatusCode.CANCELLED: "cancelled",
-    grpc.StatusCode.INTERNAL: "backend_error",
-}
-
-
 class ServeError(Exception):
     """A request failed with a known gRPC status; `message` is one line meant for the client."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None) -> None:
         message = _bounded(message)
         super().__init__(message)
         self.code = code
@@ -76,9 +63,9 @@ class ServeError(Exception):
         self._outcome = outcome
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> Outcome:
         """The metrics outcome label for this error: the one it was raised with, else its status's."""
-        return self._outcome or OUTCOMES.get(self.code, "backend_error")
+        return self._outcome or OF_STATUS.get(self.code, Outcome.BACKEND_ERROR)
 
     def __repr__(self) -> str:
         return f"ServeError({self.code.name}, {self.message!r})"
@@ -98,7 +85,14 @@ def unavailable(message: str) -> ServeError:
 
 def queue_full(message: str) -> ServeError:
     """UNAVAILABLE because the model's queue is full (overload), counted apart from other refusals."""
-    return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome="queue_full")
+    return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome=Outcome.QUEUE_FULL)
+
+
+def malformed(reason: str, what: str = "request") -> ServeError:
+    """A request that did not deserialize (protobuf's DecodeError): INVALID_ARGUMENT, never gRPC's UNKNOWN.
+    The one answer for it, wherever it is caught: a unary request (server/inflight.py), an inference
+    request or stream item (server/kserve/wire.py, then the service), another stream's item (`status_of`)."""
+    return invalid_argument(f"malformed {what}: {reason}")
 
 
 def deadline_exceeded(message: str) -> ServeError:
@@ -113,21 +107,21 @@ def internal(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.INTERNAL, message)
 
 
-def refusal_outcome(error: ServeError) -> str:
+def refusal_outcome(error: ServeError) -> Outcome:
     """The access-log outcome of a request refused before it reached a model version: NOT_FOUND is what the
     metrics count as `not_found` (ServerMetrics.unknown_model), the rest as their metrics outcome."""
-    return "not_found" if error.code == grpc.StatusCode.NOT_FOUND else error.outcome
+    return Outcome.NOT_FOUND if error.code == grpc.StatusCode.NOT_FOUND else error.outcome
 
 
-def outcome_of(exc: BaseException) -> str:
+def outcome_of(exc: BaseException) -> Outcome:
     """The metrics outcome for an exception a request ended with (unexpected ones are backend errors)."""
     if isinstance(exc, ServeError):
         return exc.outcome
     if isinstance(exc, InvalidInput):
-        return "invalid_input"
+        return Outcome.INVALID_INPUT
     if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return "backend_error"
+        return Outcome.CANCELLED
+    return Outcome.BACKEND_ERROR
 
 
 def status_of(exc: Exception, rpc: str) -> ServeError:
@@ -138,7 +132,7 @@ def status_of(exc: Exception, rpc: str) -> ServeError:
     if isinstance(exc, InvalidInput):
         return invalid_argument(str(exc))
     if isinstance(exc, DecodeError):  # a stream item that did not deserialize; else gRPC answers UNKNOWN
-        return invalid_argument(f"malformed request: {exc}")
+        return malformed(str(exc))
     log.error("%s failed unexpectedly", rpc, exc_info=exc)
     return internal(f"{rpc} failed inside the server; the server log has the details")
 
@@ -146,36 +140,40 @@ def status_of(exc: Exception, rpc: str) -> ServeError:
 Servicer = TypeVar("Servicer")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Context = TypeVar("Context", bound=grpc.aio.ServicerContext[Any, Any])
+# What grpc.aio passes a servicer method, or a CallContext already (HTTP's, server/http/context.py).
+AnyContext = grpc.aio.ServicerContext[Any, Any] | CallContext
 
 
 def boundary(
-    rpc: Callable[[Servicer, Request, Context], Awaitable[Response]],
-) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
-    """Wrap a unary servicer method: whatever it raises ends the RPC with `status_of`'s status."""
+    rpc: Callable[[Servicer, Request, CallContext], Awaitable[Response]],
+) -> Callable[[Servicer, Request, AnyContext], Awaitable[Response]]:
+    """Wrap a unary servicer method: it gets its call as a CallContext (server/frontend.py), and whatever
+    it raises ends the call with `status_of`'s status."""
     name = rpc.__name__
 
     @functools.wraps(rpc)
-    async def method(self: Servicer, request: Request, context: Context) -> Response:
+    async def method(self: Servicer, request: Request, context: AnyContext) -> Response:
+        call = call_context(context)
         try:
-            return await rpc(self, request, context)
+            return await rpc(self, request, call)
         except Exception as exc:
             error = status_of(exc, name)
-        await context.abort(error.code, error.message)
+        await call.abort(error.code, error.message)
 
     return method
 
 
 def stream_boundary(
-    rpc: Callable[[Servicer, Request, Context], AsyncIterator[Response]],
-) -> Callable[[Servicer, Request, Context], AsyncIterator[Response]]:
+    rpc: Callable[[Servicer, Request, CallContext], AsyncIterator[Response]],
+) -> Callable[[Servicer, Request, AnyContext], AsyncIterator[Response]]:
     """Wrap a streaming servicer method: a failure of the stream itself (not of one item, which the method
-    answers in-stream) ends the RPC with `status_of`'s status."""
+    answers in-stream) ends the call with `status_of`'s status."""
     name = rpc.__name__
 
     @functools.wraps(rpc)
-    async def method(self: Servicer, requests: Request, context: Context) -> AsyncIterator[Response]:
-        answers = rpc(self, requests, context)
+    async def method(self: Servicer, requests: Request, context: AnyContext) -> AsyncIterator[Response]:
+        call = call_context(context)
+        answers = rpc(self, requests, call)
         try:
             async for answer in answers:
                 yield answer
@@ -184,6 +182,6 @@ def stream_boundary(
             error = status_of(exc, name)
         finally:
             await answers.aclose()  # type: ignore[attr-defined]
-        await context.abort(error.code, error.message)
+        await call.abort(error.code, error.message)
 
     return method

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from resnet_serve.server.errors import malformed
+
 
 class InFlight(AbstractContextManager[None]):
     """A count of requests being worked on; `with tracker:` around each one. Used on the event loop only."""
@@ -98,7 +100,8 @@ class InFlightInterceptor(_Interceptor):
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, _Malformed):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}")
+                error = malformed(request.reason)
+                await context.abort(error.code, error.message)
             with tracker:
                 return await inner(request, context)
 

@@ -28,6 +28,7 @@ from resnet_serve.server.batching.batcher import BatchResult, Ticket
 from resnet_serve.server.errors import ServeError, outcome_of, refusal_outcome, status_of
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.logging import access_log
+from resnet_serve.server.outcomes import Outcome
 
 
 class Call:
@@ -66,7 +67,7 @@ class Call:
         self._count = count
         self._result: BatchResult | None = None
         self._rows = 1
-        self._summary: tuple[str, int | None, str | None] = ("success", None, None)
+        self._summary: tuple[Outcome, int | None, str | None] = (Outcome.SUCCESS, None, None)
         self._ticket: Ticket | None = None
         try:
             self.model = lookup()
@@ -92,7 +93,7 @@ class Call:
         self._rows = rows
         return self._result
 
-    def summary(self, outcome: str, batch_size: int | None, detail: str | None = None) -> None:
+    def summary(self, outcome: Outcome, batch_size: int | None, detail: str | None = None) -> None:
         """The access-log line of a request whose items were counted one by one (`count=False`)."""
         self._summary = (outcome, batch_size, detail)
 
@@ -113,9 +114,14 @@ class Call:
                 result = self._result
                 if self._count and result is not None:
                     metrics.request_done(
-                        "success", total, result.queue_s, self.preprocess_s, result.compute_s, self._rows
+                        Outcome.SUCCESS,
+                        total,
+                        result.queue_s,
+                        self.preprocess_s,
+                        result.compute_s,
+                        self._rows,
                     )
-                    access_log(model.name, model.version, "success", total, result.batch_size)
+                    access_log(model.name, model.version, Outcome.SUCCESS, total, result.batch_size)
                 else:
                     outcome, batch_size, detail = self._summary
                     access_log(model.name, model.version, outcome, total, batch_size, detail)

@@ -1,17 +1,15 @@
 """A real `resnet-serve serve` process for the KServe v2 tests, driven by the real tritonclient.
 
 The server runs as a subprocess (started the way users start it), serving a repository with the tiny
-classifier from conftest.py: `tiny` versions 1 and 2 (different weights, version policy "all"), `spare`
-(for load/unload) and `half`, an FP16 model. Expected outputs come from running the same ONNX files with
-ONNX Runtime in the test.
+classifier of tests/support/tiny_model.py: `tiny` versions 1 and 2 (different weights, version policy
+"all"), `spare` (for load/unload) and `half`, an FP16 model. Expected outputs come from running the same
+ONNX files with ONNX Runtime in the test.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
 from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-_READY = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=http://([^ ]+)/metrics http=([^ ]+)")
 START_TIMEOUT_S = 60.0
 
 __all__ = ["TINY_LABELS", "TINY_PREPROCESS", "KServeServer", "reference_logits", "start_server"]
@@ -141,27 +138,21 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
         "--max-queue-delay-ms", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
         "--http-port", "0", *extra,
     )  # fmt: skip
+    ready_file = tmp / "ready.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        found = _READY.search(log_path.read_text(errors="replace"))
-        if found:
-            return KServeServer(
-                f"127.0.0.1:{found.group(1)}",
-                f"http://{found.group(2)}/metrics",
-                repository,
-                process,
-                log_path,
-                found.group(3),
-            )
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise RuntimeError(f"server did not start:\n{log_path.read_text(errors='replace')}")
+        process = subprocess.Popen(
+            [*args, "--ready-file", str(ready_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        ready = wait_ready(process, ready_file, START_TIMEOUT_S, log=log_path)
+    except NotReady:
+        stop(process)
+        raise
+    assert ready.metrics_url is not None and ready.http_port is not None
+    return KServeServer(
+        ready.grpc_target, ready.metrics_url, repository, process, log_path, f"127.0.0.1:{ready.http_port}"
+    )
 
 
 def stop_server(server: KServeServer) -> None:

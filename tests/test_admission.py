@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import write_tiny_onnx
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc

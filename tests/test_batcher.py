@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
-from conftest import RUNTIMES, runtime_backends
 from prometheus_client import CollectorRegistry
+from support.runtimes import RUNTIMES, runtime_backends
 
 from resnet_serve.runtime.base import Backend, BackendInfo, TensorSpec
 from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_onnx
+from support.tiny_model import write_tiny_onnx
 
 from lab import grpc_floor
 

@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_http_docs import write_digits_onnx
+from support.tiny_model import write_digits_onnx
 from tls_certs import make_pki, mutual_tls_args
 
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "client.md"
-GRPC = re.compile(r"ready: grpc=\S+?:(\d+) ")
 PLAIN, SECURE = "localhost:8001", "localhost:8443"  # the addresses the docs use
 
 
@@ -47,22 +45,20 @@ class Live:
 
 
 def _serve(work: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    log_path = work / f"{name}.log"
+    log_path, ready_file = work / f"{name}.log", work / f"{name}.ready.json"
     args = serve_command(
         "--model", f"digits={work / 'model' / 'digits.onnx'}", "--host", "127.0.0.1", "--grpc-port", "0",
         "--http-port", "0", "--metrics-port", "0", "--intra-op-threads", "1", "--preprocess-threads", "1",
-        *extra,
+        "--ready-file", str(ready_file), *extra,
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while not (found := GRPC.search(log_path.read_text(errors="replace"))):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            raise RuntimeError(f"{name} server did not start:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return process, f"127.0.0.1:{found.group(1)}"
+    try:
+        return process, wait_ready(process, ready_file, 60, log=log_path).grpc_target
+    except NotReady:
+        stop(process)
+        raise
 
 
 @pytest.fixture(scope="module")

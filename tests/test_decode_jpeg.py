@@ -18,8 +18,8 @@ from PIL import Image
 
 from resnet_serve.formats.errors import ImageError
 from resnet_serve.formats.preprocess import IMAGENET, ImageLimits, Preprocessor, PreprocessSpec
-from resnet_serve.server.image import gpu_decode
-from resnet_serve.server.image.budget import DecodeBudget, preprocess_each
+from resnet_serve.server.decode import gpu as gpu_decode
+from resnet_serve.server.decode.budget import DecodeBudget, preprocess_each
 
 pytest.importorskip("simplejpeg")
 

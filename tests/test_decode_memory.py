@@ -24,8 +24,8 @@ from PIL import Image
 
 from resnet_serve.formats.decode import DecodeDeferred, Header
 from resnet_serve.formats.preprocess import IMAGENET, ImageLimits, Preprocessor, PreprocessSpec
+from resnet_serve.server.decode.budget import MIB, DecodeBudget, preprocess_image
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.image.budget import MIB, DecodeBudget, preprocess_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000

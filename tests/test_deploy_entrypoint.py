@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_onnx
 from dockerfiles import DOCKERFILES, env, exec_form, healthcheck, installed_extras, stages
+from support.tiny_model import write_tiny_onnx
 from test_wheel_install import Installed, installed
 
 from resnet_serve.cli.main import main

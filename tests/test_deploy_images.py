@@ -94,7 +94,7 @@ def test_the_build_context_leaves_out_the_venv_and_artifacts() -> None:
     allowed = pathspec.PathSpec.from_lines("gitignore", [r[1:] for r in rules if r.startswith("!")])
     for path in (".venv/bin/python", "artifacts/digits/model.onnx", "model_repository/x/1/model.onnx"):
         assert not allowed.match_file(path), path
-    for path in ("pyproject.toml", "server/app.py", "resnet_serve/__init__.py", "constraints.txt"):
+    for path in ("pyproject.toml", "LICENSE", "server/app.py", "resnet_serve/__init__.py", "constraints.txt"):
         assert allowed.match_file(path), path
 
 

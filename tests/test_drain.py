@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import struct
 import threading
@@ -16,9 +15,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import write_tiny_onnx
 from PIL import Image
-from test_server_integration import encode, start_server, stop_server
+from support.server import GRPC_CORE_LINE, encode, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
@@ -28,7 +27,6 @@ from resnet_serve.protos import grpc_service_pb2_grpc as kpb_grpc
 pytestmark = pytest.mark.slow
 
 SENDERS = 6  # per API
-GRPC_CORE_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 IN_FLIGHT = 4  # requests each sender keeps open
 
 

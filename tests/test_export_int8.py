@@ -20,8 +20,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_one_line_error
 from onnx import numpy_helper
+from support.cli import assert_one_line_error
 
 from resnet_serve.cli.main import main
 from resnet_serve.export.onnx_export import read_metadata

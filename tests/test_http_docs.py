@@ -13,64 +13,26 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS
 from PIL import Image
+from support.tiny_model import write_digits_onnx
 
-from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import serve_command, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "kserve.md"
-READY = re.compile(r"ready: grpc=\S+ metrics=http://[^:\s]+:(\d+)/metrics http=[^:\s]+:(\d+)")
-PREPROCESS = {
-    "color": "L",
-    "resize": 32,
-    "crop": 32,
-    "interpolation": "bilinear",
-    "mean": [0.5],
-    "std": [0.25],
-}
 
 
 def curl_blocks() -> list[str]:
     section = DOC.read_text().split("\n## HTTP/REST\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
     return [b for b in blocks if "curl " in b]
-
-
-def write_digits_onnx(path: Path) -> Path:
-    """(N, 1, 32, 32) float32 → flatten → gemm → (N, 10) logits, with the server's metadata."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 0.05, (10, 32 * 32)).astype(np.float32)
-    b = rng.normal(0, 0.1, (10,)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
-        ],
-        "digits",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in {LABELS_KEY: json.dumps(TINY_LABELS), PREPROCESS_KEY: json.dumps(PREPROCESS)}.items():
-        model.metadata_props.add(key=key, value=value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +46,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, 
     args = serve_command(
         "--model", f"digits={model}", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--http-port", "0", "--intra-op-threads", "1", "--preprocess-threads", "1",
-        "--model-control-mode", "explicit",
+        "--model-control-mode", "explicit", "--ready-file", str(work / "ready.json"),
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not (found := READY.search(log_path.read_text(errors="replace"))):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        yield work, int(found.group(2)), int(found.group(1))
+        ready = wait_ready(process, work / "ready.json", 60, log=log_path)
+        assert ready.http_port is not None and ready.metrics_port is not None
+        yield work, ready.http_port, ready.metrics_port
     finally:
         stop(process)
 

@@ -27,8 +27,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import write_tiny_onnx
 from kserve_fixtures import start_server
+from support.tiny_model import write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.server.app import InferenceServer

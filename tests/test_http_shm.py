@@ -4,7 +4,6 @@ same misuse errors as over gRPC (tests/test_kserve_shm.py), as HTTP statuses."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,15 +11,14 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 import tritonclient.utils.shared_memory as shm
-from conftest import write_tiny_onnx
+from support.server import ServerProcess, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 from test_kserve_shm import OUT_ROW_BYTES, ROW_BYTES, SHAPE, batch, region
-from test_server_integration import ServerProcess, start_server, stop_server
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
 
 __all__ = ["region"]  # the client-side regions fixture, shared with the gRPC tests
-HTTP = re.compile(r"http=127\.0\.0\.1:(\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[th.InferenceServerClient]:
-    port = next(m[1] for line in server.log if (m := HTTP.search(line)))
-    client = th.InferenceServerClient(f"127.0.0.1:{port}")
+    client = th.InferenceServerClient(f"127.0.0.1:{server.ready.http_port}")
     try:
         yield client
     finally:

@@ -12,7 +12,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from conftest import RUNTIMES, runtime_flags
 from kserve_fixtures import (
     TINY_LABELS,
     TINY_PREPROCESS,
@@ -23,6 +22,7 @@ from kserve_fixtures import (
     stop_server,
 )
 from PIL import Image
+from support.runtimes import RUNTIMES, runtime_flags
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def kserve_server(runtime: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
-    """kserve_fixtures' server, once per runtime: every test here runs on each (conftest.RUNTIMES)."""
+    """kserve_fixtures' server, once per runtime: every test here runs on each (support.runtimes.RUNTIMES)."""
     tmp = tmp_path_factory.mktemp("kserve")
     server = start_server(tmp, *runtime_flags(runtime, tmp / "openvino-cache"))
     try:

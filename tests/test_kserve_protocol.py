@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from resnet_serve.formats.bytes_tensor import deserialize, serialize
 from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.kserve.codec import from_contents, from_raw, top_k_strings
+from resnet_serve.server.kserve.tensors import from_contents, from_raw, top_k_strings
 
 
 def _fields(file: FileDescriptor) -> set[tuple[Any, ...]]:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.utils.shared_memory as shm
-from conftest import write_tiny_onnx
-from test_server_integration import ServerProcess, scrape, start_server, stop_server
+from support.server import ServerProcess, scrape, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import tritonclient.utils.shared_memory as triton_shm
 
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.kserve.codec import SharedTensor, from_region, write_region
+from resnet_serve.server.kserve.regions import SharedTensor, from_region, write_region
 from resnet_serve.server.shm.cuda import NEEDS, CudaRuntime, import_cudart
 from resnet_serve.server.shm.registry import CudaStatus, SharedMemoryRegistry, SystemStatus
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ PACKAGE = "resnet_serve"
 NOT_INSTALLED = "lab"  # importable from a checkout only: no installed layer may import it
 # Qualifiers the table spells in words, mapped to the files they mean.
 QUALIFIER_FILES = {"torch backend only": {"runtime/torch_cuda.py"}}
+# Qualifiers that name the only modules of a layer that may be imported.
+QUALIFIER_MODULES = {"launch only": {f"{PACKAGE}.server.launch"}}
 # The module a layer's "everything, lazily" is asked of: what runs before the subcommand is known.
 ENTRY = {"cli": f"{PACKAGE}.cli.main"}
 TORCH = "torch"
@@ -41,6 +44,7 @@ class Allowed:
     may_import: frozenset[str]  # layers; the layer itself is always allowed
     lazily: frozenset[str]  # of may_import, the ones that must be imported inside a function
     only_from: dict[str, frozenset[str]]  # layer -> the only files (relative to the root) that may import it
+    only_modules: dict[str, frozenset[str]]  # layer -> the only modules of it that may be imported
     entry_lazily: bool  # "everything, lazily": the entry module loads no other layer at load time
     torch_free: bool
 
@@ -82,21 +86,27 @@ def _split_top_level(cell: str) -> list[str]:
     return [p.strip() for p in [*parts, current] if p.strip()]
 
 
-def parse_table(doc: str) -> dict[str, Allowed]:
-    """docs/architecture.md's layer table: `| layer | folder | what | may import (of ours) |`."""
-    rows: list[tuple[str, str, str, str]] = []
+def _table_rows(doc: str, header: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Each row (the line and its cells) of the markdown table whose header starts with `header`."""
     in_table = False
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[:2] == ["layer", "folder"]:
+        if line.startswith("|") and cells[: len(header)] == header:
             in_table = True
             continue
         if not in_table:
             continue
         if not line.startswith("|"):
-            break
+            return
         if set(line) <= set("|-: "):
             continue
+        yield line, cells
+
+
+def parse_table(doc: str) -> dict[str, Allowed]:
+    """docs/architecture.md's layer table: `| layer | folder | what | may import (of ours) |`."""
+    rows: list[tuple[str, str, str, str]] = []
+    for line, cells in _table_rows(doc, ["layer", "folder"]):
         assert len(cells) == 4, f"docs/architecture.md: a layer-table row without 4 cells: {line!r}"
         level, folder, what, may = cells
         rows.append((level, folder.strip("`").rstrip("/"), what, may))
@@ -108,6 +118,7 @@ def parse_table(doc: str) -> dict[str, Allowed]:
         layers: set[str] = set()
         lazily: set[str] = set()
         only_from: dict[str, frozenset[str]] = {}
+        only_modules: dict[str, frozenset[str]] = {}
         entry_lazily = False
         for token in _split_top_level(may):
             m = re.fullmatch(r"([\w ]+?)\s*(?:\((.*)\))?", token)
@@ -132,6 +143,8 @@ def parse_table(doc: str) -> dict[str, Allowed]:
                     lazily.update(names)
                 elif q in QUALIFIER_FILES:
                     only_from.update({n: frozenset(QUALIFIER_FILES[q]) for n in names})
+                elif q in QUALIFIER_MODULES:
+                    only_modules.update({n: frozenset(QUALIFIER_MODULES[q]) for n in names})
                 else:
                     raise AssertionError(f"docs/architecture.md, row {folder}: unknown qualifier {q!r}")
         table[folder] = Allowed(
@@ -140,6 +153,7 @@ def parse_table(doc: str) -> dict[str, Allowed]:
             may_import=frozenset(layers),
             lazily=frozenset(lazily),
             only_from=only_from,
+            only_modules=only_modules,
             entry_lazily=entry_lazily,
             torch_free="torch-free" in what or "never torch" in what,
         )
@@ -278,6 +292,9 @@ def check(root: Path, doc: str) -> list[str]:
             elif target_layer in allowed.only_from and rel not in allowed.only_from[target_layer]:
                 files = ", ".join(sorted(allowed.only_from[target_layer]))
                 problems.append(f"{where(imp)}: imports {shown}; only {files} may import {target_layer}/")
+            elif target_layer in allowed.only_modules and shown not in allowed.only_modules[target_layer]:
+                modules_ = ", ".join(sorted(allowed.only_modules[target_layer]))
+                problems.append(f"{where(imp)}: imports {shown}; of {target_layer}/ only {modules_} may be")
             elif target_layer in allowed.lazily and imp.eager:
                 problems.append(
                     f"{where(imp)}: imports {shown} at load time; {module.layer}/ may import "
@@ -314,6 +331,64 @@ def check(root: Path, doc: str) -> list[str]:
     return sorted(set(problems))
 
 
+# ---------------------------------------------------------------------------------------- inside server/
+
+SERVER = "server"
+
+
+def parse_server_table(doc: str) -> dict[str, int]:
+    """docs/architecture.md's "Inside server/" table: `| level | units | what |` → unit name → level."""
+    levels: dict[str, int] = {}
+    for line, cells in _table_rows(doc, ["level", "units"]):
+        assert len(cells) == 3 and cells[0].isdigit(), f"docs/architecture.md, Inside server/: {line!r}"
+        for unit in cells[1].split(","):
+            name = unit.strip().strip("`")
+            assert name not in levels, f"docs/architecture.md, Inside server/: {name!r} listed twice"
+            levels[name] = int(cells[0])
+    assert levels, "docs/architecture.md has no 'Inside server/' table (| level | units | what |)"
+    return levels
+
+
+def _server_unit(name: str) -> str | None:
+    """The unit of server/ a dotted module name is in: its subpackage, or its own module name."""
+    parts = name.split(".")
+    return parts[2] if parts[:2] == [PACKAGE, SERVER] and len(parts) > 2 else None
+
+
+def check_server(root: Path, doc: str) -> list[str]:
+    """Every import between units of server/ that does not run to a lower level of the table."""
+    levels = parse_server_table(doc)
+    modules = {n: m for n, m in collect(root, parse_table(doc)).items() if m.layer == SERVER}
+    units = {u for u in map(_server_unit, modules) if u is not None}
+    problems = [
+        f"server/{u}: a unit of server/ missing from docs/architecture.md's table"
+        for u in units - set(levels)
+    ]
+    problems += [f"{u}: in docs/architecture.md's server table, not in server/" for u in set(levels) - units]
+    for module in modules.values():
+        unit = _server_unit(module.name)
+        if unit not in levels:
+            continue
+        for imp in module.imports:
+            if imp.type_only:
+                continue
+            for target in resolve(imp.target, modules)[-1:]:
+                other = _server_unit(target)
+                if other is None or other == unit or other not in levels or levels[other] < levels[unit]:
+                    continue
+                where = f"{imp.path.relative_to(root)}:{imp.line}"
+                problems.append(
+                    f"{where}: {unit} (level {levels[unit]}) imports {target} ({other}, level "
+                    f"{levels[other]}); a unit of server/ imports only lower levels"
+                )
+    return sorted(set(problems))
+
+
+def test_units_inside_server_import_only_lower_levels() -> None:
+    problems = check_server(ROOT, (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
+    assert not problems, "imports against docs/architecture.md's server table:\n" + "\n".join(problems)
+
+
 def test_imports_follow_the_layer_table() -> None:
     problems = check(ROOT, (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"))
     assert not problems, "imports against docs/architecture.md's layer table:\n" + "\n".join(problems)
@@ -337,6 +412,7 @@ DOC = """\
 | 1 | `models/` | the library | formats |
 | 2 | `runtime/` | backends | models (torch backend only, lazily), formats |
 | 3 | `server/` | the server. **never torch** | runtime, formats |
+| 4 | `bench/` | the tools | server (launch only), formats |
 | 5 | `cli/` | the program | everything, lazily |
 | – | `lab/` | experiments | anything |
 """
@@ -353,6 +429,9 @@ def _house(tmp_path: Path, files: dict[str, str]) -> Path:
         "runtime/torch_cuda.py": "def load():\n    import torch\n    from resnet_serve.models import net\n",
         "server/__init__.py": "",
         "server/app.py": "from resnet_serve.runtime import factory\nfrom resnet_serve.formats import keys\n",
+        "server/launch.py": "import subprocess\nfrom resnet_serve.formats import keys\n",
+        "bench/__init__.py": "",
+        "bench/tune.py": "from resnet_serve.server.launch import wait_ready\n",
         "cli/__init__.py": "",
         "cli/main.py": "import argparse\n\ndef run():\n    from resnet_serve.server import app\n",
         "cli/demo.py": "from resnet_serve.server import app\n",
@@ -429,6 +508,11 @@ def test_checker_passes_a_house_in_order(tmp_path: Path) -> None:
             {"runtime/factory.py": "def f():\n    from resnet_serve.models import net\n"},
             "runtime/factory.py:2: imports resnet_serve.models.net; only runtime/torch_cuda.py may import",
         ),
+        # "(launch only)": of that layer, only the modules the qualifier names
+        (
+            {"bench/tune.py": "from resnet_serve.server import app\n"},
+            "bench/tune.py:1: imports resnet_serve.server.app; of server/ only resnet_serve.server.launch",
+        ),
         (
             {"cli/main.py": "from resnet_serve.cli import demo\n"},
             "cli/main.py: loads resnet_serve.server.app at load time",
@@ -440,6 +524,67 @@ def test_checker_reports_an_import_against_the_table(
 ) -> None:
     problems = check(_house(tmp_path, files), DOC)
     assert any(needle in p for p in problems), problems
+
+
+SERVER_DOC = (
+    DOC
+    + """
+| level | units | what |
+|---|---|---|
+| 0 | `errors`, `launch` | errors |
+| 1 | `models`, `extra` | models |
+| 2 | `app` | the server |
+"""
+)
+
+
+def _server_house(tmp_path: Path, files: dict[str, str]) -> Path:
+    base = {
+        "server/errors.py": "",
+        "server/models/__init__.py": "",
+        "server/models/manager.py": "from resnet_serve.server import errors\n",
+        "server/extra.py": "",
+        "server/app.py": "from resnet_serve.server.models import manager\n",
+    }
+    return _house(tmp_path, {**base, **files})
+
+
+def test_server_checker_passes_units_in_order(tmp_path: Path) -> None:
+    assert check_server(_server_house(tmp_path, {}), SERVER_DOC) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        # a cycle: errors (0) back up to models (1), also lazily
+        (
+            {"server/errors.py": "def f():\n    from resnet_serve.server.models import manager\n"},
+            "server/errors.py:2: errors (level 0) imports resnet_serve.server.models.manager (models, level",
+        ),
+        # sideways, within a level
+        (
+            {"server/extra.py": "from resnet_serve.server.models.manager import x\n"},
+            "server/extra.py:1: extra (level 1) imports resnet_serve.server.models.manager (models, level 1)",
+        ),
+        # a new unit must be placed in the table
+        ({"server/new.py": ""}, "server/new: a unit of server/ missing from docs/architecture.md's table"),
+        # annotations only do not count, a real import does
+        (
+            {"server/errors.py": "from resnet_serve.server import app\n"},
+            "server/errors.py:1: errors (level 0) imports resnet_serve.server.app (app, level 2)",
+        ),
+    ],
+)
+def test_server_checker_reports_an_import_against_the_table(
+    tmp_path: Path, files: dict[str, str], needle: str
+) -> None:
+    problems = check_server(_server_house(tmp_path, files), SERVER_DOC)
+    assert any(needle in p for p in problems), problems
+
+
+def test_server_checker_lets_annotations_point_anywhere(tmp_path: Path) -> None:
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from resnet_serve.server import app\n"
+    assert check_server(_server_house(tmp_path, {"server/errors.py": typed}), SERVER_DOC) == []
 
 
 def test_checker_refuses_a_table_word_it_does_not_know() -> None:

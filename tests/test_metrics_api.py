@@ -12,12 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from resnet_serve.server.observability.metrics import (
-    FAILURE_OUTCOMES,
-    OUTCOMES,
-    UNKNOWN_MODEL_LABEL,
-    ServerMetrics,
-)
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
+from resnet_serve.server.outcomes import FAILURES, REQUEST_OUTCOMES
 
 LABELS = {"model": "resnet20", "version": "1"}
 
@@ -59,13 +56,13 @@ def test_successful_request_lands_in_every_phase_histogram_and_in_statistics() -
 def test_failures_are_counted_by_reason_and_kept_out_of_latency_histograms() -> None:
     metrics = ServerMetrics()
     model = metrics.model("resnet20", "1")
-    for i, outcome in enumerate(FAILURE_OUTCOMES):
+    for i, outcome in enumerate(FAILURES):
         for _ in range(i + 1):
             model.request_done(outcome, total_s=0.5, queue_s=0.25)
 
-    for i, outcome in enumerate(FAILURE_OUTCOMES):
+    for i, outcome in enumerate(FAILURES):
         assert sample(metrics, "resnet_serve_requests_total", **LABELS, outcome=outcome) == i + 1
-    n_failed = sum(range(1, len(FAILURE_OUTCOMES) + 1))
+    n_failed = sum(range(1, len(FAILURES) + 1))
     assert sample(metrics, "resnet_serve_requests_total", **LABELS, outcome="success") == 0
     assert sample(metrics, "resnet_serve_request_duration_seconds_count", **LABELS) == 0
     assert sample(metrics, "resnet_serve_queue_duration_seconds_count", **LABELS) == 0
@@ -74,7 +71,7 @@ def test_failures_are_counted_by_reason_and_kept_out_of_latency_histograms() -> 
         0.5 * n_failed
     )
     stats = model.statistics()
-    assert stats.failures == {o: i + 1 for i, o in enumerate(FAILURE_OUTCOMES)}
+    assert stats.failures == {o: i + 1 for i, o in enumerate(FAILURES)}
     assert (stats.fail.count, stats.fail.ns) == (n_failed, n_failed * 500_000_000)
     assert stats.queue.count == 0
 
@@ -88,7 +85,7 @@ def test_an_unknown_outcome_is_a_programming_error() -> None:
 def test_every_outcome_series_exists_at_zero_once_the_model_is_known() -> None:
     metrics = ServerMetrics()
     metrics.model("resnet20", "1")
-    for outcome in OUTCOMES:
+    for outcome in REQUEST_OUTCOMES:
         assert sample(metrics, "resnet_serve_requests_total", **LABELS, outcome=outcome) == 0
 
 
@@ -250,7 +247,7 @@ def test_http_endpoint_on_a_free_port_serves_the_registry() -> None:
 events = st.lists(
     st.one_of(
         st.tuples(
-            st.sampled_from(OUTCOMES),
+            st.sampled_from(REQUEST_OUTCOMES),
             st.floats(0, 20),
             st.one_of(st.none(), st.floats(0, 1)),
             st.one_of(st.none(), st.floats(0, 1)),

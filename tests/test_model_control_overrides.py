@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
-from conftest import write_tiny_onnx
 from kserve_fixtures import KServeServer, kserve_server, reference_logits
+from support.tiny_model import write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.protos import grpc_service_pb2 as pb

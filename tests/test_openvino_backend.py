@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import OPENVINO_MISSING, RUNTIMES, runtime_backends, write_tiny_onnx
+from support.runtimes import OPENVINO_MISSING, RUNTIMES, runtime_backends
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.formats.metadata import (
     EXECUTION_DEVICES_KEY,

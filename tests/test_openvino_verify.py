@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import OPENVINO_MISSING
+from support.runtimes import OPENVINO_MISSING
 
 from resnet_serve.cli.main import main
 from resnet_serve.export.verify import judge

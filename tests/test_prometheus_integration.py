@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import shutil
 import subprocess
 import time
@@ -32,15 +31,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import TINY_PREPROCESS
 from PIL import Image
-from test_triton_metrics import exposed_samples
+from support.metrics import exposed_samples
+from support.tiny_model import TINY_PREPROCESS
 
 from resnet_serve.formats.metadata import ARCH_KEY, LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
-from resnet_serve.server.launch import free_port, serving
-from resnet_serve.server.observability.metrics import FAILURE_OUTCOMES, LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.server.launch import free_port, serving, wait_ready
+from resnet_serve.server.observability.model_metrics import LATENCY_BUCKETS_S, UNKNOWN_MODEL_LABEL
+from resnet_serve.server.outcomes import FAILURES
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,14 +128,13 @@ class Server:
             return exposed_samples(response.read().decode())
 
 
-READY = re.compile(r"ready: grpc=(\S+):(\d+) metrics=http://(\S+):(\d+)/metrics")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model = write_slow_onnx(tmp_path_factory.mktemp("slow") / "model.onnx")
     log_path = tmp_path_factory.mktemp("server") / "server.log"
+    ready_file = log_path.with_name("ready.json")
     args = (
+        "--ready-file", str(ready_file),
         "--model", f"{MODEL}={model}",
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--instances", "1", "--intra-op-threads", "1", "--preprocess-threads", "2",
@@ -143,14 +142,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--max-queue-size", "16", "--timeout-ms", "15",
     )  # fmt: skip
     with log_path.open("w") as log, serving(*args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as process:
-        match = wait_for(lambda: READY.search(log_path.read_text()), 60, "the server's ready line")
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {log_path.read_text()}")
-        target = f"{match.group(1)}:{match.group(2)}"
+        ready = wait_ready(process, ready_file, 60, log=log_path)
+        target = ready.grpc_target
+        assert ready.metrics_url is not None
         channel = grpc.insecure_channel(target)
         yield Server(
             target,
-            f"http://{match.group(3)}:{match.group(4)}/metrics",
+            ready.metrics_url,
             pb_grpc.ImageClassifierStub(channel),  # type: ignore[no-untyped-call]
         )
         channel.close()
@@ -400,7 +398,7 @@ def test_kserve_model_statistics_report_the_numbers_prometheus_scrapes(server: S
     assert int(inference["queue"]["ns"]) == ns("resnet_serve_queue_duration_seconds_sum")
     assert int(inference["compute_input"]["ns"]) == ns("resnet_serve_preprocess_duration_seconds_sum")
     assert int(inference["compute_infer"]["ns"]) == ns("resnet_serve_compute_duration_seconds_sum")
-    failed = sum(value("resnet_serve_requests_total", ("outcome", o)) for o in FAILURE_OUTCOMES)
+    failed = sum(value("resnet_serve_requests_total", ("outcome", o)) for o in FAILURES)
     assert int(inference.get("fail", {}).get("count", 0)) == failed
     batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
     assert sum(batches.values()) == value("resnet_serve_executions_total")

@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import KServeServer, start_server, stop_server
 from PIL import Image
+from support.tiny_model import write_tiny_onnx
 from tls_certs import Pki, make_pki
 from tritonclient.utils import InferenceServerException
 

@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import KServeServer, start_server, stop_server
-from test_drain import GRPC_CORE_LINE
+from support.server import GRPC_CORE_LINE
 from tls_certs import Pki, make_pki, mutual_tls_args
 from tritonclient.utils import InferenceServerException
 

@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import write_tiny_onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc

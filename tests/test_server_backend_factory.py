@@ -111,3 +111,15 @@ def test_a_runtime_missing_when_the_backend_builds_is_a_backend_error(
     monkeypatch.setattr(trt_backend, "create_backend", build)
     with pytest.raises(BackendError, match="the tensorrt backend is not available here: No module named"):
         create_backend(write_plan(tmp_path), "tensorrt", "cuda", intra_op_threads=1)
+
+
+def test_every_backend_the_repository_schema_accepts_has_a_module_that_exists() -> None:
+    import importlib.util
+
+    from resnet_serve.formats.repository import BACKENDS as NAMES
+    from resnet_serve.runtime.factory import BACKENDS, EXTENSIONS
+
+    assert tuple(BACKENDS) == NAMES
+    assert set(EXTENSIONS.values()) <= set(NAMES)
+    for module in BACKENDS.values():
+        assert importlib.util.find_spec(module) is not None, module

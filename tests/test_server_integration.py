@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import RUNTIMES, TINY_LABELS, TINY_PREPROCESS, runtime_flags
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from support.runtimes import RUNTIMES, runtime_flags
+from support.server import ServerProcess, encode, scrape, start_server, stop_server
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS
 
 from resnet_serve.formats.preprocess import eval_pixels, normalize_array
 from resnet_serve.protos import classifier_pb2 as pb
@@ -27,60 +24,6 @@ from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-READY = re.compile(r"ready: grpc=[^:\s]+:(\d+) metrics=http://[^:\s]+:(\d+)/metrics")
-
-
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen[str]
-    grpc_port: int
-    metrics_port: int
-    log: list[str]
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-
-def start_server(*args: str, timeout_s: float = 30.0) -> ServerProcess:
-    """Start `resnet-serve serve` on free loopback ports and wait for its ready line."""
-    cmd = [sys.executable, "-m", "resnet_serve", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-           "--metrics-port", "0", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    log: list[str] = []
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        match = READY.search(line)
-        if match:
-            _drain_in_background(proc, log)
-            return ServerProcess(proc, int(match[1]), int(match[2]), log)
-    proc.kill()
-    raise AssertionError("server did not become ready:\n" + "".join(log))
-
-
-def _drain_in_background(proc: subprocess.Popen[str], log: list[str]) -> None:
-    import threading
-
-    assert proc.stderr is not None
-    stream = proc.stderr
-    threading.Thread(target=lambda: log.extend(iter(stream.readline, "")), daemon=True).start()
-
-
-def stop_server(server: ServerProcess) -> int:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-    return server.proc.wait(timeout=30)
-
-
-def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
 
 
 def reference_probabilities(model_path: Path, img: Image.Image) -> np.ndarray:
@@ -106,10 +49,16 @@ def server(
     tiny_onnx: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     # Exact JPEG decoding, so answers can be compared with the training-side preprocessing bit for bit.
-    # Every test here runs on each runtime (conftest.RUNTIMES).
+    # Every test here runs on each runtime (support.runtimes.RUNTIMES).
     runtime = runtime_flags(request.param, tmp_path_factory.mktemp("openvino-cache"))
     proc = start_server(
-        "--model", f"tiny={tiny_onnx}", "--max-queue-delay-ms", "2", "--jpeg-draft", "false", *runtime
+        "--model",
+        f"tiny={tiny_onnx}",
+        "--max-queue-delay-ms",
+        "2",
+        "--jpeg-draft",
+        "false",
+        *runtime,
     )
     yield proc
     assert stop_server(proc) == 0, "".join(proc.log)
@@ -119,11 +68,6 @@ def server(
 def stub(server: ServerProcess) -> Iterator[pb_grpc.ImageClassifierStub]:
     with grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
-
-
-def scrape(server: ServerProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as resp:
-        return str(resp.read().decode())
 
 
 def request_count(text: str) -> float:

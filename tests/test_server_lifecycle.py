@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import write_tiny_onnx
 from PIL import Image
-from test_server_integration import ServerProcess, encode, scrape, start_server, stop_server
+from support.server import ServerProcess, encode, scrape, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
-from conftest import write_tiny_onnx
 from prometheus_client import CollectorRegistry
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.export.package import ServingSettings, package
 from resnet_serve.server.config import ModelSettings, ServerConfig

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as tc
-from conftest import write_tiny_onnx
+from support.tiny_model import write_tiny_onnx
 
-from resnet_serve.server.launch import serve_command, serving
+from resnet_serve.server.launch import serve_command, serving, wait_ready
 
 pytestmark = pytest.mark.slow
 LIMIT_S = 5.0  # the bound on a failed start (the old server kept running instead)
@@ -80,20 +79,18 @@ def test_exit_on_error_false_serves_the_models_that_load_and_stays_unready(tmp_p
     broken = tmp_path / "broken" / "1" / "model.onnx"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not an onnx model")
-    log = tmp_path / "server.log"
-    args = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1")
+    log, ready_file = tmp_path / "server.log", tmp_path / "ready.json"
+    args = ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "-1"]
+    args += ["--ready-file", str(ready_file)]
     with (
         log.open("w") as out,
         serving(
             *args, "--model-repository", str(tmp_path), "--exit-on-error", "false", stdout=out, stderr=out
-        ),
+        ) as process,
     ):
-        deadline = time.monotonic() + 60
-        while "ready: grpc=" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        port = log.read_text().split("ready: grpc=127.0.0.1:")[1].split()[0]
-        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        ready = wait_ready(process, ready_file, 60, log=log)
+        assert {(m.name, m.state) for m in ready.models} >= {("good", "READY")}
+        client = tc.InferenceServerClient(ready.grpc_target)
         assert client.is_model_ready("good") and not client.is_model_ready("broken")
         assert not client.is_server_ready()
         client.close()

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as tc_aio
-from conftest import write_tiny_onnx
 from prometheus_client import CollectorRegistry
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.export.package import ServingSettings, package
 from resnet_serve.formats.repository import TRITON_CONFIG_NAME, RepositoryError, read_model

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import gzip
-import re
 import shutil
 import subprocess
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support.metrics import Samples, exposed_samples
 
-from resnet_serve.server.observability.metrics import FAILURE_OUTCOMES, TRITON_FAILURE_REASONS, ServerMetrics
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.triton_metrics import TRITON_FAILURE_REASONS
+from resnet_serve.server.outcomes import FAILURES
 
 LABELS = {"model": "m", "version": "2"}
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def exposed_samples(text: str) -> Samples:
-    """Every sample of a text exposition by the name it is exposed under (prometheus_client's parser would
-    add `_total` to the samples of a counter family, hiding the name a scraper stores)."""
-    found: Samples = {}
-    for line in text.splitlines():
-        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        if match is not None:
-            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match[2] or "")))
-            found[match[1], labels] = float(match[3])
-    return found
 
 
 def samples(metrics: ServerMetrics) -> Samples:
@@ -48,7 +35,7 @@ def test_nv_inference_metrics_carry_triton_names_labels_and_units() -> None:
         )
     model.batch_executed(4, 0.002)
     model.batch_executed(2, 0.002)
-    for outcome in FAILURE_OUTCOMES:
+    for outcome in FAILURES:
         model.request_done(outcome, 0.001)
     model.set_queue_depth(5)
     got = samples(metrics)
@@ -71,7 +58,7 @@ def test_nv_inference_metrics_carry_triton_names_labels_and_units() -> None:
         "BACKEND": 1,
         "OTHER": 2,
     }
-    assert set(TRITON_FAILURE_REASONS) == set(FAILURE_OUTCOMES)
+    assert set(TRITON_FAILURE_REASONS) == set(FAILURES)
 
 
 def test_triton_counters_are_exposed_without_a_total_suffix_as_triton_does() -> None:

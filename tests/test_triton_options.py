@@ -21,14 +21,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 import tritonclient.http as th
-from conftest import write_tiny_onnx
 from kserve_fixtures import ROOT, KServeServer, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.cli.commands.serve import configure
 from resnet_serve.cli.triton_flags import ALIASES, NOT_SUPPORTED
+from resnet_serve.formats.ready import Ready
 from resnet_serve.server.config import ConfigError, load_config
-from resnet_serve.server.launch import serving
+from resnet_serve.server.launch import serving, wait_ready
 
 DOCS = ROOT / "docs" / "server.md"
 POLL_TIMEOUT_S = 30.0
@@ -102,20 +103,24 @@ def _listening(host: str, port: int) -> bool:
 
 
 @contextmanager
-def _serving_tiny(tmp_path: Path, *args: str) -> Iterator[str]:
-    """`serve` of the tiny model with `args`, yielding its "ready:" line."""
+def _serving_tiny(tmp_path: Path, *args: str) -> Iterator[tuple[str, Ready]]:
+    """`serve` of the tiny model with `args`, yielding its "ready:" line and its ready file."""
     model = write_tiny_onnx(tmp_path / "tiny.onnx")
-    log_path = tmp_path / "server.log"
-    base = ("--model", f"tiny={model}", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0")
-    with log_path.open("wb") as log, serving(*base, *args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT):
-        _wait(lambda: " ready: grpc=" in log_path.read_text(), "the server is ready")
-        yield next(line for line in log_path.read_text().splitlines() if " ready: grpc=" in line)
+    log_path, ready_file = tmp_path / "server.log", tmp_path / "ready.json"
+    base = ["--model", f"tiny={model}", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+    base += ["--ready-file", str(ready_file)]
+    with (
+        log_path.open("wb") as log,
+        serving(*base, *args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT) as process,
+    ):
+        ready = wait_ready(process, ready_file, log=log_path)
+        yield next(line for line in log_path.read_text().splitlines() if " ready: grpc=" in line), ready
 
 
-def _port(line: str, key: str) -> tuple[str, int]:
-    found = re.search(rf"{key}=(?:http://)?([0-9.]+):(\d+)", line)
-    assert found, (key, line)
-    return found.group(1), int(found.group(2))
+def _port(ready: Ready, key: str) -> tuple[str, int]:
+    endpoint = getattr(ready, key)
+    assert endpoint is not None, (key, ready)
+    return endpoint.host, endpoint.port
 
 
 def _tiny_input(module: Any) -> Any:
@@ -135,8 +140,8 @@ def test_each_endpoint_listens_on_its_own_address(tmp_path: Path) -> None:
         "--metrics-address",
         "127.0.0.2",
     )
-    with _serving_tiny(tmp_path, "--metrics-port", "0", *addresses) as line:
-        ports = {key: _port(line, key) for key in ("grpc", "http", "metrics")}
+    with _serving_tiny(tmp_path, "--metrics-port", "0", *addresses) as (_, ready):
+        ports = {key: _port(ready, key) for key in ("grpc", "http", "metrics")}
         assert {key: host for key, (host, _) in ports.items()} == {
             "grpc": "127.0.0.2",
             "http": "127.0.0.3",
@@ -152,13 +157,17 @@ def test_each_endpoint_listens_on_its_own_address(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_allow_flags_turn_endpoints_off(tmp_path: Path) -> None:
-    with _serving_tiny(tmp_path, "--allow-grpc", "false", "--allow-metrics", "false") as line:
+    with _serving_tiny(tmp_path, "--allow-grpc", "false", "--allow-metrics", "false") as (line, ready):
         assert "grpc=off" in line and "metrics=off" in line, line
-        client = th.InferenceServerClient(f"127.0.0.1:{_port(line, 'http')[1]}")
+        assert ready.grpc is None and ready.metrics is None, ready
+        client = th.InferenceServerClient(f"127.0.0.1:{_port(ready, 'http')[1]}")
         assert client.infer("tiny", [_tiny_input(th)]).as_numpy("logits").shape == (1, 10)
-    with _serving_tiny(tmp_path / "http-off", "--allow-http", "false", "--metrics-port", "0") as line:
-        assert "http=off" in line, line
-        client = tc.InferenceServerClient(f"127.0.0.1:{_port(line, 'grpc')[1]}")
+    with _serving_tiny(tmp_path / "http-off", "--allow-http", "false", "--metrics-port", "0") as (
+        line,
+        ready,
+    ):
+        assert "http=off" in line and ready.http is None, line
+        client = tc.InferenceServerClient(ready.grpc_target)
         assert client.infer("tiny", [_tiny_input(tc)]).as_numpy("logits").shape == (1, 10)
 
 

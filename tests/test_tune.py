@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_onnx
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.bench.tune import candidates, search
 from resnet_serve.bench.tune.candidates import Candidate, Variant

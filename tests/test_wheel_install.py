@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 from PIL import Image
+from support.checkout import REPO, checkout_copy
+from support.tiny_model import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
 from resnet_serve.formats.preprocess import eval_pixels, normalize_array
+from resnet_serve.server.launch import stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 SHADOWS = ("client", "server", "models", "cli")
-READY = re.compile(r"ready: grpc=[^:\s]+:(\d+) metrics=")
 
 
 @dataclass
@@ -59,28 +56,6 @@ class Installed:
         return str(self.venv / "bin" / "resnet-serve")
 
 
-def _checkout_copy(dest: Path) -> Path:
-    """The files git would commit (tracked, plus new files not ignored), links kept as links: the wheel is
-    built from them, not from whatever build/ or .egg-info an earlier build left in the checkout."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = REPO / rel
-        if not src.exists() and not src.is_symlink():
-            continue  # deleted in the working tree, not yet committed
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            target.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, target)
-    return dest
-
-
 def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
     start = time.monotonic()
     # Without PYTHONPATH: a checkout on it (with the .egg-info an editable install leaves there) would make
@@ -95,7 +70,7 @@ def _timed(seconds: dict[str, float], step: str, argv: list[str]) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     seconds: dict[str, float] = {}
     base = tmp_path_factory.mktemp("wheel")
-    source = _checkout_copy(base / "source")
+    source = checkout_copy(base / "source")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     _timed(seconds, "build", [*pip, "wheel", "--no-deps", "--quiet", "-w", str(base / "dist"), str(source)])
     (wheel,) = (base / "dist").glob("resnet_serve-*.whl")
@@ -163,41 +138,24 @@ def test_serve_then_classify_round_trip(installed: Installed) -> None:
     image.save(installed.project / "digit.png")
 
     start = time.monotonic()
-    serve = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]
-    server = subprocess.Popen(
-        [installed.script, *serve, "--model", f"tiny={model}"],
-        cwd=installed.project,
-        env=installed.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stderr is not None
-    log: list[str] = []
+    ready_file, log = installed.project / "ready.json", installed.project / "server.log"
+    serve = ["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [installed.script, *serve, "--model", f"tiny={model}", "--ready-file", str(ready_file)],
+            cwd=installed.project,
+            env=installed.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            if not line:
-                break
-            log.append(line)
-            if match := READY.search(line):
-                port = int(match[1])
-        assert port is not None, "server did not become ready:\n" + "".join(log)
-
-        classify = ["classify", "--server", f"127.0.0.1:{port}", "--format", "json", "--top-k", "1"]
+        ready = wait_ready(server, ready_file, 60, log=log)
+        classify = ["classify", "--server", ready.grpc_target, "--format", "json", "--top-k", "1"]
         done = installed.run(installed.script, *classify, "digit.png")
         assert done.returncode == 0, done.stdout + done.stderr
         (record,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
         assert record["predictions"][0]["label"] == _expected_label(model, image), record
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-        rest = server.stderr.read()
+        rc = stop(server, 30)
     installed.seconds["serve+classify"] = time.monotonic() - start
-    assert rc == 0, "".join(log) + rest
+    assert rc == 0, log.read_text()

@@ -16,7 +16,7 @@ from tritonclient.utils import deserialize_bytes_tensor
 from resnet_serve.formats.bytes_tensor import serialize
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.kserve.codec import from_raw
+from resnet_serve.server.kserve.tensors import from_raw
 from resnet_serve.server.kserve.wire import parse_infer_request
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
+import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,10 +22,9 @@ from typing import Any, Protocol
 from resnet_serve.bench.loadgen import Closed, Open, StepResult, Timing, run_step
 from resnet_serve.bench.tune.candidates import Candidate
 from resnet_serve.bench.tune.settings import server_toml
+from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
 
-READY = re.compile(r"ready: grpc=(\S+):(\d+)")
 OPEN_LOOP_UTILISATION = 0.7
-START_TIMEOUT_S = 120.0  # a ResNet-50 session with warm-up at every batch size takes ~10 s here
 
 
 @dataclass
@@ -133,61 +129,38 @@ class _ServerFailed(Exception):
 
 
 class _Server:
-    """A server process for one candidate; the context manager yields its gRPC target once it is ready."""
+    """A server process for one candidate (server/launch.py); the context manager yields its gRPC target once
+    its ready file says it is ready."""
 
     def __init__(self, name: str, candidate: Candidate, workdir: Path) -> None:
         self.name = name
         self.candidate = candidate
-        self.workdir = workdir
-        self.proc: subprocess.Popen[str] | None = None
-        self.log: deque[str] = deque(maxlen=20)
+        self.workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=workdir))
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> str:
         server = {"host": "127.0.0.1", "grpc_port": 0, "metrics_port": -1}
-        config = tempfile.NamedTemporaryFile(
-            "w", suffix=".toml", prefix="candidate-", dir=self.workdir, delete=False
-        )
-        with config:
-            config.write(server_toml(self.name, self.candidate, server))
-        self.config = Path(config.name)
+        config, ready_file, log = (self.workdir / n for n in ("server.toml", "ready.json", "server.log"))
+        config.write_text(server_toml(self.name, self.candidate, server))
         # Measured servers open no port beyond gRPC (no HTTP server when the build has one).
         env = {**os.environ, "RESNET_SERVE_HTTP_PORT": "-1", "PYTHONUNBUFFERED": "1"}
         env.pop("RESNET_SERVE_CONFIG", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "resnet_serve", "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        found: list[str] = []
-        ready = threading.Event()
-
-        def follow() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.log.append(line.rstrip())
-                match = READY.search(line)
-                if match and not found:
-                    found.append(f"{match.group(1)}:{match.group(2)}")
-                    ready.set()
-            ready.set()  # the process ended
-
-        threading.Thread(target=follow, daemon=True).start()
-        ready.wait(START_TIMEOUT_S)
-        if not found:
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                serve_command("--config", str(config), "--ready-file", str(ready_file)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            return wait_ready(self.proc, ready_file).grpc_target
+        except NotReady as exc:
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             self.__exit__()
-            last = next((line for line in reversed(self.log) if line.strip()), "no output")
-            raise _ServerFailed(f"the server did not start: {last}")
-        return found[0]
+            raise _ServerFailed(f"the server did not start: {lines[-1] if lines else exc}") from None
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.config.unlink(missing_ok=True)
+            stop(self.proc, 30)
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from resnet_serve.export import engine
-from resnet_serve.formats.sidecar import sidecar_path
+from resnet_serve.formats.sidecar import ENGINE_PRECISIONS, sidecar_path
 from resnet_serve.runtime.tensorrt import require_tensorrt
 
 
@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="engine file to write (e.g. model.plan)")
     parser.add_argument(
         "--precision",
-        choices=engine.PRECISIONS,
+        choices=ENGINE_PRECISIONS,
         default="auto",
         help="auto: the ONNX's own precision (default); fp16 converts an FP32 ONNX first",
     )

@@ -24,12 +24,12 @@ from pydantic import BaseModel
 
 from resnet_serve.cli.commands import serve
 from resnet_serve.cli.flags import add_flags
+from resnet_serve.formats.sidecar import ENGINE_PRECISIONS
 from resnet_serve.server import config
 from resnet_serve.server.config.options import Int, one_of, option, options_of
 from resnet_serve.server.observability.logging import configure_logging
 
 log = logging.getLogger("resnet_serve.entrypoint")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 class _Terminated(Exception):
@@ -43,7 +43,7 @@ class EngineSettings(BaseModel):
         False, "BOOL", "build (or reuse) engines for --model-repository and serve them"
     )
     engine_cache: str = option("/engines", "DIR", "writable volume for engines and the timing cache")
-    engine_precision: Annotated[str, one_of(PRECISIONS)] = option(
+    engine_precision: Annotated[str, one_of(ENGINE_PRECISIONS)] = option(
         "auto", "PRECISION", "auto: each ONNX's own precision; fp16 converts FP32 models"
     )
     engine_device: Int = option(0, "N", "CUDA device to build on", ge=0)

@@ -61,7 +61,7 @@ def decode_check(cfg: Settings) -> dict[str, Any]:
     else:
         result["paths"]["turbo"] = "absent (simplejpeg not installed)"
     try:
-        from resnet_serve.server.image import gpu_decode
+        from resnet_serve.server.decode import gpu as gpu_decode
 
         gpu_decode.require("nvimgcodec")  # loads it once, as the server's start-up does
         paths["nvimgcodec"] = Preprocessor(spec, ImageLimits(decoder="nvimgcodec"))
@@ -73,7 +73,7 @@ def decode_check(cfg: Settings) -> dict[str, Any]:
         reference = paths["pillow"](data)
         for label, pre in paths.items():
             if label == "nvimgcodec":
-                from resnet_serve.server.image.gpu_decode import finish_batch
+                from resnet_serve.server.decode.gpu import finish_batch
 
                 headers = [pre.inspect(d) for d in batch]
                 finish_batch(pre, headers[:1])  # warm-up

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -27,11 +26,10 @@ from typing import Any, Final
 
 from lab.triton_examples.models import WRITERS, write_repository
 from lab.triton_examples.runs import DEFAULT_PORTS, GRPC_CONTROL, HTTP_CONTROL, MAIN, RUNS, Run
-from resnet_serve.server.launch import serve_command, stop
+from resnet_serve.server.launch import serve_command, stop, wait_ready
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 CLIENTS: Final = ROOT / "tests" / "triton_example_clients"
-_READY: Final = re.compile(r"ready: grpc=[^ ]*:(\d+) metrics=\S+ http=[^ ]*:(\d+)")
 START_TIMEOUT_S: Final = 120.0
 RUN_TIMEOUT_S: Final = 180.0
 # The repository each server serves: the example model-control clients count it (the gRPC one expects the
@@ -91,18 +89,16 @@ def serving(kind: str, workdir: Path, ports: tuple[str, str] = ("0", "0")) -> It
         "--intra-op-threads", "1", "--preprocess-threads", "1",
         *SERVER_FLAGS[kind],
     )  # fmt: skip
+    ready_file = workdir / f"server-{kind}.ready.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            [*args, "--ready-file", str(ready_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            found = _READY.search(log_path.read_text(errors="replace"))
-            if found:
-                yield Server(f"127.0.0.1:{found.group(1)}", f"127.0.0.1:{found.group(2)}")
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+        ready = wait_ready(process, ready_file, START_TIMEOUT_S, log=log_path)
+        assert ready.http is not None, "the examples need the HTTP endpoint"
+        yield Server(ready.grpc_target, ready.http.address)
     finally:
         stop(process)
 

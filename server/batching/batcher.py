@@ -50,7 +50,7 @@ from resnet_serve.server.errors import (
     queue_full,
     unavailable,
 )
-from resnet_serve.server.observability.metrics import ModelMetrics
+from resnet_serve.server.observability.model_metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,6 @@ class DynamicBatcher:
         self._metrics = metrics
         self._backends = list(backends)
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._rows = 0  # rows in the queue
         self._reserved = 0  # places claimed by tickets and not yet filled
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -232,7 +231,6 @@ class DynamicBatcher:
             else:
                 self._admit_locked(1)
             self._queue.append(pending)
-            self._rows += rows
             depth = len(self._queue)
             self._cond.notify()
         self._metrics.set_queue_depth(depth)
@@ -298,7 +296,6 @@ class DynamicBatcher:
             return False
         pending.state = _GONE
         self._queue.remove(pending)
-        self._rows -= pending.rows
         return True
 
     def _withdraw(self, pending: _Pending) -> bool:
@@ -365,7 +362,6 @@ class DynamicBatcher:
             batch: list[_Pending] = []
             for _ in range(take):
                 pending = self._queue.popleft()
-                self._rows -= pending.rows
                 if pending.deadline is not None and pending.deadline <= now:
                     pending.state = _GONE
                     expired.append((pending, self._expired_error()))

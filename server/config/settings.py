@@ -231,6 +231,12 @@ class ServerConfig(BaseModel):
     grace_period_s: Float = option(
         15.0, "SECONDS", "on SIGTERM/SIGINT, time allowed for accepted requests to finish", ge=0
     )
+    ready_file: str = option(
+        "",
+        "FILE",
+        "once ready, write FILE (atomically): JSON with the pid, the gRPC, HTTP and metrics ports and the "
+        "models, for whoever started the server; removed at exit (formats/ready.py, docs/server.md)",
+    )
     exit_on_error: bool = option(
         True,
         "BOOL",

@@ -29,7 +29,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import grpc
 from aiohttp import BodyPartReader, web, web_protocol
@@ -315,8 +315,7 @@ class HttpServer:
             image=image,
             top_k=int(top_k),
         )
-        # The servicer is typed for grpc's context; HttpContext has the part of it the service uses.
-        return _json(to_json(await self._image.Classify(message, cast(Any, call))))
+        return _json(to_json(await self._image.Classify(message, call)))
 
     # --------------------------------------------------------------------------------------- repository
 
@@ -341,8 +340,8 @@ class HttpServer:
         return web.Response()
 
     # ------------------------------------------------------------------ shared memory, trace, logging
-    # The HTTP forms of the shared-memory RPCs: they answer whatever the gRPC service answers (today
-    # UNIMPLEMENTED), so implementing an RPC in server/kserve/service.py serves it on both protocols.
+    # The HTTP forms of the shared-memory RPCs run the gRPC service's methods (server/kserve/service.py), so
+    # both protocols register, list and unregister the same regions (server/shm/registry.py).
 
     async def _shm_status(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
         name = request.match_info.get("region", "")

@@ -27,14 +27,14 @@ from resnet_serve.formats import bytes_tensor
 from resnet_serve.formats.datatypes import BYTES, WIRE_DTYPES
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import invalid_argument
-from resnet_serve.server.kserve.codec import element_count
+from resnet_serve.server.kserve.tensors import element_count
 from resnet_serve.server.kserve.wire import InferRequest
+from resnet_serve.server.shm.parameters import SHARED_MEMORY_REGION
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 BINARY_DATA: Final = "binary_data"
 BINARY_DATA_SIZE: Final = "binary_data_size"
 BINARY_DATA_OUTPUT: Final = "binary_data_output"
-SHARED_MEMORY_REGION: Final = "shared_memory_region"
 _INT64: Final = (-(2**63), 2**63 - 1)
 # Inputs or outputs one request may name: far above any model's (a ResNet has one of each), far below what
 # fits in a body (a 64 MiB body of 1M tiny inputs would hold the event loop ~13 s in this parser).

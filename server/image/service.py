@@ -18,17 +18,19 @@ import numpy as np
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.batching.batcher import Ticket
+from resnet_serve.server.decode.budget import preprocess_each, preprocess_images
 from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
-from resnet_serve.server.image.budget import preprocess_each, preprocess_images
+from resnet_serve.server.frontend import CallContext
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel
-from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
+from resnet_serve.server.observability.logging import request_scope, resolve_request_id
+from resnet_serve.server.outcomes import Outcome
 from resnet_serve.server.request import Call
 from resnet_serve.server.streams import answer_concurrently
 
 DEFAULT_TOP_K = 5
-Context = grpc.aio.ServicerContext[object, object]
+Context = CallContext
 
 
 def _us(seconds: float) -> int:
@@ -116,7 +118,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
 
     @boundary
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        request_id = echo_request_id(context, request.request_id)
+        request_id = context.echo_request_id(request.request_id)
         with request_scope(request_id):
             return await self._classify(request, context, request_id, "Classify")
 
@@ -131,7 +133,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 raise invalid_argument("ClassifyBatch needs at least one image")
             return model
 
-        request_id = echo_request_id(context, request.request_id)
+        request_id = context.echo_request_id(request.request_id)
         # One access-log line for the whole call: its images are counted one by one in the metrics.
         with (
             request_scope(request_id),
@@ -146,7 +148,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 detail = f"{len(failures)} of {len(results)} images failed; first: {failures[0].message}"
                 call.summary(failures[0].outcome, batch_size, detail)
             else:
-                call.summary("success", batch_size)
+                call.summary(Outcome.SUCCESS, batch_size)
         return pb.ClassifyBatchResponse(results=results)
 
     async def _classify_batch(
@@ -217,7 +219,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
             total = time.perf_counter() - start
             batch_sizes.append(result.batch_size)
             model.metrics.request_done(
-                "success", total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
+                Outcome.SUCCESS, total, result.queue_s, pre_s, result.compute_s, inferences=len(chunk)
             )
             logits = model.output_rows(result.outputs[model.info.outputs[0].name], len(chunk))
             for row, i in enumerate(chunk):
@@ -241,7 +243,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         # An item's own request_id wins; one without gets "<stream id>/<n>", the stream id being the
         # stream's x-request-id metadata (or a new id), so a client can find a whole stream in the logs.
-        stream_id = echo_request_id(context)
+        stream_id = context.echo_request_id()
 
         async def answer(request: pb.ClassifyRequest, n: int) -> pb.ClassifyStreamResponse:
             request_id = resolve_request_id(request.request_id, f"{stream_id}/{n}")

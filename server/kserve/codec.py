@@ -1,7 +1,8 @@
-"""KServe v2 / Open Inference Protocol messages ⇄ NumPy arrays: a ModelInferRequest decoded into the model's
-input arrays (`decode_request`), its outputs encoded into a ModelInferResponse (`encode_response`), and the
-tensor encodings underneath (raw little-endian contents, typed contents, BYTES, Triton's classification
-strings). The datatype names are formats/datatypes.py's.
+"""KServe v2 / Open Inference Protocol messages ⇄ a model's arrays: a ModelInferRequest decoded into the
+model's input arrays (`decode_request`, checked against the model), its outputs encoded into a
+ModelInferResponse (`encode_response`). The tensor encodings underneath (raw little-endian contents, typed
+contents, BYTES, Triton's classification strings) are server/kserve/tensors.py, tensors in shared memory
+server/kserve/regions.py. The datatype names are formats/datatypes.py's.
 
 What a request may send for a model input (docs/kserve.md):
 
@@ -20,15 +21,13 @@ raw FP32 out) views the received bytes (wire.py, no copy) with `np.frombuffer`, 
 array and serialises each output with one `tobytes`.
 Every failure is a `ServeError` with INVALID_ARGUMENT and a message naming what was expected.
 
-Shared memory (Triton's extension; server/shm/): an input or requested output whose parameters name a
-`shared_memory_region` (with `shared_memory_byte_size` and optionally `shared_memory_offset`) is read from, or
-written to, that registered region instead of the message. Every region, offset and size is checked before
-any work: an input's byte size must be exactly its shape × datatype, an output's at least that. A
-system-memory input is a zero-copy view of the mapping (the batcher copies rows into its batch buffer, or a
-batch of one goes straight to the backend, which reads it during `infer`); nothing keeps the view after the
-request. The `DecodedRequest` holds the regions it uses, so a region unregistered meanwhile stays mapped until
-the request is done. Outputs written to a region travel with no bytes (an empty raw_output_contents entry, to
-keep the entries one per output) and their parameters echo the region, as Triton's do.
+Shared memory (Triton's extension; server/kserve/regions.py): an input or requested output whose parameters
+name a registered region is read from, or written to, it instead of the message. A system-memory input is a
+zero-copy view of the mapping (the batcher copies rows into its batch buffer, or a batch of one goes straight
+to the backend, which reads it during `infer`); nothing keeps the view after the request. The `DecodedRequest`
+holds the regions it uses, so a region unregistered meanwhile stays mapped until the request is done. Outputs
+written to a region travel with no bytes (an empty raw_output_contents entry, to keep the entries one per
+output) and their parameters echo the region, as Triton's do.
 """
 
 from __future__ import annotations
@@ -42,32 +41,26 @@ from typing import Any, Final
 import numpy as np
 
 from resnet_serve.formats import bytes_tensor
-from resnet_serve.formats.datatypes import BYTES, CONTENTS_FIELD, WIRE_DTYPES, numpy_to_kserve
+from resnet_serve.formats.datatypes import BYTES, numpy_to_kserve
 from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
-from resnet_serve.server.errors import ServeError, echo, invalid_argument
-from resnet_serve.server.image.budget import preprocess_images
+from resnet_serve.server.decode.budget import preprocess_images
+from resnet_serve.server.errors import echo, invalid_argument
+from resnet_serve.server.kserve.regions import (
+    SharedTensor,
+    check_output_room,
+    from_region,
+    shared_tensor,
+    write_region,
+)
+from resnet_serve.server.kserve.tensors import from_contents, from_raw, top_k_strings
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
-from resnet_serve.server.shm.registry import Region, SharedMemoryRegistry
+from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 UINT8: Final = "UINT8"
-SHARED_MEMORY: Final = "shared_memory_region"
-SHARED_MEMORY_BYTE_SIZE: Final = "shared_memory_byte_size"
-SHARED_MEMORY_OFFSET: Final = "shared_memory_offset"
-_NO_SHARED_MEMORY: Final = "shared memory is not supported here; send tensors in raw_input_contents"
 _US: Final = 1e-6
-
-
-@dataclass(frozen=True)
-class SharedTensor:
-    """Where a tensor lives in shared memory: `byte_size` bytes at `offset` of the registered `region`."""
-
-    region: Region
-    name: str  # the region's name, as the request gave it
-    offset: int
-    byte_size: int
 
 
 @dataclass
@@ -115,7 +108,7 @@ async def decode_request(
     outputs, shared_outputs = _requested_outputs(model, request, regions)
     if shared_outputs and request.inputs and request.inputs[0].shape:
         for name, place in shared_outputs.items():
-            _check_output_room(model, name, request.inputs[0].shape[0], place)
+            check_output_room(model, name, request.inputs[0].shape[0], place)
     arrays: dict[str, np.ndarray] = {}
     preprocess_s: float | None = None
     next_raw = 0
@@ -286,7 +279,7 @@ async def _decode_images(
             f"dimension), got {array.shape[0]}"
         )
     model.batcher.check_rows(array.shape[0] if batched else 1)  # before decoding a request that cannot run
-    # Within the server's decode memory budget (server/image/budget.py), waiting up to the request's timeout.
+    # Within the server's decode memory budget (server/decode/budget.py), waiting up to the request's timeout.
     rows = await preprocess_images(pre, executor, [bytes(item) for item in array], timeout)
     return model.image_input(np.stack(rows).astype(spec.dtype, copy=False))
 
@@ -325,78 +318,6 @@ def _requested_outputs(
     return out, shared
 
 
-# ------------------------------------------------------------------------------------------ shared memory
-
-
-def shared_tensor(parameters: Any, tensor: str, regions: SharedMemoryRegistry | None) -> SharedTensor | None:
-    """The region a tensor's parameters name, checked against it; None when the tensor is in the message.
-    `tensor` ("input 'x'") starts each error message."""
-    param = parameters.get(SHARED_MEMORY)
-    if param is None:
-        return None
-    if regions is None:
-        raise invalid_argument(_NO_SHARED_MEMORY)
-    if param.WhichOneof("parameter_choice") != "string_param" or not param.string_param:
-        raise invalid_argument(f"{tensor}: the {SHARED_MEMORY} parameter must be a region name (a string)")
-    if SHARED_MEMORY_BYTE_SIZE not in parameters:
-        raise invalid_argument(f"{tensor}: a tensor in shared memory needs {SHARED_MEMORY_BYTE_SIZE}")
-    byte_size = _int_parameter(parameters, SHARED_MEMORY_BYTE_SIZE, tensor)
-    offset = (
-        _int_parameter(parameters, SHARED_MEMORY_OFFSET, tensor) if SHARED_MEMORY_OFFSET in parameters else 0
-    )
-    region = regions.resolve(param.string_param, offset, byte_size, tensor)
-    return SharedTensor(region, param.string_param, offset, byte_size)
-
-
-def _int_parameter(parameters: Any, key: str, tensor: str) -> int:
-    param = parameters[key]
-    choice = param.WhichOneof("parameter_choice")
-    if choice not in ("int64_param", "uint64_param") or getattr(param, choice) < 0:
-        raise invalid_argument(f"{tensor}: the {key} parameter must be a non-negative integer")
-    return int(getattr(param, choice))
-
-
-def from_region(name: str, datatype: str, shape: Sequence[int], where: SharedTensor) -> np.ndarray:
-    """An input read from shared memory: a zero-copy view of system memory, a host copy of CUDA memory."""
-    if datatype != BYTES:
-        expected = element_count(name, shape) * _wire_dtype(name, datatype).itemsize
-        if where.byte_size != expected:
-            raise invalid_argument(
-                f"input '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} does not match {datatype} "
-                f"{list(shape)} ({expected} bytes)"
-            )
-    return from_raw(name, datatype, shape, where.region.view(where.offset, where.byte_size))
-
-
-def _check_output_room(model: ServedModel, name: str, rows: int, where: SharedTensor) -> None:
-    """Refuse, before any work, an output region too small for the output (when its size is known now: no
-    dynamic dimension besides the batch)."""
-    spec = next(s for s in model.info.outputs if s.name == name)
-    dims = [rows, *spec.shape[1:]] if model.info.max_batch_size > 0 else list(spec.shape)
-    if any(d < 0 for d in dims) or spec.dtype.hasobject:  # BYTES: the size is known only when written
-        return
-    needed = int(np.prod(dims)) * spec.dtype.itemsize
-    if where.byte_size < needed:
-        raise invalid_argument(
-            f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for "
-            f"{numpy_to_kserve(spec.dtype)} {dims} ({needed} bytes)"
-        )
-
-
-def write_region(name: str, where: SharedTensor, data: memoryview, params: Any) -> None:
-    """Write an output's bytes into its region and echo the region in the output's parameters (`params`)."""
-    if data.nbytes > where.byte_size:  # an output with dynamic dimensions: its size is known only now
-        raise invalid_argument(
-            f"output '{name}': {SHARED_MEMORY_BYTE_SIZE} {where.byte_size} is too small for the "
-            f"{data.nbytes} bytes of the output"
-        )
-    where.region.write(where.offset, data)
-    params[SHARED_MEMORY].string_param = where.name
-    params[SHARED_MEMORY_BYTE_SIZE].int64_param = data.nbytes
-    if where.offset:
-        params[SHARED_MEMORY_OFFSET].int64_param = where.offset
-
-
 def _byte_view(data: bytes | np.ndarray) -> memoryview:
     if isinstance(data, bytes):
         return memoryview(data)
@@ -416,99 +337,3 @@ def _timeout(request: Any, time_remaining: float | None) -> float | None:
             mine = micros * _US
             timeout = mine if timeout is None else min(timeout, mine)
     return timeout
-
-
-# ------------------------------------------------------------------------------------------------- tensors
-
-MAX_DIMS: Final = 32  # NumPy allows 64; a model input has a handful
-# The most elements a shape may span with each 0 dimension counted as 1. NumPy refuses to describe a larger
-# shape even when it holds no elements ([0, 2**62]: "array is too big"), so such a request has to be
-# refused here, as INVALID_ARGUMENT, before anything is allocated; 2**48 is far past any message gRPC takes.
-MAX_SPAN: Final = 2**48
-
-
-def element_count(name: str, shape: Sequence[int]) -> int:
-    """The number of elements of a tensor shape; INVALID_ARGUMENT for a negative dimension, more than
-    MAX_DIMS dimensions or a span over MAX_SPAN, so every shape that passes can be built by NumPy."""
-    if len(shape) > MAX_DIMS:
-        raise invalid_argument(f"input {echo(name)}: {len(shape)} dimensions; at most {MAX_DIMS}")
-    count = 1
-    span = 1
-    for dim in shape:
-        if dim < 0:
-            raise invalid_argument(f"input {echo(name)}: shape {echo(list(shape))} has a negative dimension")
-        count *= dim
-        span *= max(dim, 1)
-    if span > MAX_SPAN:
-        raise invalid_argument(f"input {echo(name)}: shape {echo(list(shape))} is too large")
-    return count
-
-
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
-    """View raw little-endian bytes as an array of `shape` (BYTES: an object array of bytes elements)."""
-    count = element_count(name, shape)
-    if datatype == BYTES:  # prefixes checked against the buffer before anything is split
-        try:
-            elements = bytes_tensor.deserialize(raw, count, f"input {echo(name)}")
-        except InvalidInput as exc:
-            raise invalid_argument(str(exc)) from None
-        return bytes_tensor.object_array(elements, shape)
-    dtype = _wire_dtype(name, datatype)
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise _count_mismatch(name, expected, shape, f"bytes for {datatype}", len(raw))
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def from_contents(name: str, datatype: str, shape: Sequence[int], contents: Any) -> np.ndarray:
-    """Build an array from typed InferTensorContents (the protobuf message)."""
-    count = element_count(name, shape)
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
-        if datatype == "FP16":
-            raise invalid_argument(f"input {echo(name)}: FP16 has no typed contents; send raw_input_contents")
-        raise invalid_argument(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
-    values = getattr(contents, field)
-    if len(values) != count:
-        raise _count_mismatch(name, count, shape, f"values in {field}", len(values))
-    if datatype == BYTES:
-        return bytes_tensor.object_array(list(values), shape)
-    try:
-        return np.array(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
-    except OverflowError:
-        raise invalid_argument(
-            f"input {echo(name)}: a value in {field} is out of range for {datatype}"
-        ) from None
-
-
-def top_k_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
-    """Triton's classification extension: for each row, the k largest values as "value:index:label".
-
-    Values print as C's "%f" (Triton uses std::to_string); ties keep the lower index first. Rows are
-    concatenated, so the result reshapes to (rows, min(k, classes)).
-    """
-    rows = scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores.reshape(1, -1)
-    k = min(k, rows.shape[1])
-    # A stable sort of the negated values keeps equal scores in index order (std::sort leaves it undefined).
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    out: list[bytes] = []
-    for row, indices in zip(rows, order, strict=True):
-        for i in indices.tolist():
-            text = f"{float(row[i]):f}:{i}"
-            if i < len(labels):
-                text += f":{labels[i]}"
-            out.append(text.encode())
-    return out
-
-
-def _count_mismatch(name: str, expected: int, shape: Sequence[int], what: str, got: int) -> ServeError:
-    return invalid_argument(
-        f"input {echo(name)}: expected {expected} {what} for shape {echo(list(shape))}, got {got}"
-    )
-
-
-def _wire_dtype(name: str, datatype: str) -> np.dtype[Any]:
-    dtype = WIRE_DTYPES.get(datatype)
-    if dtype is None:
-        raise invalid_argument(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
-    return dtype

@@ -34,17 +34,18 @@ from resnet_serve.server.errors import (
     ServeError,
     boundary,
     invalid_argument,
+    malformed,
     status_of,
     stream_boundary,
     unavailable,
 )
-from resnet_serve.server.http.context import HttpContext  # which front end a refusal is counted for
+from resnet_serve.server.frontend import CallContext
 from resnet_serve.server.kserve.codec import decode_request, encode_response, is_image_input
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.overrides import parse_override
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.models.triton_config import TensorDecl, WarmupSample
-from resnet_serve.server.observability.logging import echo_request_id, request_scope, resolve_request_id
+from resnet_serve.server.observability.logging import request_scope, resolve_request_id
 from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
 from resnet_serve.server.shm import registry as shm
@@ -60,7 +61,7 @@ EXTENSIONS: Final = (
     *shm.extensions(),
 )
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = CallContext
 
 
 def register(server: grpc.aio.Server, ctx: ServerContext) -> str:
@@ -86,7 +87,7 @@ def unimplemented(name: str) -> ServeError:
 
 
 def _refuse(name: str) -> Any:
-    async def refuse(request: Any, context: Context) -> Any:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         error = unimplemented(name)
         await context.abort(error.code, error.message)
 
@@ -171,7 +172,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelInfer(self, request: InferRequest, context: Context) -> Any:
         # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
         # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
-        request_id = echo_request_id(context, request.message.id)
+        request_id = context.echo_request_id(request.message.id)
         with request_scope(request_id):
             return await self._infer(request, context.time_remaining(), request_id, "ModelInfer")
 
@@ -184,7 +185,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         # batcher. A request's own `id` wins; one without gets "<stream id>/<n>", the stream id being the
         # stream's x-request-id metadata (or a new id), echoed in the stream's trailing metadata.
         in_flight = self._ctx.in_flight
-        stream_id = echo_request_id(context)
+        stream_id = context.echo_request_id()
 
         async def answer(request: InferRequest, n: int) -> Any:
             m = request.message
@@ -214,7 +215,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
         def lookup() -> ServedModel:
             if incoming.error is not None:
-                raise invalid_argument(f"malformed ModelInferRequest: {incoming.error}")
+                raise malformed(incoming.error, "ModelInferRequest")
             return self._manager.get(request.model_name, request.model_version)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
@@ -322,8 +323,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def _model_control_allowed(self, context: Context) -> None:
         mode = self._ctx.config.model_control_mode
         if not model_control.load_unload_allowed(mode):
-            protocol = "http" if isinstance(context, HttpContext) else "grpc"
-            self._ctx.metrics.access_refused(protocol, "model-repository", "model_control")
+            self._ctx.metrics.access_refused(context.frontend, "model-repository", "model_control")
             raise unavailable(model_control.refusal(mode))  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:

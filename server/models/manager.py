@@ -8,7 +8,8 @@ Both APIs (our image API and KServe v2) go through one `ModelManager`:
 * `load(name)` / `unload(name)` (KServe RepositoryModelLoad/Unload) never drop in-flight requests: a
   reload makes the new versions ready before the old ones are retired, and a retired version's batcher
   finishes every queued request before its backends are closed.
-* Every version is warmed up (a zero batch at each batch size it will see) before it is marked ready.
+* Every version is built by server/models/builder.py's `ModelBuilder` (runtime instances, labels,
+  preprocessing, batcher) and warmed up before it is marked ready.
 
 Where versions come from is server/models/sources.py; `--model-repository DIR` serves every model directory
 in DIR.
@@ -18,45 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_serve.formats.metadata import (
-    INFERENCE_PRECISION_KEY,
-    LOADED_FROM_CACHE_KEY,
-    PREPROCESS_KEY,
-    labels_of,
-)
-from resnet_serve.formats.preprocess import ImageLimits, Preprocessor, PreprocessSpec
 from resnet_serve.formats.repository import CONFIG_NAME, TRITON_CONFIG_NAME, RepositoryError
-from resnet_serve.runtime.base import Backend, BackendError, BackendInfo
-from resnet_serve.runtime.cpus import default_threads
-from resnet_serve.runtime.factory import InstanceOptions, backend_for, create_backends
-from resnet_serve.server.batching.batcher import DynamicBatcher
-from resnet_serve.server.config import ModelSettings, ServerConfig, image_formats
+from resnet_serve.runtime.base import BackendError
+from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
-from resnet_serve.server.image import gpu_decode as image_decoders
-from resnet_serve.server.image.budget import DecodeBudget
-from resnet_serve.server.models import warmup
-from resnet_serve.server.models.configured import configure
+from resnet_serve.server.models.builder import ModelBuilder
 from resnet_serve.server.models.overrides import LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
-    ModelSource,
-    check_tensors,
     read_source,
     select_versions,
     version_key,
 )
-from resnet_serve.server.observability.metrics import UNKNOWN_MODEL_LABEL, ServerMetrics
+from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
+from resnet_serve.server.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
-UNAVAILABLE_OUTCOME = "unavailable"  # the metrics outcome of a request refused here (server.errors.OUTCOMES)
 # Triton's words for a lookup that finds no ready model (core's model_repository_manager.cc): clients match
 # the prefix (docs/kserve.md, "Error messages").
 UNKNOWN_MODEL = "Request for unknown model:"
@@ -81,24 +67,13 @@ class ModelManager:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.limits = ImageLimits(
-            config.max_image_bytes,
-            config.max_image_pixels,
-            config.jpeg_draft,
-            image_formats(config),
-            config.image_decoder,
-        )
-        self.decode_budget = DecodeBudget.of_mib(config.max_decode_memory_mib)
+        self._builder = ModelBuilder(config, metrics)
         self._entries: dict[str, _Entry] = {}
         self._accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------------------------------- lookup
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
 
     @property
     def default_model(self) -> str:
@@ -170,7 +145,7 @@ class ModelManager:
             ready = [v for v, m in entry.versions.items() if m.state is ModelState.READY]
             known = ready or [*entry.versions, *entry.status]
             version = max(known, key=version_key) if known else UNKNOWN_MODEL_LABEL
-        self.metrics.model(name, version).request_done(UNAVAILABLE_OUTCOME, 0.0)
+        self.metrics.model(name, version).request_done(Outcome.UNAVAILABLE, 0.0)
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -358,7 +333,9 @@ class ModelManager:
             loaded: dict[str, ServedModel] = {}
             try:
                 for version, path in wanted.items():
-                    loaded[version] = await asyncio.to_thread(self._build, settings, version, path, source)
+                    loaded[version] = await asyncio.to_thread(
+                        self._builder.build, settings, version, path, source
+                    )
             except (BackendError, OSError, ValueError) as exc:
                 for model in loaded.values():
                     await self._retire(model, still_served=model.version in entry.versions)
@@ -443,117 +420,8 @@ class ModelManager:
         for backend in model.backends:
             backend.close()
 
-    # ------------------------------------------------------------------------------------------ building
-
-    def _build(self, settings: ModelSettings, version: str, path: Path, source: ModelSource) -> ServedModel:
-        """Create the instances, warm them up and start the batcher (runs in a worker thread)."""
-        start = time.perf_counter()
-        backend_name = backend_for(path, settings.backend)
-        threads = settings.intra_op_threads or max(1, default_threads() // settings.instances)
-        backends: list[Backend] = []
-        options = InstanceOptions(
-            device=settings.device,
-            intra_op_threads=threads,
-            spinning=settings.intra_op_spinning,
-            inference_precision=settings.inference_precision,
-            performance_mode=settings.performance_mode,
-            cache_dir=os.path.expanduser(self.config.openvino_cache_dir),  # "" stays "": no cache
-        )
-        try:
-            backends = create_backends(path, backend_name, settings.instances, options)
-            if source.triton is not None:
-                check_tensors(source.triton, backends[0].info)
-                backends = configure(backends, source.triton, source.no_batch_dim)
-            info = backends[0].info
-            labels, preprocessor = self._describe(settings.name, info, source)
-            metrics = self.metrics.model(settings.name, version)
-            batcher = DynamicBatcher(settings.name, version, backends, settings.batching, metrics)
-            if settings.warmup:
-                self._warm_up(settings, backends, batcher, source)
-        except Exception:
-            for backend in backends:
-                backend.close()
-            raise
-        load_s = time.perf_counter() - start
-        metrics.set_load_time(load_s)
-        log.info(
-            "model %s version %s ready: %s on %s, %d instance(s) x %d thread(s), max batch %d, %.2f s",
-            settings.name,
-            version,
-            path,
-            _runs_on(backend_name, info),
-            len(backends),
-            threads,
-            batcher.max_batch_size,
-            load_s,
-        )
-        return ServedModel(
-            name=settings.name,
-            version=version,
-            path=path,
-            settings=settings,
-            info=info,
-            labels=labels,
-            preprocessor=preprocessor,
-            batcher=batcher,
-            metrics=metrics,
-            backends=backends,
-            load_s=load_s,
-            triton=source.triton,
-        )
-
-    @staticmethod
-    def _warm_up(
-        settings: ModelSettings, backends: list[Backend], batcher: DynamicBatcher, source: ModelSource
-    ) -> None:
-        """config.pbtxt's model_warmup where it has one, else the default warmup (server/models/warmup.py)."""
-        info = backends[0].info
-        if source.triton is not None and source.triton.warmup:
-            runs = warmup.configured_runs(source.triton.warmup, info, settings.name)
-            warmup.run(backends, runs, settings.name, required=True)
-            return
-        sizes = sorted({1, *settings.batching.preferred_batch_sizes, batcher.max_batch_size})
-        runs, exact = warmup.default_runs(info, sizes)
-        warmup.run(backends, runs, settings.name, required=exact)
-
-    def _describe(
-        self, name: str, info: BackendInfo, source: ModelSource
-    ) -> tuple[list[str], Preprocessor | None]:
-        # The model file's own metadata first; a packaged config.json fills in for files that carry none
-        # (TensorRT plans).
-        classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else -1
-        labels = labels_of(info.metadata, f"model {name!r}")
-        if classes > 0 and labels and len(labels) != classes:
-            raise ValueError(f"model {name!r} has {classes} outputs but {len(labels)} labels")
-        labels = labels or source.labels
-        if not labels and classes > 0:
-            labels = [str(i) for i in range(classes)]
-        preprocessor = None
-        raw = info.metadata.get(PREPROCESS_KEY)
-        if raw or source.preprocess:
-            spec = PreprocessSpec.from_json(raw) if raw else PreprocessSpec.from_dict(source.preprocess or {})
-            expected = (spec.channels, spec.crop, spec.crop)
-            actual = info.inputs[0].shape[-3:] if info.inputs else ()  # C, H, W with or without a batch dim
-            if len(actual) == 3 and any(a not in (-1, e) for a, e in zip(actual, expected, strict=True)):
-                raise ValueError(
-                    f"model {name!r}: preprocess gives {list(expected)} but the input is {list(actual)}"
-                )
-            image_decoders.require(self.limits.decoder)  # DecoderUnavailable (a ValueError): a load failure
-            preprocessor = Preprocessor(spec, self.limits, self.decode_budget)
-        return labels, preprocessor
-
 
 def _plain_name(name: str) -> bool:
     """A name that can only mean a directory directly in the repository: a client's name must not reach the
     repository itself ("") or anything outside it ("..", "../x", "a/b")."""
     return bool(name) and name == Path(name).name and not name.startswith(".")
-
-
-def _runs_on(backend: str, info: BackendInfo) -> str:
-    """The device for the ready log line, with the runtime and the precision it computes in where the
-    backend reports them (OpenVINO: `cpu (openvino, fp32, compiled from cache)`)."""
-    precision = info.metadata.get(INFERENCE_PRECISION_KEY)
-    if precision is None:
-        return info.device
-    cached = ", compiled from cache" if info.metadata.get(LOADED_FROM_CACHE_KEY) == "true" else ""
-    return f"{info.device} ({backend}, {precision}{cached})"

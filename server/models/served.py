@@ -13,7 +13,7 @@ from resnet_serve.runtime.base import Backend, BackendInfo
 from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
 from resnet_serve.server.config import ModelSettings
 from resnet_serve.server.models.triton_config import TritonModelConfig
-from resnet_serve.server.observability.metrics import ModelMetrics
+from resnet_serve.server.observability.model_metrics import ModelMetrics
 
 
 class ModelState(enum.StrEnum):

@@ -69,16 +69,8 @@ def request_id_from_metadata(metadata: Any) -> str | None:
 
 
 def request_id_metadata(request_id: str) -> tuple[tuple[str, str]]:
-    """Response metadata echoing the id: `context.set_trailing_metadata(request_id_metadata(rid))`."""
+    """gRPC response metadata echoing the id (server/frontend.py's `GrpcContext.answer_request_id`)."""
     return ((REQUEST_ID_METADATA, request_id),)
-
-
-def echo_request_id(context: Any, request_field: str | None = None) -> str:
-    """A call's request id (x-request-id metadata, else `request_field`, else a new one), echoed in the
-    call's trailing metadata, which also reaches a client whose call fails."""
-    request_id = resolve_request_id(request_id_from_metadata(context.invocation_metadata()), request_field)
-    context.set_trailing_metadata(request_id_metadata(request_id))
-    return request_id
 
 
 def current_request_id() -> str | None:

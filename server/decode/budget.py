@@ -25,8 +25,9 @@ import numpy as np
 
 from resnet_serve.formats.decode import DecodeDeferred, Header
 from resnet_serve.formats.preprocess import Preprocessor
+from resnet_serve.server.decode import gpu as gpu_decode
 from resnet_serve.server.errors import ServeError
-from resnet_serve.server.image import gpu_decode
+from resnet_serve.server.outcomes import Outcome
 
 MIB: Final = 1024 * 1024
 # How long a decode waits for room when its request has no deadline.
@@ -34,7 +35,7 @@ DEFAULT_WAIT_S: Final = 10.0
 
 
 def decode_memory_exhausted(message: str) -> ServeError:
-    return ServeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, outcome="queue_full")
+    return ServeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, outcome=Outcome.QUEUE_FULL)
 
 
 @dataclass
