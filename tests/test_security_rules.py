@@ -19,7 +19,7 @@ from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security.restrict import RestrictedGroups, http_group, parse_restriction
 from resnet_serve.server.security.tls import TLSFiles, read_tls, server_ssl_context
 from resnet_serve.server.security.tokens import TokenSet, bearer_token, read_tokens
-from resnet_serve.server.security.transport import grpc_options
+from resnet_serve.server.transport import grpc_options
 
 SECRET = "s3cret-value-never-echoed"
 TOKEN = "t" * 32
