@@ -37,8 +37,8 @@ from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.security import model_control
 from resnet_serve.server.security.files import SecurityError
-from resnet_serve.server.security.policy import SecurityPolicy
-from resnet_serve.server.security.transport import max_message_bytes
+from resnet_serve.server.security_policy import SecurityPolicy
+from resnet_serve.server.transport import max_message_bytes
 
 log = logging.getLogger(__name__)
 

@@ -370,8 +370,6 @@ def check_server(root: Path, doc: str) -> list[str]:
         if unit not in levels:
             continue
         for imp in module.imports:
-            if imp.type_only:
-                continue
             for target in resolve(imp.target, modules)[-1:]:
                 other = _server_unit(target)
                 if other is None or other == unit or other not in levels or levels[other] < levels[unit]:
@@ -568,7 +566,7 @@ def test_server_checker_passes_units_in_order(tmp_path: Path) -> None:
         ),
         # a new unit must be placed in the table
         ({"server/new.py": ""}, "server/new: a unit of server/ missing from docs/architecture.md's table"),
-        # annotations only do not count, a real import does
+        # a real import (annotations count too: the test below)
         (
             {"server/errors.py": "from resnet_serve.server import app\n"},
             "server/errors.py:1: errors (level 0) imports resnet_serve.server.app (app, level 2)",
@@ -582,9 +580,12 @@ def test_server_checker_reports_an_import_against_the_table(
     assert any(needle in p for p in problems), problems
 
 
-def test_server_checker_lets_annotations_point_anywhere(tmp_path: Path) -> None:
+def test_server_checker_counts_an_annotation_that_points_up(tmp_path: Path) -> None:
+    """An import under `if TYPE_CHECKING:` never runs, but it is a dependency all the same: a unit whose
+    annotations name a higher unit is refused like one that imports it."""
     typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from resnet_serve.server import app\n"
-    assert check_server(_server_house(tmp_path, {"server/errors.py": typed}), SERVER_DOC) == []
+    problems = check_server(_server_house(tmp_path, {"server/errors.py": typed}), SERVER_DOC)
+    assert any("server/errors.py:3: errors (level 0) imports resnet_serve.server.app" in p for p in problems)
 
 
 def test_checker_refuses_a_table_word_it_does_not_know() -> None:

@@ -19,7 +19,7 @@ from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security.restrict import RestrictedGroups, http_group, parse_restriction
 from resnet_serve.server.security.tls import TLSFiles, read_tls, server_ssl_context
 from resnet_serve.server.security.tokens import TokenSet, bearer_token, read_tokens
-from resnet_serve.server.security.transport import grpc_options
+from resnet_serve.server.transport import grpc_options
 
 SECRET = "s3cret-value-never-echoed"
 TOKEN = "t" * 32
@@ -237,8 +237,11 @@ def test_security_option_combinations_are_checked(argv: tuple[str, ...], message
 def test_model_control_mode_defaults_to_none_and_reads_tritons_spelling() -> None:
     assert load_config(parse(), {}).model_control_mode == "none"
     assert load_config(parse("--model-control-mode", "EXPLICIT"), {}).model_control_mode == "explicit"
-    with pytest.raises(ConfigError, match="poll is not supported"):
+    # Triton's poll mode is served now (server/models/poll.py); it needs a repository to poll.
+    with pytest.raises(ConfigError, match="poll needs a model repository to poll"):
         load_config(parse(), {"RESNET_SERVE_MODEL_CONTROL_MODE": "poll"})
+    env = {"RESNET_SERVE_MODEL_CONTROL_MODE": "POLL", "RESNET_SERVE_MODEL_REPOSITORY": "models"}
+    assert load_config(parse(), env).model_control_mode == "poll"
 
 
 def test_tls_files_are_checked_with_messages_naming_the_option(tmp_path: Path) -> None:

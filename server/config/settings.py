@@ -350,7 +350,7 @@ class ServerConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
         """The combinations; the certificate and token files themselves are read when the server starts
-        (server/security/policy.py)."""
+        (server/security_policy.py)."""
         if self.grpc_use_ssl:
             if not self.grpc_server_cert or not self.grpc_server_key:
                 raise ValueError("grpc_use_ssl needs both grpc_server_cert and grpc_server_key")

@@ -18,7 +18,7 @@ from resnet_serve.server.security.model_control import load_unload_allowed
 from resnet_serve.server.security.restrict import RestrictedGroups
 from resnet_serve.server.security.tls import ReloadableTLS, TLSFiles
 from resnet_serve.server.security.tokens import read_tokens
-from resnet_serve.server.security.transport import grpc_options
+from resnet_serve.server.transport import grpc_options
 
 if TYPE_CHECKING:
     from resnet_serve.server.config import ServerConfig
