@@ -54,5 +54,10 @@ class Backend(abc.ABC):
         The input arrays belong to the caller again once `infer` returns (the batcher reuses their memory
         for its next batch): keep nothing that refers to them."""
 
+    def input_refusal(self, name: str, shape: tuple[int, ...]) -> str | None:
+        """Why an input of `shape`, already checked against `info`, still cannot run (None: it can); asked
+        before a request is queued. Only a backend that transforms its inputs has more to say."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - most backends have nothing to release
         """Release device memory and sessions."""

@@ -5,6 +5,7 @@ by max_examples (a few seconds)."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import grpc
@@ -16,6 +17,7 @@ from tritonclient.utils import deserialize_bytes_tensor
 from resnet_serve.formats.bytes_tensor import serialize
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.server.errors import ServeError
+from resnet_serve.server.http.binary import parse_request
 from resnet_serve.server.kserve.tensors import from_raw
 from resnet_serve.server.kserve.wire import parse_infer_request
 
@@ -148,3 +150,37 @@ def test_bytes_tensors_decode_exactly_or_are_invalid_argument(case: tuple[list[i
     assert array.shape == tuple(shape)
     assert serialize(array.reshape(-1).tolist()) == data  # every byte accounted for, nothing dropped
     assert deserialize_bytes_tensor(data).tolist() == array.reshape(-1).tolist()  # tritonclient agrees
+
+
+# Any JSON value, some strings with a lone surrogate (json.dumps writes it as a \ud800-style escape).
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=4)
+    | st.tuples(st.text(max_size=2), st.integers(0xD800, 0xDFFF).map(chr)).map("".join),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(JSON_VALUES, st.lists(st.integers(-2, 5), max_size=3))
+def test_bytes_json_data_over_http_packs_exactly_or_is_invalid_argument(
+    data: object, shape: list[int]
+) -> None:
+    """An HTTP body's BYTES `data` (server/http/binary.py): whatever JSON it holds, the request is refused as
+    INVALID_ARGUMENT or its raw tensor holds exactly the strings, UTF-8 encoded, in row-major order."""
+    body = json.dumps({"inputs": [{"name": "t", "datatype": "BYTES", "shape": shape, "data": data}]})
+    try:
+        parsed = parse_request(body.encode(), None, "m", "")
+    except ServeError as exc:
+        assert exc.code == grpc.StatusCode.INVALID_ARGUMENT
+        return
+    flat = data if isinstance(data, list) else [data]
+    while any(isinstance(item, list) for item in flat):
+        flat = [leaf for item in flat for leaf in (item if isinstance(item, list) else [item])]
+    assert all(isinstance(item, str) for item in flat)
+    (raw,) = parsed.incoming.raw
+    assert bytes(raw) == serialize(item.encode() for item in flat)  # type: ignore[union-attr]

@@ -271,6 +271,9 @@ class DynamicBatcher:
                     f"input {spec.name!r} of model {self.name!r} must have shape [{', '.join(shown)}], "
                     f"got {list(arr.shape)}"
                 )
+            refusal = self._backends[0].input_refusal(spec.name, arr.shape)  # e.g. config.pbtxt's reshape
+            if refusal is not None:
+                raise invalid_argument(f"model {self.name!r}: {refusal}")
             if not self.batched:
                 rows = 1
             elif rows == -1:
@@ -422,6 +425,19 @@ class DynamicBatcher:
             compute_s = time.perf_counter() - start
             self._metrics.batch_executed(rows, compute_s)
         except Exception as exc:
+            if len(batch) > 1:
+                # One request's data can fail the whole batch (a string the model cannot parse as a number):
+                # each request then runs alone, so only one that fails on its own gets the error.
+                log.warning(
+                    "model %s version %s failed on a batch of %d requests (%s); running each alone",
+                    self.name,
+                    self.version,
+                    len(batch),
+                    " ".join(str(exc).split())[:200],
+                )
+                for pending in batch:
+                    self._execute(backend, staging, [pending])
+                return
             log.exception("model %s version %s failed on a batch of %d", self.name, self.version, rows)
             error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
             outcomes = [(p, error) for p in batch]

@@ -28,12 +28,12 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import grpc
 from aiohttp import BodyPartReader, web, web_protocol
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler  # the "100 Continue" writer; pinned aiohttp
 
 from resnet_serve.protos import classifier_pb2 as image_pb
@@ -438,18 +438,30 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
     if request.content_type != "multipart/form-data":
         return await read_body(request)
     async with _reading_body():
-        reader = await request.multipart()
-        part = await reader.next()
-        if not isinstance(part, BodyPartReader):  # none, or a nested multipart
-            raise invalid_argument(_ONE_PART)
-        data = bytearray()
-        while chunk := await part.read_chunk():
-            data += chunk
-            if len(data) > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
-        if await reader.next() is not None:
-            raise invalid_argument(_ONE_PART)
-        return bytes(data)
+        with _reading_multipart():
+            reader = await request.multipart()
+            part = await reader.next()
+            if not isinstance(part, BodyPartReader):  # none, or a nested multipart
+                raise invalid_argument(_ONE_PART)
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                data += chunk
+                if len(data) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
+            if await reader.next() is not None:
+                raise invalid_argument(_ONE_PART)
+            return bytes(data)
+
+
+@contextlib.contextmanager
+def _reading_multipart() -> Iterator[None]:
+    """aiohttp's multipart reader says what is wrong with a form (no or a wrong boundary, a body that ends
+    early, an over-long header line) with ValueError and BadHttpMessage: the client's error, 400."""
+    try:
+        yield
+    except (ValueError, BadHttpMessage) as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise invalid_argument(f"the multipart/form-data body could not be read: {message}") from None
 
 
 _ONE_PART: Final = (
@@ -504,9 +516,9 @@ def _repository_parameters(body: dict[str, Any], target: Any) -> None:
                 ) from None
         elif isinstance(value, bool):
             target[key].bool_param = value
-        elif isinstance(value, int):
+        elif isinstance(value, int) and -(2**63) <= value < 2**63:  # the parameter is an int64
             target[key].int64_param = value
         elif isinstance(value, str):
             target[key].string_param = value
         else:
-            raise invalid_argument(f"parameter '{key}' must be a boolean, integer or string")
+            raise invalid_argument(f"parameter {echo(key)} must be a boolean, a 64-bit integer or a string")

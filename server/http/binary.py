@@ -18,6 +18,7 @@ no raw tensor, as on gRPC); only the HTTP-only `binary_data*` parameters are con
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -200,7 +201,34 @@ def json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
         raise invalid_argument(f"the {what} is not valid JSON: {exc}") from None
     except RecursionError:  # nesting past the interpreter's recursion limit (~1000)
         raise invalid_argument(f"the {what} nests JSON arrays or objects too deeply") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise invalid_argument(
+            f"the {what} holds a string with a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+            "pair), which is not Unicode text"
+        )
     return _object(value, f"the {what}")
+
+
+# JSON may escape half of a UTF-16 pair; json.loads keeps it as a str that UTF-8 and protobuf cannot encode.
+# Only text with such an escape is walked (a pair is fine: it decodes to one character).
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -245,10 +273,16 @@ def _pack(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
     """JSON `data` (flat or nested, row-major) as raw little-endian bytes."""
     count = element_count(name, shape)
     if datatype == BYTES:
+        flat: list[Any] = []
         try:
-            flat = _flatten(data)
+            depths = _flatten(data, flat, 0)
         except RecursionError:
             raise invalid_argument(f"input '{name}': data nests lists too deeply") from None
+        if len(depths) > 1:  # [["a"], "b"]: refused as NumPy refuses it for numbers
+            raise invalid_argument(
+                f"input '{name}': data is nested unevenly (values at list depths {sorted(depths)}); send a "
+                "flat list or lists nested as the shape is"
+            )
         if not all(isinstance(item, str) for item in flat):
             raise invalid_argument(f"input '{name}': BYTES data must be strings (send binary data for bytes)")
         if len(flat) != count:
@@ -296,13 +330,15 @@ def _typed(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndar
     return array.astype(dtype)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, out: list[Any], depth: int) -> set[int]:
+    """Append the values of nested lists to `out`, row-major; returns the list depths they were found at."""
     if not isinstance(data, list):
-        return [data]
-    out: list[Any] = []
+        out.append(data)
+        return {depth}
+    depths: set[int] = set()
     for item in data:
-        out.extend(_flatten(item))
-    return out
+        depths |= _flatten(item, out, depth + 1)
+    return depths
 
 
 def _unpack(name: str, datatype: str, raw: bytes) -> list[Any]:

@@ -309,6 +309,11 @@ def _requested_outputs(
                 raise invalid_argument(
                     f"output {echo(requested.name)}: the classification parameter must be an integer >= 1"
                 )
+            if next(s for s in model.info.outputs if s.name == requested.name).dtype.hasobject:
+                raise invalid_argument(
+                    f"output '{requested.name}': the classification parameter needs a numeric output to "
+                    f"rank; '{requested.name}' is BYTES (request it without classification)"
+                )
             if where is not None:
                 raise invalid_argument(
                     f"output '{requested.name}': a classification output cannot be written to shared memory "

@@ -17,6 +17,7 @@ nothing; a reshape is a NumPy view, never a copy.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -74,6 +75,24 @@ class ConfiguredBackend(Backend):
         self.info = info
         self._shapes = shapes
         self._batched = batched
+
+    def input_refusal(self, name: str, shape: tuple[int, ...]) -> str | None:
+        """Why an input of `shape` cannot take the input's `reshape` (None: it can), said before it is queued:
+        a `reshape` with a -1 takes only element counts its other dimensions divide."""
+        shapes = self._shapes.get(name)
+        if shapes is None:
+            return None
+        target = shapes[1][1:] if self._batched else shapes[1]
+        elements = math.prod(shape[1:] if self._batched else shape)
+        fixed = math.prod(d for d in target if d >= 0)
+        fits = (fixed > 0 and elements % fixed == 0) if -1 in target else elements == fixed
+        if fits:
+            return None
+        rows = "each row of " if self._batched else ""
+        return (
+            f"{rows}input '{name}' has {elements} elements, which config.pbtxt's reshape {list(target)} "
+            f"cannot hold"
+        )
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: self._reshape(name, array, to_model=True) for name, array in inputs.items()}

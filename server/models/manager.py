@@ -29,13 +29,14 @@ from resnet_serve.runtime.base import BackendError
 from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
 from resnet_serve.server.models.builder import ModelBuilder
-from resnet_serve.server.models.overrides import LoadOverride, discard, materialize, refused
+from resnet_serve.server.models.overrides import NAME_MAX, LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
     read_source,
     select_versions,
     version_key,
 )
+from resnet_serve.server.models.triton_config import read_config
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
 from resnet_serve.server.outcomes import Outcome
@@ -282,6 +283,8 @@ class ModelManager:
             override_dir = await asyncio.to_thread(materialize, name, override, repository_path)
             settings = settings.model_copy(update={"path": str(override_dir)})
         try:
+            if override_dir is not None:  # the client's config, checked before the model is touched
+                await asyncio.to_thread(self._check_override, name, override_dir)
             await self._load(name, settings)
         except BaseException:
             discard(override_dir)
@@ -292,13 +295,27 @@ class ModelManager:
         if previous is not None and previous != override_dir:
             discard(previous)
 
+    @staticmethod
+    def _check_override(name: str, override_dir: Path) -> None:
+        """A config override that config.pbtxt's checks refuse is the client's error (INVALID_ARGUMENT), said
+        without the temporary directory it was written to."""
+        try:
+            read_config(override_dir)
+        except RepositoryError as exc:
+            where = f"{override_dir / TRITON_CONFIG_NAME}"
+            raise refused(name, str(exc).replace(where, "the config override")) from None
+
     def _override_settings(self, name: str, override: LoadOverride) -> ModelSettings:
         """The settings a load with overrides starts from: the model's own; for a model that comes from the
         request's files alone, the model defaults (its name must be one a repository directory could have)."""
         if not override.files:
             return self._settings_for(name)
         if not _plain_name(name):
-            raise refused(name, "a model loaded from file overrides needs a plain name (no '/', '..')")
+            raise refused(
+                name,
+                f"a model loaded from file overrides needs a plain name (no '/', '..' or NUL; at most "
+                f"{NAME_MAX} bytes)",
+            )
         try:
             return self._settings_for(name)
         except ServeError:
@@ -315,6 +332,10 @@ class ModelManager:
         settings = settings or self._settings_for(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, _Entry(settings))
+            # A failed load keeps the settings of the versions still serving: an override's point at its
+            # temporary directory, removed when the load fails, where the next plain load must not look.
+            fresh = settings.model_copy(update={"path": ""})  # a new entry: the repository is looked in again
+            kept = entry.settings if entry.settings is not settings else fresh
             entry.settings = settings
             entry.unloaded = False  # meant to be served again: a failure from here on makes it unready
             try:
@@ -325,6 +346,7 @@ class ModelManager:
                 if not entry.versions:
                     # No version to label: the alert on `resnet_serve_model_ready == 0` must still see it.
                     self.metrics.model(name, UNKNOWN_MODEL_LABEL).set_ready(False)
+                entry.settings = kept
                 self._notify()
                 raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             self.metrics.forget(name, UNKNOWN_MODEL_LABEL)  # its versions are known now
@@ -347,6 +369,7 @@ class ModelManager:
                     )
                     if state is not ModelState.READY:  # a series at 0, so that an alert on it can fire
                         self.metrics.model(name, version).set_ready(False)
+                entry.settings = kept
                 self._notify()
                 raise unavailable(f"failed to load {echo(name)}, {exc}") from None
             retired = [m for v, m in entry.versions.items() if v not in loaded or loaded[v] is not m]
@@ -424,4 +447,5 @@ class ModelManager:
 def _plain_name(name: str) -> bool:
     """A name that can only mean a directory directly in the repository: a client's name must not reach the
     repository itself ("") or anything outside it ("..", "../x", "a/b")."""
-    return bool(name) and name == Path(name).name and not name.startswith(".")
+    plain = bool(name) and name == Path(name).name and not name.startswith(".") and "\x00" not in name
+    return plain and len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX  # longer: ENAMETOOLONG

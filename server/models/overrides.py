@@ -93,6 +93,9 @@ def parse_override(model: str, parameters: Any) -> LoadOverride | None:
 
 def parse_config(model: str, text: str) -> mc.ModelConfig:
     """A JSON ModelConfig, parsed as Triton parses it (protobuf's JSON mapping, unknown fields refused)."""
+    if not text.lstrip().startswith("{"):  # json_format takes [] as an empty config, 1 as a TypeError
+        got = echo(text[:40])
+        raise refused(model, f"failed to parse the config override: it must be a JSON object, got {got}")
     try:
         config = json_format.Parse(text, mc.ModelConfig())
     except json_format.ParseError as exc:

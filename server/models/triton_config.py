@@ -34,6 +34,14 @@ TRITON_BACKENDS: Final = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", 
 # Triton's default model file name per backend (default_model_filename overrides it).
 DEFAULT_FILES: Final = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "torch": "model.pt"}
 _DEVICES: Final = {mc.ModelInstanceGroup.KIND_CPU: "cpu", mc.ModelInstanceGroup.KIND_GPU: "cuda"}
+# Execution instances one model version may have (each is a session, its memory and a thread): far above what
+# a machine runs well, far below what exhausts its memory (a load override's count of 2e9 took 22 GiB within
+# a minute before this limit).
+MAX_INSTANCES: Final = 128
+# A model_warmup sample runs at load, before the model is ready: its data is made in memory and run `count`
+# times on each instance. Far above any warmup's needs, far below a load that never ends or exhausts memory.
+MAX_WARMUP_COUNT: Final = 1000
+MAX_WARMUP_ELEMENTS: Final = 1 << 28  # one input's batch_size × its dims (1 GiB of FP32)
 
 # The fields resnet-serve acts on, as dotted paths (a repeated field's elements share one path). Closed under
 # prefixes: a message listed here has its own fields checked one by one.
@@ -203,6 +211,12 @@ def from_message(cfg: mc.ModelConfig, path: Path) -> TritonModelConfig:
         )
     policy = cfg.dynamic_batching.default_queue_policy
     instances, device = _instances(cfg, where)
+    filename = cfg.default_model_filename
+    if filename and (Path(filename).name != filename or filename in (".", "..") or "\x00" in filename):
+        raise RepositoryError(
+            f"{where}: default_model_filename {filename[:300]!r} must be a file name in each version "
+            "directory"
+        )
     backend = _backend(cfg, where)
     which = cfg.version_policy.WhichOneof("policy_choice") or ""
     versions = tuple(int(v) for v in cfg.version_policy.specific.versions)
@@ -270,7 +284,12 @@ def _instances(cfg: mc.ModelConfig, where: str) -> tuple[int, str]:
     if any(g.count < 0 for g in cfg.instance_group):
         raise RepositoryError(f"{where}: instance_group.count must be >= 0")
     device = _DEVICES[stated.pop()] if stated else ""
-    return sum(max(1, g.count) for g in cfg.instance_group), device
+    total = sum(max(1, g.count) for g in cfg.instance_group)
+    if total > MAX_INSTANCES:
+        raise RepositoryError(
+            f"{where}: instance_group asks for {total} instances; at most {MAX_INSTANCES} per model version"
+        )
+    return total, device
 
 
 def _datatype(data_type: int) -> str:
@@ -331,6 +350,8 @@ def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> W
         raise RepositoryError(f"{where}.batch_size {w.batch_size} is over max_batch_size {max_batch_size}")
     if not w.inputs:
         raise RepositoryError(f"{where} ({w.name!r}) gives no inputs")
+    if w.count > MAX_WARMUP_COUNT:
+        raise RepositoryError(f"{where} ({w.name!r}): count {w.count} is over {MAX_WARMUP_COUNT}")
     inputs: list[WarmupInput] = []
     for name in w.inputs:  # file order is lost in a map; sorted for a stable order
         given = w.inputs[name]
@@ -352,6 +373,12 @@ def _warmup(w: mc.ModelWarmup, field: str, max_batch_size: int, path: Path) -> W
         if kind == "input_data_file":
             file = _warmup_file(given.input_data_file, f"{where}: input '{name}'", path.parent)
         dims = tuple(int(d) for d in given.dims)
+        elements = max(1, w.batch_size) * _count(dims)
+        if elements > MAX_WARMUP_ELEMENTS:
+            raise RepositoryError(
+                f"{where} ({w.name!r}) would make {elements} elements of input '{name}' "
+                f"(batch_size × dims); at most {MAX_WARMUP_ELEMENTS}"
+            )
         inputs.append(WarmupInput(name, datatype, dims, kind, file, given.input_data_file))
     inputs.sort(key=lambda i: i.name)
     return WarmupSample(field, w.name, w.batch_size, max(1, w.count), tuple(inputs))
