@@ -157,6 +157,7 @@ class DynamicBatcher:
         self._closed = False
         self._running = 0  # batches being computed
         self._input_names = [spec.name for spec in self.info.inputs]
+        self._input_set = frozenset(self._input_names)
         self._threads = [
             threading.Thread(
                 target=self._work, args=(backend,), name=f"batcher-{name}-v{version}-{i}", daemon=True
@@ -246,9 +247,7 @@ class DynamicBatcher:
                 pending.timer.cancel()
 
     def _check(self, inputs: dict[str, np.ndarray]) -> int:
-        missing = [n for n in self._input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self._input_names]
-        if missing or extra:
+        if inputs.keys() != self._input_set:
             raise invalid_argument(
                 f"model {self.name!r} expects inputs {self._input_names}, got {sorted(inputs)}"
             )
@@ -376,7 +375,8 @@ class DynamicBatcher:
             if self._queue:
                 self._cond.notify()  # another idle instance may take the rest
         self._metrics.set_queue_depth(depth)
-        self._deliver(expired)
+        if expired:
+            self._deliver(expired)
         return batch
 
     def _dispatchable(self, now: float) -> int:
@@ -444,7 +444,7 @@ class DynamicBatcher:
         else:
             offset = 0
             for p in batch:
-                if not self.batched:  # one request, its outputs whole
+                if not self.batched or len(batch) == 1:  # one request: its outputs whole, no slicing
                     outcomes.append((p, BatchResult(outputs, start - p.enqueued, compute_s, rows)))
                     continue
                 mine = {name: out[offset : offset + p.rows] for name, out in outputs.items()}
@@ -455,8 +455,11 @@ class DynamicBatcher:
     @staticmethod
     def _deliver(outcomes: list[Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        if len(outcomes) == 1:  # most batches under light load: no grouping to do
+            by_loop[outcomes[0][0].loop] = outcomes
+        else:
+            for outcome in outcomes:
+                by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_complete, items)
