@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Coroutine
@@ -400,3 +401,18 @@ def test_a_model_without_a_batch_dimension_runs_each_request_whole_and_alone() -
     with pytest.raises(ServeError, match=r"must have shape \[\?, 2\], got \[3\]"):
         run(batcher.submit({"x": np.zeros(3, dtype=np.float32)}))
     batcher.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_worker_threads_run_under_sched_batch_and_the_caller_keeps_its_policy() -> None:
+    before = os.sched_getscheduler(0)
+    backend = FakeBackend()
+    batcher = make(backend)
+    try:
+        run(batcher.submit(rows(1.0)))  # answered: the worker has set its policy before its first batch
+        ids = [t.native_id for t in batcher._threads]
+        assert [os.sched_getscheduler(i) for i in ids if i is not None] == [os.SCHED_BATCH]
+        assert os.sched_getscheduler(0) == before  # per thread: the event loop's thread is not affected
+    finally:
+        batcher.close()
+        batcher.join(5)

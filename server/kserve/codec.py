@@ -89,30 +89,32 @@ async def decode_request(
     specs = {spec.name: spec for spec in model.info.inputs}
     request = incoming.message
     raw = incoming.raw
-    shared = [shared_tensor(t.parameters, f"input '{t.name}'", regions) for t in request.inputs]
+    tensors = list(request.inputs)  # each pass over the repeated field builds its message wrappers again
+    # A tensor without parameters is in the message: no region to look for (most requests).
+    shared = [
+        shared_tensor(t.parameters, f"input '{t.name}'", regions) if t.parameters else None for t in tensors
+    ]
     in_message = sum(1 for where in shared if where is None)
     if raw:
-        for tensor in request.inputs:
+        for tensor in tensors:
             if tensor.HasField("contents"):
                 raise invalid_argument(
                     "contents field must not be specified when using raw_input_contents for "
                     f"{echo(tensor.name)} for model {echo(model.name)}"
                 )
     if raw and len(raw) != in_message:
-        one_per = (
-            "one per input" if in_message == len(request.inputs) else "one per input not in shared memory"
-        )
+        one_per = "one per input" if in_message == len(tensors) else "one per input not in shared memory"
         raise invalid_argument(f"expected {in_message} raw_input_contents ({one_per}), got {len(raw)}")
     # Output regions too are checked before any work (decoding images is work); the rows are the first
     # input's (the batcher refuses inputs that disagree, and every write is checked again).
     outputs, shared_outputs = _requested_outputs(model, request, regions)
-    if shared_outputs and request.inputs and request.inputs[0].shape:
+    if shared_outputs and tensors and tensors[0].shape:
         for name, place in shared_outputs.items():
-            check_output_room(model, name, request.inputs[0].shape[0], place)
+            check_output_room(model, name, tensors[0].shape[0], place)
     arrays: dict[str, np.ndarray] = {}
     preprocess_s: float | None = None
     next_raw = 0
-    for tensor, where in zip(request.inputs, shared, strict=True):
+    for tensor, where in zip(tensors, shared, strict=True):
         spec = specs.get(tensor.name)
         if spec is None:
             raise invalid_argument(

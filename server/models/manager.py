@@ -124,6 +124,10 @@ class ModelManager:
                     f"{UNKNOWN_MODEL} {echo(name)} version {version} is not found (versions: {known})"
                 )
             return model
+        if len(entry.versions) == 1:  # the common case, without building a list on every request
+            (only,) = entry.versions.values()
+            if only.state is ModelState.READY:
+                return only
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         if not ready:
             if count:
