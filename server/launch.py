@@ -66,6 +66,31 @@ def wait_ready(
         time.sleep(0.02)
 
 
+def start(
+    *args: str,
+    ready_file: str | os.PathLike[str],
+    log: str | os.PathLike[str],
+    timeout_s: float = READY_TIMEOUT_S,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], Ready]:
+    """Start `resnet-serve serve ARGS... --ready-file READY_FILE`, its stdout and stderr going to `log`,
+    and wait until it is ready. `popen` goes to subprocess.Popen (cwd, env...).
+    Raises NotReady, quoting the log's last lines, after stopping a server that exited or ran out of time,
+    so a caller never leaves one behind."""
+    with open(log, "wb") as out:
+        process: subprocess.Popen[bytes] = subprocess.Popen(
+            serve_command(*args, "--ready-file", os.fspath(ready_file)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
+    try:
+        return process, wait_ready(process, ready_file, timeout_s, log=log)
+    except NotReady:
+        stop(process)
+        raise
+
+
 def _tail(log: str | os.PathLike[str] | None, lines: int = 20) -> str:
     if log is None:
         return ""

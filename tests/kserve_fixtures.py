@@ -20,7 +20,7 @@ import pytest
 from support.tiny_model import TINY_LABELS, TINY_PREPROCESS, write_tiny_onnx
 
 from resnet_serve.formats.metadata import LABELS_KEY, PRECISION_KEY, PREPROCESS_KEY
-from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
+from resnet_serve.server.launch import start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -132,23 +132,14 @@ def start_server(tmp: Path, *extra: str) -> KServeServer:
     write_tiny_onnx(repository / "tiny" / "2" / "model.onnx", seed=1)
     write_tiny_onnx(repository / "spare" / "1" / "model.onnx", seed=2)
     log_path = tmp / "server.log"
-    args = serve_command(
+    process, ready = start(
         "--model-repository", str(repository),
         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--version-policy", "all",
         "--max-queue-delay-ms", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
         "--http-port", "0", *extra,
+        ready_file=tmp / "ready.json", log=log_path, timeout_s=START_TIMEOUT_S,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    ready_file = tmp / "ready.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*args, "--ready-file", str(ready_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-        ready = wait_ready(process, ready_file, START_TIMEOUT_S, log=log_path)
-    except NotReady:
-        stop(process)
-        raise
     assert ready.metrics_url is not None and ready.http_port is not None
     return KServeServer(
         ready.grpc_target, ready.metrics_url, repository, process, log_path, f"127.0.0.1:{ready.http_port}"

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from lab.triton_examples.models import WRITERS, write_repository
 from lab.triton_examples.runs import DEFAULT_PORTS, GRPC_CONTROL, HTTP_CONTROL, MAIN, RUNS, Run
-from resnet_serve.server.launch import serve_command, stop, wait_ready
+from resnet_serve.server.launch import start, stop
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 CLIENTS: Final = ROOT / "tests" / "triton_example_clients"
@@ -82,21 +82,15 @@ def write_images(directory: Path) -> tuple[Path, Path]:
 def serving(kind: str, workdir: Path, ports: tuple[str, str] = ("0", "0")) -> Iterator[Server]:
     """A server for `kind` (runs.py's MAIN, GRPC_CONTROL, ...) on a fresh repository; stopped on exit."""
     repository = write_repository(workdir / f"repository-{kind}", REPOSITORIES[kind])
-    log_path = workdir / f"server-{kind}.log"
-    args = serve_command(
+    process, ready = start(
         "--model-repository", str(repository), "--host", "127.0.0.1",
         "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", "0",
         "--intra-op-threads", "1", "--preprocess-threads", "1",
         *SERVER_FLAGS[kind],
+        ready_file=workdir / f"server-{kind}.ready.json", log=workdir / f"server-{kind}.log",
+        timeout_s=START_TIMEOUT_S, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    ready_file = workdir / f"server-{kind}.ready.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*args, "--ready-file", str(ready_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
     try:
-        ready = wait_ready(process, ready_file, START_TIMEOUT_S, log=log_path)
         assert ready.http is not None, "the examples need the HTTP endpoint"
         yield Server(ready.grpc_target, ready.http.address)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from resnet_serve.formats.ready import Ready
-from resnet_serve.server.launch import NotReady, serve_command, stop, wait_ready
+from resnet_serve.server.launch import start, stop
 
 REPO = Path(__file__).resolve().parents[2]
 # gRPC core's own log lines ("E1207 12:00:00.000000 123 file.cc:186] ..."), which no server output may hold.
@@ -43,16 +43,12 @@ class ServerProcess:
 def start_server(*args: str, timeout_s: float = 30.0) -> ServerProcess:
     """Start `resnet-serve serve ARGS` on 127.0.0.1 with all three ports free (0); wait until it is ready."""
     work = Path(tempfile.mkdtemp(prefix="resnet-serve-test-"))
-    ready_file, log_path = work / "ready.json", work / "server.log"
+    log_path = work / "server.log"
     ports = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
-    command = serve_command(*ports, "--ready-file", str(ready_file), *args)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=REPO, stderr=log, stdout=subprocess.DEVNULL)
-    try:
-        return ServerProcess(proc, wait_ready(proc, ready_file, timeout_s, log=log_path), log_path)
-    except NotReady:
-        stop(proc)
-        raise
+    proc, ready = start(
+        *ports, *args, ready_file=work / "ready.json", log=log_path, timeout_s=timeout_s, cwd=REPO
+    )
+    return ServerProcess(proc, ready, log_path)
 
 
 def stop_server(server: ServerProcess) -> int:
