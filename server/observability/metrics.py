@@ -6,7 +6,7 @@ build several side by side. Metric names, buckets and the mapping to Triton's na
 
 A server of several processes serves the totals of all of them from one: each exports its counts
 (`export()`), and the one with /metrics is given the others' (`set_peers`) and adds them to its own at each
-scrape (totals.py).
+scrape (totals.py); `add_processes` exports every process's CPU and memory by role (processes.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from resnet_serve.server.observability.exposition import ModelsCollector, text_exposition
+from resnet_serve.server.observability.exposition import PREFIX, ModelsCollector, text_exposition
 from resnet_serve.server.observability.metrics_http import MetricsHttpServer
 from resnet_serve.server.observability.model_metrics import DisabledModelMetrics, ModelMetrics
+from resnet_serve.server.observability.processes import ProcessesCollector, ProcessesSource
 from resnet_serve.server.observability.refusals import AccessRefusals, check_refusal
 from resnet_serve.server.observability.totals import MetricsTotals, PeerStates, ServerMetricsState, totals_of
 
@@ -145,6 +146,12 @@ class ServerMetrics:
                 log.warning("metrics of peer processes unavailable: using their last", exc_info=True)
                 peers = []
         return totals_of([self.export(), *self._peer_states.update(peers)])
+
+    def add_processes(self, source: ProcessesSource) -> None:
+        """Export the CPU time and resident memory of the processes `source()` names, as (role, pid) pairs,
+        at each scrape (`resnet_serve_process_*{role, pid}`, processes.py)."""
+        if self.enabled:
+            self.registry.register(ProcessesCollector(PREFIX, source))
 
     def render(self) -> bytes:
         """The text exposition Prometheus would scrape, for tests and in-process inspection."""
