@@ -31,6 +31,8 @@ from resnet_serve.server.ipc.failures import failure_of
 from resnet_serve.server.models.catalog import Catalog, EntryView, VersionView
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.model_metrics import ModelStatistics
+from resnet_serve.server.observability.totals import ServerMetricsState
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
@@ -311,7 +313,7 @@ class EngineHost:
 
     # ------------------------------------------------------------------------------------------ metrics
 
-    async def pull_metrics(self, timeout_s: float = 2.0) -> list[Any]:
+    async def pull_metrics(self, timeout_s: float = 2.0) -> list[ServerMetricsState]:
         """Every live worker's metrics export (a worker that does not answer in time is left out)."""
         loop = asyncio.get_running_loop()
         futures = []
@@ -333,15 +335,7 @@ class EngineHost:
         if future is not None and not future.done():
             future.set_result(state)
 
-    async def statistics(self, keys: list[tuple[str, str]]) -> list[Any]:
-        from resnet_serve.server.observability.totals import totals  # the helper's module (see below)
-
-        peers = await self.pull_metrics()
-        merged = totals(self.metrics.export(), peers)
-        out = []
-        for name, version in keys:
-            model = merged.get((name, version))
-            out.append(
-                model.statistics() if model is not None else self.metrics.model(name, version).statistics()
-            )
-        return out
+    async def statistics(self, keys: list[tuple[str, str]]) -> list[ModelStatistics]:
+        """The server's totals (the engine's batches, every worker's requests) of these versions."""
+        totals = self.metrics.totals(await self.pull_metrics())
+        return [(totals.models.get(key) or self.metrics.model(*key)).statistics() for key in keys]

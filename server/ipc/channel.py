@@ -91,9 +91,13 @@ class Channel(asyncio.Protocol):
                 log.exception("failed to handle a %r message", message[0] if message else None)
 
     def send(self, message: Message) -> None:
+        self.write(frame(message))
+
+    def write(self, frames: bytes) -> None:
+        """Framed messages (`frame`), as they are."""
         if self._transport is None or self.closed:
             raise ConnectionError("the connection to the other process is closed")
-        self._transport.write(frame(message))
+        self._transport.write(frames)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -38,6 +38,7 @@ from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.observability.totals import ServerMetricsState
 from resnet_serve.server.security import model_control
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
@@ -231,7 +232,7 @@ class Supervisor:
     def _processes(self) -> list[tuple[str, int]]:
         return [("engine", os.getpid()), *(("worker", p.pid) for p in self.procs.values())]
 
-    def _peer_metrics(self) -> list[object]:
+    def _peer_metrics(self) -> list[ServerMetricsState]:
         """The workers' metrics, for a scrape (called on the /metrics HTTP thread)."""
         future = asyncio.run_coroutine_threadsafe(self.host.pull_metrics(), self._loop)
         return future.result(timeout=5.0)

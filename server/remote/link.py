@@ -23,7 +23,7 @@ from resnet_serve.server.batching.batcher import BatchResult
 from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import Arena
-from resnet_serve.server.ipc.channel import Channel, Message, connect
+from resnet_serve.server.ipc.channel import Channel, Message, connect, frame
 from resnet_serve.server.ipc.failures import error_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class EngineLink:
         self._pending: dict[int, _Request] = {}
         self._handlers: dict[str, Callable[..., None]] = {}
         self._lost_callbacks: list[Callable[[], None]] = []
+        self._outbox: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.alive = False
 
@@ -66,9 +67,19 @@ class EngineLink:
         self._lost_callbacks.append(callback)
 
     def send(self, message: Message) -> None:
+        """Queue `message` for the engine: the messages of one turn of the event loop go in one write (under
+        load many requests start in one turn; one system call and one wake-up of the engine for them all)."""
         if self._channel is None or not self.alive:
             raise unavailable(ENGINE_GONE)
-        self._channel.send(message)
+        self._outbox.append(frame(message))
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self._channel is not None and not self._channel.closed:
+            self._channel.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
 
     @property
     def idle(self) -> bool:
@@ -118,7 +129,7 @@ class EngineLink:
             return await future
         except asyncio.CancelledError:
             if rid in self._pending and self.alive:
-                self._channel.send((m.CANCEL, rid))  # type: ignore[union-attr]
+                self.send((m.CANCEL, rid))
             raise
 
     async def call(self, op: str, *args: Any) -> Any:
