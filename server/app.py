@@ -75,7 +75,7 @@ class InferenceServer:
         engine process has checked them."""
         self.config = config
         self.metrics = metrics or ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
-        self.manager = manager or ModelManager(config, self.metrics)
+        self.manager = manager if manager is not None else ModelManager(config, self.metrics)
         threads = config.preprocess_threads or default_threads()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="preprocess")
         self.ctx = ServerContext(
@@ -83,7 +83,7 @@ class InferenceServer:
             self.manager,
             self.metrics,
             self.pool,
-            shared_memory=registry or SharedMemoryRegistry(),
+            shared_memory=registry if registry is not None else SharedMemoryRegistry(),
             region_control=regions,
         )
         self.reuse_port = reuse_port

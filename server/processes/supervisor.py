@@ -223,6 +223,8 @@ class Supervisor:
             link = await self._spawn(index)
             await self._wait_ready([link])
         except (StartupError, OSError) as exc:
+            if self._stopping is not None:  # the drain began while it started: nothing is missing
+                return
             log.error("worker %d could not be started again: %s", index, exc)
             self.exit_status = 1
             self.request_stop()
