@@ -303,8 +303,10 @@ def measure(
     h2 = parse_h2load(run.stdout)
     # a process that started during the run is counted from 0: all its CPU time is inside the window
     used = {pid: (seconds - cpu0.get(pid, (0.0, ""))[0], cmdline) for pid, (seconds, cmdline) in cpu1.items()}
-    engine_s = sum(seconds for seconds, cmdline in used.values() if re.search(args.engine_match, cmdline))
     total_s = sum(seconds for seconds, _ in used.values())
+    worker_s = [seconds for seconds, cmdline in used.values() if re.search(args.worker_match, cmdline)]
+    # with worker processes, the rest of the tree (the process serve started) is the engine
+    engine_s = total_s - sum(worker_s) if worker_s else 0.0
     success, fail = success1 - success0, fail1 - fail0
     done = max(1, success)
     return {
@@ -595,9 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="0", help="taskset -c list for every server (default: 0)")
     parser.add_argument("--client-cpus", default="1", help="taskset -c list for h2load (default: 1)")
     parser.add_argument(
-        "--engine-match",
-        default=r"\bengine\b",
-        help="regex on a server process's command line that marks the engine (its CPU is e)",
+        "--worker-match",
+        default=r"processes\.worker\b",
+        help="regex on a server process's command line that marks a worker process (its CPU is w; the "
+        "rest of the server's processes are the engine, e)",
     )
     args = parser.parse_args(argv)  # fmt: skip
     bad = [s for s in args.sizes if s not in SIZES]

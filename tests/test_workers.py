@@ -27,7 +27,34 @@ from tritonclient.utils import InferenceServerException
 pytestmark = pytest.mark.slow
 
 SHAPE = (1, 8, 8)
-CONNECTIONS = 16  # fresh connections: SO_REUSEPORT spreads them over the workers (all on one: 2^-15)
+CONNECTIONS = 16  # connections of their own: SO_REUSEPORT spreads them over the workers (all on one: 2^-15)
+# gRPC shares one connection among a process's channels to the same target unless each has its own pool.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def client(target: str) -> tc.InferenceServerClient:
+    """A tritonclient on a TCP connection of its own (so on either worker)."""
+    return tc.InferenceServerClient(target, channel_args=OWN_CONNECTION)
+
+
+def connections(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections to local `port` held by each of `pids` (from /proc/net/tcp{,6})."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes[fields[9]] = 0
+    counts = dict.fromkeys(pids, 0)
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                counts[pid] += 1
+    return counts
 
 
 def children(pid: int) -> list[int]:
@@ -73,15 +100,16 @@ def server(model: Path) -> Iterator[ServerProcess]:
 
 
 def infer(target: str, x: np.ndarray, **kwargs: object) -> np.ndarray:
-    client = tc.InferenceServerClient(target)
-    try:
-        inp = tc.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        result = client.infer("tiny", [inp], **kwargs)  # type: ignore[arg-type]
-        out: np.ndarray = result.as_numpy("logits")
-        return out
-    finally:
-        client.close()
+    """One inference on a connection of its own."""
+    with client(target) as c:
+        return run(c, x, **kwargs)
+
+
+def run(c: tc.InferenceServerClient, x: np.ndarray, **kwargs: object) -> np.ndarray:
+    inp = tc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out: np.ndarray = c.infer("tiny", [inp], **kwargs).as_numpy("logits")  # type: ignore[arg-type]
+    return out
 
 
 def test_the_engine_runs_two_worker_processes_that_answer_every_connection_alike(
@@ -96,15 +124,12 @@ def test_the_engine_runs_two_worker_processes_that_answer_every_connection_alike
 
 
 def test_statistics_and_metrics_are_the_totals_of_every_worker(server: ServerProcess) -> None:
-    client = tc.InferenceServerClient(server.target)
-    try:
-        before = client.get_inference_statistics("tiny").model_stats[0].inference_stats.success.count
+    with client(server.target) as c:
+        before = c.get_inference_statistics("tiny").model_stats[0].inference_stats.success.count
         x = np.ones((1, *SHAPE), dtype=np.float32)
         for _ in range(CONNECTIONS):
             infer(server.target, x)
-        stats = client.get_inference_statistics("tiny").model_stats[0]
-    finally:
-        client.close()
+        stats = c.get_inference_statistics("tiny").model_stats[0]
     assert stats.inference_stats.success.count == before + CONNECTIONS
     assert stats.execution_count >= CONNECTIONS  # the engine's batches, counted once
     text = scrape(server)
@@ -127,55 +152,47 @@ def test_a_region_registered_on_one_connection_serves_inferences_on_every_other(
     key = f"/resnet-serve-workers-{uuid.uuid4().hex[:8]}"
     handle = shm.create_shared_memory_region("in", key, x.nbytes)
     shm.set_shared_memory_region(handle, [x])
-    owner = tc.InferenceServerClient(server.target)
+    owner = client(server.target)
+    others = [client(server.target) for _ in range(CONNECTIONS)]
     try:
         owner.register_system_shared_memory("in", key, x.nbytes)
-        for _ in range(CONNECTIONS):  # each a new connection: most land on the other worker
-            client = tc.InferenceServerClient(server.target)
-            try:
-                status = client.get_system_shared_memory_status("in")
-                assert status.regions["in"].byte_size == x.nbytes
-                inp = tc.InferInput("input", list(x.shape), "FP32")
-                inp.set_shared_memory("in", x.nbytes)
-                out = client.infer("tiny", [inp]).as_numpy("logits")
-            finally:
-                client.close()
+        for other in others:
+            status = other.get_system_shared_memory_status("in")
+            assert status.regions["in"].byte_size == x.nbytes
+            inp = tc.InferInput("input", list(x.shape), "FP32")
+            inp.set_shared_memory("in", x.nbytes)
+            out = other.infer("tiny", [inp]).as_numpy("logits")
             np.testing.assert_allclose(out, reference_logits(model, x), rtol=1e-5, atol=1e-5)
+        served = connections(server.ready.grpc.port, children(server.proc.pid))  # type: ignore[union-attr]
+        assert sorted(served.values())[0] >= 1, served  # both workers answered some of these connections
         owner.unregister_system_shared_memory("in")
-        for _ in range(4):
-            client = tc.InferenceServerClient(server.target)
-            try:
-                assert not client.get_system_shared_memory_status().regions
-            finally:
-                client.close()
+        for other in others:
+            assert not other.get_system_shared_memory_status().regions
     finally:
-        owner.close()
+        for c in (owner, *others):
+            c.close()
         shm.destroy_shared_memory_region(handle)
 
 
 def test_a_model_unloaded_through_one_worker_is_unloaded_for_every_connection(server: ServerProcess) -> None:
-    control = tc.InferenceServerClient(server.target)
+    control = client(server.target)
+    others = [client(server.target) for _ in range(CONNECTIONS)]
     try:
         control.unload_model("tiny")
-        for _ in range(CONNECTIONS // 2):
-            client = tc.InferenceServerClient(server.target)
-            try:
-                assert not client.is_model_ready("tiny")
-                index = client.get_model_repository_index().models
-                assert [(m.name, m.state, m.reason) for m in index] == [("tiny", "UNAVAILABLE", "unloaded")]
-            finally:
-                client.close()
+        for other in others:
+            assert not other.is_model_ready("tiny")
+            index = other.get_model_repository_index().models
+            assert [(m.name, m.state, m.reason) for m in index] == [("tiny", "UNAVAILABLE", "unloaded")]
+        served = connections(server.ready.grpc.port, children(server.proc.pid))  # type: ignore[union-attr]
+        assert sorted(served.values())[0] >= 1, served
         control.load_model("tiny")
-        for _ in range(CONNECTIONS // 2):
-            client = tc.InferenceServerClient(server.target)
-            try:
-                assert client.is_model_ready("tiny")
-                assert client.is_server_ready()
-                infer(server.target, np.ones((1, *SHAPE), dtype=np.float32))
-            finally:
-                client.close()
+        for other in others:
+            assert other.is_model_ready("tiny")
+            assert other.is_server_ready()
+            run(other, np.ones((1, *SHAPE), dtype=np.float32))
     finally:
-        control.close()
+        for c in (control, *others):
+            c.close()
 
 
 def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(model: Path) -> None:
@@ -188,10 +205,11 @@ def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(
         assert len(workers) == 2
         outcomes: list[str] = []
         lock = threading.Lock()
+        stop = threading.Event()
 
-        def load() -> None:
+        def load() -> None:  # a new connection per request: they land on both workers
             x = np.ones((1, *SHAPE), dtype=np.float32)
-            for _ in range(8):
+            while not stop.is_set():
                 try:
                     infer(server.target, x, client_timeout=30)
                     outcome = "ok"
@@ -205,12 +223,14 @@ def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(
             thread.start()
         time.sleep(0.5)
         os.kill(workers[0], signal.SIGKILL)
+        time.sleep(1.0)
+        stop.set()
         for thread in threads:
             thread.join(60)
-        assert len(outcomes) == 64
+        assert not any(thread.is_alive() for thread in threads), "a request hung"
         assert set(outcomes) <= {"ok", "StatusCode.UNAVAILABLE"}, outcomes
         assert "StatusCode.UNAVAILABLE" in outcomes, outcomes  # the killed worker had requests in flight
-        assert outcomes.count("ok") >= 32, outcomes  # the other worker's requests were unaffected
+        assert outcomes.count("ok") >= 2 * outcomes.count("StatusCode.UNAVAILABLE"), outcomes  # others served
         wait_for(lambda: any("is serving again" in line for line in server.log), 15, "a new worker")
         assert len(children(server.proc.pid)) == 2
         assert workers[0] not in children(server.proc.pid)

@@ -198,6 +198,9 @@ class DynamicBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._running = 0  # batches being computed
+        # Called with the queue's depth whenever it changes, on whichever thread changed it (the engine
+        # process publishes it to the workers: server/ipc/depths.py).
+        self.depth_hook: Callable[[int], None] | None = None
         self._input_names = [spec.name for spec in self.info.inputs]
         self._input_set = frozenset(self._input_names)
         self._threads = [
@@ -219,6 +222,11 @@ class DynamicBatcher:
     def idle(self) -> bool:
         """Nothing queued and nothing being computed."""
         return not self._queue and self._running == 0
+
+    def _depth_changed(self, depth: int) -> None:
+        self._metrics.set_queue_depth(depth)
+        if self.depth_hook is not None:
+            self.depth_hook(depth)
 
     def reserve(self, places: int = 1) -> Ticket:
         """Claim `places` in the queue for requests about to be decoded; raises ServeError UNAVAILABLE when
@@ -308,7 +316,7 @@ class DynamicBatcher:
             self._queue.append(pending)
             depth = len(self._queue)
             self._cond.notify()
-        self._metrics.set_queue_depth(depth)
+        self._depth_changed(depth)
 
     def _check(self, inputs: dict[str, np.ndarray]) -> int:
         if inputs.keys() != self._input_set:
@@ -366,7 +374,7 @@ class DynamicBatcher:
             removed = self._remove_locked(pending)
             depth = len(self._queue)
         if removed:
-            self._metrics.set_queue_depth(depth)
+            self._depth_changed(depth)
         return removed
 
     def _expire(self, pending: _Pending) -> None:
@@ -435,7 +443,7 @@ class DynamicBatcher:
             self._running += 1
             if self._queue:
                 self._cond.notify()  # another idle instance may take the rest
-        self._metrics.set_queue_depth(depth)
+        self._depth_changed(depth)
         if expired:
             self._deliver(expired)
         return batch

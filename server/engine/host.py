@@ -27,9 +27,11 @@ from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import MappedArena
 from resnet_serve.server.ipc.channel import Frames, Message, frame
+from resnet_serve.server.ipc.depths import SLOTS, QueueDepths
 from resnet_serve.server.ipc.failures import failure_of
 from resnet_serve.server.models.catalog import Catalog, EntryView, VersionView
 from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.observability.model_metrics import ModelStatistics
 from resnet_serve.server.observability.totals import ServerMetricsState
@@ -219,8 +221,16 @@ class WorkerLink:
 class EngineHost:
     """The server's one model manager, registry and metrics, serving every worker's link."""
 
-    def __init__(self, manager: ModelManager, registry: SharedMemoryRegistry, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        registry: SharedMemoryRegistry,
+        metrics: ServerMetrics,
+        depths: QueueDepths | None = None,
+    ) -> None:
         self.manager = manager
+        self.depths = depths
+        self._slots: dict[int, int] = {}  # id(ServedModel) → its slot in `depths`
         self.registry = registry
         self.metrics = metrics
         self.links: dict[int, WorkerLink] = {}
@@ -253,17 +263,37 @@ class EngineHost:
     def catalog(self) -> Catalog:
         manager = self.manager
         entries = []
+        live: dict[int, int] = {}
         for name, entry in manager._entries.items():
             entries.append(
                 EntryView(
                     name=name,
                     settings=entry.settings,
-                    versions=tuple(VersionView.of(model) for model in entry.versions.values()),
+                    versions=tuple(VersionView.of(m, self._slot(m, live)) for m in entry.versions.values()),
                     statuses=tuple(entry.status.values()),
                     unloaded=entry.unloaded,
                 )
             )
+        self._slots = live  # a retired version's slot is free again
         return Catalog(tuple(entries), manager._accepting)
+
+    def _slot(self, model: ServedModel, live: dict[int, int]) -> int:
+        """The version's place in the shared queue-depth table (its batcher writes there); -1: none."""
+        if self.depths is None:
+            return -1
+        slot = self._slots.get(id(model))
+        if slot is None:
+            used = set(self._slots.values()) | set(live.values())
+            slot = next((s for s in range(SLOTS) if s not in used), -1)
+            if slot < 0:
+                return -1
+            batcher = model.batcher
+            if isinstance(batcher, DynamicBatcher):
+                depths = self.depths
+                depths.set(slot, batcher.queue_depth)
+                batcher.depth_hook = lambda depth: depths.set(slot, depth)
+        live[id(model)] = slot
+        return slot
 
     def broadcast_catalog(self) -> None:
         catalog = self.catalog()

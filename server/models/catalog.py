@@ -37,9 +37,10 @@ class VersionView:
     load_s: float
     triton: TritonModelConfig | None
     serial: int  # the engine's id of this build: a reload gives a new one
+    slot: int  # its queue depth's place in the shared table (server/ipc/depths.py); -1: none
 
     @classmethod
-    def of(cls, model: ServedModel) -> VersionView:
+    def of(cls, model: ServedModel, slot: int = -1) -> VersionView:
         return cls(
             name=model.name,
             version=model.version,
@@ -54,6 +55,7 @@ class VersionView:
             load_s=model.load_s,
             triton=model.triton,
             serial=id(model),
+            slot=slot,
         )
 
 

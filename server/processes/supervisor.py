@@ -35,6 +35,7 @@ from resnet_serve.server.app import StartupError, bracketed, load_models
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.engine.host import EngineHost, WorkerLink
 from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_memfd
+from resnet_serve.server.ipc.depths import QueueDepths, new_depths_fd
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
@@ -61,7 +62,8 @@ class Supervisor:
         self.metrics = ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
         self.manager = ModelManager(config, self.metrics)
         self.registry = SharedMemoryRegistry()
-        self.host = EngineHost(self.manager, self.registry, self.metrics)
+        self._depths_fd = new_depths_fd()
+        self.host = EngineHost(self.manager, self.registry, self.metrics, QueueDepths(self._depths_fd, True))
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.grpc_port: int | None = None
         self.http_port: int | None = None
@@ -139,14 +141,14 @@ class Supervisor:
         try:
             arena = MappedArena(fd, DEFAULT_ARENA_BYTES)
             level, fmt = self._log
-            argv = [str(child.fileno()), str(fd), str(DEFAULT_ARENA_BYTES), str(index), level, fmt]
+            argv = [child.fileno(), fd, DEFAULT_ARENA_BYTES, self._depths_fd, index, level, fmt]
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 WORKER_MODULE,
-                *argv,
+                *map(str, argv),
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(child.fileno(), fd),
+                pass_fds=(child.fileno(), fd, self._depths_fd),
             )
         except BaseException:
             parent.close()

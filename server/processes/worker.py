@@ -2,16 +2,17 @@
 workers (SO_REUSEPORT), doing all of a request's own work (the protocol, parsing, access rules, admission,
 decoding and preprocessing, encoding the answer) and sending its tensors to the engine (server/remote/).
 
-Started by the engine (supervisor.py) as `python -m resnet_serve.server.processes.worker SOCKET_FD ARENA_FD
-ARENA_BYTES INDEX LOG_LEVEL LOG_FORMAT`, with the server's settings as JSON on standard input: they may hold a
-token, which must never be on a command line. Exit status: 0 after a drain (SIGTERM), 3 when the engine went
-away (its readiness went NOT_SERVING at once; the engine's supervisor, or the orchestrator, restarts).
+Started by the engine (supervisor.py) as `python -m resnet_serve.server.processes.worker SOCKET_FD
+ARENA_FD ARENA_BYTES DEPTHS_FD INDEX LOG_LEVEL LOG_FORMAT`, with the server's settings as JSON on standard
+input: they may hold a token, which must never be on a command line. Exit status: 0 after a drain (SIGTERM),
+3 when the engine went away (its readiness went NOT_SERVING at once; the orchestrator restarts the server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 
@@ -25,11 +26,14 @@ ENGINE_LOST_EXIT = 3
 ENGINE_LOST_LINGER_S = 1.0
 
 
-async def run(sock_fd: int, arena_fd: int, arena_bytes: int, index: int, config_json: str) -> int:
+async def run(
+    sock_fd: int, arena_fd: int, arena_bytes: int, depths_fd: int, index: int, config_json: str
+) -> int:
     from resnet_serve.server.app import InferenceServer, StartupError, freeze_startup_objects
     from resnet_serve.server.config import ServerConfig
     from resnet_serve.server.ipc import messages as m
     from resnet_serve.server.ipc.arena import Arena
+    from resnet_serve.server.ipc.depths import QueueDepths
     from resnet_serve.server.observability.metrics import ServerMetrics
     from resnet_serve.server.remote.link import EngineLink
     from resnet_serve.server.remote.manager import RemoteManager
@@ -43,7 +47,8 @@ async def run(sock_fd: int, arena_fd: int, arena_bytes: int, index: int, config_
     metrics = ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
     registry = SharedMemoryRegistry()
     mirror(registry, link)
-    manager = RemoteManager(config, metrics, link)
+    manager = RemoteManager(config, metrics, link, QueueDepths(depths_fd))
+    os.close(depths_fd)  # mapped
     link.on(m.PULL_METRICS, lambda rid: link.send((m.METRICS, rid, metrics.export())))
     await link.open(socket.socket(fileno=sock_fd))
     server = InferenceServer(
@@ -72,11 +77,11 @@ async def run(sock_fd: int, arena_fd: int, arena_bytes: int, index: int, config_
 
 
 def main(argv: list[str]) -> int:
-    sock_fd, arena_fd, arena_bytes, index = (int(a) for a in argv[:4])
-    configure_logging(argv[4], argv[5])
+    sock_fd, arena_fd, arena_bytes, depths_fd, index = (int(a) for a in argv[:5])
+    configure_logging(argv[5], argv[6])
     quiet_grpc_core()  # before grpc is imported
     config_json = sys.stdin.read()
-    return asyncio.run(run(sock_fd, arena_fd, arena_bytes, index, config_json))
+    return asyncio.run(run(sock_fd, arena_fd, arena_bytes, depths_fd, index, config_json))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from resnet_serve.server.batching.batcher import BatchResult, Ticket, check_rows
 from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
+from resnet_serve.server.ipc.depths import QueueDepths
 from resnet_serve.server.models.catalog import Catalog, VersionView
 from resnet_serve.server.models.manager import ModelManager, _Entry
 from resnet_serve.server.models.overrides import LoadOverride
@@ -37,8 +38,10 @@ _ALIGN = 64  # the engine starts each output in the out block at a multiple of t
 class RemoteBatcher:
     """A worker's handle on the engine's batcher of one model version."""
 
-    def __init__(self, link: EngineLink, view: VersionView) -> None:
+    def __init__(self, link: EngineLink, view: VersionView, depths: QueueDepths | None = None) -> None:
         self._link = link
+        self._depths = depths
+        self._slot = view.slot
         self.name = view.name
         self.version = view.version
         self.config = view.settings.batching
@@ -68,9 +71,11 @@ class RemoteBatcher:
         return self._waiting == 0
 
     def reserve(self, places: int = 1) -> Ticket:
-        """A place per request about to be decoded. The server's queue is the engine's: it refuses a request
-        that finds it full. Here a worker refuses at once only what could not fit even in an empty queue."""
-        if self._waiting + self._reserved + places > self.config.max_queue_size:
+        """A place per request about to be decoded, refused (UNAVAILABLE) when the engine's queue, as it
+        last published it (server/ipc/depths.py), has no room for it and the places this worker has claimed:
+        before any decoding. The engine's batcher still decides: another worker may take the last place."""
+        queued = self._depths.get(self._slot) if self._depths is not None else self._waiting
+        if queued + self._reserved + places > self.config.max_queue_size:
             raise full_queue(self.name, self.config.max_queue_size)
         self._reserved += places
         return Ticket(self._release, places)
@@ -108,9 +113,16 @@ class RemoteBatcher:
 class RemoteManager(ModelManager):
     """`ModelManager` over the engine's models (see the module's docstring)."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics, link: EngineLink) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics,
+        link: EngineLink,
+        depths: QueueDepths | None = None,
+    ) -> None:
         super().__init__(config, metrics)
         self._link = link
+        self._depths = depths
         self._serials: dict[tuple[str, str], tuple[int, ServedModel]] = {}
         self._catalog_seen = asyncio.Event()
         link.on(m.CATALOG, self.apply)
@@ -149,7 +161,7 @@ class RemoteManager(ModelManager):
             info=view.info,
             labels=list(view.labels),
             preprocessor=preprocessor,
-            batcher=RemoteBatcher(self._link, view),
+            batcher=RemoteBatcher(self._link, view, self._depths),
             metrics=self.metrics.model(view.name, view.version),
             backends=[],
             load_s=view.load_s,
