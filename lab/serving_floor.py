@@ -236,7 +236,7 @@ def start_servers(
         command = serve_command(
             *[arg for spec in specs for arg in ("--model", spec)], "--host", "127.0.0.1",
             "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--intra-op-threads", "1", "--log-level", "warning",
+            "--intra-op-threads", "1", "--log-level", "warning", *args.serve_arg,
             *(["--workers", str(count)] if count else []),
         )  # fmt: skip
         name = f"resnet-serve --workers {count}" if count else "resnet-serve"
@@ -593,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(n) for n in s.split(",")],
         default=[1, 2],
         help="serve --workers values to measure, once serve has the option (default: 1,2)",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every `resnet-serve serve` (repeat; e.g. "
+        "--serve-arg=--preferred-batch-sizes --serve-arg=8 to measure the engine at batches of 8)",
     )
     parser.add_argument("--server-cpus", default="0", help="taskset -c list for every server (default: 0)")
     parser.add_argument("--client-cpus", default="1", help="taskset -c list for h2load (default: 1)")

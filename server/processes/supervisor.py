@@ -41,6 +41,8 @@ from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.observability.totals import ServerMetricsState
 from resnet_serve.server.security import model_control
+from resnet_serve.server.security.files import SecurityError
+from resnet_serve.server.security_policy import SecurityPolicy
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 log = logging.getLogger("resnet_serve.server")
@@ -76,11 +78,18 @@ class Supervisor:
         self._restarts: dict[int, list[float]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._poller: RepositoryPoller | None = None
+        self.security: SecurityPolicy | None = None
 
     # ------------------------------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
         config = self.config
+        try:
+            # Certificates and tokens first, as in one process: a bad file stops the server before any port,
+            # model or worker (each worker loads its own copy, and reloads it on SIGHUP).
+            self.security = SecurityPolicy(config, self.metrics)
+        except SecurityError as exc:
+            raise StartupError(str(exc)) from None
         try:
             if config.allow_grpc:
                 self.grpc_port = self._hold(config.listen_address("grpc"), config.grpc_port, "grpc_port")
@@ -315,9 +324,10 @@ class Supervisor:
         )
         models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
         pids = ", ".join(str(p.pid) for p in self.procs.values())
+        security = f" {self.security.describe()}" if self.security is not None else ""
         return (
-            f"ready: grpc={grpc_at} metrics={metrics} http={http} workers={len(self.procs)} (pids {pids}) "
-            f"models: {models}"
+            f"ready: grpc={grpc_at} metrics={metrics} http={http}{security} workers={len(self.procs)} "
+            f"(pids {pids}) models: {models}"
         )
 
     def ready(self) -> Ready:
