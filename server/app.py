@@ -67,12 +67,13 @@ class InferenceServer:
         manager: ModelManager | None = None,
         registry: SharedMemoryRegistry | None = None,
         regions: RegionControl | None = None,
-        reuse_port: bool = False,
+        worker: bool = False,
     ) -> None:
         """One process's server. A worker process of `serve --workers N` (server/processes/worker.py) passes
         the engine's models (`manager`), its mirror of the engine's shared-memory registry (`registry`,
-        `regions`), and `reuse_port`: its ports are shared with the other workers (SO_REUSEPORT), and the
-        engine process has checked them."""
+        `regions`), and `worker`: its ports are shared with the other workers (SO_REUSEPORT) and the engine
+        process has checked them, the engine polls the repository, and its SIGHUP reloads say nothing above
+        debug (the engine said it for the server)."""
         self.config = config
         self.metrics = metrics or ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
         self.manager = manager if manager is not None else ModelManager(config, self.metrics)
@@ -86,7 +87,7 @@ class InferenceServer:
             shared_memory=registry if registry is not None else SharedMemoryRegistry(),
             region_control=regions,
         )
-        self.reuse_port = reuse_port
+        self.worker = worker
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.services: list[str] = []
         self.grpc_port = 0
@@ -112,9 +113,9 @@ class InferenceServer:
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
         grpc_host, http_host, metrics_host = (config.listen_address(e) for e in ("grpc", "http", "metrics"))
-        if config.allow_grpc and not self.reuse_port:
+        if config.allow_grpc and not self.worker:
             check_port_free(grpc_host, config.grpc_port, "grpc_port")
-        if self._serves_http and not self.reuse_port:
+        if self._serves_http and not self.worker:
             check_port_free(http_host, config.http_port, "http_port")
         if self._serves_metrics:
             check_port_free(metrics_host, config.metrics_port, "metrics_port")
@@ -123,7 +124,7 @@ class InferenceServer:
             interceptors=[*self.security.interceptors(), InFlightInterceptor(self.ctx.in_flight)],
             options=[
                 *self.security.grpc_options(),  # message size, streams, keepalive enforcement
-                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+                ("grpc.so_reuseport", 1 if self.worker else 0),
                 # Advertise a large stream window up front: a 224×224 FP32 tensor is 600 KB, and with the
                 # default 64 KB window each request waited on flow-control round trips (-0.15 ms at c=1).
                 ("grpc.http2.lookahead_bytes", 16 * _MB),
@@ -161,7 +162,7 @@ class InferenceServer:
             http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
             tls = ssl_context(self.security.tls)  # the gRPC port's certificate (and its reload) here too
             try:
-                self.http_port = await http.start(http_host, config.http_port, tls, self.reuse_port)
+                self.http_port = await http.start(http_host, config.http_port, tls, self.worker)
             except OSError as exc:
                 await server.stop(0)
                 await self.manager.close(0)
@@ -178,9 +179,7 @@ class InferenceServer:
                 raise StartupError(
                     f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc}"
                 ) from None
-        if (
-            model_control.polls(config.model_control_mode) and not self.reuse_port
-        ):  # a worker: the engine polls
+        if model_control.polls(config.model_control_mode) and not self.worker:  # a worker: the engine polls
             self._poller = RepositoryPoller(self.manager, config.repository_poll_secs)
             self._poller.start()
 
@@ -245,7 +244,7 @@ class InferenceServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         if self.security is not None:  # SIGHUP: new certificates and tokens, no connection dropped
-            loop.add_signal_handler(signal.SIGHUP, self.security.reload)
+            loop.add_signal_handler(signal.SIGHUP, self.security.reload, self.worker)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping is not None:

@@ -21,7 +21,7 @@ import pickle
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ class Channel(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, write_ready
-from resnet_serve.server.app import StartupError, bracketed, load_models
+from resnet_serve.server.app import StartupError, bracketed, check_port_free, load_models
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.engine.host import EngineHost, WorkerLink
 from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_memfd
@@ -95,6 +95,8 @@ class Supervisor:
                 self.grpc_port = self._hold(config.listen_address("grpc"), config.grpc_port, "grpc_port")
             if config.allow_http and config.http_port >= 0:
                 self.http_port = self._hold(config.listen_address("http"), config.http_port, "http_port")
+            if config.allow_metrics and config.metrics_port >= 0:  # served here, by the engine alone
+                check_port_free(config.listen_address("metrics"), config.metrics_port, "metrics_port")
             await load_models(self.manager, config)
             if config.allow_metrics and config.metrics_port >= 0:
                 self.metrics.set_peers(self._peer_metrics)
@@ -256,7 +258,13 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        """SIGHUP: check the files here and say once what came of it, then every worker reloads its copy."""
+        if self.security is not None:
+            self.security.reload()
+        self._forward(signal.SIGHUP)
 
     def _forward(self, sig: signal.Signals) -> None:
         for proc in self.procs.values():

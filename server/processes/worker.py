@@ -52,7 +52,7 @@ async def run(
     link.on(m.PULL_METRICS, lambda rid: link.send((m.METRICS, rid, metrics.export())))
     await link.open(socket.socket(fileno=sock_fd))
     server = InferenceServer(
-        config, metrics, manager=manager, registry=registry, regions=RemoteRegions(link), reuse_port=True
+        config, metrics, manager=manager, registry=registry, regions=RemoteRegions(link), worker=True
     )
     try:
         await server.start()
