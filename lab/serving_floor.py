@@ -162,6 +162,9 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     stub: Any = None
+    # processes answering on the port: the bare floor of N worker processes (their statistics cannot be
+    # asked of each one through the shared port, so h2load's counts stand for them)
+    processes: int = 1
     rows: list[dict[str, Any]] = field(default_factory=list)
     warmup: list[dict[str, Any]] = field(default_factory=list)
 
@@ -188,6 +191,9 @@ class Server:
     def counts(self, model: str) -> tuple[int, int]:
         """(successes, failures) the server's own KServe statistics count for `model`, all versions."""
         from resnet_serve.protos import grpc_service_pb2 as pb
+
+        if self.processes > 1:
+            return 0, 0
 
         reply = self.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
         stats = [s.inference_stats for s in reply.model_stats]
@@ -231,6 +237,13 @@ def start_servers(
         bare += ["--model", spec]
     # lab/ is not installed: it imports from the repository root
     servers.append(Server("bare grpc.aio", subprocess.Popen(_pinned(args.server_cpus, bare), cwd=ROOT), port))
+    many = max(workers or [1])
+    if many > 1:  # the floor of `many` worker processes: as many bare servers sharing one port
+        port = free_port()
+        one = " ".join([*bare[:4], str(port), *bare[5:], "--reuse-port"])  # bare[4] is the first one's port
+        script = f"for i in $(seq {many}); do {one} & done; wait"
+        process = subprocess.Popen(_pinned(args.server_cpus, ["sh", "-c", script]), cwd=ROOT)
+        servers.append(Server(f"bare grpc.aio x{many}", process, port, processes=many))
     for count in workers or [0]:
         port = free_port()
         command = serve_command(
@@ -308,6 +321,8 @@ def measure(
     # with worker processes, the rest of the tree (the process serve started) is the engine
     engine_s = total_s - sum(worker_s) if worker_s else 0.0
     success, fail = success1 - success0, fail1 - fail0
+    if server.processes > 1:
+        success, fail = int(h2["succeeded"]), int(h2["failed"] + h2["errored"])
     done = max(1, success)
     return {
         "server": server.name,
