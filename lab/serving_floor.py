@@ -241,8 +241,10 @@ def start_servers(
     if many > 1:  # the floor of `many` worker processes: as many bare servers sharing one port
         port = free_port()
         one = " ".join([*bare[:4], str(port), *bare[5:], "--reuse-port"])  # bare[4] is the first one's port
-        script = f"for i in $(seq {many}); do {one} & done; wait"
-        process = subprocess.Popen(_pinned(args.server_cpus, ["sh", "-c", script]), cwd=ROOT)
+        # in a session of its own, so that stopping the shell stops the group: `kill 0` on SIGTERM
+        script = f"trap 'kill 0' TERM; for i in $(seq {many}); do {one} & done; wait"
+        command = _pinned(args.server_cpus, ["sh", "-c", script])
+        process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
         servers.append(Server(f"bare grpc.aio x{many}", process, port, processes=many))
     for count in workers or [0]:
         port = free_port()
