@@ -113,10 +113,11 @@ def handlers(models: dict[str, BareModel]) -> Any:
     )
 
 
-async def serve(models: dict[str, BareModel], host: str, port: int) -> None:
+async def serve(models: dict[str, BareModel], host: str, port: int, reuse_port: bool = False) -> None:
     import grpc
 
-    server = grpc.aio.server(options=OPTIONS)
+    options = [(k, 1 if k == "grpc.so_reuseport" and reuse_port else v) for k, v in OPTIONS]
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handlers(models),))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
@@ -134,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="an ONNX model to serve under NAME (repeatable)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT): N of these on one port are the floor of "
+        "N worker processes",
+    )
     args = parser.parse_args(argv)
     models: dict[str, BareModel] = {}
     for spec in args.model:
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--model {spec}: expected NAME=PATH to an existing ONNX file")
         models[name] = BareModel(name, Path(path))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop quietly
-        asyncio.run(serve(models, args.host, args.port))
+        asyncio.run(serve(models, args.host, args.port, args.reuse_port))
     return 0
 
 

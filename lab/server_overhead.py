@@ -35,7 +35,7 @@ def _start_server(model: Path, port: int, args: argparse.Namespace) -> subproces
         "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1", "--http-port", "-1",
         "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
         "--intra-op-threads", str(args.server_threads if args.server_threads is not None else args.threads),
-        "--instances", str(args.instances), "--log-level", "warning",
+        "--instances", str(args.instances), "--log-level", "warning", *args.serve_arg,
     )  # fmt: skip
     return subprocess.Popen(cmd)
 
@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         help="server intra-op threads per instance (default: --threads)",
     )
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], metavar="ARG",
+        help="one more `serve` argument (repeat; e.g. --serve-arg=--workers --serve-arg=1)",
+    )  # fmt: skip
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--window", type=float, default=4.0)

@@ -162,6 +162,9 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     stub: Any = None
+    # processes answering on the port: the bare floor of N worker processes (their statistics cannot be
+    # asked of each one through the shared port, so h2load's counts stand for them)
+    processes: int = 1
     rows: list[dict[str, Any]] = field(default_factory=list)
     warmup: list[dict[str, Any]] = field(default_factory=list)
 
@@ -188,6 +191,9 @@ class Server:
     def counts(self, model: str) -> tuple[int, int]:
         """(successes, failures) the server's own KServe statistics count for `model`, all versions."""
         from resnet_serve.protos import grpc_service_pb2 as pb
+
+        if self.processes > 1:
+            return 0, 0
 
         reply = self.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
         stats = [s.inference_stats for s in reply.model_stats]
@@ -231,12 +237,21 @@ def start_servers(
         bare += ["--model", spec]
     # lab/ is not installed: it imports from the repository root
     servers.append(Server("bare grpc.aio", subprocess.Popen(_pinned(args.server_cpus, bare), cwd=ROOT), port))
+    many = max(workers or [1])
+    if many > 1:  # the floor of `many` worker processes: as many bare servers sharing one port
+        port = free_port()
+        one = " ".join([*bare[:4], str(port), *bare[5:], "--reuse-port"])  # bare[4] is the first one's port
+        # in a session of its own, so that stopping the shell stops the group: `kill 0` on SIGTERM
+        script = f"trap 'kill 0' TERM; for i in $(seq {many}); do {one} & done; wait"
+        command = _pinned(args.server_cpus, ["sh", "-c", script])
+        process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+        servers.append(Server(f"bare grpc.aio x{many}", process, port, processes=many))
     for count in workers or [0]:
         port = free_port()
         command = serve_command(
             *[arg for spec in specs for arg in ("--model", spec)], "--host", "127.0.0.1",
             "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--intra-op-threads", "1", "--log-level", "warning",
+            "--intra-op-threads", "1", "--log-level", "warning", *args.serve_arg,
             *(["--workers", str(count)] if count else []),
         )  # fmt: skip
         name = f"resnet-serve --workers {count}" if count else "resnet-serve"
@@ -303,9 +318,13 @@ def measure(
     h2 = parse_h2load(run.stdout)
     # a process that started during the run is counted from 0: all its CPU time is inside the window
     used = {pid: (seconds - cpu0.get(pid, (0.0, ""))[0], cmdline) for pid, (seconds, cmdline) in cpu1.items()}
-    engine_s = sum(seconds for seconds, cmdline in used.values() if re.search(args.engine_match, cmdline))
     total_s = sum(seconds for seconds, _ in used.values())
+    worker_s = [seconds for seconds, cmdline in used.values() if re.search(args.worker_match, cmdline)]
+    # with worker processes, the rest of the tree (the process serve started) is the engine
+    engine_s = total_s - sum(worker_s) if worker_s else 0.0
     success, fail = success1 - success0, fail1 - fail0
+    if server.processes > 1:
+        success, fail = int(h2["succeeded"]), int(h2["failed"] + h2["errored"])
     done = max(1, success)
     return {
         "server": server.name,
@@ -592,12 +611,21 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2],
         help="serve --workers values to measure, once serve has the option (default: 1,2)",
     )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every `resnet-serve serve` (repeat; e.g. "
+        "--serve-arg=--preferred-batch-sizes --serve-arg=8 to measure the engine at batches of 8)",
+    )
     parser.add_argument("--server-cpus", default="0", help="taskset -c list for every server (default: 0)")
     parser.add_argument("--client-cpus", default="1", help="taskset -c list for h2load (default: 1)")
     parser.add_argument(
-        "--engine-match",
-        default=r"\bengine\b",
-        help="regex on a server process's command line that marks the engine (its CPU is e)",
+        "--worker-match",
+        default=r"processes\.worker\b",
+        help="regex on a server process's command line that marks a worker process (its CPU is w; the "
+        "rest of the server's processes are the engine, e)",
     )
     args = parser.parse_args(argv)  # fmt: skip
     bad = [s for s in args.sizes if s not in SIZES]

@@ -113,6 +113,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         serve_command(
             "--model", f"model={args.model}", "--host", "127.0.0.1", "--grpc-port", str(port),
             "--metrics-port", "-1", "--intra-op-threads", str(args.threads), "--log-level", "warning",
+            *args.serve_arg,
         )
     )  # fmt: skip
     tag = uuid.uuid4().hex[:8]
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--make-model", action="store_true", help="first write the trivial 224² model to --model"
     )
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], metavar="ARG",
+        help="one more `serve` argument (repeat; e.g. --serve-arg=--workers --serve-arg=1)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.make_model:
         write_transport_model(args.model)

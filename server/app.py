@@ -38,6 +38,8 @@ from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.security import model_control
 from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security_policy import SecurityPolicy
+from resnet_serve.server.shm.control import RegionControl
+from resnet_serve.server.shm.registry import SharedMemoryRegistry
 from resnet_serve.server.transport import max_message_bytes
 
 log = logging.getLogger(__name__)
@@ -57,13 +59,35 @@ class StartupError(RuntimeError):
 class InferenceServer:
     """One running server. `await start()`, then `await wait_for_shutdown()` or `await stop()`."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        *,
+        manager: ModelManager | None = None,
+        registry: SharedMemoryRegistry | None = None,
+        regions: RegionControl | None = None,
+        worker: bool = False,
+    ) -> None:
+        """One process's server. A worker process of `serve --workers N` (server/processes/worker.py) passes
+        the engine's models (`manager`), its mirror of the engine's shared-memory registry (`registry`,
+        `regions`), and `worker`: its ports are shared with the other workers (SO_REUSEPORT) and the engine
+        process has checked them, the engine polls the repository, and its SIGHUP reloads say nothing above
+        debug (the engine said it for the server)."""
         self.config = config
         self.metrics = metrics or ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
-        self.manager = ModelManager(config, self.metrics)
+        self.manager = manager if manager is not None else ModelManager(config, self.metrics)
         threads = config.preprocess_threads or default_threads()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="preprocess")
-        self.ctx = ServerContext(config, self.manager, self.metrics, self.pool)
+        self.ctx = ServerContext(
+            config,
+            self.manager,
+            self.metrics,
+            self.pool,
+            shared_memory=registry if registry is not None else SharedMemoryRegistry(),
+            region_control=regions,
+        )
+        self.worker = worker
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.services: list[str] = []
         self.grpc_port = 0
@@ -89,18 +113,18 @@ class InferenceServer:
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
         grpc_host, http_host, metrics_host = (config.listen_address(e) for e in ("grpc", "http", "metrics"))
-        if config.allow_grpc:
-            _check_port_free(grpc_host, config.grpc_port, "grpc_port")
-        if self._serves_http:
-            _check_port_free(http_host, config.http_port, "http_port")
+        if config.allow_grpc and not self.worker:
+            check_port_free(grpc_host, config.grpc_port, "grpc_port")
+        if self._serves_http and not self.worker:
+            check_port_free(http_host, config.http_port, "http_port")
         if self._serves_metrics:
-            _check_port_free(metrics_host, config.metrics_port, "metrics_port")
+            check_port_free(metrics_host, config.metrics_port, "metrics_port")
         server = grpc.aio.server(
             # Access first: a refused call is neither parsed nor counted in flight.
             interceptors=[*self.security.interceptors(), InFlightInterceptor(self.ctx.in_flight)],
             options=[
                 *self.security.grpc_options(),  # message size, streams, keepalive enforcement
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.worker else 0),
                 # Advertise a large stream window up front: a 224×224 FP32 tensor is 600 KB, and with the
                 # default 64 KB window each request waited on flow-control round trips (-0.15 ms at c=1).
                 ("grpc.http2.lookahead_bytes", 16 * _MB),
@@ -114,7 +138,7 @@ class InferenceServer:
         reflection.enable_server_reflection(
             [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        address = f"{_bracketed(grpc_host)}:{config.grpc_port}"
+        address = f"{bracketed(grpc_host)}:{config.grpc_port}"
         if config.allow_grpc:  # --allow-grpc false: the gRPC server is built but never listens
             try:
                 self.grpc_port = self.security.add_grpc_port(server, address)
@@ -138,7 +162,7 @@ class InferenceServer:
             http = HttpServer(self.ctx, max_message_bytes(config), self.security.rules)
             tls = ssl_context(self.security.tls)  # the gRPC port's certificate (and its reload) here too
             try:
-                self.http_port = await http.start(http_host, config.http_port, tls)
+                self.http_port = await http.start(http_host, config.http_port, tls, self.worker)
             except OSError as exc:
                 await server.stop(0)
                 await self.manager.close(0)
@@ -155,23 +179,12 @@ class InferenceServer:
                 raise StartupError(
                     f"cannot serve metrics on {metrics_host}:{config.metrics_port}: {exc}"
                 ) from None
-        if model_control.polls(config.model_control_mode):
+        if model_control.polls(config.model_control_mode) and not self.worker:  # a worker: the engine polls
             self._poller = RepositoryPoller(self.manager, config.repository_poll_secs)
             self._poller.start()
 
     async def _load_models(self) -> None:
-        config = self.config
-        try:
-            await self.manager.start()
-        except Exception as exc:
-            await self.manager.close(0)
-            raise StartupError(str(getattr(exc, "message", exc))) from None
-        if config.default_model and config.default_model not in self.manager.names():
-            await self.manager.close(0)
-            served = ", ".join(self.manager.names())
-            raise StartupError(
-                f"default_model {config.default_model!r} is not one of the served models ({served})"
-            )
+        await load_models(self.manager, self.config)
 
     def _readiness_changed(self) -> None:
         # Health follows readiness (a model loaded, unloaded or failing to load), so load balancers that
@@ -204,7 +217,7 @@ class InferenceServer:
     def summary(self) -> str:
         config = self.config
         grpc_host, http_host, metrics_host = (
-            _bracketed(config.listen_address(e)) for e in ("grpc", "http", "metrics")
+            bracketed(config.listen_address(e)) for e in ("grpc", "http", "metrics")
         )
         models = ", ".join(f"{s.name} v{s.version} {s.state}" for s in self.manager.statuses()) or "none"
         metrics = (
@@ -231,7 +244,7 @@ class InferenceServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         if self.security is not None:  # SIGHUP: new certificates and tokens, no connection dropped
-            loop.add_signal_handler(signal.SIGHUP, self.security.reload)
+            loop.add_signal_handler(signal.SIGHUP, self.security.reload, self.worker)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping is not None:
@@ -295,12 +308,27 @@ class InferenceServer:
         await server.stop(min(1.0, max(0.0, deadline - loop.time())))
 
 
-def _bracketed(host: str) -> str:
+async def load_models(manager: ModelManager, config: ServerConfig) -> None:
+    """Load the configured and repository models; StartupError (everything released) when that fails."""
+    try:
+        await manager.start()
+    except Exception as exc:
+        await manager.close(0)
+        raise StartupError(str(getattr(exc, "message", exc))) from None
+    if config.default_model and config.default_model not in manager.names():
+        await manager.close(0)
+        served = ", ".join(manager.names())
+        raise StartupError(
+            f"default_model {config.default_model!r} is not one of the served models ({served})"
+        )
+
+
+def bracketed(host: str) -> str:
     """An IPv6 address in brackets, as it must be written before a port ("[::1]:8001")."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _check_port_free(host: str, port: int, option: str) -> None:
+def check_port_free(host: str, port: int, option: str) -> None:
     """Refuse a fixed port that is taken before any model loads (minutes for a big model with warm-up), and
     in one line: grpc's own bind failure also prints a C-core error line to stderr."""
     if port <= 0:

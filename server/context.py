@@ -14,6 +14,7 @@ from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.shm.control import LocalRegions, RegionControl
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 
@@ -29,6 +30,14 @@ class ServerContext:
     in_flight: InFlight = field(default_factory=InFlight)
     # Triton's shared-memory extension: the regions clients registered (released in InferenceServer.stop).
     shared_memory: SharedMemoryRegistry = field(default_factory=SharedMemoryRegistry)
+    # Registering and unregistering regions: on `shared_memory` itself, or (a worker process) via the engine.
+    region_control: RegionControl | None = None
+
+    @property
+    def regions(self) -> RegionControl:
+        if self.region_control is None:
+            self.region_control = LocalRegions(self.shared_memory)
+        return self.region_control
 
     def live(self) -> bool:
         """The process is up and answering (also while it drains)."""

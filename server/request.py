@@ -38,6 +38,7 @@ class Call:
 
     __slots__ = (
         "_count",
+        "_end",
         "_gauge",
         "_result",
         "_rows",
@@ -69,6 +70,7 @@ class Call:
         self._rows = 1
         self._summary: tuple[Outcome, int | None, str | None] = (Outcome.SUCCESS, None, None)
         self._ticket: Ticket | None = None
+        self._end: float | None = None
         try:
             self.model = lookup()
         except Exception as exc:
@@ -93,6 +95,13 @@ class Call:
         self._rows = rows
         return self._result
 
+    def elapsed(self) -> float:
+        """Seconds since the request started, as the metrics and the access log will record them: the first
+        call fixes the request's end, so a duration the answer reports is the one the server counts."""
+        if self._end is None:
+            self._end = time.perf_counter()
+        return self._end - self.start
+
     def summary(self, outcome: Outcome, batch_size: int | None, detail: str | None = None) -> None:
         """The access-log line of a request whose items were counted one by one (`count=False`)."""
         self._summary = (outcome, batch_size, detail)
@@ -107,7 +116,7 @@ class Call:
     ) -> None:
         model = self.model
         metrics = model.metrics
-        total = time.perf_counter() - self.start
+        total = (self._end if self._end is not None and exc is None else time.perf_counter()) - self.start
         error: ServeError | None = None
         try:
             if exc is None:

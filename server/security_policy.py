@@ -89,24 +89,26 @@ class SecurityPolicy:
             parts.append("image-api-tokens=on")
         return " ".join(parts)
 
-    def reload(self) -> bool:
+    def reload(self, quiet: bool = False) -> bool:
         """Re-read the certificates and the token file (SIGHUP). What fails its checks is kept as it was and
-        logged; True when everything reloaded."""
+        logged; True when everything reloaded. `quiet`: a worker process of `serve --workers`, whose engine
+        checked the same files a moment before and said, once for the server, what came of it (debug)."""
+        info, error = (log.debug, log.debug) if quiet else (log.info, log.error)
         ok = True
         if self.tls is not None:
             try:
                 self.tls.reload()
-                log.info("reloaded the TLS certificate from %s", self.tls.files.cert)
+                info("reloaded the TLS certificate from %s", self.tls.files.cert)
             except SecurityError as exc:
                 ok = False
-                log.error("TLS certificate not reloaded, the old one stays in use: %s", exc)
+                error("TLS certificate not reloaded, the old one stays in use: %s", exc)
         if self.config.auth_token_file:
             try:
                 self.rules.tokens = read_tokens(self.config.auth_token_file, self.config.auth_token)
-                log.info("reloaded %d image API token(s)", len(self.rules.tokens))
+                info("reloaded %d image API token(s)", len(self.rules.tokens))
             except SecurityError as exc:
                 ok = False
-                log.error("tokens not reloaded, the old ones stay in use: %s", exc)
+                error("tokens not reloaded, the old ones stay in use: %s", exc)
         if self.tls is None and not self.config.auth_token_file:
-            log.info("SIGHUP: no certificate or token file to reload")
+            info("SIGHUP: no certificate or token file to reload")
         return ok

@@ -203,6 +203,7 @@ CHOSEN: dict[str, tuple[str, Any, Any]] = {
     "inference_precision": ("bf16", "bf16", "bf16"),
     "performance_mode": ("throughput", "throughput", "throughput"),
     "model_control_mode": ("EXPLICIT", "explicit", "explicit"),
+    "workers": ("3", 3, "3"),
     "grpc_restricted_protocol": (
         "inference:k=v",
         ["inference:k=v"],
@@ -210,7 +211,7 @@ CHOSEN: dict[str, tuple[str, Any, Any]] = {
     ),
 }
 CHOICES = {"image_formats", "image_decoder", "version_policy", "inference_precision", "performance_mode",
-           "model_control_mode", "grpc_restricted_protocol"}  # fmt: skip
+           "model_control_mode", "grpc_restricted_protocol", "workers"}  # fmt: skip
 
 
 def chosen(opt: Option) -> tuple[str, Any, Any]:

@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     quiet_grpc_core()  # before grpc is imported
+    workers = config.worker_count(server_config)
+    if workers > 1:  # an engine process and the worker processes (server/processes/)
+        from resnet_serve.server.processes.supervisor import serve_workers
+
+        return asyncio.run(serve_workers(server_config, workers, args.log_level, args.log_format))
     from resnet_serve.server.app import serve  # onnxruntime and grpc: only once the config is valid
 
     return asyncio.run(serve(server_config))

@@ -40,8 +40,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -73,28 +74,37 @@ class BatchResult:
     batch_size: int  # rows in the executed batch
 
 
+Outcome = tuple["_Pending", BatchResult | ServeError]
+
+
+class Sink(Protocol):
+    """Where `enqueue`d requests' outcomes go: `deliver` is called on the batcher's worker thread, once per
+    batch with that batch's outcomes for this sink (the engine process sends them to a worker process)."""
+
+    def deliver(self, outcomes: list[Outcome]) -> None: ...
+
+
 class _Pending:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "loop", "rows", "state", "timer")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "loop", "rows", "state", "tag", "timer")
 
     def __init__(
         self,
         inputs: dict[str, np.ndarray],
         rows: int,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[BatchResult],
+        loop: asyncio.AbstractEventLoop | Sink,
+        future: asyncio.Future[BatchResult] | None,
         deadline: float | None,
+        tag: object = None,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
-        self.loop = loop
+        self.loop = loop  # an event loop (its future is completed there) or a Sink
         self.future = future
+        self.tag = tag  # the Sink's name for the request
         self.enqueued = time.perf_counter()
         self.deadline = deadline  # perf_counter time, or None
         self.state = _QUEUED
         self.timer: asyncio.TimerHandle | None = None
-
-
-Outcome = tuple[_Pending, BatchResult | ServeError]
 
 
 def _batch_policy() -> None:
@@ -110,7 +120,7 @@ def _batch_policy() -> None:
 def _complete(outcomes: list[Outcome]) -> None:
     # Runs on the requests' event loop: the only place their futures are touched.
     for pending, outcome in outcomes:
-        if pending.future.done():
+        if pending.future is None or pending.future.done():
             continue
         if isinstance(outcome, ServeError):
             pending.future.set_exception(outcome)
@@ -118,18 +128,34 @@ def _complete(outcomes: list[Outcome]) -> None:
             pending.future.set_result(outcome)
 
 
+def full_queue(model: str, max_queue_size: int) -> ServeError:
+    """The refusal of a request that finds the model's queue full (UNAVAILABLE, outcome queue_full)."""
+    return queue_full(
+        f"model {model!r} is overloaded: its queue is full (max_queue_size={max_queue_size}); retry later"
+    )
+
+
+def check_rows(model: str, rows: int, max_batch_size: int) -> None:
+    """Refuse a request of more rows than a batch of `model` may hold (INVALID_ARGUMENT)."""
+    if rows > max_batch_size:
+        raise invalid_argument(
+            f"request has {rows} rows but model {model!r} takes at most max_batch_size="
+            f"{max_batch_size} per request"
+        )
+
+
 class Ticket:
     """Places claimed in a batcher's queue by `reserve`; each `submit` with it fills one. `with ticket:` (or
     `release`) gives back the places not filled, e.g. when decoding the request failed."""
 
-    __slots__ = ("_batcher", "places")
+    __slots__ = ("_release", "places")
 
-    def __init__(self, batcher: DynamicBatcher, places: int) -> None:
-        self._batcher = batcher
+    def __init__(self, release: Callable[[Ticket], None], places: int) -> None:
+        self._release = release  # the queue's: gives back the places this ticket has not filled
         self.places = places
 
     def release(self) -> None:
-        self._batcher._release(self)
+        self._release(self)
 
     def __enter__(self) -> Ticket:
         return self
@@ -172,6 +198,9 @@ class DynamicBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._running = 0  # batches being computed
+        # Called with the queue's depth whenever it changes, on whichever thread changed it (the engine
+        # process publishes it to the workers: server/ipc/depths.py).
+        self.depth_hook: Callable[[int], None] | None = None
         self._input_names = [spec.name for spec in self.info.inputs]
         self._input_set = frozenset(self._input_names)
         self._threads = [
@@ -194,22 +223,24 @@ class DynamicBatcher:
         """Nothing queued and nothing being computed."""
         return not self._queue and self._running == 0
 
+    def _depth_changed(self, depth: int) -> None:
+        self._metrics.set_queue_depth(depth)
+        if self.depth_hook is not None:
+            self.depth_hook(depth)
+
     def reserve(self, places: int = 1) -> Ticket:
         """Claim `places` in the queue for requests about to be decoded; raises ServeError UNAVAILABLE when
         the queue (queued plus claimed) has no room for them all, or the batcher is closed."""
         with self._cond:
             self._admit_locked(places)
             self._reserved += places
-        return Ticket(self, places)
+        return Ticket(self._release, places)
 
     def _admit_locked(self, places: int) -> None:
         if self._closed:
             raise unavailable(f"model {self.name!r} version {self.version} is unloading or shutting down")
         if len(self._queue) + self._reserved + places > self.config.max_queue_size:
-            raise queue_full(
-                f"model {self.name!r} is overloaded: its queue is full "
-                f"(max_queue_size={self.config.max_queue_size}); retry later"
-            )
+            raise full_queue(self.name, self.config.max_queue_size)
 
     def _release(self, ticket: Ticket) -> None:
         with self._cond:
@@ -241,16 +272,7 @@ class DynamicBatcher:
             raise deadline_exceeded(f"deadline exceeded before model {self.name!r} could queue the request")
         deadline = None if timeout is None else time.perf_counter() + timeout
         pending = _Pending(inputs, rows, loop, future, deadline)
-        with self._cond:
-            if ticket is not None and ticket.places > 0 and not self._closed:
-                ticket.places -= 1
-                self._reserved -= 1
-            else:
-                self._admit_locked(1)
-            self._queue.append(pending)
-            depth = len(self._queue)
-            self._cond.notify()
-        self._metrics.set_queue_depth(depth)
+        self._queue_one(pending, ticket)
         if timeout is not None:
             pending.timer = loop.call_later(timeout, self._expire, pending)
         try:
@@ -261,6 +283,40 @@ class DynamicBatcher:
         finally:
             if pending.timer is not None:
                 pending.timer.cancel()
+
+    def enqueue(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None, sink: Sink, tag: object
+    ) -> object:
+        """Queue one request from any thread; its outcome goes to `sink.deliver` with `tag` (no event loop:
+        the engine process's path). The request's deadline is checked when a batch takes it. Returns a
+        handle for `withdraw`. Raises ServeError as `submit` does."""
+        rows = self._check(inputs)
+        timeout = self._timeout_s
+        if timeout_s is not None:
+            timeout = timeout_s if timeout is None else min(timeout, timeout_s)
+        if timeout is not None and timeout <= 0:
+            raise deadline_exceeded(f"deadline exceeded before model {self.name!r} could queue the request")
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        pending = _Pending(inputs, rows, sink, None, deadline, tag)
+        self._queue_one(pending, None)
+        return pending
+
+    def withdraw(self, handle: object) -> bool:
+        """Take an `enqueue`d request out of the queue if no batch has taken it yet (True when it was)."""
+        assert isinstance(handle, _Pending)
+        return self._withdraw(handle)
+
+    def _queue_one(self, pending: _Pending, ticket: Ticket | None) -> None:
+        with self._cond:
+            if ticket is not None and ticket.places > 0 and not self._closed:
+                ticket.places -= 1
+                self._reserved -= 1
+            else:
+                self._admit_locked(1)
+            self._queue.append(pending)
+            depth = len(self._queue)
+            self._cond.notify()
+        self._depth_changed(depth)
 
     def _check(self, inputs: dict[str, np.ndarray]) -> int:
         if inputs.keys() != self._input_set:
@@ -303,11 +359,7 @@ class DynamicBatcher:
     def check_rows(self, rows: int) -> None:
         """Refuse a request of more rows than a batch may hold (INVALID_ARGUMENT); callers that must decode
         a request first (encoded images) call it before decoding."""
-        if rows > self.max_batch_size:
-            raise invalid_argument(
-                f"request has {rows} rows but model {self.name!r} takes at most max_batch_size="
-                f"{self.max_batch_size} per request"
-            )
+        check_rows(self.name, rows, self.max_batch_size)
 
     def _remove_locked(self, pending: _Pending) -> bool:
         if pending.state != _QUEUED:
@@ -322,11 +374,11 @@ class DynamicBatcher:
             removed = self._remove_locked(pending)
             depth = len(self._queue)
         if removed:
-            self._metrics.set_queue_depth(depth)
+            self._depth_changed(depth)
         return removed
 
     def _expire(self, pending: _Pending) -> None:
-        if self._withdraw(pending) and not pending.future.done():
+        if self._withdraw(pending) and pending.future is not None and not pending.future.done():
             pending.future.set_exception(self._expired_error())
 
     def _expired_error(self) -> ServeError:
@@ -391,7 +443,7 @@ class DynamicBatcher:
             self._running += 1
             if self._queue:
                 self._cond.notify()  # another idle instance may take the rest
-        self._metrics.set_queue_depth(depth)
+        self._depth_changed(depth)
         if expired:
             self._deliver(expired)
         return batch
@@ -471,13 +523,19 @@ class DynamicBatcher:
 
     @staticmethod
     def _deliver(outcomes: list[Outcome]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop | Sink, list[Outcome]] = {}
         if len(outcomes) == 1:  # most batches under light load: no grouping to do
             by_loop[outcomes[0][0].loop] = outcomes
         else:
             for outcome in outcomes:
                 by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, items in by_loop.items():
+            if not isinstance(loop, asyncio.AbstractEventLoop):
+                try:
+                    loop.deliver(items)
+                except Exception:
+                    log.exception("could not deliver %d result(s)", len(items))
+                continue
             try:
                 loop.call_soon_threadsafe(_complete, items)
             except RuntimeError:

@@ -26,6 +26,7 @@ from resnet_serve.server.config.load import (
     option,
     read_sources,
     with_values,
+    worker_count,
 )
 from resnet_serve.server.config.options import ConfigError, Option
 from resnet_serve.server.config.settings import (
@@ -58,4 +59,5 @@ __all__ = [
     "option",
     "read_sources",
     "with_values",
+    "worker_count",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from resnet_serve.formats.environment import env_of
+from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config.options import (
     ConfigError,
     Option,
@@ -150,6 +151,13 @@ def with_values(config: ModelSettings, values: Mapping[str, Any]) -> ModelSettin
     if "max_queue_delay_ms" in values:
         del batching["max_queue_delay_us"]
     return model_settings(config.name, {**base, **batching, **values}, config.explicit)
+
+
+def worker_count(config: ServerConfig) -> int:
+    """How many worker processes `workers` asks for: auto is one per usable core (runtime/cpus.py)."""
+    if config.workers == "auto":
+        return default_threads()
+    return int(config.workers)
 
 
 def image_formats(config: ServerConfig) -> tuple[str, ...]:

@@ -44,6 +44,13 @@ def _image_formats(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> str:
+    text = str(text).strip().lower()
+    if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 256):
+        raise ValueError(f"expected auto or a whole number from 1 to 256, got {text!r}")
+    return text
+
+
 def _restrictions(value: Any) -> Any:
     """Specs as text: a flag's, a TOML string or list of strings; the env variable separates them with ';'."""
     texts = [value] if isinstance(value, str) else value
@@ -227,6 +234,13 @@ class ServerConfig(BaseModel):
         "memory all concurrent image decodes may hold, admitted by each image's header; "
         "beyond it decodes wait (up to the deadline), then fail RESOURCE_EXHAUSTED",
         ge=1,
+    )
+    workers: Annotated[str, BeforeValidator(str), AfterValidator(_workers)] = option(
+        "auto",
+        "N",
+        "worker processes that answer requests, sharing the ports (SO_REUSEPORT), in front of one engine "
+        "process that owns the models and batches for them all; auto: one per usable core (the affinity "
+        "mask, limited by the cgroup CPU quota); 1: one process doing everything (docs/server.md, Sizing)",
     )
     grace_period_s: Float = option(
         15.0, "SECONDS", "on SIGTERM/SIGINT, time allowed for accepted requests to finish", ge=0

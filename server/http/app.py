@@ -165,9 +165,12 @@ class HttpServer:
 
     # --------------------------------------------------------------------------------------- lifecycle
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+    ) -> int:
         """Listen on host:port (0: a free port), with TLS when given; returns the bound port. Raises OSError
-        (port in use)."""
+        (port in use). `reuse_port`: share the port with the server's other worker processes
+        (SO_REUSEPORT)."""
         runner = web.AppRunner(
             self._app,
             handle_signals=False,
@@ -177,7 +180,7 @@ class HttpServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            await web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=reuse_port or None).start()
         except OSError:
             await runner.cleanup()
             raise

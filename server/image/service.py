@@ -109,7 +109,7 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
                 queue_us=_us(result.queue_s),
                 preprocess_us=_us(preprocess_s),
                 compute_us=_us(result.compute_s),
-                total_us=_us(time.perf_counter() - call.start),
+                total_us=_us(call.elapsed()),
                 batch_size=result.batch_size,
             )
             return self._response(model, logits, k, request_id, timing)

@@ -15,7 +15,6 @@ classification strings) and the differences from Triton.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from importlib import metadata as importlib_metadata
 from typing import Any, Final
@@ -46,6 +45,7 @@ from resnet_serve.server.models.overrides import parse_override
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.models.triton_config import TensorDecl, WarmupSample
 from resnet_serve.server.observability.logging import request_scope, resolve_request_id
+from resnet_serve.server.observability.model_metrics import ModelStatistics
 from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
 from resnet_serve.server.shm import registry as shm
@@ -238,7 +238,9 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             if request.version:
                 raise invalid_argument("a version needs a model name")
             models = [m for name in self._manager.names() for m in self._manager.versions(name)]
-        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+        return pb.ModelStatisticsResponse(
+            model_stats=[_statistics(s) for s in await self._manager.statistics(models)]
+        )
 
     # ------------------------------------------------------------------------------------------ repository
 
@@ -279,7 +281,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        await self._ctx.regions.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @boundary
@@ -293,14 +295,13 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        self._shm.unregister(request.name)
+        await self._ctx.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @boundary
     async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        # Off the event loop: the first CUDA call of the process creates its context (a second or so).
-        await asyncio.to_thread(
-            self._shm.register_cuda, request.name, request.raw_handle, request.device_id, request.byte_size
+        await self._ctx.regions.register_cuda(
+            request.name, request.raw_handle, request.device_id, request.byte_size
         )
         return pb.CudaSharedMemoryRegisterResponse()
 
@@ -315,7 +316,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        self._shm.unregister_cuda(request.name)
+        await self._ctx.regions.unregister_cuda(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -400,7 +401,7 @@ def _triton_config(model: ServedModel) -> Any:
             mc.ModelInstanceGroup(
                 name=model.name,
                 kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-                count=len(model.backends),
+                count=model.instances,
                 gpus=[0] if gpu else [],
             )
         ],
@@ -464,9 +465,7 @@ def _backend_name(model: ServedModel) -> str:
         return model.settings.backend
 
 
-def _statistics(model: ServedModel) -> Any:
-    s = model.metrics.statistics()
-
+def _statistics(s: ModelStatistics) -> Any:
     def duration(d: Any) -> Any:
         return pb.StatisticDuration(count=d.count, ns=d.ns)
 

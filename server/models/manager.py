@@ -38,7 +38,7 @@ from resnet_serve.server.models.sources import (
 )
 from resnet_serve.server.models.triton_config import read_config
 from resnet_serve.server.observability.metrics import ServerMetrics
-from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL
+from resnet_serve.server.observability.model_metrics import UNKNOWN_MODEL_LABEL, ModelStatistics
 from resnet_serve.server.outcomes import Outcome
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,10 @@ class ModelManager:
     def idle(self) -> bool:
         """No loaded version has queued or running work."""
         return all(m.batcher.idle for e in self._entries.values() for m in e.versions.values())
+
+    async def statistics(self, models: list[ServedModel]) -> list[ModelStatistics]:
+        """The cumulative statistics of these versions (in a worker process: the server's totals)."""
+        return [model.metrics.statistics() for model in models]
 
     def names(self) -> list[str]:
         return list(self._entries)

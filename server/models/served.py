@@ -10,7 +10,8 @@ import numpy as np
 
 from resnet_serve.formats.preprocess import Preprocessor
 from resnet_serve.runtime.base import Backend, BackendInfo
-from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
+from resnet_serve.server.batching.batcher import BatchResult, Ticket
+from resnet_serve.server.batching.queue import BatchQueue
 from resnet_serve.server.config import ModelSettings
 from resnet_serve.server.models.triton_config import TritonModelConfig
 from resnet_serve.server.observability.model_metrics import ModelMetrics
@@ -34,12 +35,19 @@ class ServedModel:
     info: BackendInfo
     labels: list[str]
     preprocessor: Preprocessor | None  # None: the model has no preprocess metadata (tensor API only)
-    batcher: DynamicBatcher
+    batcher: BatchQueue
     metrics: ModelMetrics
     backends: list[Backend]
     state: ModelState = ModelState.READY
     load_s: float = 0.0
     triton: TritonModelConfig | None = None  # its config.pbtxt, for what ModelConfig reports as stated
+    # Execution instances: len(backends) where the backends are here; a worker process's copy of an engine's
+    # model (server/remote/) has none and is told the count.
+    instances: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            self.instances = len(self.backends)
 
     async def infer(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None

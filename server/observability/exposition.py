@@ -16,6 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from resnet_serve.server.observability.model_metrics import LABELS, NS_PER_S, UNKNOWN_MODEL_LABEL, Snapshot
+from resnet_serve.server.observability.refusals import refusals_family
 from resnet_serve.server.observability.triton_metrics import describe_triton_counters, triton_families
 from resnet_serve.server.outcomes import Outcome
 
@@ -34,20 +35,24 @@ _PHASE_HELP: Final = {
 
 
 class ModelsCollector(Collector):
-    """Exports every ModelMetrics of one ServerMetrics, from snapshots taken at scrape time."""
+    """Exports every ModelMetrics of one ServerMetrics, and its access refusals, from snapshots taken at
+    scrape time: the server's totals (`ServerMetrics.totals()`: its own counts, plus those of its peer
+    processes when it has any), taken once per scrape so that every family adds up the same states."""
 
     def __init__(self, owner: ServerMetrics) -> None:
         self._owner = owner
 
     def describe(self) -> list[Metric]:
         triton = list(triton_families([])) if self._owner.triton_names else []
-        return [*self._families([], 0), *triton]
+        return [*self._families([], 0), *triton, refusals_family(PREFIX, {})]
 
     def collect(self) -> Iterator[Metric]:
-        snapshots = [m.snapshot() for m in self._owner.models()]
-        yield from self._families(snapshots, self._owner.unknown_model_count)
+        totals = self._owner.totals()
+        snapshots = [m.snapshot() for m in totals.models.values()]
+        yield from self._families(snapshots, totals.unknown)
         if self._owner.triton_names:
             yield from triton_families(snapshots)
+        yield refusals_family(PREFIX, totals.refusals)
 
     @staticmethod
     def _families(snapshots: Iterable[Snapshot], unknown: int) -> Iterator[Metric]:

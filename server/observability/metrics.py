@@ -3,19 +3,32 @@
 (triton_metrics.py), the access refusals (refusals.py), the process and GPU collectors, and the /metrics
 endpoint (metrics_http.py). Every `ServerMetrics` has its own `CollectorRegistry`, so tests and benchmarks can
 build several side by side. Metric names, buckets and the mapping to Triton's names are in docs/metrics.md.
+
+A server of several processes serves the totals of all of them from one: each exports its counts
+(`export()`), and the one with /metrics is given the others' (`set_peers`) and adds them to its own at each
+scrape (totals.py); `add_processes` exports every process's CPU and memory by role (processes.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import secrets
 import threading
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from resnet_serve.server.observability.exposition import PREFIX, ModelsCollector, text_exposition
 from resnet_serve.server.observability.metrics_http import MetricsHttpServer
 from resnet_serve.server.observability.model_metrics import DisabledModelMetrics, ModelMetrics
+from resnet_serve.server.observability.processes import ProcessesCollector, ProcessesSource
 from resnet_serve.server.observability.refusals import AccessRefusals, check_refusal
+from resnet_serve.server.observability.totals import MetricsTotals, PeerStates, ServerMetricsState, totals_of
+
+# Asked at each scrape for the states of the server's other processes (blocking; see `set_peers`).
+PeersSource = Callable[[], Sequence[ServerMetricsState]]
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +47,14 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self._http: list[MetricsHttpServer] = []
         self._unknown = 0
-        self._refusals = AccessRefusals(PREFIX)
+        self._refusals = AccessRefusals()
+        self._peers: PeersSource | None = None
+        self._peer_states = PeerStates()
+        self._token = secrets.token_hex(4)
+        self._seq = itertools.count(1)
         if not enabled:
             return
         self.registry.register(ModelsCollector(self))
-        self.registry.register(self._refusals)
         for collector in (ProcessCollector, PlatformCollector):
             try:
                 collector(registry=self.registry)
@@ -80,7 +96,8 @@ class ServerMetrics:
 
     @property
     def unknown_model_count(self) -> int:
-        return self._unknown
+        """Requests for models or versions not served; the server's total when it has peers."""
+        return self._unknown if self._peers is None else self.totals().unknown
 
     def access_refused(self, protocol: str, group: str, reason: str, n: int = 1) -> None:
         """Count a request that access control refused. `group` is one of server/security/restrict.py's
@@ -91,8 +108,50 @@ class ServerMetrics:
             self._refusals.add(protocol, group, reason, n)
 
     def access_refusals(self) -> dict[tuple[str, str, str], int]:
-        """Refusals so far by (protocol, group, reason)."""
-        return self._refusals.counts()
+        """Refusals so far by (protocol, group, reason); the server's totals when it has peers."""
+        return self._refusals.counts() if self._peers is None else self.totals().refusals
+
+    def export(self) -> ServerMetricsState:
+        """Everything this process has counted, as picklable plain data, for the process that serves the
+        server's totals (its `set_peers` source, or `totals(peers)`)."""
+        return ServerMetricsState(
+            origin=f"{os.getpid()}-{self._token}",
+            seq=next(self._seq),
+            models=[m.export() for m in self.models()],
+            unknown=self._unknown,
+            refusals=self._refusals.export(),
+        )
+
+    def set_peers(self, source: PeersSource | None) -> None:
+        """Serve the totals of this process and its peers: from now on /metrics (our families and Triton's),
+        `unknown_model_count`, `access_refusals()` and `totals()` add `source()`'s states (the other
+        processes' `export()`) to this process's own counts. `source` blocks (it is called from the
+        /metrics thread and from `totals()`); when it raises, the peers' last states are used. None: this
+        process's counts only, again."""
+        self._peers = source
+
+    def totals(self, peers: Sequence[ServerMetricsState] | None = None) -> MetricsTotals:
+        """This process's counts plus its peers': `peers` when given (states the caller gathered, say from
+        async code: then nothing blocks), else the `set_peers` source's. Peers that reported before and are
+        missing now count with their last state (`PeerStates`). The objects are new, except with no peers
+        and no source: then they are this process's own, to be read only."""
+        if peers is None:
+            if self._peers is None:
+                with self._lock:
+                    models = dict(self._models)
+                return MetricsTotals(models, self._unknown, self._refusals.counts())
+            try:
+                peers = self._peers()
+            except Exception:
+                log.warning("metrics of peer processes unavailable: using their last", exc_info=True)
+                peers = []
+        return totals_of([self.export(), *self._peer_states.update(peers)])
+
+    def add_processes(self, source: ProcessesSource) -> None:
+        """Export the CPU time and resident memory of the processes `source()` names, as (role, pid) pairs,
+        at each scrape (`resnet_serve_process_*{role, pid}`, processes.py)."""
+        if self.enabled:
+            self.registry.register(ProcessesCollector(PREFIX, source))
 
     def render(self) -> bytes:
         """The text exposition Prometheus would scrape, for tests and in-process inspection."""

@@ -93,6 +93,14 @@ class _Histogram:
         self.count += 1
         self.sum += scaled
 
+    def absorb(self, counts: list[int], total: int) -> None:
+        if len(counts) != len(self.counts):
+            raise ValueError(f"{len(counts)} bucket counts for a histogram of {len(self.counts)} buckets")
+        for i, n in enumerate(counts):
+            self.counts[i] += n
+        self.count += sum(counts)
+        self.sum += total
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, acc = [], 0
         for le, n in zip(self.le, self.counts, strict=True):
@@ -106,6 +114,30 @@ class _Histogram:
 UNKNOWN_MODEL_LABEL: Final = "_unknown"
 # The labels of every per-model-version series (a Snapshot's `labels` are their values).
 LABELS: Final = ("model", "version")
+
+
+@dataclass(frozen=True)
+class MetricsState:
+    """Everything one model version's `ModelMetrics` has counted, as plain data (picklable, and
+    `MetricsState(**dataclasses.asdict(state))` rebuilds it), so that another process can add it to its own
+    (`ModelMetrics.absorb`): the server's totals across processes (server/observability/totals.py)."""
+
+    name: str
+    version: str
+    phase_counts: dict[str, list[int]]  # phase -> per-bucket counts of LATENCY_BUCKETS_S, the last one +Inf
+    phase_ns: dict[str, int]  # phase -> sum in ns
+    batch_counts: list[int]  # per-bucket counts of BATCH_SIZE_BUCKETS, the last one +Inf
+    batch_rows: int  # sum of the batch sizes
+    outcomes: dict[str, int]
+    failed_ns: int
+    inferences: int
+    executions: int
+    batches: list[tuple[int, int, int]]  # (batch size, executions, compute ns), ascending batch size
+    last_inference_ms: int
+    in_flight: int
+    queue_depth: int
+    ready: bool
+    load_s: float
 
 
 class Snapshot:
@@ -250,6 +282,62 @@ class ModelMetrics:
         with self._lock:
             return Snapshot(self)
 
+    def export(self) -> MetricsState:
+        """A copy of every count, taken under the lock (a consistent state)."""
+        with self._lock:
+            return MetricsState(
+                name=self.name,
+                version=self.version,
+                phase_counts={k: list(h.counts) for k, h in self._phases.items()},
+                phase_ns={k: h.sum for k, h in self._phases.items()},
+                batch_counts=list(self._batch.counts),
+                batch_rows=self._batch.sum,
+                outcomes=dict(self._outcomes),
+                failed_ns=self._failed_ns,
+                inferences=self._inference_count,
+                executions=self._execution_count,
+                batches=[(size, n, ns) for size, (n, ns) in sorted(self._batches.items())],
+                last_inference_ms=self._last_inference_ms,
+                in_flight=self._in_flight_n,
+                queue_depth=self._queue_depth,
+                ready=self._ready,
+                load_s=self._load_s,
+            )
+
+    def absorb(self, state: MetricsState) -> None:
+        """Add another process's counts of this model version to these: counters and histograms are summed,
+        as are the gauges in flight and queue depth (each process has its own requests and queues); the
+        last inference and the load time are the latest and longest, and the version is ready where any
+        process says so. `statistics()` then equals that of one object that recorded every event."""
+        if (state.name, state.version) != (self.name, self.version):
+            raise ValueError(
+                f"cannot add the metrics of {state.name}/{state.version} to {self.name}/{self.version}"
+            )
+        unknown = set(state.outcomes) - set(self._outcomes)
+        if unknown or set(state.phase_counts) != set(self._phases):
+            raise ValueError(
+                f"not a state of this server's metrics: outcomes {sorted(unknown)}, "
+                f"phases {sorted(state.phase_counts)}"
+            )
+        with self._lock:
+            for phase, histogram in self._phases.items():
+                histogram.absorb(state.phase_counts[phase], state.phase_ns[phase])
+            self._batch.absorb(state.batch_counts, state.batch_rows)
+            for outcome, n in state.outcomes.items():
+                self._outcomes[outcome] += n
+            self._failed_ns += state.failed_ns
+            self._inference_count += state.inferences
+            self._execution_count += state.executions
+            for size, n, ns in state.batches:
+                per_size = self._batches.setdefault(size, [0, 0])
+                per_size[0] += n
+                per_size[1] += ns
+            self._last_inference_ms = max(self._last_inference_ms, state.last_inference_ms)
+            self._in_flight_n += state.in_flight
+            self._queue_depth += state.queue_depth
+            self._ready = self._ready or state.ready
+            self._load_s = max(self._load_s, state.load_s)
+
 
 class _InFlight(AbstractContextManager[None]):
     """Holds no per-request state: one instance serves every request, so `in_flight()` allocates nothing."""
@@ -289,7 +377,7 @@ def _ignore(*args: object, **kwargs: object) -> None:
 class DisabledModelMetrics(ModelMetrics):
     """What `ServerMetrics(enabled=False)` hands out: every method returns at once."""
 
-    request_done = batch_executed = set_queue_depth = set_ready = set_load_time = _ignore
+    request_done = batch_executed = set_queue_depth = set_ready = set_load_time = absorb = _ignore
 
     def in_flight(self) -> AbstractContextManager[None]:
         return _NOTHING

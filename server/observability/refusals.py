@@ -1,14 +1,14 @@
 """Requests refused by access control (`resnet_serve_access_refused_total`, docs/security.md): counted by
-front end, protocol group and reason, exported at scrape time."""
+front end, protocol group and reason, exported at scrape time (by server/observability/exposition.py's
+collector, with the other per-server counts, so one scrape takes every process's totals at once)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import CounterMetricFamily
 
 # Requests refused by access control (docs/security.md), by front end, protocol group and why. Every label
 # value comes from these closed sets or from server/security/restrict.py's group names, never from a request:
@@ -27,11 +27,14 @@ def check_refusal(protocol: str, reason: str) -> None:
         raise ValueError(f"unknown access refusal {protocol!r}/{reason!r}")
 
 
-class AccessRefusals(Collector):
-    """The refusal counts, and their family at scrape time. Thread-safe."""
+# One refusal series and its count: (protocol, group, reason, n), plain data another process can add up.
+RefusalCount = tuple[str, str, str, int]
 
-    def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
+
+class AccessRefusals:
+    """The refusal counts. Thread-safe."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refused: dict[tuple[str, str, str], int] = {}
 
@@ -45,13 +48,22 @@ class AccessRefusals(Collector):
         with self._lock:
             return dict(self._refused)
 
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            f"{self._prefix}_access_refused",
-            "Requests refused by access control (restricted groups, bearer tokens, model control), by front "
-            "end, protocol group and reason.",
-            labels=("protocol", "group", "reason"),
-        )
-        for labels, n in sorted(self.counts().items()):
-            family.add_metric(list(labels), n)
-        yield family
+    def export(self) -> list[RefusalCount]:
+        return [(*key, n) for key, n in sorted(self.counts().items())]
+
+    def absorb(self, counts: Iterable[RefusalCount]) -> None:
+        """Add another process's refusals (`export()`) to these."""
+        for protocol, group, reason, n in counts:
+            self.add(protocol, group, reason, n)
+
+
+def refusals_family(prefix: str, counts: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        f"{prefix}_access_refused",
+        "Requests refused by access control (restricted groups, bearer tokens, model control), by front "
+        "end, protocol group and reason.",
+        labels=("protocol", "group", "reason"),
+    )
+    for labels, n in sorted(counts.items()):
+        family.add_metric(list(labels), n)
+    return family

@@ -1,0 +1,209 @@
+"""A worker's connection to the engine: requests out, answers in, and what the engine pushes.
+
+`infer` writes a request's tensors into the worker's arena (server/ipc/arena.py; small ones go inline), sends
+one INFER message and waits for its RESULT or ERROR; the blocks are freed when that answer arrives, because
+until then the engine may still read them. `call` runs one CALL (model control, the shared-memory registry,
+statistics) and returns its REPLY. CATALOG, REGIONS and PULL_METRICS messages go to the handlers the worker
+sets. When the connection is lost (the engine died) every request waiting on it ends UNAVAILABLE at once, and
+`on_lost` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from resnet_serve.server.batching.batcher import BatchResult
+from resnet_serve.server.errors import unavailable
+from resnet_serve.server.ipc import messages as m
+from resnet_serve.server.ipc.arena import Arena
+from resnet_serve.server.ipc.channel import Channel, Message, connect, frame
+from resnet_serve.server.ipc.failures import error_of
+
+log = logging.getLogger(__name__)
+
+ENGINE_GONE = "the server's engine process stopped; retry on another replica"
+
+
+class _Request:
+    __slots__ = ("blocks", "future", "out")
+
+    def __init__(self, future: asyncio.Future[Any], blocks: list[int], out: int | None) -> None:
+        self.future = future
+        self.blocks = blocks
+        self.out = out
+
+
+class EngineLink:
+    """The worker's end of its socket to the engine, and its arena."""
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self._channel: Channel | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Request] = {}
+        self._handlers: dict[str, Callable[..., None]] = {}
+        self._lost_callbacks: list[Callable[[], None]] = []
+        self._outbox: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.alive = False
+
+    async def open(self, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._channel = await connect(sock, self._on_message, self._on_lost)
+        self.alive = True
+
+    def on(self, name: str, handler: Callable[..., None]) -> None:
+        """Call `handler(*args)` for each pushed message `name` (CATALOG, REGIONS, PULL_METRICS)."""
+        self._handlers[name] = handler
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        self._lost_callbacks.append(callback)
+
+    def send(self, message: Message) -> None:
+        """Queue `message` for the engine: the messages of one turn of the event loop go in one write (under
+        load many requests start in one turn; one system call and one wake-up of the engine for them all)."""
+        if self._channel is None or not self.alive:
+            raise unavailable(ENGINE_GONE)
+        self._outbox.append(frame(message))
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self._channel is not None and not self._channel.closed:
+            self._channel.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
+
+    @property
+    def idle(self) -> bool:
+        """No request or call waits on the engine."""
+        return not self._pending
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    async def infer(
+        self, name: str, version: str, inputs: dict[str, np.ndarray], timeout_s: float | None, out_bytes: int
+    ) -> BatchResult:
+        """Run one request on the engine's batcher of `name` `version`; `out_bytes` is the outputs' size
+        when it is known (0: unknown, they come back inline)."""
+        if not self.alive:
+            raise unavailable(ENGINE_GONE)
+        arena = self.arena
+        blocks: list[int] = []
+        tensors: list[tuple[str, str, tuple[int, ...], Any]] = []
+        for key, array in inputs.items():
+            data: Any = None
+            if array.nbytes >= m.INLINE_MAX and not array.dtype.hasobject:
+                offset = arena.alloc(array.nbytes)
+                if offset is not None:
+                    arena.write(offset, array)
+                    blocks.append(offset)
+                    data = offset
+            if data is None:
+                data = array if array.dtype.hasobject else array.tobytes()
+            tensors.append((key, array.dtype.str, array.shape, data))
+        out = None
+        out_spec = None
+        if out_bytes >= m.INLINE_MAX:
+            out = arena.alloc(out_bytes)
+            if out is not None:
+                blocks.append(out)
+                out_spec = (out, out_bytes)
+        rid = next(self._ids)
+        assert self._loop is not None
+        future: asyncio.Future[BatchResult] = self._loop.create_future()
+        self._pending[rid] = _Request(future, blocks, out)
+        try:
+            self.send((m.INFER, rid, name, version, tensors, out_spec, timeout_s))
+        except BaseException:
+            self._finish(rid)
+            raise
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if rid in self._pending and self.alive:
+                self.send((m.CANCEL, rid))
+            raise
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """One CALL to the engine; its REPLY's value, or the ServeError of its FAIL."""
+        if not self.alive:
+            raise unavailable(ENGINE_GONE)
+        rid = next(self._ids)
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[rid] = _Request(future, [], None)
+        self.send((m.CALL, rid, op, args))
+        return await future
+
+    def _finish(self, rid: int) -> _Request | None:
+        request = self._pending.pop(rid, None)
+        if request is not None:
+            for block in request.blocks:
+                self.arena.free(block)
+        return request
+
+    # -------------------------------------------------------------------------------------------- incoming
+
+    def _on_message(self, message: Message) -> None:
+        kind = message[0]
+        if kind == m.RESULT:
+            _, rid, outputs, queue_s, compute_s, batch = message
+            request = self._pending.get(rid)
+            if request is None:
+                return
+            try:
+                arrays = {
+                    name: self._array(request.out, dtype, shape, data) for name, dtype, shape, data in outputs
+                }
+            finally:
+                self._finish(rid)  # the outputs were copied out of the arena: its blocks may be reused
+            if not request.future.done():
+                request.future.set_result(BatchResult(arrays, queue_s, compute_s, batch))
+        elif kind in (m.ERROR, m.FAIL):
+            _, rid, code, text, outcome = message
+            request = self._finish(rid)
+            if request is not None and not request.future.done():
+                request.future.set_exception(error_of(code, text, outcome))
+        elif kind == m.REPLY:
+            _, rid, value = message
+            request = self._finish(rid)
+            if request is not None and not request.future.done():
+                request.future.set_result(value)
+        else:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                log.warning("the engine sent an unknown message %r", kind)
+                return
+            handler(*message[1:])
+
+    def _array(self, out: int | None, dtype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+        if isinstance(data, int):
+            assert out is not None
+            copied: np.ndarray = self.arena.array(out + data, dtype, shape).copy()
+            return copied
+        if isinstance(data, np.ndarray):
+            return data
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+    def _on_lost(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            if not request.future.done():
+                request.future.set_exception(unavailable(ENGINE_GONE))
+        # The arena's blocks are not reused: nothing will be sent on this link again.
+        for callback in self._lost_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a callback for the engine's loss failed")

@@ -1,0 +1,276 @@
+"""`serve --workers 2`: worker processes on shared ports in front of one engine process, seen from outside as
+one server (issue #22): one set of models, one shared-memory registry, one /metrics with the totals, one
+readiness, a worker that dies is replaced, an engine that dies takes readiness down at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+import tritonclient.utils.shared_memory as shm
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kserve_fixtures import reference_logits
+from support.server import ServerProcess, scrape, start_server, stop_server
+from support.tiny_model import write_tiny_onnx
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.slow
+
+SHAPE = (1, 8, 8)
+CONNECTIONS = 16  # connections of their own: SO_REUSEPORT spreads them over the workers (all on one: 2^-15)
+# gRPC shares one connection among a process's channels to the same target unless each has its own pool.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def client(target: str) -> tc.InferenceServerClient:
+    """A tritonclient on a TCP connection of its own (so on either worker)."""
+    return tc.InferenceServerClient(target, channel_args=OWN_CONNECTION)
+
+
+def connections(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections to local `port` held by each of `pids` (from /proc/net/tcp{,6})."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes[fields[9]] = 0
+    counts = dict.fromkeys(pids, 0)
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                counts[pid] += 1
+    return counts
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (the engine's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_for(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_onnx(tmp_path_factory.mktemp("workers") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[ServerProcess]:
+    process = start_server(
+        "--model", f"tiny={model}", "--workers", "2", "--intra-op-threads", "1", "--preprocess-threads", "1",
+        "--model-control-mode", "explicit",
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        assert stop_server(process) == 0, "".join(process.log)
+
+
+def infer(target: str, x: np.ndarray, **kwargs: object) -> np.ndarray:
+    """One inference on a connection of its own."""
+    with client(target) as c:
+        return run(c, x, **kwargs)
+
+
+def run(c: tc.InferenceServerClient, x: np.ndarray, **kwargs: object) -> np.ndarray:
+    inp = tc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out: np.ndarray = c.infer("tiny", [inp], **kwargs).as_numpy("logits")  # type: ignore[arg-type]
+    return out
+
+
+def test_the_engine_runs_two_worker_processes_that_answer_every_connection_alike(
+    server: ServerProcess, model: Path
+) -> None:
+    assert len(children(server.proc.pid)) == 2
+    assert server.ready.pid == server.proc.pid  # the ready file names the engine: the process to signal
+    rng = np.random.default_rng(0)
+    for _ in range(CONNECTIONS):
+        x = rng.random((3, *SHAPE), dtype=np.float32)
+        np.testing.assert_allclose(infer(server.target, x), reference_logits(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_and_metrics_are_the_totals_of_every_worker(server: ServerProcess) -> None:
+    with client(server.target) as c:
+        before = c.get_inference_statistics("tiny").model_stats[0].inference_stats.success.count
+        x = np.ones((1, *SHAPE), dtype=np.float32)
+        for _ in range(CONNECTIONS):
+            infer(server.target, x)
+        stats = c.get_inference_statistics("tiny").model_stats[0]
+    assert stats.inference_stats.success.count == before + CONNECTIONS
+    assert stats.execution_count >= CONNECTIONS  # the engine's batches, counted once
+    text = scrape(server)
+    success = [line for line in text.splitlines() if line.startswith("nv_inference_request_success{")]
+    assert success and float(success[0].rsplit(" ", 1)[1]) == before + CONNECTIONS
+    roles = {line.split('role="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+             if line.startswith("resnet_serve_process_cpu_seconds_total{")}  # fmt: skip
+    assert roles == {"engine", "worker"}
+    assert (
+        text.count("resnet_serve_process_cpu_seconds_total{pid=")
+        + text.count("resnet_serve_process_cpu_seconds_total{role=")
+        == 3
+    )
+
+
+def test_a_region_registered_on_one_connection_serves_inferences_on_every_other(
+    server: ServerProcess, model: Path
+) -> None:
+    x = np.random.default_rng(1).random((2, *SHAPE), dtype=np.float32)
+    key = f"/resnet-serve-workers-{uuid.uuid4().hex[:8]}"
+    handle = shm.create_shared_memory_region("in", key, x.nbytes)
+    shm.set_shared_memory_region(handle, [x])
+    owner = client(server.target)
+    others = [client(server.target) for _ in range(CONNECTIONS)]
+    try:
+        owner.register_system_shared_memory("in", key, x.nbytes)
+        for other in others:
+            status = other.get_system_shared_memory_status("in")
+            assert status.regions["in"].byte_size == x.nbytes
+            inp = tc.InferInput("input", list(x.shape), "FP32")
+            inp.set_shared_memory("in", x.nbytes)
+            out = other.infer("tiny", [inp]).as_numpy("logits")
+            np.testing.assert_allclose(out, reference_logits(model, x), rtol=1e-5, atol=1e-5)
+        served = connections(server.ready.grpc.port, children(server.proc.pid))  # type: ignore[union-attr]
+        assert sorted(served.values())[0] >= 1, served  # both workers answered some of these connections
+        owner.unregister_system_shared_memory("in")
+        for other in others:
+            assert not other.get_system_shared_memory_status().regions
+    finally:
+        for c in (owner, *others):
+            c.close()
+        shm.destroy_shared_memory_region(handle)
+
+
+def test_a_model_unloaded_through_one_worker_is_unloaded_for_every_connection(server: ServerProcess) -> None:
+    control = client(server.target)
+    others = [client(server.target) for _ in range(CONNECTIONS)]
+    try:
+        control.unload_model("tiny")
+        for other in others:
+            assert not other.is_model_ready("tiny")
+            index = other.get_model_repository_index().models
+            assert [(m.name, m.state, m.reason) for m in index] == [("tiny", "UNAVAILABLE", "unloaded")]
+        served = connections(server.ready.grpc.port, children(server.proc.pid))  # type: ignore[union-attr]
+        assert sorted(served.values())[0] >= 1, served
+        control.load_model("tiny")
+        for other in others:
+            assert other.is_model_ready("tiny")
+            assert other.is_server_ready()
+            run(other, np.ones((1, *SHAPE), dtype=np.float32))
+    finally:
+        for c in (control, *others):
+            c.close()
+
+
+def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(model: Path) -> None:
+    slow = write_tiny_onnx(model.parent / "slow-kill.onnx", slow_layers=200)
+    server = start_server(
+        "--model", f"tiny={slow}", "--workers", "2", "--intra-op-threads", "1", "--max-batch-size", "1",
+    )  # fmt: skip
+    try:
+        workers = children(server.proc.pid)
+        assert len(workers) == 2
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def load() -> None:  # a new connection per request: they land on both workers
+            x = np.ones((1, *SHAPE), dtype=np.float32)
+            while not stop.is_set():
+                try:
+                    infer(server.target, x, client_timeout=30)
+                    outcome = "ok"
+                except InferenceServerException as exc:
+                    outcome = str(exc.status())
+                with lock:
+                    outcomes.append(outcome)
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads), "a request hung"
+        assert set(outcomes) <= {"ok", "StatusCode.UNAVAILABLE"}, outcomes
+        assert "StatusCode.UNAVAILABLE" in outcomes, outcomes  # the killed worker had requests in flight
+        assert outcomes.count("ok") >= 2 * outcomes.count("StatusCode.UNAVAILABLE"), outcomes  # others served
+        wait_for(lambda: any("is serving again" in line for line in server.log), 15, "a new worker")
+        assert len(children(server.proc.pid)) == 2
+        assert workers[0] not in children(server.proc.pid)
+        for _ in range(CONNECTIONS):  # every connection is answered again, the new worker's too
+            infer(server.target, np.ones((1, *SHAPE), dtype=np.float32))
+        assert any("exited with status -9" in line for line in server.log)
+    finally:
+        assert stop_server(server) == 0, "".join(server.log)
+
+
+def test_when_the_engine_dies_health_turns_not_serving_within_a_second(model: Path) -> None:
+    server = start_server("--model", f"tiny={model}", "--workers", "2")
+    try:
+        workers = children(server.proc.pid)
+        channel = grpc.insecure_channel(server.target)
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        assert stub.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        os.kill(server.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        status = None
+        while time.monotonic() - killed < 1.0:
+            try:
+                status = stub.Check(request, timeout=0.5).status
+            except grpc.RpcError:
+                status = None  # the worker is gone too: nothing to send traffic to either
+            if status != health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.02)
+        assert status != health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+        server.proc.wait(10)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers to exit")
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def test_a_request_over_http_and_grpc_reaches_the_same_engine(server: ServerProcess) -> None:
+    assert server.ready.http is not None
+    with urllib.request.urlopen(f"http://{server.ready.http.address}/v2/health/ready", timeout=10) as resp:
+        assert resp.status == 200
