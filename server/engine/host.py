@@ -17,7 +17,6 @@ import itertools
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -55,7 +54,6 @@ class WorkerLink:
         self.index = index
         self.arena = arena
         self.pid = 0
-        self.ports: tuple[int, int] | None = None  # (grpc, http) once the worker is READY
         self.ready = asyncio.Event()
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -83,10 +81,6 @@ class WorkerLink:
                 self._sock.sendall(data)
         except OSError:  # the worker is gone: its reader thread reports it
             self._broken = True
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._requests)
 
     # --------------------------------------------------------------------------------- the reader thread
 
@@ -200,7 +194,6 @@ class WorkerLink:
             task = self._loop.create_task(self.host.run_call(self, rid, op, args))
             self.host.track(task)
         elif kind == m.READY:
-            self.ports = (message[1], message[2])
             self.ready.set()
         elif kind == m.METRICS:
             self.host.metrics_arrived(message[1], message[2])
@@ -236,7 +229,6 @@ class EngineHost:
         self.links: dict[int, WorkerLink] = {}
         self._ids = itertools.count(1)
         self._pulls: dict[int, asyncio.Future[Any]] = {}
-        self.on_link_lost: Callable[[WorkerLink], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         manager.add_listener(self.broadcast_catalog)
 
@@ -257,8 +249,6 @@ class EngineHost:
     def link_lost(self, link: WorkerLink) -> None:
         if self.links.get(link.index) is link:
             del self.links[link.index]
-        if self.on_link_lost is not None:
-            self.on_link_lost(link)
 
     def catalog(self) -> Catalog:
         manager = self.manager

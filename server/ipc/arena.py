@@ -16,7 +16,6 @@ depends on room in the arena.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 from typing import Final
@@ -82,13 +81,6 @@ class Arena:
     @property
     def blocks_in_use(self) -> int:
         return len(self._class_of)
-
-    def close(self) -> None:
-        """Release the mapping (views still alive keep it) and the descriptor."""
-        self._view.release()
-        with contextlib.suppress(BufferError):  # arrays still view it: it goes with the last of them
-            self._map.close()
-        os.close(self.fd)
 
 
 class MappedArena:

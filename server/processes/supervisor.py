@@ -78,6 +78,7 @@ class Supervisor:
         self._restarts: dict[int, list[float]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._poller: RepositoryPoller | None = None
+        self._aborting = False  # start-up failed: the workers are being killed, not restarted
         self.security: SecurityPolicy | None = None
 
     # ------------------------------------------------------------------------------------------ start-up
@@ -196,7 +197,7 @@ class Supervisor:
             raise StartupError(f"the workers were not ready within {READY_TIMEOUT_S:.0f} s") from None
 
     async def _abort(self) -> None:
-        self._stopping_now = True
+        self._aborting = True
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -209,7 +210,7 @@ class Supervisor:
 
     async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> None:
         status = await proc.wait()
-        if self._stopping is not None or getattr(self, "_stopping_now", False):
+        if self._stopping is not None or self._aborting:
             return
         if self.procs.get(index) is not proc:
             return
