@@ -230,14 +230,8 @@ class InferenceServer:
 
     def ready(self) -> Ready:
         """What the ready file says (formats/ready.py): where each endpoint listens, and the models."""
-        at = self.config.listen_address
         grpc_port = self.grpc_port if self._server is not None else None
-        endpoints = {
-            name: None if port is None else Endpoint(at(name), port)
-            for name, port in (("grpc", grpc_port), ("http", self.http_port), ("metrics", self.metrics_port))
-        }
-        models = tuple(ReadyModel(s.name, s.version, str(s.state)) for s in self.manager.statuses())
-        return Ready(os.getpid(), models=models, **endpoints)
+        return ready_record(self.config, self.manager, grpc_port, self.http_port, self.metrics_port)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,6 +300,19 @@ class InferenceServer:
         closed = close_sockets(self.grpc_port)
         log.debug("closed %d client connection(s) at the end of the drain", closed)
         await server.stop(min(1.0, max(0.0, deadline - loop.time())))
+
+
+def ready_record(
+    config: ServerConfig, manager: ModelManager, grpc: int | None, http: int | None, metrics: int | None
+) -> Ready:
+    """What the ready file says (formats/ready.py): each endpoint (None: off) and the models."""
+    at = config.listen_address
+    endpoints = {
+        name: None if port is None else Endpoint(at(name), port)
+        for name, port in (("grpc", grpc), ("http", http), ("metrics", metrics))
+    }
+    models = tuple(ReadyModel(s.name, s.version, str(s.state)) for s in manager.statuses())
+    return Ready(os.getpid(), models=models, **endpoints)
 
 
 async def load_models(manager: ModelManager, config: ServerConfig) -> None:

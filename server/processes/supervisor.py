@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, write_ready
-from resnet_serve.server.app import StartupError, bracketed, check_port_free, load_models
+from resnet_serve.formats.ready import Ready, write_ready
+from resnet_serve.server.app import StartupError, bracketed, check_port_free, load_models, ready_record
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.engine.host import EngineHost, WorkerLink
 from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_memfd
@@ -85,6 +85,7 @@ class Supervisor:
 
     async def start(self) -> None:
         config = self.config
+        self._loop = asyncio.get_running_loop()  # a /metrics scrape reaches the workers through it
         try:
             # Certificates and tokens first, as in one process: a bad file stops the server before any port,
             # model or worker (each worker loads its own copy, and reloads it on SIGHUP).
@@ -109,7 +110,6 @@ class Supervisor:
                     raise StartupError(
                         f"cannot serve metrics on {host}:{config.metrics_port}: {exc}"
                     ) from None
-            self._loop = asyncio.get_running_loop()
             links = [await self._spawn(i) for i in range(self.workers)]
             await self._wait_ready(links)
         except BaseException:
@@ -340,17 +340,7 @@ class Supervisor:
         )
 
     def ready(self) -> Ready:
-        at = self.config.listen_address
-        endpoints = {
-            name: None if port is None else Endpoint(at(name), port)
-            for name, port in (
-                ("grpc", self.grpc_port),
-                ("http", self.http_port),
-                ("metrics", self.metrics_port),
-            )
-        }
-        models = tuple(ReadyModel(s.name, s.version, str(s.state)) for s in self.manager.statuses())
-        return Ready(os.getpid(), models=models, **endpoints)
+        return ready_record(self.config, self.manager, self.grpc_port, self.http_port, self.metrics_port)
 
 
 async def serve_workers(config: ServerConfig, workers: int, log_level: str, log_format: str) -> int:
