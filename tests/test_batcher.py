@@ -416,3 +416,43 @@ def test_worker_threads_run_under_sched_batch_and_the_caller_keeps_its_policy() 
     finally:
         batcher.close()
         batcher.join(5)
+
+
+def test_a_waiting_worker_is_woken_only_when_a_request_can_start_a_batch_sooner() -> None:
+    """Under load with a queue delay, waking the worker for every request cost the engine a context switch
+    each: it is woken for the first request (it waits without a deadline then) and when a batch can go."""
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=5000, preferred_batch_sizes=(4,))
+    notified: list[int] = []
+    notify = batcher._cond.notify
+
+    def counting(n: int = 1) -> None:
+        notified.append(n)
+        notify(n)
+
+    batcher._cond.notify = counting  # type: ignore[method-assign]
+
+    class Sink:
+        def __init__(self) -> None:
+            self.outcomes: list[Any] = []
+            self.done = threading.Event()
+
+        def deliver(self, outcomes: list[Any]) -> None:
+            self.outcomes += outcomes
+            if len(self.outcomes) == 4:
+                self.done.set()
+
+    sink = Sink()
+    try:
+        batcher.enqueue(rows(0), None, sink, 0)
+        assert len(notified) == 1  # the queue was empty
+        batcher.enqueue(rows(1), None, sink, 1)
+        batcher.enqueue(rows(2), None, sink, 2)
+        assert len(notified) == 1  # nothing the worker waits for has changed
+        batcher.enqueue(rows(3), None, sink, 3)  # a preferred batch: it goes now, not in 5 s
+        assert sink.done.wait(2.0)
+        assert backend.sizes == [4]
+        assert sorted(p.tag for p, _ in sink.outcomes) == [0, 1, 2, 3]
+    finally:
+        batcher.close()
+        batcher.join(5)

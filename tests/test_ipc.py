@@ -60,6 +60,23 @@ def test_frames_come_out_whole_and_in_order_however_the_reads_cut_them(cut: int)
     assert out == messages
 
 
+@pytest.mark.parametrize("cut", [1, 5, 100, 4096])
+def test_frames_keep_no_reference_to_a_read_buffer_that_is_reused(cut: int) -> None:
+    """The engine reads into one buffer and feeds views of it: what a message did not finish must be kept
+    as a copy, since the next read overwrites the buffer."""
+    messages = [(m.RESULT, i, [("y", "<f4", (1, 4), b"\1" * (i % 7) * 16)], 0.0, 0.0, 1) for i in range(30)]
+    stream = b"".join(frame(message) for message in messages)
+    frames = Frames()
+    buffer = bytearray(cut)
+    out = []
+    for start in range(0, len(stream), cut):
+        piece = stream[start : start + cut]
+        buffer[: len(piece)] = piece
+        out += frames.feed(memoryview(buffer)[: len(piece)])
+        buffer[:] = b"\xff" * cut  # the next read's bytes
+    assert out == messages
+
+
 def test_a_length_no_message_can_have_is_refused() -> None:
     with pytest.raises(ConnectionError):
         Frames().feed((1 << 31).to_bytes(4, "little") + b"x")

@@ -39,6 +39,7 @@ from resnet_serve.server.shm.registry import SharedMemoryRegistry
 log = logging.getLogger(__name__)
 
 _ALIGN = 64
+_READ_BYTES = 1 << 20
 
 
 class WorkerLink:
@@ -87,12 +88,16 @@ class WorkerLink:
     def _read(self) -> None:
         frames = Frames()
         sock = self._sock
+        # One buffer for every read: `recv(n)` would allocate n bytes per call, which for n above glibc's
+        # mmap threshold (128 KiB) is an mmap and munmap, and page faults, per read.
+        buffer = bytearray(_READ_BYTES)
+        view = memoryview(buffer)
         try:
             while True:
-                data = sock.recv(1 << 20)
-                if not data:
+                count = sock.recv_into(buffer)
+                if not count:
                     break
-                for message in frames.feed(data):
+                for message in frames.feed(view[:count]):
                     try:
                         self._dispatch(message)
                     except Exception:

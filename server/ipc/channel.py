@@ -44,22 +44,31 @@ class Frames:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Message]:
-        buffer = self._buffer
-        buffer += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """The whole messages that `data` completes (the rest is kept for the next call). `data` may be a
+        view of the caller's read buffer: it is not kept."""
+        held = self._buffer
+        if held:
+            held += data
+            source = memoryview(held)
+        else:  # the usual case: the read holds whole messages; parse them where they are
+            source = memoryview(data).cast("B")
         messages: list[Message] = []
         start = 0
-        end = len(buffer)
+        end = len(source)
         while end - start >= 4:
-            (size,) = _HEADER.unpack_from(buffer, start)
+            (size,) = _HEADER.unpack_from(source, start)
             if size > MAX_MESSAGE:
                 raise ConnectionError(f"a message of {size} bytes: the stream is corrupt")
             if end - start - 4 < size:
                 break
-            messages.append(pickle.loads(memoryview(buffer)[start + 4 : start + 4 + size]))
+            messages.append(pickle.loads(source[start + 4 : start + 4 + size]))
             start += 4 + size
-        if start:
-            del buffer[:start]
+        if held:
+            source.release()
+            del held[:start]
+        elif start < end:
+            held += source[start:]
         return messages
 
 
