@@ -9,7 +9,9 @@ built here with onnx.helper), so only the serving stack is measured. Side by sid
 - bare: lab/bare_grpc_server.py, a `grpc.aio` server that parses, runs the model inline with ONNX Runtime
   and answers, nothing else: the floor of a Python gRPC server;
 - resnet-serve: `resnet-serve serve` with its defaults (one intra-op thread); once `serve --help` lists
-  `--workers`, one server per `--workers N` asked for (until then the one process, and the output says so).
+  `--workers`, one server per `--workers N` asked for (until then the one process, and the output says so);
+- with --hop-floor, bare + hop: the bare server with its model in a child process that each request is
+  sent to and awaited (`--hop`), the floor of a worker and an engine in two processes.
 Each server is pinned to --server-cpus (core 0), h2load to --client-cpus (core 1). For each run: requests/s
 (h2load), the server's CPU µs per request (utime+stime from /proc over the run, the server process and every
 descendant), h2load's counts, and the check that the server's own statistics (KServe ModelStatistics) counted
@@ -165,6 +167,9 @@ class Server:
     # processes answering on the port: the bare floor of N worker processes (their statistics cannot be
     # asked of each one through the shared port, so h2load's counts stand for them)
     processes: int = 1
+    # a regex on a process's command line marking the processes whose CPU is w (the rest is e); None:
+    # --worker-match
+    worker_match: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     warmup: list[dict[str, Any]] = field(default_factory=list)
 
@@ -246,6 +251,13 @@ def start_servers(
         command = _pinned(args.server_cpus, ["sh", "-c", script])
         process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
         servers.append(Server(f"bare grpc.aio x{many}", process, port, processes=many))
+    if args.hop_floor:  # the floor of the split: one bare front end and a child process that computes
+        port = free_port()
+        hop = [*bare[:4], str(port), *bare[5:], "--hop"]
+        servers.append(
+            Server("bare grpc.aio + hop", subprocess.Popen(_pinned(args.server_cpus, hop), cwd=ROOT), port,
+                   worker_match=r"\s--hop\b")
+        )  # fmt: skip
     for count in workers or [0]:
         port = free_port()
         command = serve_command(
@@ -319,7 +331,8 @@ def measure(
     # a process that started during the run is counted from 0: all its CPU time is inside the window
     used = {pid: (seconds - cpu0.get(pid, (0.0, ""))[0], cmdline) for pid, (seconds, cmdline) in cpu1.items()}
     total_s = sum(seconds for seconds, _ in used.values())
-    worker_s = [seconds for seconds, cmdline in used.values() if re.search(args.worker_match, cmdline)]
+    match = server.worker_match or args.worker_match
+    worker_s = [seconds for seconds, cmdline in used.values() if re.search(match, cmdline)]
     # with worker processes, the rest of the tree (the process serve started) is the engine
     engine_s = total_s - sum(worker_s) if worker_s else 0.0
     success, fail = success1 - success0, fail1 - fail0
@@ -621,6 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpus", default="0", help="taskset -c list for every server (default: 0)")
     parser.add_argument("--client-cpus", default="1", help="taskset -c list for h2load (default: 1)")
+    parser.add_argument(
+        "--hop-floor",
+        action="store_true",
+        help="also measure `lab/bare_grpc_server.py --hop`: the bare server with its model in a child "
+        "process, each request sent there and awaited (the floor of a worker and an engine; its front end's "
+        "CPU is w, the child's e)",
+    )
     parser.add_argument(
         "--worker-match",
         default=r"processes\.worker\b",

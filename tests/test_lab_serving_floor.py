@@ -138,6 +138,8 @@ def test_the_documented_command_with_tiny_bounds_counts_every_answer_on_both_ser
         else {"resnet-serve"}
     )
     floors = {"bare grpc.aio", "bare grpc.aio x2"} if result["serve_has_workers"] else {"bare grpc.aio"}
+    if "--hop-floor" in documented_arguments():
+        floors.add("bare grpc.aio + hop")
     assert servers == floors | ours
     assert {entry["size"] for entry in result["results"]} == {"small", "large"}
     for entry in result["results"]:
@@ -150,7 +152,7 @@ def test_the_documented_command_with_tiny_bounds_counts_every_answer_on_both_ser
         assert set(entry["capacity"]) == {"1", "2", "4", "8", "16"}
         if entry["server"] != "bare grpc.aio":
             assert entry["requests_per_s_over_bare"] > 0
-        if entry["server"] == "resnet-serve --workers 2":  # the engine process's CPU is told apart
+        if entry["server"] in ("resnet-serve --workers 2", "bare grpc.aio + hop"):  # the engine's CPU apart
             assert entry["engine_cpu_us_per_request"] > 0 and entry["worker_cpu_us_per_request"] > 0
     for row in result["rounds"] + result["warmup"]:
         assert row["server_success"] == row["h2load"]["status_2xx"] == row["requests"]
