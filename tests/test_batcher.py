@@ -456,3 +456,117 @@ def test_a_waiting_worker_is_woken_only_when_a_request_can_start_a_batch_sooner(
     finally:
         batcher.close()
         batcher.join(5)
+
+
+class _Collect:
+    """A Sink that keeps the outcomes and the threads they were delivered on."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+        self.threads: list[int] = []
+        self.arrived = threading.Event()
+
+    def deliver(self, outcomes: list[Any]) -> None:
+        self.outcomes += outcomes
+        self.threads.append(threading.get_ident())
+        self.arrived.set()
+
+
+class _ThreadRecording(FakeBackend):
+    """Records the thread of each batch and fails if two threads ever run it at once."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        super().__init__(gate=gate)
+        self.threads: list[int] = []
+        self._busy = threading.Lock()
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._busy.acquire(blocking=False), "one instance ran on two threads at once"
+        try:
+            self.threads.append(threading.get_ident())
+            return super().infer(inputs)
+        finally:
+            self._busy.release()
+
+
+def test_a_lone_request_runs_on_the_callers_thread_when_the_batcher_is_idle() -> None:
+    backend = _ThreadRecording()
+    batcher = make(backend, max_queue_delay_ms=0)
+    sink = _Collect()
+    try:
+        handle = batcher.enqueue(rows(3), None, sink, "a", inline=True)
+        # answered before enqueue returned, on this thread, by the instance the worker lent
+        assert sink.threads == [threading.get_ident()] and backend.threads == [threading.get_ident()]
+        ((pending, result),) = sink.outcomes
+        assert pending.tag == "a" and pending is handle
+        assert np.array_equal(result.outputs["y"], rows(3)["x"] * 2 + 1)
+        assert not batcher.withdraw(handle)  # it ran: nothing to withdraw
+        assert batcher.idle
+        # without inline=True it is queued for the worker, as before
+        batcher.enqueue(rows(4), None, sink, "b")
+        assert sink.arrived.wait(2) and len(sink.outcomes) >= 1
+        deadline = time.monotonic() + 2
+        while len(sink.outcomes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert backend.threads[1] != threading.get_ident()
+    finally:
+        batcher.close()
+        assert batcher.join(5)
+
+
+def test_with_a_queue_delay_an_inline_request_still_waits_to_be_batched() -> None:
+    backend = _ThreadRecording()
+    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=5000, preferred_batch_sizes=(2,))
+    sink = _Collect()
+    try:
+        batcher.enqueue(rows(1), None, sink, 1, inline=True)
+        assert sink.outcomes == []  # queued, waiting for company
+        batcher.enqueue(rows(2), None, sink, 2, inline=True)
+        assert sink.arrived.wait(2)
+        assert backend.sizes == [2] and backend.threads[0] != threading.get_ident()
+    finally:
+        batcher.close()
+        assert batcher.join(5)
+
+
+def test_an_inline_request_does_not_pass_queued_ones_and_an_instance_never_runs_twice_at_once() -> None:
+    gate = threading.Event()
+    backend = _ThreadRecording(gate=gate)
+    batcher = make(backend, max_queue_delay_ms=0)
+    sink = _Collect()
+    try:
+        batcher.enqueue(rows(0), None, sink, 0)  # the worker takes it and holds the instance at the gate
+        assert backend.started.wait(2)
+        batcher.enqueue(rows(1), None, sink, 1)  # queued behind it
+        batcher.enqueue(rows(2), None, sink, 2, inline=True)  # something is queued: it queues too
+        assert sink.outcomes == []
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(sink.outcomes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert sorted(p.tag for p, _ in sink.outcomes) == [0, 1, 2]
+        assert sink.outcomes[0][0].tag == 0  # first in, first answered
+        assert threading.get_ident() not in backend.threads
+    finally:
+        batcher.close()
+        assert batcher.join(5)
+
+
+def test_join_waits_for_an_instance_lent_to_a_callers_thread() -> None:
+    gate = threading.Event()
+    backend = _ThreadRecording(gate=gate)
+    batcher = make(backend, max_queue_delay_ms=0)
+    sink = _Collect()
+    caller = threading.Thread(target=lambda: batcher.enqueue(rows(5), None, sink, "x", inline=True))
+    caller.start()
+    try:
+        assert backend.started.wait(2)  # computing on the caller's thread, held at the gate
+        batcher.close()
+        assert not batcher.join(0.2)  # the worker thread has stopped, but the lent instance is busy
+        with pytest.raises(ServeError):  # closed: refused, lent or not
+            batcher.enqueue(rows(6), None, sink, "y", inline=True)
+    finally:
+        gate.set()
+        caller.join(5)
+    assert batcher.join(5)
+    assert [p.tag for p, _ in sink.outcomes] == ["x"]

@@ -24,6 +24,11 @@ Semantics (docs/server.md, "Batching"):
 * Each execution instance is one backend on its own worker thread; the worker forms its batch, stacks its
   rows in buffers it reuses (staging.py), runs it and completes the requests' futures on their event loop
   with one `call_soon_threadsafe` per batch.
+* A request `enqueue`d from another thread with `inline=True` (the engine process's socket readers, for a
+  request that arrived alone) runs on that thread at once when nothing is queued, the model has no queue
+  delay and an instance is free: the instance is lent to the caller for that one batch (its lock), which
+  saves waking its worker thread, the largest part of a lone request's hand-off. Its worker, if it takes a
+  batch meanwhile, waits for the instance to come back; `join` waits for a lent instance too.
 * A backend exception fails that batch's requests with INTERNAL; the worker keeps serving.
 * On Linux each worker thread runs under the SCHED_BATCH scheduling policy (`_batch_policy`): woken by a
   request while the event loop thread holds the GIL, it no longer preempts that thread only to find the GIL
@@ -105,6 +110,18 @@ class _Pending:
         self.deadline = deadline  # perf_counter time, or None
         self.state = _QUEUED
         self.timer: asyncio.TimerHandle | None = None
+
+
+class _Instance:
+    """One execution instance: its backend, the buffers its batches are stacked in, and the lock held by
+    whichever thread runs it (its worker, or a caller it is lent to)."""
+
+    __slots__ = ("backend", "lock", "staging")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.staging = Staging()
+        self.lock = threading.Lock()
 
 
 def _batch_policy() -> None:
@@ -193,6 +210,7 @@ class DynamicBatcher:
         self._timeout_s = config.timeout_ms / 1000.0 if config.timeout_ms > 0 else None
         self._metrics = metrics
         self._backends = list(backends)
+        self._instances = [_Instance(backend) for backend in self._backends]
         self._queue: collections.deque[_Pending] = collections.deque()
         self._reserved = 0  # places claimed by tickets and not yet filled
         self._cond = threading.Condition(threading.Lock())
@@ -205,9 +223,9 @@ class DynamicBatcher:
         self._input_set = frozenset(self._input_names)
         self._threads = [
             threading.Thread(
-                target=self._work, args=(backend,), name=f"batcher-{name}-v{version}-{i}", daemon=True
+                target=self._work, args=(instance,), name=f"batcher-{name}-v{version}-{i}", daemon=True
             )
-            for i, backend in enumerate(self._backends)
+            for i, instance in enumerate(self._instances)
         ]
         for thread in self._threads:
             thread.start()
@@ -285,11 +303,20 @@ class DynamicBatcher:
                 pending.timer.cancel()
 
     def enqueue(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None, sink: Sink, tag: object
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+        sink: Sink,
+        tag: object,
+        inline: bool = False,
     ) -> object:
         """Queue one request from any thread; its outcome goes to `sink.deliver` with `tag` (no event loop:
         the engine process's path). The request's deadline is checked when a batch takes it. Returns a
-        handle for `withdraw`. Raises ServeError as `submit` does."""
+        handle for `withdraw`. Raises ServeError as `submit` does.
+
+        `inline`: the caller's thread may run the request itself, before this returns, when nothing is
+        queued, the model has no queue delay and an instance is free (see the module's docstring). Only a
+        thread that may block for a batch's compute should ask."""
         rows = self._check(inputs)
         timeout = self._timeout_s
         if timeout_s is not None:
@@ -298,8 +325,29 @@ class DynamicBatcher:
             raise deadline_exceeded(f"deadline exceeded before model {self.name!r} could queue the request")
         deadline = None if timeout is None else time.perf_counter() + timeout
         pending = _Pending(inputs, rows, sink, None, deadline, tag)
-        self._queue_one(pending, None)
+        instance = self._lend(pending) if inline and self._delay_s <= 0 else None
+        if instance is None:
+            self._queue_one(pending, None)
+            return pending
+        try:
+            self._run_guarded(instance, [pending])
+        finally:
+            instance.lock.release()
         return pending
+
+    def _lend(self, pending: _Pending) -> _Instance | None:
+        """A free instance for `pending` to run on the caller's thread, taken (its lock held, the request
+        counted running), or None: something is queued, or every instance is busy."""
+        with self._cond:
+            if self._queue:
+                return None
+            self._admit_locked(1)  # closed, or places reserved to the limit: refused as a queued one would be
+            for instance in self._instances:
+                if instance.lock.acquire(blocking=False):
+                    pending.state = _TAKEN
+                    self._running += 1
+                    return instance
+        return None
 
     def withdraw(self, handle: object) -> bool:
         """Take an `enqueue`d request out of the queue if no batch has taken it yet (True when it was)."""
@@ -400,26 +448,36 @@ class DynamicBatcher:
         end = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(None if end is None else max(0.0, end - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        if any(t.is_alive() for t in self._threads):
+            return False
+        for instance in self._instances:  # one lent to a caller's thread is still computing
+            if not instance.lock.acquire(timeout=-1 if end is None else max(0.0, end - time.monotonic())):
+                return False
+            instance.lock.release()
+        return True
 
     # ---------------------------------------------------------------------------------------- worker side
 
-    def _work(self, backend: Backend) -> None:
+    def _work(self, instance: _Instance) -> None:
         _batch_policy()
-        staging = Staging()
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
-            try:
-                self._run(backend, staging, batch)
-            except Exception as exc:  # a bug outside the backend: answer the batch, keep the worker alive
-                log.exception("model %s version %s: the worker failed on a batch", self.name, self.version)
-                error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
-                self._deliver([(p, error) for p in batch])  # futures already answered are skipped
+            with instance.lock:  # lent to a caller's thread: wait for it to come back
+                self._run_guarded(instance, batch)
             # Drop the finished batch before waiting for the next: its inputs may be views of a client's
             # shared memory, which must not stay mapped until this worker's next batch.
             del batch
+
+    def _run_guarded(self, instance: _Instance, batch: list[_Pending]) -> None:
+        """Run a taken batch on `instance` (its lock held); every request is answered, whatever fails."""
+        try:
+            self._run(instance.backend, instance.staging, batch)
+        except Exception as exc:  # a bug outside the backend: answer the batch, keep the worker alive
+            log.exception("model %s version %s: the worker failed on a batch", self.name, self.version)
+            error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
+            self._deliver([(p, error) for p in batch])  # futures already answered are skipped
 
     def _next_batch(self) -> list[_Pending] | None:
         expired: list[Outcome] = []

@@ -48,6 +48,8 @@ class WorkerLink:
     A thread of its own reads the socket: an INFER is looked up and queued on the version's batcher right
     there (`DynamicBatcher.enqueue`), and the batcher's worker thread sends the batch's answers back (this
     link is the batcher's `Sink`), one write per batch; the engine's event loop sees only the other messages.
+    An INFER that a read brought alone may run on this thread, when its batcher is idle and has no queue
+    delay (`enqueue(inline=True)`).
     """
 
     def __init__(self, host: EngineHost, index: int, sock: socket.socket, arena: MappedArena) -> None:
@@ -97,9 +99,13 @@ class WorkerLink:
                 count = sock.recv_into(buffer)
                 if not count:
                     break
-                for message in frames.feed(view[:count]):
+                messages = frames.feed(view[:count])
+                # A request that came alone may run on this thread when its batcher is idle (no queue
+                # delay): one thread hand-off less. With more in this read, they queue and batch together.
+                lone = len(messages) == 1
+                for message in messages:
                     try:
-                        self._dispatch(message)
+                        self._dispatch(message, lone)
                     except Exception:
                         log.exception("worker %d: failed to handle a %r message", self.index, message[0])
         except OSError as exc:
@@ -109,10 +115,11 @@ class WorkerLink:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the engine is exiting
             self._loop.call_soon_threadsafe(self._lost)
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message, lone: bool = False) -> None:
         kind = message[0]
         if kind == m.INFER:
-            self._infer(*message[1:])
+            _, rid, name, version, tensors, out, timeout_s = message
+            self._infer(rid, name, version, tensors, out, timeout_s, lone)
         elif kind == m.CANCEL:
             entry = self._requests.get(message[1])
             if entry is not None and entry[0] is not None and entry[1].withdraw(entry[0]):
@@ -129,6 +136,7 @@ class WorkerLink:
         tensors: list[tuple[str, str, tuple[int, ...], Any]],
         out: tuple[int, int] | None,
         timeout_s: float | None,
+        inline: bool = False,
     ) -> None:
         entry: list[Any] = [None, None]
         try:
@@ -146,7 +154,7 @@ class WorkerLink:
             assert isinstance(batcher, DynamicBatcher)  # the engine's models are this process's
             entry[1] = batcher
             self._requests[rid] = entry
-            entry[0] = batcher.enqueue(inputs, timeout_s, self, (rid, out))
+            entry[0] = batcher.enqueue(inputs, timeout_s, self, (rid, out), inline)
         except Exception as exc:
             self._requests.pop(rid, None)
             self.send((m.ERROR, rid, *failure_of(exc)))
