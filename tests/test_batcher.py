@@ -471,6 +471,14 @@ class _Collect:
         self.threads.append(threading.get_ident())
         self.arrived.set()
 
+    def wait_for(self, count: int, timeout_s: float = 5.0) -> list[Any]:
+        """The tags of the first `count` outcomes, in order of delivery, once there are that many."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.outcomes) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(self.outcomes) >= count, f"{len(self.outcomes)} of {count} outcomes arrived"
+        return [pending.tag for pending, _ in self.outcomes[:count]]
+
 
 class _ThreadRecording(FakeBackend):
     """Records the thread of each batch and fails if two threads ever run it at once."""
@@ -504,10 +512,7 @@ def test_a_lone_request_runs_on_the_callers_thread_when_the_batcher_is_idle() ->
         assert batcher.idle
         # without inline=True it is queued for the worker, as before
         batcher.enqueue(rows(4), None, sink, "b")
-        assert sink.arrived.wait(2) and len(sink.outcomes) >= 1
-        deadline = time.monotonic() + 2
-        while len(sink.outcomes) < 2 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        assert sink.wait_for(2) == ["a", "b"]
         assert backend.threads[1] != threading.get_ident()
     finally:
         batcher.close()
@@ -541,11 +546,8 @@ def test_an_inline_request_does_not_pass_queued_ones_and_an_instance_never_runs_
         batcher.enqueue(rows(2), None, sink, 2, inline=True)  # something is queued: it queues too
         assert sink.outcomes == []
         gate.set()
-        deadline = time.monotonic() + 5
-        while len(sink.outcomes) < 3 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert sorted(p.tag for p, _ in sink.outcomes) == [0, 1, 2]
-        assert sink.outcomes[0][0].tag == 0  # first in, first answered
+        tags = sink.wait_for(3)
+        assert sorted(tags) == [0, 1, 2] and tags[0] == 0  # first in, first answered
         assert threading.get_ident() not in backend.threads
     finally:
         batcher.close()
