@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -497,11 +498,24 @@ class _ThreadRecording(FakeBackend):
             self._busy.release()
 
 
-def test_a_lone_request_runs_on_the_callers_thread_when_the_batcher_is_idle() -> None:
-    backend = _ThreadRecording()
-    batcher = make(backend, max_queue_delay_ms=0)
-    sink = _Collect()
+@contextlib.contextmanager
+def _lending(
+    gate: threading.Event | None = None, **config: Any
+) -> Iterator[tuple[_ThreadRecording, DynamicBatcher, _Collect]]:
+    """A batcher over one thread-recording backend and a Sink, closed and joined at the end."""
+    backend = _ThreadRecording(gate=gate)
+    batcher = make(backend, **config)
     try:
+        yield backend, batcher, _Collect()
+    finally:
+        if gate is not None:
+            gate.set()
+        batcher.close()
+        assert batcher.join(5)
+
+
+def test_a_lone_request_runs_on_the_callers_thread_when_the_batcher_is_idle() -> None:
+    with _lending(max_queue_delay_ms=0) as (backend, batcher, sink):
         handle = batcher.enqueue(rows(3), None, sink, "a", inline=True)
         # answered before enqueue returned, on this thread, by the instance the worker lent
         assert sink.threads == [threading.get_ident()] and backend.threads == [threading.get_ident()]
@@ -514,32 +528,21 @@ def test_a_lone_request_runs_on_the_callers_thread_when_the_batcher_is_idle() ->
         batcher.enqueue(rows(4), None, sink, "b")
         assert sink.wait_for(2) == ["a", "b"]
         assert backend.threads[1] != threading.get_ident()
-    finally:
-        batcher.close()
-        assert batcher.join(5)
 
 
 def test_with_a_queue_delay_an_inline_request_still_waits_to_be_batched() -> None:
-    backend = _ThreadRecording()
-    batcher = make(backend, max_batch_size=8, max_queue_delay_ms=5000, preferred_batch_sizes=(2,))
-    sink = _Collect()
-    try:
+    config: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_ms": 5000, "preferred_batch_sizes": (2,)}
+    with _lending(**config) as (backend, batcher, sink):
         batcher.enqueue(rows(1), None, sink, 1, inline=True)
         assert sink.outcomes == []  # queued, waiting for company
         batcher.enqueue(rows(2), None, sink, 2, inline=True)
         assert sink.arrived.wait(2)
         assert backend.sizes == [2] and backend.threads[0] != threading.get_ident()
-    finally:
-        batcher.close()
-        assert batcher.join(5)
 
 
 def test_an_inline_request_does_not_pass_queued_ones_and_an_instance_never_runs_twice_at_once() -> None:
     gate = threading.Event()
-    backend = _ThreadRecording(gate=gate)
-    batcher = make(backend, max_queue_delay_ms=0)
-    sink = _Collect()
-    try:
+    with _lending(gate, max_queue_delay_ms=0) as (backend, batcher, sink):
         batcher.enqueue(rows(0), None, sink, 0)  # the worker takes it and holds the instance at the gate
         assert backend.started.wait(2)
         batcher.enqueue(rows(1), None, sink, 1)  # queued behind it
@@ -549,9 +552,6 @@ def test_an_inline_request_does_not_pass_queued_ones_and_an_instance_never_runs_
         tags = sink.wait_for(3)
         assert sorted(tags) == [0, 1, 2] and tags[0] == 0  # first in, first answered
         assert threading.get_ident() not in backend.threads
-    finally:
-        batcher.close()
-        assert batcher.join(5)
 
 
 def test_join_waits_for_an_instance_lent_to_a_callers_thread() -> None:
