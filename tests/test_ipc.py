@@ -158,3 +158,15 @@ def test_when_the_engine_goes_away_waiting_requests_end_unavailable_at_once() ->
             await link.infer("m", "1", {"x": np.ones((1, 4), np.float32)}, None, 0)
 
     asyncio.run(run())
+
+
+def test_a_message_that_does_not_unpickle_ends_the_stream_as_corrupt() -> None:
+    """Both ends treat ConnectionError as the end of the connection (the engine's reader thread logs it and
+    reports the worker lost): a frame of garbage must not escape as any other exception."""
+    garbage = b"\x80\x05not a pickle"
+    with pytest.raises(ConnectionError, match="corrupt"):
+        Frames().feed(len(garbage).to_bytes(4, "little") + garbage)
+    frames = Frames()
+    frames.feed(len(garbage).to_bytes(4, "little"))  # held: the rest comes with the next read
+    with pytest.raises(ConnectionError, match="corrupt"):
+        frames.feed(garbage)

@@ -56,16 +56,21 @@ class Frames:
         messages: list[Message] = []
         start = 0
         end = len(source)
-        while end - start >= 4:
-            (size,) = _HEADER.unpack_from(source, start)
-            if size > MAX_MESSAGE:
-                raise ConnectionError(f"a message of {size} bytes: the stream is corrupt")
-            if end - start - 4 < size:
-                break
-            messages.append(pickle.loads(source[start + 4 : start + 4 + size]))
-            start += 4 + size
+        try:
+            while end - start >= 4:
+                (size,) = _HEADER.unpack_from(source, start)
+                if size > MAX_MESSAGE:
+                    raise ConnectionError(f"a message of {size} bytes: the stream is corrupt")
+                if end - start - 4 < size:
+                    break
+                messages.append(pickle.loads(source[start + 4 : start + 4 + size]))
+                start += 4 + size
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise ConnectionError(f"a message that does not unpickle ({exc}): the stream is corrupt") from exc
+        finally:
+            if held:
+                source.release()
         if held:
-            source.release()
             del held[:start]
         elif start < end:
             held += source[start:]
