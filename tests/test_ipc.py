@@ -4,6 +4,7 @@ framing, and a worker's link against a stand-in engine on the other end of a soc
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import socket
 import threading
@@ -15,6 +16,7 @@ from resnet_serve.server.errors import ServeError
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import MIN_BLOCK, Arena, MappedArena, new_memfd
 from resnet_serve.server.ipc.channel import Frames, frame
+from resnet_serve.server.remote import link as link_module
 from resnet_serve.server.remote.link import EngineLink
 
 SIZE = 1 << 24
@@ -31,6 +33,63 @@ def test_a_freed_block_is_reused_and_a_full_arena_says_so_instead_of_failing() -
     assert arena.alloc(1) is not None  # a 4 KiB block fits there, after which no 1 MiB one does
     assert arena.alloc(1 << 20) is None
     assert arena.blocks_in_use == len(taken) + 2
+
+
+def _resident(fd: int) -> int:
+    """Bytes of the memfd's pages in memory."""
+    return os.fstat(fd).st_blocks * 512
+
+
+def test_trim_gives_back_the_pages_of_free_blocks_and_keeps_those_in_use() -> None:
+    fd = new_memfd(SIZE)
+    arena = Arena(fd, SIZE)
+    ones = np.ones(1 << 18, np.float32)  # 1 MiB
+    blocks = [arena.alloc(ones.nbytes) for _ in range(6)]
+    assert None not in blocks
+    for block in blocks:
+        assert block is not None
+        arena.write(block, ones)
+    assert _resident(fd) >= 6 << 20
+    kept = blocks.pop()
+    assert kept is not None
+    for block in blocks:
+        assert block is not None
+        arena.free(block)
+    assert arena.held_free_bytes == 5 << 20
+    assert arena.trim() == 5 << 20
+    assert arena.held_free_bytes == 0 and arena.trim() == 0  # nothing is given back twice
+    assert _resident(fd) <= 1 << 20  # only the block in use
+    np.testing.assert_array_equal(arena.array(kept, "<f4", ones.shape), ones)
+    again = arena.alloc(ones.nbytes)  # a trimmed block is reused: it reads as zeros, and writes as any other
+    assert again in blocks and arena.held_free_bytes == 0
+    assert again is not None and not arena.array(again, "<f4", ones.shape).any()
+    arena.write(again, ones)
+    arena.free(again)
+    assert arena.held_free_bytes == 1 << 20
+
+
+def test_an_idle_link_gives_back_the_arena_memory_a_burst_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "TRIM_IDLE_S", 0.05)
+    monkeypatch.setattr(link_module, "TRIM_MIN_BYTES", 4 << 20)
+    fd = new_memfd(SIZE)
+    ours, theirs = socket.socketpair()
+    threading.Thread(target=_engine, args=(theirs, MappedArena(fd, SIZE), []), daemon=True).start()
+
+    async def run() -> None:
+        link = EngineLink(Arena(fd, SIZE))
+        await link.open(ours)
+        x = np.ones((1, 3, 224, 224), np.float32)  # 600 KB: a 1 MiB block in and one out
+        await asyncio.gather(*(link.infer("m", "1", {"x": x}, None, x.nbytes + 64) for _ in range(8)))
+        assert link.idle and _resident(fd) >= 8 * x.nbytes
+        deadline = asyncio.get_running_loop().time() + 5
+        while _resident(fd) > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert _resident(fd) == 0 and link.arena.held_free_bytes == 0
+        y = await link.infer("m", "1", {"x": x}, None, x.nbytes + 64)  # and serves as before
+        np.testing.assert_array_equal(y.outputs["y"], x * 2)
+        ours.close()
+
+    asyncio.run(run())
 
 
 def test_the_engine_reads_what_the_worker_wrote_and_the_worker_reads_what_the_engine_wrote() -> None:

@@ -12,6 +12,12 @@ new blocks while the arena has room. Both are O(1) and the mapping is created on
 dict/list operations and a `memcpy`. The memfd is sparse: pages the arena never touched cost no memory. When
 the arena is full `alloc` returns None and the caller sends the tensor inline instead: correctness never
 depends on room in the arena.
+
+A block's pages stay in memory when it is freed (a freed block is reused at once under load, and giving its
+pages back would fault them in again on every request, as glibc's malloc did: docs/benchmarking.md). So after
+a burst the arena would keep its peak in memory for good, and shared memory counts against a container's
+memory limit. `trim` gives the pages of the free blocks back to the kernel (MADV_REMOVE); the worker's link
+calls it once it has been idle for a while (server/remote/link.py), when enough freed memory is held.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class Arena:
         self._free: dict[int, list[int]] = {}
         self._class_of: dict[int, int] = {}  # offset → size class of the block allocated there
         self._top = 0
+        self._trimmed: set[int] = set()  # free blocks whose pages were given back
+        self.held_free_bytes = 0  # bytes of free blocks whose pages may still be in memory
 
     def alloc(self, nbytes: int) -> int | None:
         """The offset of a block of at least `nbytes`, or None when the arena has no room."""
@@ -57,6 +65,10 @@ class Arena:
         free = self._free.get(size)
         if free:
             offset = free.pop()
+            if offset in self._trimmed:
+                self._trimmed.discard(offset)
+            else:
+                self.held_free_bytes -= size
         elif self._top + size <= self.size:
             offset = self._top
             self._top += size
@@ -68,6 +80,23 @@ class Arena:
     def free(self, offset: int) -> None:
         size = self._class_of.pop(offset)
         self._free.setdefault(size, []).append(offset)
+        self.held_free_bytes += size
+
+    def trim(self) -> int:
+        """Give the pages of every free block back to the kernel (they read as zeros when reused); returns
+        the bytes given back. Allocated blocks are untouched."""
+        advice = getattr(mmap, "MADV_REMOVE", None)
+        if advice is None:  # not Linux: nothing to give back this way
+            return 0
+        released = 0
+        for size, offsets in self._free.items():
+            for offset in offsets:
+                if offset not in self._trimmed:
+                    self._map.madvise(advice, offset, size)
+                    self._trimmed.add(offset)
+                    released += size
+        self.held_free_bytes = 0
+        return released
 
     def write(self, offset: int, array: np.ndarray) -> None:
         """Copy `array`'s bytes to `offset` (a block at least that large)."""

@@ -29,6 +29,11 @@ from resnet_serve.server.ipc.failures import error_of
 log = logging.getLogger(__name__)
 
 ENGINE_GONE = "the server's engine process stopped; retry on another replica"
+# Once no request has waited on the engine for this long and at least this much freed arena memory is held,
+# the arena gives those pages back (ipc/arena.py, `trim`): a burst's peak does not stay in memory for good,
+# and a busy worker never pays for faulting its blocks in again.
+TRIM_IDLE_S = 2.0
+TRIM_MIN_BYTES = 16 * 1024 * 1024
 
 
 class _Request:
@@ -52,6 +57,8 @@ class EngineLink:
         self._lost_callbacks: list[Callable[[], None]] = []
         self._outbox: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._last_request = 0.0  # the event loop's time of the latest request's start
         self.alive = False
 
     async def open(self, sock: socket.socket) -> None:
@@ -120,6 +127,7 @@ class EngineLink:
         assert self._loop is not None
         future: asyncio.Future[BatchResult] = self._loop.create_future()
         self._pending[rid] = _Request(future, blocks, out)
+        self._last_request = self._loop.time()
         try:
             self.send((m.INFER, rid, name, version, tensors, out_spec, timeout_s))
         except BaseException:
@@ -148,7 +156,26 @@ class EngineLink:
         if request is not None:
             for block in request.blocks:
                 self.arena.free(block)
+            if (
+                not self._pending
+                and self._trim_timer is None
+                and self.arena.held_free_bytes >= TRIM_MIN_BYTES
+                and self._loop is not None
+            ):
+                self._trim_timer = self._loop.call_later(TRIM_IDLE_S, self._trim_when_idle)
         return request
+
+    def _trim_when_idle(self) -> None:
+        self._trim_timer = None
+        if self._pending:  # busy again: the next idle moment tries again
+            return
+        assert self._loop is not None
+        wait = self._last_request + TRIM_IDLE_S - self._loop.time()
+        if wait > 0:  # a request came and went meanwhile: idle for the whole of TRIM_IDLE_S first
+            self._trim_timer = self._loop.call_later(wait, self._trim_when_idle)
+            return
+        released = self.arena.trim()
+        log.debug("gave back %d MiB of the arena's free blocks", released >> 20)
 
     # -------------------------------------------------------------------------------------------- incoming
 
