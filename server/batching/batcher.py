@@ -364,10 +364,11 @@ class DynamicBatcher:
             self._queue.append(pending)
             depth = len(self._queue)
             # Wake an idle worker only when this request can change its decision: the queue was empty (it
-            # waits without a deadline), or a batch can go now. Otherwise it is waiting for the head's delay
-            # to end, which this request does not move: under load with a delay, waking it for every request
-            # cost a context switch and a look at the queue each (docs/benchmarking.md).
-            if depth == 1 or self._dispatchable(time.perf_counter()):
+            # waits without a deadline), or a batch can go now (always, without a queue delay: no look at
+            # the queue needed). Otherwise it is waiting for the head's delay to end, which this request
+            # does not move: under load with a delay, waking it for every request cost a context switch and
+            # a look at the queue each (docs/benchmarking.md).
+            if depth == 1 or self._delay_s <= 0 or self._dispatchable(time.perf_counter()):
                 self._cond.notify()
         self._depth_changed(depth)
 
