@@ -25,7 +25,7 @@ from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ou
 from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import MappedArena
-from resnet_serve.server.ipc.channel import Frames, Message, frame
+from resnet_serve.server.ipc.channel import CorruptStream, Frames, Message, frame
 from resnet_serve.server.ipc.depths import SLOTS, QueueDepths
 from resnet_serve.server.ipc.failures import failure_of
 from resnet_serve.server.models.catalog import Catalog, EntryView, VersionView
@@ -108,10 +108,10 @@ class WorkerLink:
                         self._dispatch(message, lone)
                     except Exception:
                         log.exception("worker %d: failed to handle a %r message", self.index, message[0])
+        except CorruptStream:  # before OSError, of which it is one: a bug to report, not a worker's exit
+            log.exception("worker %d sent a corrupt stream", self.index)
         except OSError as exc:
             log.debug("worker %d's socket: %s", self.index, exc)
-        except ConnectionError:
-            log.exception("worker %d sent a corrupt stream", self.index)
         with contextlib.suppress(RuntimeError):  # the loop is closed: the engine is exiting
             self._loop.call_soon_threadsafe(self._lost)
 

@@ -32,6 +32,10 @@ _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 Message = tuple[Any, ...]
 
 
+class CorruptStream(ConnectionError):
+    """The bytes on the socket are not this program's framing: the connection cannot go on (a bug)."""
+
+
 def frame(message: Message) -> bytes:
     """One message as it goes on the wire: its length, then its pickle."""
     payload = pickle.dumps(message, _PROTOCOL)
@@ -60,13 +64,13 @@ class Frames:
             while end - start >= 4:
                 (size,) = _HEADER.unpack_from(source, start)
                 if size > MAX_MESSAGE:
-                    raise ConnectionError(f"a message of {size} bytes: the stream is corrupt")
+                    raise CorruptStream(f"a message of {size} bytes: the stream is corrupt")
                 if end - start - 4 < size:
                     break
                 messages.append(pickle.loads(source[start + 4 : start + 4 + size]))
                 start += 4 + size
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            raise ConnectionError(f"a message that does not unpickle ({exc}): the stream is corrupt") from exc
+            raise CorruptStream(f"a message that does not unpickle ({exc}): the stream is corrupt") from exc
         finally:
             if held:
                 source.release()
@@ -93,7 +97,7 @@ class Channel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._frames.feed(data)
-        except ConnectionError:
+        except CorruptStream:
             log.exception("closing the connection to the other process")
             self.close()
             return
