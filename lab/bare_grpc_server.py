@@ -38,7 +38,7 @@ import numpy as np
 
 from resnet_serve.formats.datatypes import WIRE_DTYPES, numpy_to_kserve
 from resnet_serve.protos import grpc_service_pb2 as pb
-from resnet_serve.server.ipc.channel import Frames, Message, frame
+from resnet_serve.server.ipc.channel import Channel, Frames, Message, connect, frame
 
 SERVICE = "inference.GRPCInferenceService"
 _MB = 1024 * 1024
@@ -97,30 +97,28 @@ def answer(request: Any, outputs: list[tuple[str, Any, tuple[int, ...], bytes]])
 # ------------------------------------------------------------------------------------ --hop: the split
 
 
-class Hop(asyncio.Protocol):
-    """The front end's end of the socketpair to its engine process: one message out per request (those of
-    one event loop turn in one write), its answer awaited."""
+class Hop:
+    """The front end's end of the socketpair to its engine process (resnet-serve's `Channel`): one message
+    out per request (those of one event loop turn in one write), its answer awaited."""
 
     def __init__(self) -> None:
-        self._frames = Frames()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._outbox: list[bytes] = []
-        self._transport: asyncio.Transport | None = None
+        self._channel: Channel | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+    async def open(self, sock: socket.socket) -> None:
+        self._channel = await connect(sock, self._answered, self._lost)
 
-    def data_received(self, data: bytes) -> None:
-        for rid, ok, value in self._frames.feed(data):
-            future = self._pending.pop(rid)
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(ValueError(value))
+    def _answered(self, message: Message) -> None:
+        rid, ok, value = message
+        future = self._pending.pop(rid)
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(ValueError(value))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self) -> None:
         for future in self._pending.values():
             future.set_exception(ConnectionError("the engine process is gone"))
         self._pending.clear()
@@ -137,8 +135,8 @@ class Hop(asyncio.Protocol):
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        assert self._transport is not None
-        self._transport.write(b"".join(outbox))
+        assert self._channel is not None
+        self._channel.write(b"".join(outbox))
 
 
 def engine(fd: int, models: dict[str, BareModel]) -> None:
@@ -242,7 +240,8 @@ async def serve(
 
     hop = None
     if engine_sock is not None:
-        _, hop = await asyncio.get_running_loop().create_unix_connection(Hop, sock=engine_sock)
+        hop = Hop()
+        await hop.open(engine_sock)
     options = [(k, 1 if k == "grpc.so_reuseport" and reuse_port else v) for k, v in OPTIONS]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handlers(models, hop),))
