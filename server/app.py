@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, write_ready
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
@@ -35,6 +35,7 @@ from resnet_serve.server.kserve import service as kserve
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
+from resnet_serve.server.registration import GenericOnly
 from resnet_serve.server.security import model_control
 from resnet_serve.server.security.files import SecurityError
 from resnet_serve.server.security_policy import SecurityPolicy
@@ -130,13 +131,20 @@ class InferenceServer:
                 ("grpc.http2.lookahead_bytes", 16 * _MB),
             ],
         )
+        # KServe first: grpc asks the generic handlers in the order they were added, and most calls are
+        # inference. No registered methods (server/registration.py says why).
+        kserve_service = kserve.register(server, self.ctx)
+        generic = GenericOnly(server)
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(  # type: ignore[no-untyped-call]
-            ImageClassifierService(self.manager, self.pool, self.ctx.in_flight), server
+            ImageClassifierService(self.manager, self.pool, self.ctx.in_flight), generic
         )
-        self.services = [IMAGE_SERVICE, kserve.register(server, self.ctx)]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        self.services = [IMAGE_SERVICE, kserve_service]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, generic)
+        # What reflection.enable_server_reflection does for a grpc.aio server, through `generic`.
+        names = [*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names),  # type: ignore[attr-defined]  # in its __all__
+            generic,
         )
         address = f"{bracketed(grpc_host)}:{config.grpc_port}"
         if config.allow_grpc:  # --allow-grpc false: the gRPC server is built but never listens

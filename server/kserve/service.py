@@ -67,8 +67,8 @@ Context = CallContext
 def register(server: grpc.aio.Server, ctx: ServerContext) -> str:
     """Add the KServe v2 service to `server`; returns its full service name (for health and reflection)."""
     handlers = method_handlers(KServeService(ctx))
+    # A generic handler only, no registered methods (server/registration.py says why).
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
     return SERVICE
 
 
