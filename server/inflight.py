@@ -80,18 +80,20 @@ class InFlightInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:  # every call after a method's first
+            return cached[1]
         if (
             handler is None
             or handler.unary_unary is None
             or not inspect.iscoroutinefunction(handler.unary_unary)
         ):
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
+            wrapped = handler
+        else:
+            wrapped = self._wrap(handler)
+        if handler is not None:
+            self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     def _wrap(self, handler: Handler) -> Handler:

@@ -86,7 +86,7 @@ async def decode_request(
 ) -> DecodedRequest:
     """Validate and decode a ModelInferRequest for `model`; raises ServeError INVALID_ARGUMENT. `regions`:
     the server's shared-memory registry (None: tensors in shared memory are refused)."""
-    specs = {spec.name: spec for spec in model.info.inputs}
+    specs = model.input_specs
     request = incoming.message
     raw = incoming.raw
     tensors = list(request.inputs)  # each pass over the repeated field builds its message wrappers again
@@ -94,7 +94,7 @@ async def decode_request(
     shared = [
         shared_tensor(t.parameters, f"input '{t.name}'", regions) if t.parameters else None for t in tensors
     ]
-    in_message = sum(1 for where in shared if where is None)
+    in_message = shared.count(None)
     if raw:
         for tensor in tensors:
             if tensor.HasField("contents"):
@@ -138,8 +138,8 @@ async def decode_request(
             preprocess_s = time.perf_counter() - start
         else:
             arrays[tensor.name] = _to_model_input(model, spec, tensor.datatype, array)
-    missing = [name for name in specs if name not in arrays]
-    if missing:
+    if len(arrays) != len(specs):  # every name in `arrays` is one of `specs`
+        missing = [name for name in specs if name not in arrays]
         raise invalid_argument(
             f"missing input(s) {missing} for model '{model.name}'; expected {_describe(specs)}"
         )
@@ -153,7 +153,7 @@ async def decode_request(
         _timeout(request, time_remaining),
         preprocess_s,
         shared_outputs,
-        [where for where in shared if where is not None],
+        [where for where in shared if where is not None] if in_message < len(shared) else [],
     )
 
 
@@ -289,7 +289,7 @@ async def _decode_images(
 def _requested_outputs(
     model: ServedModel, request: Any, regions: SharedMemoryRegistry | None
 ) -> tuple[list[tuple[str, int]], dict[str, SharedTensor]]:
-    names = [spec.name for spec in model.info.outputs]
+    names = model.output_names
     if not request.outputs:
         return [(name, 0) for name in names], {}
     out: list[tuple[str, int]] = []
@@ -300,7 +300,8 @@ def _requested_outputs(
             shared[requested.name] = where
         if requested.name not in names:
             raise invalid_argument(
-                f"unknown output {echo(requested.name)} for model '{model.name}'; expected one of {names}"
+                f"unknown output {echo(requested.name)} for model '{model.name}'; "
+                f"expected one of {list(names)}"
             )
         k = 0
         param = requested.parameters.get("classification")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from resnet_serve.formats.preprocess import Preprocessor
-from resnet_serve.runtime.base import Backend, BackendInfo
+from resnet_serve.runtime.base import Backend, BackendInfo, TensorSpec
 from resnet_serve.server.batching.batcher import BatchResult, Ticket
 from resnet_serve.server.batching.queue import BatchQueue
 from resnet_serve.server.config import ModelSettings
@@ -44,10 +44,15 @@ class ServedModel:
     # Execution instances: len(backends) where the backends are here; a worker process's copy of an engine's
     # model (server/remote/) has none and is told the count.
     instances: int = 0
+    # `info`'s inputs by name and its output names, made once: every request's decoding looks them up.
+    input_specs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.instances:
             self.instances = len(self.backends)
+        self.input_specs = {spec.name: spec for spec in self.info.inputs}
+        self.output_names = tuple(spec.name for spec in self.info.outputs)
 
     async def infer(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None
