@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.serving_floor import process_tree_cpu
 from resnet_serve.bench.loadgen import Closed, Open, StepResult, Timing, run_step
 from resnet_serve.bench.senders import ImageSender
 from resnet_serve.bench.workload import load_images
@@ -128,9 +129,10 @@ def pin_client() -> bool:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far (Linux /proc), in seconds, of the server process and every process
+    under it: `serve --workers N` does its protocol work in worker processes, whose time the engine's own
+    /proc entry does not hold (this counted only the engine's until 2026-12-07)."""
+    return sum(seconds for seconds, _ in process_tree_cpu(pid).values())
 
 
 def step_summary(step: StepResult, cpu_s: float | None = None) -> dict[str, Any]:
