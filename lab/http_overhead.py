@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lab.goodput import cpu_seconds  # the server's whole process tree (workers too)
 from lab.server_overhead import wait_ready
 from resnet_serve.bench import baseline
 from resnet_serve.bench.loadgen import Closed, StepResult, Timing, run_step
@@ -51,13 +52,6 @@ class Counted(Sender):
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc): unlike latency, hardly moved by how loaded
-    the machine is."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_pool224(path: Path) -> Path:

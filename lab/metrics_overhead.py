@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from lab.goodput import cpu_seconds  # the server's whole process tree (workers too)
 from resnet_serve.formats.metadata import LABELS_KEY, PREPROCESS_KEY
 from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
@@ -123,12 +124,6 @@ def running_server(model: Path, metrics: bool, extra: list[str], log_path: Path)
         ) as process,
     ):
         yield wait_ready(process, ready_file, 60, log=log_path).grpc_target, process.pid
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def closed_loop(

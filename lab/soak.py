@@ -50,6 +50,7 @@ from lab.goodput import (
     write,
     write_model,
 )
+from lab.serving_floor import process_tree_cpu
 from resnet_serve.bench.loadgen import Timing
 from resnet_serve.bench.workload import load_images
 from resnet_serve.protos import classifier_pb2 as pb
@@ -65,10 +66,16 @@ EXPECTED = {
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The resident memory of the server and every process under it (`serve --workers N`: the engine and
+    its workers; until 2026-12-07 the engine's alone)."""
+    total = 0
+    for member in process_tree_cpu(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return total / 1024
 
 
 def malformed(good: list[bytes]) -> tuple[list[bytes], list[bytes]]:
