@@ -24,6 +24,7 @@ from resnet_serve.server.config import (
     option,
     read_sources,
 )
+from resnet_serve.server.security import restrict
 from resnet_serve.server.security.restrict import Restriction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -406,3 +407,13 @@ def test_the_docs_table_lists_every_option_with_its_variable_and_default() -> No
     assert sorted(rows) == sorted(o.key for o in OPTIONS), "docs/server.md's table and the options differ"
     for opt in OPTIONS:
         assert rows[opt.key] == (opt.env, opt.shown_default), opt.key
+
+
+def test_a_restrictions_groups_are_sorted_in_json_so_the_same_settings_give_the_same_bytes() -> None:
+    groups = [g for g in restrict.GROUPS if g != restrict.HEALTH][::-1]
+    config = load_config(
+        parse("--model", "a=a.onnx", "--grpc-restricted-protocol", f"{','.join(groups)}:key=value"), {}
+    )
+    dumped = json.loads(config.model_dump_json())["grpc_restricted_protocol"][0]["groups"]
+    assert dumped == sorted(groups)
+    assert ServerConfig.model_validate_json(config.model_dump_json()) == config

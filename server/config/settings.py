@@ -16,6 +16,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
+    WrapSerializer,
     field_serializer,
     model_validator,
 )
@@ -49,6 +51,12 @@ def _workers(text: str) -> str:
     if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 256):
         raise ValueError(f"expected auto or a whole number from 1 to 256, got {text!r}")
     return text
+
+
+def _groups_in_order(value: Any, handler: SerializerFunctionWrapHandler) -> Any:
+    """In JSON each restriction's groups are sorted: a frozenset's order follows string hashes, which differ
+    from one process to the next, so the same settings gave different JSON (what a worker process is sent)."""
+    return [{**item, "groups": sorted(item["groups"])} for item in handler(value)]
 
 
 def _restrictions(value: Any) -> Any:
@@ -272,7 +280,11 @@ class ServerConfig(BaseModel):
     grpc_use_ssl_mutual: bool = option(
         False, "BOOL", "require a client certificate signed by --grpc-root-cert"
     )
-    grpc_restricted_protocol: Annotated[tuple[Restriction, ...], BeforeValidator(_restrictions)] = option(
+    grpc_restricted_protocol: Annotated[
+        tuple[Restriction, ...],
+        BeforeValidator(_restrictions),
+        WrapSerializer(_groups_in_order, when_used="json"),
+    ] = option(
         (),
         "GROUPS:KEY=VALUE",
         "require header triton-grpc-protocol-KEY=VALUE for these protocol groups (metadata, inference, "
