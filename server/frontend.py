@@ -73,14 +73,6 @@ class GrpcContext(CallContext):
     def answer_request_id(self, request_id: str) -> None:
         self._context.set_trailing_metadata(request_id_metadata(request_id))
 
-    def echo_request_id(self, request_field: str | None = None) -> str:
-        # CallContext's, in fewer calls: it is on every request's path.
-        context = self._context
-        client = request_id_from_metadata(context.invocation_metadata())
-        request_id = resolve_request_id(client, request_field)
-        context.set_trailing_metadata(request_id_metadata(request_id))
-        return request_id
-
     def time_remaining(self) -> float | None:
         return self._context.time_remaining()
 
