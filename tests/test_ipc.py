@@ -8,10 +8,12 @@ import os
 import pickle
 import socket
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
 
+from resnet_serve.server.batching.batcher import BatchResult
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import MIN_BLOCK, Arena, MappedArena, new_memfd
@@ -20,6 +22,11 @@ from resnet_serve.server.remote import link as link_module
 from resnet_serve.server.remote.link import EngineLink
 
 SIZE = 1 << 24
+
+
+async def infer(link: EngineLink, *args: Any, **kwargs: Any) -> BatchResult:
+    """One request through the link: sent, then its answer awaited (as a RemoteBatcher does)."""
+    return await link.answer(*link.send_infer(*args, **kwargs))
 
 
 def test_a_freed_block_is_reused_and_a_full_arena_says_so_instead_of_failing() -> None:
@@ -80,13 +87,13 @@ def test_an_idle_link_gives_back_the_arena_memory_a_burst_left(monkeypatch: pyte
         link = EngineLink(Arena(fd, SIZE))
         await link.open(ours)
         x = np.ones((1, 3, 224, 224), np.float32)  # 600 KB: a 1 MiB block in and one out
-        await asyncio.gather(*(link.infer("m", "1", {"x": x}, None, x.nbytes + 64) for _ in range(8)))
+        await asyncio.gather(*(infer(link, "m", "1", {"x": x}, None, x.nbytes + 64) for _ in range(8)))
         assert link.idle and _resident(fd) >= 8 * x.nbytes
         deadline = asyncio.get_running_loop().time() + 5
         while _resident(fd) > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         assert _resident(fd) == 0 and link.arena.held_free_bytes == 0
-        y = await link.infer("m", "1", {"x": x}, None, x.nbytes + 64)  # and serves as before
+        y = await infer(link, "m", "1", {"x": x}, None, x.nbytes + 64)  # and serves as before
         np.testing.assert_array_equal(y.outputs["y"], x * 2)
         ours.close()
 
@@ -149,7 +156,7 @@ def _engine(sock: socket.socket, arena: MappedArena, seen: list[tuple[object, ..
     while data := sock.recv(1 << 20):
         for message in frames.feed(data):
             seen.append(message)
-            _, rid, name, _version, tensors, out, _timeout = message
+            _, rid, name, _version, tensors, out, _timeout, _slot = message
             if name == "broken":
                 sock.sendall(frame((m.ERROR, rid, "INVALID_ARGUMENT", "no such input", "invalid_input")))
                 continue
@@ -178,14 +185,14 @@ def test_a_request_crosses_inline_or_through_the_arena_and_every_block_is_given_
         small = np.ones((1, 4), np.float32)  # inline
         large = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)  # through the arena
         a, b = await asyncio.gather(
-            link.infer("m", "1", {"x": small}, None, 0),
-            link.infer("m", "1", {"x": large}, 1.0, large.nbytes + 64),
+            infer(link, "m", "1", {"x": small}, None, 0),
+            infer(link, "m", "1", {"x": large}, 1.0, large.nbytes + 64, slot=3),
         )
         np.testing.assert_array_equal(a.outputs["y"], small * 2)
         np.testing.assert_array_equal(b.outputs["y"], large * 2)
         assert (b.queue_s, b.compute_s, b.batch_size) == (0.001, 0.002, 1)
         with pytest.raises(ServeError) as refused:
-            await link.infer("broken", "1", {"x": small}, None, 0)
+            await infer(link, "broken", "1", {"x": small}, None, 0)
         assert refused.value.message == "no such input" and refused.value.outcome == "invalid_input"
         assert link.arena.blocks_in_use == 0 and link.idle
         ours.close()
@@ -194,6 +201,7 @@ def test_a_request_crosses_inline_or_through_the_arena_and_every_block_is_given_
     tensors = [message[4] for message in seen]
     assert isinstance(tensors[0][0][3], bytes)  # type: ignore[index]  # the small tensor: in the message
     assert isinstance(tensors[1][0][3], int)  # type: ignore[index]  # the large one: an offset in the arena
+    assert [message[7] for message in seen] == [-1, 3, -1]  # the version's row of queue places, or none
     assert len(pickle.dumps(seen[1])) < 512
 
 
@@ -206,7 +214,7 @@ def test_when_the_engine_goes_away_waiting_requests_end_unavailable_at_once() ->
         lost = asyncio.Event()
         link.on_lost(lost.set)
         await link.open(ours)
-        waiting = asyncio.ensure_future(link.infer("m", "1", {"x": np.ones((1, 4), np.float32)}, None, 0))
+        waiting = asyncio.ensure_future(infer(link, "m", "1", {"x": np.ones((1, 4), np.float32)}, None, 0))
         await asyncio.sleep(0.05)
         theirs.close()  # the engine died with the request queued
         with pytest.raises(ServeError) as gone:
@@ -215,7 +223,7 @@ def test_when_the_engine_goes_away_waiting_requests_end_unavailable_at_once() ->
         await asyncio.wait_for(lost.wait(), 5)
         assert not link.alive
         with pytest.raises(ServeError):  # and every later one, without writing to a dead socket
-            await link.infer("m", "1", {"x": np.ones((1, 4), np.float32)}, None, 0)
+            await infer(link, "m", "1", {"x": np.ones((1, 4), np.float32)}, None, 0)
 
     asyncio.run(run())
 

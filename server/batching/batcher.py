@@ -217,7 +217,7 @@ class DynamicBatcher:
         self._closed = False
         self._running = 0  # batches being computed
         # Called with the queue's depth whenever it changes, on whichever thread changed it (the engine
-        # process publishes it to the workers: server/ipc/depths.py).
+        # process publishes it to the workers: server/ipc/places.py).
         self.depth_hook: Callable[[int], None] | None = None
         self._input_names = [spec.name for spec in self.info.inputs]
         self._input_set = frozenset(self._input_names)

@@ -26,8 +26,8 @@ from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
 from resnet_serve.server.ipc.arena import MappedArena
 from resnet_serve.server.ipc.channel import CorruptStream, Frames, Message, frame
-from resnet_serve.server.ipc.depths import SLOTS, QueueDepths
 from resnet_serve.server.ipc.failures import failure_of
+from resnet_serve.server.ipc.places import SLOTS, QueuePlaces
 from resnet_serve.server.models.catalog import Catalog, EntryView, VersionView
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ServedModel
@@ -118,7 +118,13 @@ class WorkerLink:
     def _dispatch(self, message: Message, lone: bool = False) -> None:
         kind = message[0]
         if kind == m.INFER:
-            _, rid, name, version, tensors, out, timeout_s = message
+            _, rid, name, version, tensors, out, timeout_s, slot = message
+            places = self.host.places
+            if places is not None and 0 <= slot < SLOTS:
+                # Off the socket: from here the request is queued, running or refused, and the depth counts
+                # it when queued. Counted first, so that the place is never counted twice, at worst a moment
+                # not at all (the batcher's own admission is the rule; server/ipc/places.py).
+                places.received(self.index, slot)
             self._infer(rid, name, version, tensors, out, timeout_s, lone)
         elif kind == m.CANCEL:
             entry = self._requests.get(message[1])
@@ -232,11 +238,11 @@ class EngineHost:
         manager: ModelManager,
         registry: SharedMemoryRegistry,
         metrics: ServerMetrics,
-        depths: QueueDepths | None = None,
+        places: QueuePlaces | None = None,
     ) -> None:
         self.manager = manager
-        self.depths = depths
-        self._slots: dict[int, int] = {}  # id(ServedModel) → its slot in `depths`
+        self.places = places
+        self._slots: dict[int, int] = {}  # id(ServedModel) → its row in `places`
         self.registry = registry
         self.metrics = metrics
         self.links: dict[int, WorkerLink] = {}
@@ -281,8 +287,9 @@ class EngineHost:
         return Catalog(tuple(entries), manager._accepting)
 
     def _slot(self, model: ServedModel, live: dict[int, int]) -> int:
-        """The version's place in the shared queue-depth table (its batcher writes there); -1: none."""
-        if self.depths is None:
+        """The version's row in the shared table of queue places (its batcher writes its depth there); -1:
+        none."""
+        if self.places is None:
             return -1
         slot = self._slots.get(id(model))
         if slot is None:
@@ -292,9 +299,9 @@ class EngineHost:
                 return -1
             batcher = model.batcher
             if isinstance(batcher, DynamicBatcher):
-                depths = self.depths
-                depths.set(slot, batcher.queue_depth)
-                batcher.depth_hook = lambda depth: depths.set(slot, depth)
+                places = self.places
+                places.set_depth(slot, batcher.queue_depth)
+                batcher.depth_hook = lambda depth: places.set_depth(slot, depth)
         live[id(model)] = slot
         return slot
 

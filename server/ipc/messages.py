@@ -1,9 +1,11 @@
 """The messages between a worker and the engine: each a tuple whose first item is one of these names.
 
 worker → engine
-    INFER rid name version tensors out timeout_s   one request (tensors: [(name, dtype, shape, data)]: data
+    INFER rid name version tensors out timeout_s slot
+                                                  one request (tensors: [(name, dtype, shape, data)]: data
                                                   is bytes or an array inline, or an int offset in the arena;
-                                                  out: (offset, capacity) in the arena for the outputs)
+                                                  out: (offset, capacity) in the arena for the outputs; slot:
+                                                  the version's row of queue places, server/ipc/places.py)
     CANCEL rid                                    the client went away; the engine answers rid all the same
     CALL rid op args                              model control, shared-memory registry, statistics
     READY grpc_port http_port                     the worker listens (once)

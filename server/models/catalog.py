@@ -37,7 +37,7 @@ class VersionView:
     load_s: float
     triton: TritonModelConfig | None
     serial: int  # the engine's id of this build: a reload gives a new one
-    slot: int  # its queue depth's place in the shared table (server/ipc/depths.py); -1: none
+    slot: int  # its row in the shared table of queue places (server/ipc/places.py); -1: none
 
     @classmethod
     def of(cls, model: ServedModel, slot: int = -1) -> VersionView:

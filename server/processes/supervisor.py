@@ -35,7 +35,7 @@ from resnet_serve.server.app import StartupError, bracketed, check_port_free, lo
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.engine.host import EngineHost, WorkerLink
 from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_memfd
-from resnet_serve.server.ipc.depths import QueueDepths, new_depths_fd
+from resnet_serve.server.ipc.places import QueuePlaces, new_places_fd
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
@@ -52,6 +52,7 @@ READY_TIMEOUT_S = 120.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 EXIT_WAIT_S = 5.0  # beyond the grace period, for a worker to exit after its drain
+LINK_CLOSE_WAIT_S = 5.0  # for the engine to read what a dead worker sent before its place is reset
 
 
 class Supervisor:
@@ -64,8 +65,9 @@ class Supervisor:
         self.metrics = ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
         self.manager = ModelManager(config, self.metrics)
         self.registry = SharedMemoryRegistry()
-        self._depths_fd = new_depths_fd()
-        self.host = EngineHost(self.manager, self.registry, self.metrics, QueueDepths(self._depths_fd, True))
+        self._places_fd = new_places_fd(workers)
+        self.places = QueuePlaces(self._places_fd, workers)
+        self.host = EngineHost(self.manager, self.registry, self.metrics, self.places)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.grpc_port: int | None = None
         self.http_port: int | None = None
@@ -148,19 +150,20 @@ class Supervisor:
         return self.config.model_copy(update=update).model_dump_json().encode()
 
     async def _spawn(self, index: int) -> WorkerLink:
+        self.places.reset(index)  # a new worker in this place holds no queue place yet
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd = new_memfd(DEFAULT_ARENA_BYTES, f"resnet-serve-worker-{index}")
         try:
             arena = MappedArena(fd, DEFAULT_ARENA_BYTES)
             level, fmt = self._log
-            argv = [child.fileno(), fd, DEFAULT_ARENA_BYTES, self._depths_fd, index, level, fmt]
+            argv = [child.fileno(), fd, DEFAULT_ARENA_BYTES, self._places_fd, self.workers, index, level, fmt]
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 WORKER_MODULE,
                 *map(str, argv),
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(child.fileno(), fd, self._depths_fd),
+                pass_fds=(child.fileno(), fd, self._places_fd),
             )
         except BaseException:
             parent.close()
@@ -231,6 +234,10 @@ class Supervisor:
             return
         log.warning("worker %d (pid %d) exited with status %s; starting it again", index, proc.pid, status)
         await asyncio.sleep(0.1 * (2 ** (len(recent) - 1)))
+        old = self.host.links.get(index)
+        if old is not None:  # its reader has taken the last of its requests off the socket: its counts stand
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(old.closed.wait(), LINK_CLOSE_WAIT_S)
         if self._stopping is not None:
             return
         try:

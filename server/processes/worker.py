@@ -28,13 +28,19 @@ ENGINE_LOST_LINGER_S = 1.0
 
 
 async def run(
-    sock_fd: int, arena_fd: int, arena_bytes: int, depths_fd: int, index: int, config_json: str
+    sock_fd: int,
+    arena_fd: int,
+    arena_bytes: int,
+    places_fd: int,
+    workers: int,
+    index: int,
+    config_json: str,
 ) -> int:
     from resnet_serve.server.app import InferenceServer, StartupError, freeze_startup_objects
     from resnet_serve.server.config import ServerConfig
     from resnet_serve.server.ipc import messages as m
     from resnet_serve.server.ipc.arena import Arena
-    from resnet_serve.server.ipc.depths import QueueDepths
+    from resnet_serve.server.ipc.places import QueuePlaces
     from resnet_serve.server.observability.metrics import ServerMetrics
     from resnet_serve.server.remote.link import EngineLink
     from resnet_serve.server.remote.manager import RemoteManager
@@ -48,8 +54,8 @@ async def run(
     metrics = ServerMetrics(enabled=config.metrics, triton_names=config.triton_metrics)
     registry = SharedMemoryRegistry()
     mirror(registry, link)
-    manager = RemoteManager(config, metrics, link, QueueDepths(depths_fd))
-    os.close(depths_fd)  # mapped
+    manager = RemoteManager(config, metrics, link, QueuePlaces(places_fd, workers, index))
+    os.close(places_fd)  # mapped
     link.on(m.PULL_METRICS, lambda rid: link.send((m.METRICS, rid, metrics.export())))
     await link.open(socket.socket(fileno=sock_fd))
     server = InferenceServer(
@@ -98,11 +104,11 @@ def keep_freed_memory() -> None:
 
 def main(argv: list[str]) -> int:
     keep_freed_memory()
-    sock_fd, arena_fd, arena_bytes, depths_fd, index = (int(a) for a in argv[:5])
-    configure_logging(argv[5], argv[6])
+    sock_fd, arena_fd, arena_bytes, places_fd, workers, index = (int(a) for a in argv[:6])
+    configure_logging(argv[6], argv[7])
     quiet_grpc_core()  # before grpc is imported
     config_json = sys.stdin.read()
-    return asyncio.run(run(sock_fd, arena_fd, arena_bytes, depths_fd, index, config_json))
+    return asyncio.run(run(sock_fd, arena_fd, arena_bytes, places_fd, workers, index, config_json))
 
 
 if __name__ == "__main__":

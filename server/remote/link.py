@@ -1,11 +1,11 @@
 """A worker's connection to the engine: requests out, answers in, and what the engine pushes.
 
-`infer` writes a request's tensors into the worker's arena (server/ipc/arena.py; small ones go inline), sends
-one INFER message and waits for its RESULT or ERROR; the blocks are freed when that answer arrives, because
-until then the engine may still read them. `call` runs one CALL (model control, the shared-memory registry,
-statistics) and returns its REPLY. CATALOG, REGIONS and PULL_METRICS messages go to the handlers the worker
-sets. When the connection is lost (the engine died) every request waiting on it ends UNAVAILABLE at once, and
-`on_lost` runs.
+`send_infer` writes a request's tensors into the worker's arena (server/ipc/arena.py; small ones go
+inline) and sends one INFER message; `answer` waits for its RESULT or ERROR. The blocks are freed when that
+answer arrives, because until then the engine may still read them. `call` runs one CALL (model control, the
+shared-memory registry, statistics) and returns its REPLY. CATALOG, REGIONS and PULL_METRICS messages go to
+the handlers the worker sets. When the connection is lost (the engine died) every request waiting on it ends
+UNAVAILABLE at once, and `on_lost` runs.
 """
 
 from __future__ import annotations
@@ -95,11 +95,19 @@ class EngineLink:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    async def infer(
-        self, name: str, version: str, inputs: dict[str, np.ndarray], timeout_s: float | None, out_bytes: int
-    ) -> BatchResult:
-        """Run one request on the engine's batcher of `name` `version`; `out_bytes` is the outputs' size
-        when it is known (0: unknown, they come back inline)."""
+    def send_infer(
+        self,
+        name: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+        out_bytes: int,
+        slot: int = -1,
+    ) -> tuple[int, asyncio.Future[BatchResult]]:
+        """Send one request for the engine's batcher of `name` `version` (raises, having sent nothing, when
+        it cannot be), and return what `answer` waits on. `out_bytes` is the outputs' size when it is known
+        (0: unknown, they come back inline); `slot` the version's row of queue places (server/ipc/places.py),
+        -1 for none."""
         if not self.alive:
             raise unavailable(ENGINE_GONE)
         arena = self.arena
@@ -129,10 +137,14 @@ class EngineLink:
         self._pending[rid] = _Request(future, blocks, out)
         self._last_request = self._loop.time()
         try:
-            self.send((m.INFER, rid, name, version, tensors, out_spec, timeout_s))
+            self.send((m.INFER, rid, name, version, tensors, out_spec, timeout_s, slot))
         except BaseException:
             self._finish(rid)
             raise
+        return rid, future
+
+    async def answer(self, rid: int, future: asyncio.Future[BatchResult]) -> BatchResult:
+        """The engine's answer to request `rid`, sent by `send_infer` (cancelled: the engine is told)."""
         try:
             return await future
         except asyncio.CancelledError:

@@ -21,7 +21,7 @@ from resnet_serve.server.batching.batcher import BatchResult, Ticket, check_rows
 from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import unavailable
 from resnet_serve.server.ipc import messages as m
-from resnet_serve.server.ipc.depths import QueueDepths
+from resnet_serve.server.ipc.places import QueuePlaces
 from resnet_serve.server.models.catalog import Catalog, VersionView
 from resnet_serve.server.models.manager import ModelManager, _Entry
 from resnet_serve.server.models.overrides import LoadOverride
@@ -38,10 +38,10 @@ _ALIGN = 64  # the engine starts each output in the out block at a multiple of t
 class RemoteBatcher:
     """A worker's handle on the engine's batcher of one model version."""
 
-    def __init__(self, link: EngineLink, view: VersionView, depths: QueueDepths | None = None) -> None:
+    def __init__(self, link: EngineLink, view: VersionView, places: QueuePlaces | None = None) -> None:
         self._link = link
-        self._depths = depths
         self._slot = view.slot
+        self._places = places if view.slot >= 0 else None
         self.name = view.name
         self.version = view.version
         self.config = view.settings.batching
@@ -71,32 +71,48 @@ class RemoteBatcher:
         return self._waiting == 0
 
     def reserve(self, places: int = 1) -> Ticket:
-        """A place per request about to be decoded, refused (UNAVAILABLE) when the engine's queue, as it
-        last published it (server/ipc/depths.py), has no room for it and the places this worker has claimed:
-        before any decoding. The engine's batcher still decides: another worker may take the last place."""
-        queued = self._depths.get(self._slot) if self._depths is not None else self._waiting
-        if queued + self._reserved + places > self.config.max_queue_size:
+        """A place per request about to be decoded, refused (UNAVAILABLE) before any decoding when the
+        engine's queue has no room for it: counting what every worker has claimed or sent and the engine has
+        not queued yet (server/ipc/places.py). The engine's batcher still decides."""
+        shared = self._places
+        taken = shared.taken(self._slot) if shared is not None else self._waiting + self._reserved
+        if taken + places > self.config.max_queue_size:
             raise full_queue(self.name, self.config.max_queue_size)
+        if shared is not None:
+            shared.claim(self._slot, places)
         self._reserved += places
         return Ticket(self._release, places)
 
     def _release(self, ticket: Ticket) -> None:
+        """The places a call claimed and did not fill, given back."""
+        if self._places is not None:
+            self._places.claim(self._slot, -ticket.places)
         self._reserved -= ticket.places
         ticket.places = 0
 
     async def submit(
         self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, ticket: Ticket | None = None
     ) -> BatchResult:
-        if ticket is not None and ticket.places > 0:
+        shared = self._places
+        if ticket is not None and ticket.places > 0:  # the place it claimed goes with it to the engine
             ticket.places -= 1
             self._reserved -= 1
+        elif shared is not None:
+            shared.claim(self._slot, 1)
         rows = 1
         if self.batched and inputs:
             rows = next(iter(inputs.values())).shape[0]
         out_bytes = rows * self._row_bytes + self._slack if self._row_bytes else 0
+        link = self._link
+        try:
+            sent = link.send_infer(self.name, self.version, inputs, timeout_s, out_bytes, self._slot)
+        except BaseException:
+            if shared is not None:  # never sent: the engine will not count it received
+                shared.claim(self._slot, -1)
+            raise
         self._waiting += 1
         try:
-            return await self._link.infer(self.name, self.version, inputs, timeout_s, out_bytes)
+            return await link.answer(*sent)
         finally:
             self._waiting -= 1
 
@@ -118,11 +134,11 @@ class RemoteManager(ModelManager):
         config: ServerConfig,
         metrics: ServerMetrics,
         link: EngineLink,
-        depths: QueueDepths | None = None,
+        places: QueuePlaces | None = None,
     ) -> None:
         super().__init__(config, metrics)
         self._link = link
-        self._depths = depths
+        self._places = places
         self._serials: dict[tuple[str, str], tuple[int, ServedModel]] = {}
         self._catalog_seen = asyncio.Event()
         link.on(m.CATALOG, self.apply)
@@ -161,7 +177,7 @@ class RemoteManager(ModelManager):
             info=view.info,
             labels=list(view.labels),
             preprocessor=preprocessor,
-            batcher=RemoteBatcher(self._link, view, self._depths),
+            batcher=RemoteBatcher(self._link, view, self._places),
             metrics=self.metrics.model(view.name, view.version),
             backends=[],
             load_s=view.load_s,
