@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import struct
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import docs_commands
 
 from lab import serving_floor
 from resnet_serve.protos import grpc_service_pb2 as pb
@@ -110,12 +110,7 @@ def test_without_h2load_it_says_how_to_install_it(
 
 def documented_arguments() -> list[str]:
     """The arguments of the `python -m lab.serving_floor` command docs/benchmarking.md's section shows."""
-    text = (ROOT / "docs" / "benchmarking.md").read_text()
-    assert SECTION in text, f"docs/benchmarking.md lost its section {SECTION!r}"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    commands = [line for line in section.splitlines() if line.startswith("python -m lab.serving_floor ")]
-    assert commands, "the section shows no python -m lab.serving_floor command"
-    return shlex.split(commands[0])[3:]
+    return docs_commands.documented_arguments("benchmarking.md", SECTION, "lab.serving_floor")
 
 
 @pytest.mark.slow
