@@ -11,14 +11,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
+from support.tiny_model import write_tiny_onnx
 
 from resnet_serve.runtime.base import BackendInfo, TensorSpec
-from resnet_serve.server.batching.batcher import BatchResult, Ticket
-from resnet_serve.server.config import BatchingConfig, ModelSettings
+from resnet_serve.server.batching.batcher import BatchResult, DynamicBatcher, Ticket
+from resnet_serve.server.config import BatchingConfig, ModelSettings, ServerConfig
+from resnet_serve.server.engine.host import EngineHost
 from resnet_serve.server.errors import ServeError, unavailable
 from resnet_serve.server.ipc.places import QueuePlaces, new_places_fd
 from resnet_serve.server.models.catalog import VersionView
+from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.remote.manager import RemoteBatcher
+from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 SLOT = 7
 F32 = np.dtype(np.float32)
@@ -168,3 +174,45 @@ def test_a_ticket_given_back_unused_frees_its_places_for_every_worker() -> None:
     ticket.release()
     assert not refused(a)
     held.release()
+
+
+def test_a_version_replaced_by_a_reload_stops_writing_its_depth_into_the_row_it_gave_up(
+    tmp_path: Path,
+) -> None:
+    """The engine gives each version a row and hooks its batcher to it; a retired version (still draining)
+    must not write into a row that a later version may be given."""
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    config = ServerConfig(metrics_port=-1, models=(ModelSettings(name="tiny", path=str(model)),))
+    fd = new_places_fd(1)
+    try:
+        places = QueuePlaces(fd, 1)
+    finally:
+        os.close(fd)
+
+    async def run() -> None:
+        metrics = ServerMetrics(registry=CollectorRegistry())
+        manager = ModelManager(config, metrics)
+        host = EngineHost(manager, SharedMemoryRegistry(), metrics, places)
+        try:
+            await manager.start()
+            first = manager.get("tiny")
+            (old_slot,) = [v.slot for e in host.catalog().entries for v in e.versions]
+            assert isinstance(first.batcher, DynamicBatcher) and first.batcher.depth_hook is not None
+            await manager.load("tiny")  # a reload: a new build replaces the first
+            second = manager.get("tiny")
+            assert second is not first
+            (new_slot,) = [v.slot for e in host.catalog().entries for v in e.versions]
+            assert first.batcher.depth_hook is None
+            assert isinstance(second.batcher, DynamicBatcher) and second.batcher.depth_hook is not None
+            second.batcher.depth_hook(3)
+            assert places.taken(new_slot) == 3
+            await manager.load("tiny")  # the first one's row is free again, and the next build may take it
+            third = manager.get("tiny")
+            (third_slot,) = [v.slot for e in host.catalog().entries for v in e.versions]
+            assert new_slot != old_slot and third_slot == old_slot  # the first one's row, now the third's
+            assert second.batcher.depth_hook is None
+            assert isinstance(third.batcher, DynamicBatcher) and third.batcher.depth_hook is not None
+        finally:
+            await manager.close(1)
+
+    asyncio.run(run())

@@ -242,7 +242,9 @@ class EngineHost:
     ) -> None:
         self.manager = manager
         self.places = places
-        self._slots: dict[int, int] = {}  # id(ServedModel) → its row in `places`
+        # id(ServedModel) → its row in `places`, and the version itself (held, so that its id is not a new
+        # version's while it is here)
+        self._slots: dict[int, tuple[int, ServedModel]] = {}
         self.registry = registry
         self.metrics = metrics
         self.links: dict[int, WorkerLink] = {}
@@ -272,7 +274,7 @@ class EngineHost:
     def catalog(self) -> Catalog:
         manager = self.manager
         entries = []
-        live: dict[int, int] = {}
+        live: dict[int, tuple[int, ServedModel]] = {}
         for name, entry in manager._entries.items():
             entries.append(
                 EntryView(
@@ -283,17 +285,23 @@ class EngineHost:
                     unloaded=entry.unloaded,
                 )
             )
+        for key in self._slots.keys() - live.keys():
+            retired = self._slots[key][1].batcher
+            if isinstance(retired, DynamicBatcher):
+                retired.depth_hook = None  # its row may be another version's from now on
         self._slots = live  # a retired version's slot is free again
         return Catalog(tuple(entries), manager._accepting)
 
-    def _slot(self, model: ServedModel, live: dict[int, int]) -> int:
+    def _slot(self, model: ServedModel, live: dict[int, tuple[int, ServedModel]]) -> int:
         """The version's row in the shared table of queue places (its batcher writes its depth there); -1:
         none."""
         if self.places is None:
             return -1
-        slot = self._slots.get(id(model))
-        if slot is None:
-            used = set(self._slots.values()) | set(live.values())
+        known = self._slots.get(id(model))
+        if known is not None:
+            slot = known[0]
+        else:
+            used = {s for s, _ in self._slots.values()} | {s for s, _ in live.values()}
             slot = next((s for s in range(SLOTS) if s not in used), -1)
             if slot < 0:
                 return -1
@@ -302,7 +310,7 @@ class EngineHost:
                 places = self.places
                 places.set_depth(slot, batcher.queue_depth)
                 batcher.depth_hook = lambda depth: places.set_depth(slot, depth)
-        live[id(model)] = slot
+        live[id(model)] = (slot, model)
         return slot
 
     def broadcast_catalog(self) -> None:
