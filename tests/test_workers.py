@@ -24,6 +24,8 @@ from support.server import ServerProcess, scrape, start_server, stop_server
 from support.tiny_model import write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
+from resnet_serve.server.ipc.places import SLOTS, QueuePlaces
+
 pytestmark = pytest.mark.slow
 
 SHAPE = (1, 8, 8)
@@ -55,6 +57,24 @@ def connections(port: int, pids: list[int]) -> dict[int, int]:
             if link.startswith("socket:[") and link[8:-1] in inodes:
                 counts[pid] += 1
     return counts
+
+
+def queue_places(engine: int, workers: int, worker: int | None = None) -> QueuePlaces:
+    """The engine's table of queue places (server/ipc/places.py), mapped here through its /proc fd."""
+    for entry in Path(f"/proc/{engine}/fd").iterdir():
+        if "resnet-serve-queue-places" in os.readlink(entry):
+            fd = os.open(entry, os.O_RDWR)
+            try:
+                return QueuePlaces(fd, workers, worker)
+            finally:
+                os.close(fd)
+    raise AssertionError("the engine holds no table of queue places")
+
+
+def worker_index(pid: int) -> int:
+    """A worker process's place among the workers (its command line: server/processes/worker.py's main)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"resnet_serve.server.processes.worker") + 6])
 
 
 def children(pid: int) -> list[int]:
@@ -222,6 +242,11 @@ def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(
         for thread in threads:
             thread.start()
         time.sleep(0.5)
+        # As if it died holding places (decoding, or sent and never read): in a row no model uses, so that
+        # this write races with none of the worker's own
+        held = queue_places(server.proc.pid, 2, worker_index(workers[0]))
+        held.claim(SLOTS - 1, 3)
+        assert held.taken(SLOTS - 1) == 3
         os.kill(workers[0], signal.SIGKILL)
         time.sleep(1.0)
         stop.set()
@@ -237,6 +262,9 @@ def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(
         for _ in range(CONNECTIONS):  # every connection is answered again, the new worker's too
             infer(server.target, np.ones((1, *SHAPE), dtype=np.float32))
         assert any("exited with status -9" in line for line in server.log)
+        # Nothing in flight now: no queue place is still held, not even those the killed worker held
+        table = queue_places(server.proc.pid, 2)
+        assert [slot for slot in range(SLOTS) if table.taken(slot)] == []
     finally:
         assert stop_server(server) == 0, "".join(server.log)
 
