@@ -28,30 +28,44 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def test_one_process_serving_cpu_is_its_main_thread_and_not_its_other_threads() -> None:
-    before = refusal_cost.serving_threads_cpu(os.getpid())
-    worker = threading.Thread(target=_burn, args=(0.6,))  # a compute thread: not serving
+def test_one_process_serving_cpu_is_every_thread_but_the_busiest_after_the_main_one() -> None:
+    before = {100: 1.0, 101: 2.0, 102: 0.5}
+    after = {100: 1.4, 101: 5.0, 102: 0.6, 103: 0.2}  # 101 computes; 103 started during the run
+    assert refusal_cost.serving_cpu(before, after, pid=100) == pytest.approx(0.4 + 0.1 + 0.2)
+    assert refusal_cost.serving_cpu({100: 1.0}, {100: 1.5}, pid=100) == pytest.approx(0.5)  # no other thread
+
+
+def test_a_thread_that_burns_cpu_shows_in_its_own_entry() -> None:
+    burnt, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        _burn(0.4)
+        burnt.set()
+        done.wait(30)  # alive while it is read
+
+    before = refusal_cost.thread_cpu(os.getpid())
+    worker = threading.Thread(target=work)
     worker.start()
-    worker.join()
-    after_worker = refusal_cost.serving_threads_cpu(os.getpid())
-    _burn(0.3)  # the main thread: serving
-    after_main = refusal_cost.serving_threads_cpu(os.getpid())
-    assert after_worker - before < 0.2
-    assert after_main - after_worker >= 0.2
+    try:
+        assert burnt.wait(30)
+        after = refusal_cost.thread_cpu(os.getpid())
+    finally:
+        done.set()
+        worker.join()
+    assert worker.native_id in after and after[worker.native_id] >= 0.3
+    assert after[os.getpid()] - before[os.getpid()] < 0.3  # the main thread only waited
 
 
-def test_a_worker_process_counts_as_serving_and_the_root_as_the_engine() -> None:
+def test_a_worker_process_counts_as_a_worker_and_the_root_as_the_engine() -> None:
     burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
     burn += "time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", burn, refusal_cost.WORKER_MODULE])
     try:
         deadline = time.monotonic() + 20
-        while refusal_cost.cpu_by_role(os.getpid(), one_process=False)["worker"] < 0.4:
+        while refusal_cost.process_cpu(os.getpid())["worker"] < 0.4:
             assert time.monotonic() < deadline, "the child's CPU never showed as a worker's"
             time.sleep(0.1)
-        roles = refusal_cost.cpu_by_role(os.getpid(), one_process=False)
-        assert roles["serving"] == roles["worker"] >= 0.4
-        assert roles["engine"] > 0
+        assert refusal_cost.process_cpu(os.getpid())["engine"] > 0
     finally:
         child.kill()
         child.wait()
@@ -84,6 +98,7 @@ def test_the_documented_command_with_tiny_bounds_counts_every_request_as_served_
         if row["server"] != "bare":
             # the server's own statistics: every request answered, most of them refused (a queue of one)
             assert row["served"] + row["refused"] == 300 and row["refused"] > row["served"] > 0
-    workers2 = result["rounds"][2]
+    one, workers2 = result["rounds"][1], result["rounds"][2]
+    assert 0 < one["serving_cpu_us_per_request"] < one["cpu_us_per_request"]  # the compute thread left out
     assert workers2["serving_cpu_us_per_request"] == workers2["worker_cpu_us_per_request"] > 0
     assert {e["server"] for e in result["summary"]} == {r["server"] for r in result["rounds"]}
