@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -37,10 +36,11 @@ from typing import Any
 
 from lab.goodput import write_model
 from lab.serving_floor import (
-    INSTALL_H2LOAD,
     READY_TIMEOUT_S,
+    check_cpus,
     cpu_description,
     grpc_frame,
+    missing_tools,
     parse_h2load,
     process_tree_cpu,
 )
@@ -297,8 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_server is not None:
         asyncio.run(_bare_server(args.bare_server))
         return 0
-    if shutil.which("h2load") is None or shutil.which("taskset") is None:
-        print(f"refusal_cost: {INSTALL_H2LOAD} (and taskset, util-linux)", file=sys.stderr)
+    if (
+        min(args.rounds, args.requests, args.warmup_requests, args.connections, args.streams) < 1
+        or min(args.workers) < 1
+    ):
+        parser.error("--rounds, --requests, --warmup-requests, --connections, --streams, --workers: each ≥ 1")
+    check_cpus(parser, args)
+    missing = missing_tools()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     result = run(args)
     print("median serving CPU per request (a refusal's cost; with workers, the workers'):")

@@ -227,6 +227,29 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
+def check_cpus(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--server-cpus and --client-cpus must be CPU lists of CPUs this process may use (exits 2 otherwise)."""
+    usable = os.sched_getaffinity(0)
+    for option, value in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
+        try:
+            outside = cpu_list(value) - usable
+        except ValueError:
+            parser.error(f"{option} {value}: expected a CPU list such as 0 or 0,1 or 0-3")
+        if outside:
+            parser.error(
+                f"{option} {value}: CPU {min(outside)} is not one this process may use {sorted(usable)}"
+            )
+
+
+def missing_tools() -> str | None:
+    """What to install when h2load or taskset is missing; None when both are here."""
+    if shutil.which("h2load") is None:
+        return INSTALL_H2LOAD
+    if shutil.which("taskset") is None:
+        return "taskset is not installed: apt-get install -y util-linux"
+    return None
+
+
 def _pinned(cpus: str, command: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *command]
 
@@ -653,21 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes: unknown {', '.join(bad)} (choose from {', '.join(SIZES)})")
     if min(args.rounds, args.connections, args.streams, args.warmup_requests, args.min_requests) < 1:
         parser.error("--rounds, --connections, --streams and the request counts must be ≥ 1")
-    usable = os.sched_getaffinity(0)
-    for option, value in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
-        try:
-            outside = cpu_list(value) - usable
-        except ValueError:
-            parser.error(f"{option} {value}: expected a CPU list such as 0 or 0,1 or 0-3")
-        if outside:
-            parser.error(
-                f"{option} {value}: CPU {min(outside)} is not one this process may use {sorted(usable)}"
-            )
-    if shutil.which("h2load") is None:
-        print(INSTALL_H2LOAD, file=sys.stderr)
-        return 2
-    if shutil.which("taskset") is None:
-        print("taskset is not installed: apt-get install -y util-linux", file=sys.stderr)
+    check_cpus(parser, args)
+    missing = missing_tools()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     result = run(args)
     print_report(result)

@@ -102,3 +102,22 @@ def test_the_documented_command_with_tiny_bounds_counts_every_request_as_served_
     assert 0 < one["serving_cpu_us_per_request"] < one["cpu_us_per_request"]  # the compute thread left out
     assert workers2["serving_cpu_us_per_request"] == workers2["worker_cpu_us_per_request"] > 0
     assert {e["server"] for e in result["summary"]} == {r["server"] for r in result["rounds"]}
+
+
+def test_bad_arguments_and_a_missing_h2load_are_told_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beyond = max(os.sched_getaffinity(0)) + 1
+    for argv, said in (
+        (["--server-cpus", str(beyond)], f"CPU {beyond} is not one this process may use"),
+        (["--client-cpus", "one"], "expected a CPU list"),
+        (["--rounds", "0"], "each ≥ 1"),
+        (["--workers", "2,0"], "each ≥ 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            refusal_cost.main(argv)
+        assert exit_info.value.code == 2
+        assert said in capsys.readouterr().err
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert refusal_cost.main([]) == 2
+    assert "apt-get install -y nghttp2-client" in capsys.readouterr().err
