@@ -37,11 +37,10 @@ from typing import Any
 from lab.goodput import write_model
 from lab.serving_floor import (
     READY_TIMEOUT_S,
-    check_cpus,
     cpu_description,
     grpc_frame,
-    missing_tools,
     parse_h2load,
+    preflight,
     process_tree_cpu,
 )
 from resnet_serve.formats.files import write_json_atomic
@@ -302,10 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         or min(args.workers) < 1
     ):
         parser.error("--rounds, --requests, --warmup-requests, --connections, --streams, --workers: each ≥ 1")
-    check_cpus(parser, args)
-    missing = missing_tools()
-    if missing:
-        print(missing, file=sys.stderr)
+    if not preflight(parser, args):
         return 2
     result = run(args)
     print("median serving CPU per request (a refusal's cost; with workers, the workers'):")

@@ -227,8 +227,9 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def check_cpus(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--server-cpus and --client-cpus must be CPU lists of CPUs this process may use (exits 2 otherwise)."""
+def preflight(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """Before anything starts: --server-cpus and --client-cpus must be CPU lists of CPUs this process may use
+    (argparse's exit 2 otherwise); False, having said what to install, when h2load or taskset is missing."""
     usable = os.sched_getaffinity(0)
     for option, value in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
         try:
@@ -239,15 +240,13 @@ def check_cpus(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(
                 f"{option} {value}: CPU {min(outside)} is not one this process may use {sorted(usable)}"
             )
-
-
-def missing_tools() -> str | None:
-    """What to install when h2load or taskset is missing; None when both are here."""
     if shutil.which("h2load") is None:
-        return INSTALL_H2LOAD
+        print(INSTALL_H2LOAD, file=sys.stderr)
+        return False
     if shutil.which("taskset") is None:
-        return "taskset is not installed: apt-get install -y util-linux"
-    return None
+        print("taskset is not installed: apt-get install -y util-linux", file=sys.stderr)
+        return False
+    return True
 
 
 def _pinned(cpus: str, command: list[str]) -> list[str]:
@@ -676,10 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes: unknown {', '.join(bad)} (choose from {', '.join(SIZES)})")
     if min(args.rounds, args.connections, args.streams, args.warmup_requests, args.min_requests) < 1:
         parser.error("--rounds, --connections, --streams and the request counts must be ≥ 1")
-    check_cpus(parser, args)
-    missing = missing_tools()
-    if missing:
-        print(missing, file=sys.stderr)
+    if not preflight(parser, args):
         return 2
     result = run(args)
     print_report(result)
