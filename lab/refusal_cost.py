@@ -107,9 +107,11 @@ def serving_cpu(before: dict[int, float], after: dict[int, float], pid: int) -> 
 
 
 def process_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the "worker" processes under `pid` and of `pid` itself, the "engine"."""
-    roles = {"worker": 0.0, "engine": 0.0}
+    """CPU seconds so far of the "worker" processes under `pid`, of `pid` itself (the "engine"), and of all
+    of them ("total")."""
+    roles = {"worker": 0.0, "engine": 0.0, "total": 0.0}
     for child, (seconds, cmdline) in process_tree_cpu(pid).items():
+        roles["total"] += seconds
         if WORKER_MODULE in cmdline:
             roles["worker"] += seconds
         elif child == pid:
@@ -188,9 +190,7 @@ def measure(name: str, model: Path, data: Path, args: argparse.Namespace, folder
         one_process = name.endswith(" 1")
         before = counts(port) if ours else (0, 0)
         threads0, cpu0 = thread_cpu(process.pid), process_cpu(process.pid)
-        total0 = sum(s for s, _ in process_tree_cpu(process.pid).values())
         run = h2load(port, data, args.requests, args)
-        total1 = sum(s for s, _ in process_tree_cpu(process.pid).values())
         threads1, cpu1 = thread_cpu(process.pid), process_cpu(process.pid)
         after = counts(port) if ours else (0, 0)
     finally:
@@ -200,7 +200,7 @@ def measure(name: str, model: Path, data: Path, args: argparse.Namespace, folder
         "server": name,
         "requests": int(run["done"]),
         "requests_per_s": run["requests_per_s"],
-        "cpu_us_per_request": (total1 - total0) / done * 1e6,
+        "cpu_us_per_request": (cpu1["total"] - cpu0["total"]) / done * 1e6,
     }
     if ours:
         row["served"] = after[0] - before[0]
@@ -276,12 +276,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def worker_counts(text: str) -> list[int]:
+    """--workers: "1,2" → [1, 2]."""
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        message = f"expected numbers separated by commas, like 1,2; got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.refusal_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of every server")
     parser.add_argument("--requests", type=int, default=20000, help="h2load requests per run")
     parser.add_argument("--warmup-requests", type=int, default=2000)
-    parser.add_argument("--workers", type=lambda s: [int(n) for n in s.split(",")], default=[1, 2],
+    parser.add_argument("--workers", type=worker_counts, default=[1, 2],
                         help="resnet-serve --workers values, comma-separated (default 1,2)")  # fmt: skip
     parser.add_argument(
         "--slow-layers", type=int, default=200, help="the model's 1024×1024 products per image"
