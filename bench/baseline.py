@@ -22,6 +22,14 @@ class BaselineResult:
     runs: int
     latency: LatencySummary  # per batch, ms
     throughput: float  # inferences per second, one batch at a time
+    # the process's CPU seconds (every thread: the runtime's pool too) during the timed runs, which took
+    # `runs / throughput * batch_size` seconds: how many cores the model kept busy, and its CPU per inference
+    cpu_s: float = 0.0
+
+    @property
+    def cores(self) -> float:
+        """The cores the model kept busy on average while it was timed."""
+        return self.cpu_s * self.throughput / (self.batch_size * self.runs)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -29,6 +37,8 @@ class BaselineResult:
             "runs": self.runs,
             "throughput": self.throughput,
             "latency_ms": self.latency.as_dict(),
+            "cpu_s": self.cpu_s,
+            "cores": self.cores,
         }
 
 
@@ -54,11 +64,19 @@ def measure(
         spec = backend.info.inputs[0]
         for n in sorted(set(batch_sizes)):
             shape = (n, *spec.shape[1:]) if backend.info.max_batch_size > 0 else spec.shape
-            times = timed_runs(backend, {spec.name: rng.standard_normal(shape).astype(spec.dtype)}, seconds)
+            feeds = {spec.name: rng.standard_normal(shape).astype(spec.dtype)}
+            backend.infer(feeds)  # the warm-up, outside the CPU reading
+            cpu0 = time.process_time()
+            times = timed_runs(backend, feeds, seconds, warmup=0)
+            cpu_s = time.process_time() - cpu0
             real_batch = shape[0] if backend.info.max_batch_size > 0 else 1
             results.append(
                 BaselineResult(
-                    real_batch, len(times), LatencySummary.of(times), real_batch * len(times) / sum(times)
+                    real_batch,
+                    len(times),
+                    LatencySummary.of(times),
+                    real_batch * len(times) / sum(times),
+                    cpu_s,
                 )
             )
     finally:

@@ -9,6 +9,14 @@ Rounds alternate the two so that a noisy neighbour hits both alike; each figure 
   Beside it, the same ratio against an independent re-measurement of the winning batch size, since the
   maximum of several noisy measurements is biased upwards.
 The server runs as a subprocess (`resnet-serve serve`), with the bare session idle meanwhile and vice versa.
+
+Where the concurrency-N shortfall goes, from CPU readings over the whole step (warm-up and drain included):
+the server's CPU (its process and every child, /proc), this process's (the tritonclient load generator) and
+the images the server counted (ModelStatistics). Over that step, served ÷ in-process is exactly
+    (server's cores ÷ the in-process run's cores) × (in-process CPU per image ÷ server's CPU per image):
+the CPU the server got, against what the model alone used, times how much of it went to the model. The
+first falls short by what the client and idle moments take; the second by the serving work per request
+(protocol, copies, the engine hop) and any loss from smaller batches.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab.serving_floor import process_tree_cpu
 from resnet_serve.bench import baseline
 from resnet_serve.bench.loadgen import Closed, Timing, run_step
 from resnet_serve.bench.senders import kserve_sender
@@ -61,6 +70,47 @@ async def wait_ready(
         await client.close()
 
 
+async def served_images(client: Any, name: str) -> int:
+    """The inferences the server has counted a success for model `name` (every version), so far."""
+    stats = await client.get_inference_statistics(name, as_json=True)
+    return sum(int(entry["inference_stats"]["success"].get("count", 0)) for entry in stats["model_stats"])
+
+
+def server_cpu_s(server: subprocess.Popen[bytes]) -> float:
+    return sum(seconds for seconds, _ in process_tree_cpu(server.pid).values())
+
+
+def cpu_split(
+    served: int, seconds: float, server_s: float, client_s: float, inprocess: baseline.BaselineResult
+) -> dict[str, float]:
+    """Where the CPU of a step went, against the in-process run `inprocess` (see the module's text): `served`
+    images in `seconds`, with `server_s` of the server's CPU and `client_s` of the load generator's."""
+    per_image = inprocess.cpu_s / (inprocess.batch_size * inprocess.runs)
+    split = {
+        "step_seconds": seconds,
+        "step_served": served,
+        "step_ratio": served / seconds / inprocess.throughput,
+        "server_cores": server_s / seconds,
+        "client_cores": client_s / seconds,
+        "inprocess_cores": inprocess.cores,
+        "inprocess_cpu_ms_per_image": 1e3 * per_image,
+        "server_cpu_ms_per_image": 1e3 * server_s / served if served else float("inf"),
+    }
+    split["cpu_share"] = split["server_cores"] / inprocess.cores if inprocess.cores else 0.0
+    split["cpu_efficiency"] = per_image * served / server_s if server_s else 0.0
+    return split
+
+
+def split_line(split: dict[str, float]) -> str:
+    return (
+        f"{100 * split['step_ratio']:.1f} % of in-process = CPU share {split['cpu_share']:.3f} (server "
+        f"{split['server_cores']:.2f} cores against the model's {split['inprocess_cores']:.2f} in-process; "
+        f"client {split['client_cores']:.2f}; {len(os.sched_getaffinity(0))} cores) x CPU per image "
+        f"{split['cpu_efficiency']:.3f} (in-process {split['inprocess_cpu_ms_per_image']:.2f} ms, served "
+        f"{split['server_cpu_ms_per_image']:.2f} ms)"
+    )
+
+
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -71,12 +121,18 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
         await wait_ready(triton_aio.InferenceServerClient(url=target), server, "server_overhead")
         sender = await kserve_sender(target, args.name, None, 1, 60.0)
+        stats = triton_aio.InferenceServerClient(url=target)
         timing = Timing(args.warmup, args.window, args.max_step_time, 0.10)
         try:
             for r in range(args.rounds):
                 bare = baseline.measure(args.model, args.batch_sizes, args.window, "cpu", args.threads)
                 c1 = await run_step(sender, Closed(1), timing)
+                served0, server0 = await served_images(stats, args.name), server_cpu_s(server)
+                client0, wall0 = time.process_time(), time.monotonic()
                 c16 = await run_step(sender, Closed(args.concurrency), timing)
+                wall, client_s = time.monotonic() - wall0, time.process_time() - client0
+                server_s = server_cpu_s(server) - server0
+                served = await served_images(stats, args.name) - served0
                 b1 = next(b for b in bare if b.batch_size == 1)
                 best = max(bare, key=lambda b: b.throughput)
                 # The largest of several noisy measurements overstates the true best; an independent
@@ -92,12 +148,14 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     "server_c1_errors": c1.errors,
                     f"server_c{args.concurrency}_throughput": c16.throughput,
                     f"server_c{args.concurrency}_errors": c16.errors,
+                    f"server_c{args.concurrency}_requests": c16.requests,  # answered OK in the kept windows
                     f"server_c{args.concurrency}_p99_ms": c16.latency.percentiles["p99"],
                 }
                 row["latency_overhead_ms"] = row["server_c1_p50_ms"] - row["bare_batch1_p50_ms"]
                 row["throughput_ratio"] = c16.throughput / best.throughput
                 row["bare_best_remeasured_throughput"] = again.throughput
                 row["throughput_ratio_remeasured"] = c16.throughput / again.throughput
+                row["cpu_split"] = split = cpu_split(served, wall, server_s, client_s, again)
                 rounds.append(row)
                 print(
                     f"round {r + 1}: bare b1 p50 {row['bare_batch1_p50_ms']:.2f} ms, server c1 p50 "
@@ -108,7 +166,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     f"re-measured at {again.throughput:.1f}/s)",
                     flush=True,
                 )
+                print(f"  the whole c{args.concurrency} step: {split_line(split)}", flush=True)
         finally:
+            await stats.close()
             await sender.close()
     finally:
         stop(server, timeout_s=30)
@@ -120,6 +180,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_throughput_ratio_remeasured": statistics.median(
             r["throughput_ratio_remeasured"] for r in rounds
         ),
+        "median_cpu_split": {
+            key: statistics.median(r["cpu_split"][key] for r in rounds)
+            for key in ("step_ratio", "cpu_share", "cpu_efficiency", "server_cores", "client_cores")
+        },
         "settings": {
             "threads": args.threads,
             "server_threads": args.server_threads,
@@ -174,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.concurrency} {100 * result['median_throughput_ratio']:.1f} % of the best in-process "
         f"throughput (target >= 95 %); {100 * result['median_throughput_ratio_remeasured']:.1f} % of the "
         "best batch size re-measured"
+    )
+    split = result["median_cpu_split"]
+    print(
+        f"where it went (medians over the whole steps): CPU share {split['cpu_share']:.3f} (server "
+        f"{split['server_cores']:.2f} cores, client {split['client_cores']:.2f}) x CPU per image "
+        f"{split['cpu_efficiency']:.3f}"
     )
     if args.out is not None:
         write_json_atomic(args.out, result)
