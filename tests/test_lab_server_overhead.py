@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support import docs_commands
 
 from lab import server_overhead
 from lab.serving_floor import write_models
@@ -56,11 +57,18 @@ def test_the_in_process_baseline_reads_the_cpu_of_its_timed_runs(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_tiny_run_accounts_for_every_step_with_the_servers_own_count(tmp_path: Path) -> None:
+def test_the_documented_split_command_with_a_tiny_model_accounts_for_the_step_by_the_servers_count(
+    tmp_path: Path,
+) -> None:
+    documented = docs_commands.documented_arguments(
+        "benchmarking.md", "### Where the ResNet-50 shortfall goes", "lab.server_overhead"
+    )
     model = write_models(tmp_path)["small"]
     out = tmp_path / "overhead.json"
-    argv = ["--model", str(model), "--rounds", "1", "--window", "0.5", "--warmup", "0.3", "--max-step-time",
-            "2", "--batch-sizes", "1,2", "--concurrency", "4", "--out", str(out)]  # fmt: skip
+    bounds = ["--model", str(model), "--rounds", "1", "--window", "0.5", "--warmup", "0.3", "--max-step-time",
+              "2", "--batch-sizes", "1,2", "--concurrency", "4", "--out", str(out)]  # fmt: skip
+    argv = [*documented, *bounds]
+    assert "--serve-arg=--workers" in documented  # the default workers, as the docs measured them
     assert server_overhead.main(argv) == 0
     result = json.loads(out.read_text())
     (row,) = result["rounds"]
