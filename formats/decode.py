@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,9 @@ from resnet_serve.formats.errors import ImageError
 # Every format the server can be configured to decode (Pillow's format names), and the default set.
 ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 DEFAULT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+# Pillow refuses to open an image of more pixels than this (DecompressionBombError, whatever our limit), so
+# max_image_pixels cannot be set above it (server/config/settings.py).
+PILLOW_MAX_PIXELS: Final = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 # What `decoder` may be in ImageLimits: "pillow", or "turbo" (JPEGs through simplejpeg, the rest through
 # Pillow); the server adds "nvimgcodec" (server/decode/gpu.py). Pillow is the default because it
 # measured fastest in the whole pipeline (lab/image_path.py, docs/benchmarking.md): its wheel carries
@@ -271,7 +275,14 @@ def _pil_errors(limits: ImageLimits | None) -> Iterator[None]:
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:  # PIL's own ceiling, checked inside open()
-            raise ImageError(f"image is too large to decode: {exc}") from None
+            # said as our own limit is, never with Pillow's ceiling, which is not what was configured
+            counted = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{counted.group(1)} pixels" if counted else f"over {PILLOW_MAX_PIXELS} pixels"
+            if limits is not None and limits.max_pixels <= PILLOW_MAX_PIXELS:
+                limit = f"max_image_pixels={limits.max_pixels}"
+            else:
+                limit = f"{PILLOW_MAX_PIXELS} pixels (Pillow's ceiling)"
+            raise ImageError(f"image is {pixels}; the limit is {limit}") from None
         except UnidentifiedImageError:
             formats = limits.formats if limits is not None else DEFAULT_FORMATS
             raise ImageError(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_serve.formats.decode import PILLOW_MAX_PIXELS
 from resnet_serve.formats.errors import ImageError, InvalidInput
 from resnet_serve.formats.preprocess import (
     ImageLimits,
@@ -128,7 +129,15 @@ def test_decompression_bomb_is_refused_from_its_header() -> None:
     with pytest.raises(ImageError) as info:  # beyond PIL's own bomb threshold, which refuses it at open
         preprocessor(RGB_SPEC, max_pixels=10**12)(png_header_only(60_000, 60_000))
     assert isinstance(info.value, InvalidInput)  # the server answers INVALID_ARGUMENT
-    assert "pixel" in str(info.value)
+    ceiling = f"{PILLOW_MAX_PIXELS} pixels (Pillow's ceiling)"
+    assert str(info.value) == f"image is 3600000000 pixels; the limit is {ceiling}"
+
+
+def test_a_bomb_beyond_pillows_ceiling_is_told_with_the_configured_limit_not_pillows() -> None:
+    with pytest.raises(ImageError) as info:
+        preprocessor(RGB_SPEC, max_pixels=50_000_000)(png_header_only(100_000, 100_000))
+    assert isinstance(info.value, InvalidInput)
+    assert str(info.value) == "image is 10000000000 pixels; the limit is max_image_pixels=50000000"
 
 
 def test_encoded_size_limit_names_the_limit() -> None:

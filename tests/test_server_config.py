@@ -104,6 +104,8 @@ def test_env_sets_lists_and_booleans() -> None:
         ("", ("--model", "a=a.onnx", "--version-policy", "specific"), {}, "versions"),
         ("", ("--model", "a=a.onnx"), {"RESNET_SERVE_GRPC_PORT": "eighty"}, "RESNET_SERVE_GRPC_PORT"),
         ("[server]\ngrpc_port = 70000\n", ("--model", "a=a.onnx"), {}, "grpc_port"),
+        # Pillow refuses more pixels whatever the limit says: a limit above its ceiling would not hold
+        ("", ("--model", "a=a.onnx", "--max-image-pixels", "178956971"), {}, "max_image_pixels"),
     ],
 )
 def test_invalid_configuration_names_the_option(

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from resnet_serve.formats.decode import ALLOWED_FORMATS, DECODERS, DEFAULT_FORMATS
+from resnet_serve.formats.decode import ALLOWED_FORMATS, DECODERS, DEFAULT_FORMATS, PILLOW_MAX_PIXELS
 from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.formats.repository import INFERENCE_PRECISIONS, PERFORMANCE_MODES
 from resnet_serve.server.config.options import Alias, Float, Int, IntList, one_of, option
@@ -216,7 +216,12 @@ class ServerConfig(BaseModel):
     preprocess_threads: Int = option(0, "N", "image decoding threads (0: one per core)", ge=0)
     max_image_bytes: Int = option(20 * 1024 * 1024, "BYTES", "largest encoded image accepted, in bytes", ge=1)
     max_image_pixels: Int = option(
-        40_000_000, "PIXELS", "largest decoded image accepted (width × height), checked before decoding", ge=1
+        40_000_000,
+        "PIXELS",
+        f"largest decoded image accepted (width × height), checked before decoding; at most "
+        f"{PILLOW_MAX_PIXELS} (Pillow's own ceiling)",
+        ge=1,
+        le=PILLOW_MAX_PIXELS,
     )
     jpeg_draft: bool = option(
         True,
