@@ -90,6 +90,7 @@ def cpu_split(
         "step_seconds": seconds,
         "step_served": served,
         "step_ratio": served / seconds / inprocess.throughput,
+        "inprocess_batch": inprocess.batch_size,
         "server_cores": server_s / seconds,
         "client_cores": client_s / seconds,
         "inprocess_cores": inprocess.cores,
@@ -103,7 +104,8 @@ def cpu_split(
 
 def split_line(split: dict[str, float]) -> str:
     return (
-        f"{100 * split['step_ratio']:.1f} % of in-process = CPU share {split['cpu_share']:.3f} (server "
+        f"{100 * split['step_ratio']:.1f} % of batch {split['inprocess_batch']:.0f} in-process = CPU share "
+        f"{split['cpu_share']:.3f} (server "
         f"{split['server_cores']:.2f} cores against the model's {split['inprocess_cores']:.2f} in-process; "
         f"client {split['client_cores']:.2f}; {len(os.sched_getaffinity(0))} cores) x CPU per image "
         f"{split['cpu_efficiency']:.3f} (in-process {split['inprocess_cpu_ms_per_image']:.2f} ms, served "

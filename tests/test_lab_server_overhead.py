@@ -40,6 +40,7 @@ def test_the_shortfall_splits_into_the_cpu_the_server_got_and_the_cpu_per_image(
     assert split["client_cores"] == pytest.approx(0.05)
     assert split["inprocess_cpu_ms_per_image"] == pytest.approx(10.0)
     assert split["server_cpu_ms_per_image"] == pytest.approx(11.0)
+    assert split["inprocess_batch"] == 8
 
 
 def test_a_step_that_served_nothing_is_told_without_dividing_by_zero() -> None:
