@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from resnet_serve.cli.commands.serve import configure_parser
+from resnet_serve.formats.decode import PILLOW_MAX_PIXELS
 from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.server.config import (
     OPTIONS,
@@ -28,6 +29,8 @@ from resnet_serve.server.security import restrict
 from resnet_serve.server.security.restrict import Restriction
 
 REPO = Path(__file__).resolve().parents[1]
+
+OVER_PILLOWS_CEILING = str(PILLOW_MAX_PIXELS + 1)  # a max_image_pixels that Pillow would not honour
 
 
 def parse(*argv: str) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def test_env_sets_lists_and_booleans() -> None:
         ("", ("--model", "a=a.onnx"), {"RESNET_SERVE_GRPC_PORT": "eighty"}, "RESNET_SERVE_GRPC_PORT"),
         ("[server]\ngrpc_port = 70000\n", ("--model", "a=a.onnx"), {}, "grpc_port"),
         # Pillow refuses more pixels whatever the limit says: a limit above its ceiling would not hold
-        ("", ("--model", "a=a.onnx", "--max-image-pixels", "178956971"), {}, "max_image_pixels"),
+        ("", ("--model", "a=a.onnx", "--max-image-pixels", OVER_PILLOWS_CEILING), {}, "max_image_pixels"),
     ],
 )
 def test_invalid_configuration_names_the_option(
