@@ -39,6 +39,7 @@ from lab.serving_floor import (
     READY_TIMEOUT_S,
     cpu_description,
     grpc_frame,
+    model_counts,
     parse_h2load,
     preflight,
     process_tree_cpu,
@@ -123,14 +124,10 @@ def counts(port: int) -> tuple[int, int]:
     """(successes, failures) of the model, from the server's own KServe statistics."""
     import grpc
 
-    from resnet_serve.protos import grpc_service_pb2 as pb
     from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=MODEL), timeout=30)
-    stats = [s.inference_stats for s in reply.model_stats]
-    return sum(s.success.count for s in stats), sum(s.fail.count for s in stats)
+        return model_counts(pb_grpc.GRPCInferenceServiceStub(channel), MODEL)  # type: ignore[no-untyped-call]
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.serving_floor import process_tree_cpu
+from lab.serving_floor import model_counts, process_tree_cpu
 from resnet_serve.bench import baseline
 from resnet_serve.bench.loadgen import Closed, Timing, run_step
 from resnet_serve.bench.senders import kserve_sender
@@ -68,12 +68,6 @@ async def wait_ready(
         raise SystemExit(f"{who}: the server did not become ready")
     finally:
         await client.close()
-
-
-async def served_images(client: Any, name: str) -> int:
-    """The inferences the server has counted a success for model `name` (every version), so far."""
-    stats = await client.get_inference_statistics(name, as_json=True)
-    return sum(int(entry["inference_stats"]["success"].get("count", 0)) for entry in stats["model_stats"])
 
 
 def server_cpu_s(server: subprocess.Popen[bytes]) -> float:
@@ -119,22 +113,26 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     server = _start_server(args.model, port, args)
     rounds: list[dict[str, Any]] = []
     try:
+        import grpc
         from tritonclient.grpc import aio as triton_aio
+
+        from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
 
         await wait_ready(triton_aio.InferenceServerClient(url=target), server, "server_overhead")
         sender = await kserve_sender(target, args.name, None, 1, 60.0)
-        stats = triton_aio.InferenceServerClient(url=target)
+        channel = grpc.insecure_channel(target)  # the server's own count of the images it served
+        stats = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         timing = Timing(args.warmup, args.window, args.max_step_time, 0.10)
         try:
             for r in range(args.rounds):
                 bare = baseline.measure(args.model, args.batch_sizes, args.window, "cpu", args.threads)
                 c1 = await run_step(sender, Closed(1), timing)
-                served0, server0 = await served_images(stats, args.name), server_cpu_s(server)
+                served0, server0 = model_counts(stats, args.name)[0], server_cpu_s(server)
                 client0, wall0 = time.process_time(), time.monotonic()
                 c16 = await run_step(sender, Closed(args.concurrency), timing)
                 wall, client_s = time.monotonic() - wall0, time.process_time() - client0
                 server_s = server_cpu_s(server) - server0
-                served = await served_images(stats, args.name) - served0
+                served = model_counts(stats, args.name)[0] - served0
                 b1 = next(b for b in bare if b.batch_size == 1)
                 best = max(bare, key=lambda b: b.throughput)
                 # The largest of several noisy measurements overstates the true best; an independent
@@ -170,7 +168,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print(f"  the whole c{args.concurrency} step: {split_line(split)}", flush=True)
         finally:
-            await stats.close()
+            channel.close()
             await sender.close()
     finally:
         stop(server, timeout_s=30)

@@ -122,6 +122,16 @@ def serve_has_workers() -> bool:
     return re.search(r"(^|\s)--workers\b", result.stdout) is not None
 
 
+def model_counts(stub: Any, model: str) -> tuple[int, int]:
+    """(successes, failures) that a server's own KServe statistics count for `model`, all its versions, asked
+    through `stub` (a GRPCInferenceServiceStub)."""
+    from resnet_serve.protos import grpc_service_pb2 as pb
+
+    reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
+    stats = [s.inference_stats for s in reply.model_stats]
+    return sum(s.success.count for s in stats), sum(s.fail.count for s in stats)
+
+
 def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
@@ -195,14 +205,9 @@ class Server:
 
     def counts(self, model: str) -> tuple[int, int]:
         """(successes, failures) the server's own KServe statistics count for `model`, all versions."""
-        from resnet_serve.protos import grpc_service_pb2 as pb
-
         if self.processes > 1:
             return 0, 0
-
-        reply = self.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
-        stats = [s.inference_stats for s in reply.model_stats]
-        return sum(s.success.count for s in stats), sum(s.fail.count for s in stats)
+        return model_counts(self.stub, model)
 
     def check_answer(self, model: str, array: np.ndarray) -> None:
         """Every server must really run the model: its answer is the input's mean."""
