@@ -269,6 +269,56 @@ def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(
         assert stop_server(server) == 0, "".join(server.log)
 
 
+def new_child(engine: int, known: list[int], timeout_s: float = 10.0) -> int:
+    """The first child of `engine` not in `known`, as soon as it exists (long before it is ready)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in children(engine):
+            if pid not in known:
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"no new worker within {timeout_s} s")
+
+
+def test_a_replacement_worker_that_dies_while_starting_is_started_again(model: Path) -> None:
+    # A death before the replacement is ready (the OOM killer, a crash in start-up) is one more death to
+    # count, not a failed start that stops the server.
+    server = start_server("--model", f"tiny={model}", "--workers", "2")
+    try:
+        first = children(server.proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        replacement = new_child(server.proc.pid, first)
+        os.kill(replacement, signal.SIGKILL)
+        assert not any("is serving again" in line for line in server.log)  # it died before it was ready
+        wait_for(lambda: any("is serving again" in line for line in server.log), 15, "a third worker")
+        assert server.proc.poll() is None, "".join(server.log)
+        assert len(children(server.proc.pid)) == 2
+        for _ in range(CONNECTIONS):  # every connection is answered, the new worker's too
+            infer(server.target, np.ones((1, *SHAPE), dtype=np.float32))
+        assert sum("exited with status -9; starting it again" in line for line in server.log) == 2
+    finally:
+        assert stop_server(server) == 0, "".join(server.log)
+
+
+def test_a_worker_that_keeps_dying_stops_the_server_with_status_1(model: Path) -> None:
+    server = start_server("--model", f"tiny={model}", "--workers", "2")
+    try:
+        known = children(server.proc.pid)
+        victim = known[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(5):  # more than MAX_RESTARTS (5) in 60 s: each replacement killed as soon as it exists
+            victim = new_child(server.proc.pid, known)
+            known.append(victim)
+            os.kill(victim, signal.SIGKILL)
+        assert server.proc.wait(30) == 1
+        assert any("6 exits in 60 s: stopping the server" in line for line in server.log), server.log
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in known), 10, "the workers to exit")
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
 def test_when_the_engine_dies_health_turns_not_serving_within_a_second(model: Path) -> None:
     server = start_server("--model", f"tiny={model}", "--workers", "2")
     try:

@@ -8,10 +8,10 @@ listens, the holds are let go, the ready file is written and "ready:" is logged.
 
 Supervision: a worker that exits while the server runs is started again (its requests in flight ended
 UNAVAILABLE for their clients when its connections closed; the engine withdrew what it had queued). A worker
-that keeps dying (more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`) stops the server with status 1. The
-engine is this process: if it dies, each worker sees its socket close, turns NOT_SERVING at once and exits
-(status 3), and the server's main process is gone for the orchestrator to restart (docs/server.md, "Worker
-processes").
+that keeps dying (more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`, a replacement's death before it is
+ready included) stops the server with status 1. The engine is this process: if it dies, each worker sees its
+socket close, turns NOT_SERVING at once and exits (status 3), and the server's main process is gone for the
+orchestrator to restart (docs/server.md, "Worker processes").
 
 Signals: SIGTERM/SIGINT drain every worker (each stops accepting and answers what it accepted, while the
 engine still runs), then the engine's batchers drain and it exits 0. SIGHUP is passed to every worker, which
@@ -81,6 +81,7 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._poller: RepositoryPoller | None = None
         self._aborting = False  # start-up failed: the workers are being killed, not restarted
+        self._serving = False  # start-up is over: a worker that exits from now on is started again
         self.security: SecurityPolicy | None = None
 
     # ------------------------------------------------------------------------------------------ start-up
@@ -121,6 +122,7 @@ class Supervisor:
             for hold in self._holds:
                 hold.close()
             self._holds.clear()
+        self._serving = True
         if model_control.polls(config.model_control_mode):
             self._poller = RepositoryPoller(self.manager, config.repository_poll_secs)
             self._poller.start()
@@ -213,42 +215,54 @@ class Supervisor:
 
     async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> None:
         status = await proc.wait()
-        if self._stopping is not None or self._aborting:
-            return
+        if not self._serving or self._stopping is not None or self._aborting:
+            return  # start-up (which fails on it) or the drain (which waits for it) answers for this exit
         if self.procs.get(index) is not proc:
             return
-        now = time.monotonic()
-        recent = [t for t in self._restarts.get(index, []) if now - t < RESTART_WINDOW_S]
-        recent.append(now)
-        self._restarts[index] = recent
-        if len(recent) > MAX_RESTARTS:
-            log.error(
-                "worker %d exited %d times in %.0f s (last status %s): stopping the server",
-                index,
-                len(recent),
-                RESTART_WINDOW_S,
-                status,
-            )
-            self.exit_status = 1
-            self.request_stop()
-            return
-        log.warning("worker %d (pid %d) exited with status %s; starting it again", index, proc.pid, status)
-        await asyncio.sleep(0.1 * (2 ** (len(recent) - 1)))
-        old = self.host.links.get(index)
-        if old is not None:  # its reader has taken the last of its requests off the socket: its counts stand
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(old.closed.wait(), LINK_CLOSE_WAIT_S)
-        if self._stopping is not None:
-            return
-        try:
-            link = await self._spawn(index)
-            await self._wait_ready([link])
-        except (StartupError, OSError) as exc:
-            if self._stopping is not None:  # the drain began while it started: nothing is missing
+        await self._replace(index, f"(pid {proc.pid}) exited with status {status}")
+
+    async def _replace(self, index: int, why: str) -> None:
+        """Starts worker `index` again after it exited (`why`). Every exit counts, one that comes before the
+        new worker is ready included (its own watcher sees it and comes back here); more than MAX_RESTARTS
+        in RESTART_WINDOW_S stop the server with status 1."""
+        while True:
+            now = time.monotonic()
+            recent = [t for t in self._restarts.get(index, []) if now - t < RESTART_WINDOW_S]
+            recent.append(now)
+            self._restarts[index] = recent
+            if len(recent) > MAX_RESTARTS:
+                log.error(
+                    "worker %d %s, %d exits in %.0f s: stopping the server",
+                    index,
+                    why,
+                    len(recent),
+                    RESTART_WINDOW_S,
+                )
+                self.exit_status = 1
+                self.request_stop()
                 return
-            log.error("worker %d could not be started again: %s", index, exc)
-            self.exit_status = 1
-            self.request_stop()
+            log.warning("worker %d %s; starting it again", index, why)
+            await asyncio.sleep(0.1 * (2 ** (len(recent) - 1)))
+            old = self.host.links.get(index)
+            if old is not None:  # its reader has taken its last requests off the socket: its counts stand
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(old.closed.wait(), LINK_CLOSE_WAIT_S)
+            if self._stopping is not None:
+                return
+            try:
+                link = await self._spawn(index)
+            except OSError as exc:  # fork or exec failed (memory, process limits): counted like an exit
+                why = f"could not be started ({exc})"
+                continue
+            break
+        try:
+            await self._wait_ready([link])
+        except StartupError as exc:
+            if self._stopping is not None or link.closed.is_set():
+                return  # the drain began, or it exited before it was ready: its watcher counts that exit
+            log.error("worker %d (pid %d): %s; killing it", index, link.pid, exc)
+            with contextlib.suppress(ProcessLookupError):
+                self.procs[index].kill()  # its watcher starts it again, counting this as an exit
             return
         log.info("worker %d is serving again (pid %d)", index, link.pid)
 
