@@ -32,7 +32,7 @@ from resnet_serve.server.http.tls import ssl_context
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.inflight import InFlightInterceptor
 from resnet_serve.server.kserve import service as kserve
-from resnet_serve.server.models.manager import ModelManager
+from resnet_serve.server.models.manager import GRACE_OVER, ModelManager
 from resnet_serve.server.models.poll import RepositoryPoller
 from resnet_serve.server.observability.metrics import ServerMetrics
 from resnet_serve.server.registration import GenericOnly
@@ -50,6 +50,7 @@ _MB = 1024 * 1024
 # How long, after the last accepted request is answered, the server keeps refusing new ones before it closes
 # the connections: time for the last answers to leave the process (loopback: well under 1 ms).
 DRAIN_LINGER_S = 0.05
+ANSWER_WAIT_S = 0.5  # at the end of the grace period, for the requests answered UNAVAILABLE to leave
 ACCEPT_SETTLE_S = 0.01  # for gRPC to accept what connected just before the port stopped taking connections
 
 
@@ -283,6 +284,20 @@ class InferenceServer:
         # would hold grpc's own stop() for the whole grace period.
         while (self.ctx.in_flight.count > 0 or not self.manager.idle()) and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self.ctx.in_flight.count > 0 or not self.manager.idle():
+            # The grace period is over: what still waits is answered UNAVAILABLE (clients retry that) before
+            # the connections close, rather than cut off with them.
+            abandoned = self.manager.abandon(GRACE_OVER)
+            log.warning(
+                "the grace period (%g s) ended with %d request(s) in flight: %d still waiting answered "
+                "UNAVAILABLE",
+                grace,
+                self.ctx.in_flight.count,
+                abandoned,
+            )
+            answered = loop.time() + ANSWER_WAIT_S
+            while self.ctx.in_flight.count > 0 and loop.time() < answered:
+                await asyncio.sleep(0.01)
         if self._http is not None:
             await self._http.stop()
         if self._server is not None:

@@ -385,6 +385,33 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
     assert backend.sizes == [1, 1, 1]
 
 
+def test_abandon_answers_queued_requests_unavailable_and_lets_the_running_batch_finish() -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = make(backend, max_batch_size=1, max_queue_delay_ms=1000)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(batcher.submit(rows(1)))
+        await wait_started(backend)
+        queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        assert batcher.abandon("grace period over") == 3
+        assert batcher.queue_depth == 0
+        for future in queued:
+            with pytest.raises(ServeError) as info:
+                await future
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert info.value.message == "grace period over"
+        with pytest.raises(ServeError):  # and nothing new is taken
+            await batcher.submit(rows(9))
+        gate.set()
+        assert (await running).outputs["y"].tolist() == [[3.0, 3.0]]
+
+    run(main())
+    assert batcher.join(5)
+    assert backend.sizes == [1]  # none of the abandoned requests was computed
+
+
 def test_a_model_without_a_batch_dimension_runs_each_request_whole_and_alone() -> None:
     backend = FakeBackend(delay_s=0.01)
     backend.info.max_batch_size = 0  # Triton's max_batch_size 0: (-1, 2) is the model's own shape

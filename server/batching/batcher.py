@@ -444,6 +444,23 @@ class DynamicBatcher:
             self._closed = True
             self._cond.notify_all()
 
+    def abandon(self, message: str) -> int:
+        """The end of a grace period: refuse new requests, answer every queued one UNAVAILABLE with `message`
+        (none of them computed) and let the workers stop after the batches they are computing. Returns how
+        many requests were answered so."""
+        with self._cond:
+            self._closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            for pending in dropped:
+                pending.state = _GONE
+            self._cond.notify_all()
+        if dropped:
+            self._depth_changed(0)
+            error = unavailable(message)
+            self._deliver([(p, error) for p in dropped])
+        return len(dropped)
+
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait (blocking) for the workers to finish after `close`; True when all have stopped."""
         end = None if timeout_s is None else time.monotonic() + timeout_s

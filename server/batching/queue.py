@@ -38,5 +38,8 @@ class BatchQueue(Protocol):
     def close(self) -> None:
         """Refuse new requests; what is queued still runs."""
 
+    def abandon(self, message: str) -> int:
+        """Refuse new requests and answer the queued ones UNAVAILABLE with `message`; returns how many."""
+
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait (blocking) for the queue's work to end after `close`."""

@@ -52,6 +52,7 @@ from resnet_serve.server.http.protojson import to_json
 from resnet_serve.server.http.status import http_status
 from resnet_serve.server.image.service import ImageClassifierService
 from resnet_serve.server.kserve.service import KServeService, implemented, unimplemented
+from resnet_serve.server.models.manager import NOT_ACCEPTING
 from resnet_serve.server.models.overrides import FILE_PREFIX
 from resnet_serve.server.observability.logging import REQUEST_ID_METADATA, resolve_request_id
 from resnet_serve.server.security import restrict
@@ -230,7 +231,7 @@ class HttpServer:
                 if size is not None and size > limit:  # refused before a byte of it is read
                     raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
                 if drain_refused and ctx.shutting_down:
-                    raise unavailable("server is shutting down; not accepting new requests")
+                    raise unavailable(NOT_ACCEPTING)
                 with ctx.in_flight:
                     response = await route(request, call)
             except web.HTTPException as exc:  # aiohttp's own refusal, e.g. a body over the size limit

@@ -43,6 +43,12 @@ from resnet_serve.server.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
+# What a request that arrives during the drain is answered, and one still waiting when the grace period
+# ends (UNAVAILABLE: clients retry both).
+NOT_ACCEPTING = "server is shutting down; not accepting new requests"
+GRACE_OVER = "the server is shutting down: its grace period ended before this request was answered; retry"
+STOP_WAIT_S = 0.2  # for an idle batcher worker to stop once told to
+
 UNLOADED = "unloaded"  # the reason of a version taken down on request (not a failure)
 # Triton's words for a lookup that finds no ready model (core's model_repository_manager.cc): clients match
 # the prefix (docs/kserve.md, "Error messages").
@@ -97,7 +103,7 @@ class ModelManager:
         if not self._accepting:
             if count:
                 self._count_refusal(name, entry, version)
-            raise unavailable("server is shutting down; not accepting new requests")
+            raise unavailable(NOT_ACCEPTING)
         if entry is None:
             if count:
                 self.metrics.unknown_model(name)
@@ -420,8 +426,15 @@ class ModelManager:
         """From now on `get` answers UNAVAILABLE; requests already queued still complete."""
         self._accepting = False
 
+    def abandon(self, message: str) -> int:
+        """The end of a grace period: every request still queued ends UNAVAILABLE with `message`, uncomputed
+        (batches already computing finish); returns how many."""
+        self._accepting = False
+        return sum(m.batcher.abandon(message) for e in self._entries.values() for m in e.versions.values())
+
     async def close(self, grace_s: float) -> None:
-        """Finish queued requests (up to grace_s) and release every backend."""
+        """Finish queued requests (up to grace_s), answer those still queued then UNAVAILABLE, and release
+        every backend whose batches have ended (one still computing is left to the process's exit)."""
         self._accepting = False
         models = [m for entry in self._entries.values() for m in entry.versions.values()]
         for model in models:
@@ -431,12 +444,23 @@ class ModelManager:
         end = time.monotonic() + grace_s
         for model in models:
             left = max(0.0, end - time.monotonic())
-            if not await asyncio.to_thread(model.batcher.join, left):
-                log.warning(
-                    "model %s version %s did not drain within the grace period", model.name, model.version
-                )
-            for backend in model.backends:
-                backend.close()
+            drained = await asyncio.to_thread(model.batcher.join, left)
+            if not drained:
+                dropped = model.batcher.abandon(GRACE_OVER)
+                # A worker told to stop while idle needs a moment to see it: only a batch keeps it longer.
+                drained = await asyncio.to_thread(model.batcher.join, STOP_WAIT_S)
+                if dropped or not drained:
+                    log.warning(
+                        "model %s version %s did not drain within the grace period: %d queued request(s) "
+                        "answered UNAVAILABLE%s",
+                        model.name,
+                        model.version,
+                        dropped,
+                        "" if drained else ", a batch still computing",
+                    )
+            if drained:
+                for backend in model.backends:
+                    backend.close()
         for entry in self._entries.values():
             discard(entry.override_dir)
             entry.override_dir = None

@@ -318,6 +318,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain the workers (each answers what it accepted, the engine still computing), then the engine."""
         grace = self.config.grace_period_s
+        deadline = time.monotonic() + grace  # one grace period for the whole drain, workers and engine
         if self._poller is not None:
             await self._poller.stop()
         self._forward(signal.SIGTERM)
@@ -329,7 +330,7 @@ class Supervisor:
                 self._forward(signal.SIGKILL)
                 await asyncio.wait(late)
         self.manager.stop_accepting()
-        await self.manager.close(grace)
+        await self.manager.close(max(0.0, deadline - time.monotonic()))
         self.registry.close()
         self.metrics.stop_http_server()
         log.info("stopped")

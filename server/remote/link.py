@@ -152,6 +152,22 @@ class EngineLink:
                 self.send((m.CANCEL, rid))
             raise
 
+    def abandon(self, message: str) -> int:
+        """The end of a grace period: every request and call still waiting on the engine ends UNAVAILABLE
+        with `message`, and the engine is told to withdraw the requests it has not computed. Their arena
+        blocks stay held until the engine answers: a batch computing may still read them. Returns how many
+        ended so."""
+        error = unavailable(message)
+        count = 0
+        for rid, request in list(self._pending.items()):
+            if request.future.done():
+                continue
+            request.future.set_exception(error)
+            count += 1
+            if self.alive:
+                self.send((m.CANCEL, rid))
+        return count
+
     async def call(self, op: str, *args: Any) -> Any:
         """One CALL to the engine; its REPLY's value, or the ServeError of its FAIL."""
         if not self.alive:

@@ -122,6 +122,9 @@ class RemoteBatcher:
     def close(self) -> None:
         return None
 
+    def abandon(self, message: str) -> int:
+        return 0  # the worker's requests at the engine end through `RemoteManager.abandon`
+
     def join(self, timeout_s: float | None = None) -> bool:
         return True
 
@@ -215,6 +218,11 @@ class RemoteManager(ModelManager):
         keys = [(model.name, model.version) for model in models]
         stats: list[ModelStatistics] = await self._link.call(m.STATISTICS, keys)
         return stats
+
+    def abandon(self, message: str) -> int:
+        """Every request and call of this worker still waiting on the engine ends UNAVAILABLE."""
+        self._accepting = False
+        return self._link.abandon(message)
 
     async def close(self, grace_s: float) -> None:
         """Nothing to release here: the backends are the engine's."""
