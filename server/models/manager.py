@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from resnet_serve.formats.repository import CONFIG_NAME, TRITON_CONFIG_NAME, RepositoryError
 from resnet_serve.runtime.base import BackendError
 from resnet_serve.server.config import ModelSettings, ServerConfig
-from resnet_serve.server.errors import ServeError, echo, not_found, unavailable
+from resnet_serve.server.errors import ServeError, echo, invalid_argument, not_found, unavailable
 from resnet_serve.server.models.builder import ModelBuilder
 from resnet_serve.server.models.overrides import NAME_MAX, LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
@@ -300,6 +302,13 @@ class ModelManager:
             if override_dir is not None:  # the client's config, checked before the model is touched
                 await asyncio.to_thread(self._check_override, name, override_dir)
             await self._load(name, settings)
+        except ServeError as exc:
+            discard(override_dir)
+            if override_dir is None or exc.code != grpc.StatusCode.UNAVAILABLE or not self._accepting:
+                raise
+            # The model would not build from the request's own configuration or files: the request's fault
+            # (INVALID_ARGUMENT, as a refused override is), said without the temporary directory.
+            raise invalid_argument(exc.message.replace(str(override_dir), "the override")) from None
         except BaseException:
             discard(override_dir)
             raise
