@@ -9,6 +9,7 @@ what Triton's example clients (triton-inference-server/client, src/python/exampl
 * `simple_identity` (Triton's string example's second model): STRING [-1] → the same, max_batch_size 8;
   `string_identity`: the same without a batch dimension (max_batch_size 0).
 * `variable_int32`: INT32 [-1] with a batch dimension (dims [-1]): the default warmup must pick a size.
+* `tile`: FP32 [-1] → the same repeated (an answer larger than its request), max_batch_size 0.
 """
 
 from __future__ import annotations
@@ -155,8 +156,10 @@ def _one_op_model(
     tensors: tuple[int, list[str]],
     config: str,
     initializers: list[TensorProto],
+    output_dims: list[str] | None = None,
 ) -> Path:
-    """A model directory holding INPUT0 → `op` → OUTPUT0 (element type and dims in `tensors`) and `config`."""
+    """A model directory holding INPUT0 → `op` → OUTPUT0 (element type and dims in `tensors`; the output's
+    own dims in `output_dims`, if they differ) and `config`."""
     from onnx import helper
 
     element, dims = tensors
@@ -165,7 +168,7 @@ def _one_op_model(
         [helper.make_node(op, inputs, ["OUTPUT0"])],
         name,
         [helper.make_tensor_value_info("INPUT0", element, dims)],
-        [helper.make_tensor_value_info("OUTPUT0", element, dims)],
+        [helper.make_tensor_value_info("OUTPUT0", element, output_dims or dims)],
         initializers,
     )
     directory = repository / name
@@ -195,13 +198,28 @@ def write_variable_int32(repository: Path, name: str = "variable_int32", warmup:
     from onnx import TensorProto as T
     from onnx import numpy_helper
 
-    config = f"""
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ {{ name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] }} ]
-output [ {{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] }} ]
-{warmup}
-"""
+    config = _vector_config(name, "TYPE_INT32", 8) + warmup
     two = numpy_helper.from_array(np.array(2, dtype=np.int32), "two")
     return _one_op_model(repository, name, "Mul", (T.INT32, ["batch", "n"]), config, [two])
+
+
+def write_tile(repository: Path, name: str = "tile", repeats: int = 4) -> Path:
+    """FP32 [-1] without a batch dimension (max_batch_size 0): OUTPUT0 is INPUT0 repeated `repeats` times, an
+    answer `repeats` times the size of the request."""
+    from onnx import TensorProto as T
+    from onnx import numpy_helper
+
+    times = numpy_helper.from_array(np.array([repeats], dtype=np.int64), "repeats")
+    config = _vector_config(name, "TYPE_FP32", 0)
+    return _one_op_model(repository, name, "Tile", (T.FLOAT, ["n"]), config, [times], output_dims=["m"])
+
+
+def _vector_config(name: str, data_type: str, max_batch_size: int) -> str:
+    """config.pbtxt of an ONNX Runtime model taking INPUT0 and answering OUTPUT0, both `data_type` [-1]."""
+    return f"""
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT0" data_type: {data_type} dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: {data_type} dims: [ -1 ] }} ]
+"""

@@ -294,7 +294,13 @@ def _requested_outputs(
         return [(name, 0) for name in names], {}
     out: list[tuple[str, int]] = []
     shared: dict[str, SharedTensor] = {}
+    seen: set[str] = set()
     for requested in request.outputs:
+        # Each output once: a name repeated would be computed once and answered (and copied) once per
+        # mention, a 1 MB answer grown to 100 MB by naming it 100 times. Refused, as a repeated input is.
+        if requested.name in seen:
+            raise invalid_argument(f"output {echo(requested.name)} is requested twice")
+        seen.add(requested.name)
         where = shared_tensor(requested.parameters, f"output '{requested.name}'", regions)
         if where is not None:
             shared[requested.name] = where
