@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
 from resnet_serve.server.app import InferenceServer
 from resnet_serve.server.config import ServerConfig
+from resnet_serve.server.errors import ServeError
+from resnet_serve.server.kserve.service import KServeService
+from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.observability.logging import ACCESS_LOGGER
 
 LIMIT = 1 << 20  # --grpc-max-message-bytes
@@ -178,3 +182,87 @@ def test_an_output_named_twice_with_classification_or_shared_memory_is_refused_t
         assert code == grpc.StatusCode.OK and list(answer.outputs[0].shape) == [16]  # once is fine
     finally:
         shm.destroy_shared_memory_region(handle)
+
+
+# ------------------------------------------------------------------------- an answer over the message limit
+
+OVER = LIMIT // 16 + 256  # values in: 4 x 4 bytes each out, the answer ~4 KB over the limit
+
+
+def test_an_answer_over_the_grpc_limit_is_resource_exhausted_counted_a_failure_and_not_logged(
+    live: Live, log: pytest.LogCaptureFixture
+) -> None:
+    before = live.run(live.counts())
+    code, details, _ = live.run(live.grpc(tile_request(OVER)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    match = re.fullmatch(
+        rf"the response is (\d+) bytes; the limit is grpc_max_message_bytes={LIMIT} "
+        r"\(request fewer rows or outputs, or raise the limit\)",
+        details,
+    )
+    assert match and 16 * OVER < int(match[1]) < 16 * OVER + 100, details
+    success, fail, executions = live.run(live.counts())
+    assert (success, fail, executions) == (before[0], before[1] + 1, before[2] + 1)  # computed, then refused
+    assert access_outcomes(log) == [("invalid_input", details)]
+
+
+def test_http_sends_an_answer_over_the_grpc_limit(live: Live, log: pytest.LogCaptureFixture) -> None:
+    """The limit is gRPC's send limit: HTTP has none for answers (as Triton's HTTP endpoint), so the same
+    request over HTTP is answered whole and counted a success."""
+    before = live.run(live.counts())
+    tensor = {
+        "name": "INPUT0",
+        "datatype": "FP32",
+        "shape": [OVER],
+        "parameters": {"binary_data_size": 4 * OVER},
+    }
+    body = {"inputs": [tensor], "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}
+    status, answer = live.run(live.http(body, np.ones(OVER, np.float32).tobytes()))
+    assert status == 200 and len(answer) > 16 * OVER
+    assert live.run(live.counts())[:2] == (before[0] + 1, before[1])
+    assert [outcome for outcome, _ in access_outcomes(log)] == ["success"]
+
+
+def test_a_stream_answer_over_the_limit_is_an_error_in_stream_and_the_stream_goes_on(
+    live: Live, log: pytest.LogCaptureFixture
+) -> None:
+    before = live.run(live.counts())
+    big, small = tile_request(OVER), tile_request(2)
+    big.id, small.id = "big", "small"
+    answers = {a.infer_response.id: a for a in live.run(live.stream([big, small]))}
+    assert answers.keys() == {"big", "small"}
+    assert "grpc_max_message_bytes=1048576" in answers["big"].error_message
+    assert not answers["small"].error_message
+    got = np.frombuffer(answers["small"].infer_response.raw_output_contents[0], np.float32)
+    assert got.tolist() == [1.0] * 8
+    assert live.run(live.counts())[:2] == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["ModelInfer", "ModelStreamInfer"])
+def test_the_answer_size_check_is_exact(live: Live, streamed: bool) -> None:
+    """An answer of exactly the limit is sent, one byte more is refused: the size is the encoded message's
+    (the stream's wrapper included), counted without serialising the tensors."""
+    service = KServeService(live.server.ctx)
+
+    async def answer(message: Any, max_bytes: int | None) -> Any:
+        incoming = InferRequest(message, list(message.raw_input_contents))
+        message.ClearField("raw_input_contents")
+        return await service._infer(incoming, 10.0, "id", "ModelInfer", max_bytes, streamed)
+
+    for values in (1, 1000, 40_000):
+        request = tile_request(values)
+        response = live.run(answer(copy(request), None))
+        size = (pb.ModelStreamInferResponse(infer_response=response) if streamed else response).ByteSize()
+        assert live.run(answer(copy(request), size)).SerializeToString() == response.SerializeToString()
+        with pytest.raises(ServeError) as info:
+            live.run(answer(copy(request), size - 1))
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"the response is {size} bytes; the limit is grpc_max_message_bytes={size - 1} " in str(
+            info.value
+        )
+
+
+def copy(message: Any) -> Any:
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
+    return duplicate

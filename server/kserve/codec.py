@@ -38,6 +38,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import grpc
 import numpy as np
 
 from resnet_serve.formats import bytes_tensor
@@ -46,7 +47,7 @@ from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.decode.budget import preprocess_images
-from resnet_serve.server.errors import echo, invalid_argument
+from resnet_serve.server.errors import ServeError, echo, invalid_argument
 from resnet_serve.server.kserve.regions import (
     SharedTensor,
     check_output_room,
@@ -57,6 +58,7 @@ from resnet_serve.server.kserve.regions import (
 from resnet_serve.server.kserve.tensors import from_contents, from_raw, top_k_strings
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
+from resnet_serve.server.outcomes import Outcome
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 UINT8: Final = "UINT8"
@@ -158,10 +160,18 @@ async def decode_request(
 
 
 def encode_response(
-    model: ServedModel, decoded: DecodedRequest, outputs: dict[str, np.ndarray], response_id: str
+    model: ServedModel,
+    decoded: DecodedRequest,
+    outputs: dict[str, np.ndarray],
+    response_id: str,
+    max_bytes: int | None = None,
+    streamed: bool = False,
 ) -> Any:
     """Build the ModelInferResponse with every requested output in raw_output_contents, or written to its
-    shared memory region (then its raw_output_contents entry is empty)."""
+    shared memory region (then its raw_output_contents entry is empty). `max_bytes`: the largest message
+    the transport sends (gRPC's max send message length; None: no limit), `streamed`: the response goes
+    inside a ModelStreamInferResponse. An answer over it raises ServeError RESOURCE_EXHAUSTED (`too_large`)
+    rather than leave gRPC to fail the send after the server counted a success."""
     tensors = []
     raws: list[bytes] = []
     for name, k in decoded.outputs:
@@ -186,13 +196,38 @@ def encode_response(
         else:
             write_region(name, where, _byte_view(data), tensor.parameters)
             raws.append(b"")
-    return pb.ModelInferResponse(
-        model_name=model.name,
-        model_version=model.version,
-        id=response_id,
-        outputs=tensors,
-        raw_output_contents=raws,
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=model.version, id=response_id, outputs=tensors
     )
+    if max_bytes is not None:
+        # The exact encoded size without serialising the tensors: upb's ByteSize serialises the whole
+        # message, so it is asked of the response before its raw contents (a few small fields), and each
+        # raw entry adds its tag, length and bytes.
+        size = response.ByteSize()
+        for raw in raws:
+            size += _field_bytes(len(raw))
+        if streamed:
+            size = _field_bytes(size)  # ModelStreamInferResponse's infer_response field
+        if size > max_bytes:
+            raise too_large(size, max_bytes)
+    response.raw_output_contents.extend(raws)
+    return response
+
+
+def too_large(size: int, max_bytes: int) -> ServeError:
+    """An answer the server will not send: over the gRPC message limit. Counted as the request's fault
+    (outcome invalid_input: the same request fails again, unlike a full queue's RESOURCE_EXHAUSTED)."""
+    return ServeError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the response is {size} bytes; the limit is grpc_max_message_bytes={max_bytes} "
+        "(request fewer rows or outputs, or raise the limit)",
+        outcome=Outcome.INVALID_INPUT,
+    )
+
+
+def _field_bytes(length: int) -> int:
+    """The bytes a length-delimited field numbered below 16 (a one-byte tag) takes with `length` bytes."""
+    return 1 + max(1, (length.bit_length() + 6) // 7) + length
 
 
 def _describe(specs: dict[str, TensorSpec]) -> str:

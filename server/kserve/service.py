@@ -38,7 +38,7 @@ from resnet_serve.server.errors import (
     stream_boundary,
     unavailable,
 )
-from resnet_serve.server.frontend import CallContext
+from resnet_serve.server.frontend import CallContext, Frontend
 from resnet_serve.server.kserve.codec import decode_request, encode_response, is_image_input
 from resnet_serve.server.kserve.wire import InferRequest, deserialize_infer_request
 from resnet_serve.server.models.overrides import parse_override
@@ -50,6 +50,7 @@ from resnet_serve.server.request import Call
 from resnet_serve.server.security import model_control
 from resnet_serve.server.shm import registry as shm
 from resnet_serve.server.streams import answer_concurrently
+from resnet_serve.server.transport import max_message_bytes
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS: Final = (
@@ -131,6 +132,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._manager = ctx.manager
         self._shm = ctx.shared_memory
         self._version = _server_version()
+        self._max_send = max_message_bytes(ctx.config)  # grpc.max_send_message_length (server/transport.py)
 
     # ------------------------------------------------------------------------------------- health, metadata
 
@@ -173,8 +175,10 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         # The request id: x-request-id metadata, else the request's `id`, else a new one; echoed in the
         # trailing metadata (failures included) and, when the request has no `id`, as the response's id.
         request_id = context.echo_request_id(request.message.id)
+        # gRPC's send limit; HTTP has none (an aiohttp body of any size is sent, as Triton's HTTP does).
+        max_bytes = self._max_send if context.frontend is Frontend.GRPC else None
         with request_scope(request_id):
-            return await self._infer(request, context.time_remaining(), request_id, "ModelInfer")
+            return await self._infer(request, context.time_remaining(), request_id, "ModelInfer", max_bytes)
 
     @stream_boundary
     async def ModelStreamInfer(
@@ -193,7 +197,12 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             with in_flight, request_scope(request_id):
                 try:
                     response = await self._infer(
-                        request, context.time_remaining(), request_id, "ModelStreamInfer"
+                        request,
+                        context.time_remaining(),
+                        request_id,
+                        "ModelStreamInfer",
+                        self._max_send,
+                        streamed=True,
                     )
                 except Exception as exc:
                     error = status_of(exc, "ModelStreamInfer")
@@ -207,10 +216,17 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             yield item
 
     async def _infer(
-        self, incoming: InferRequest, time_remaining: float | None, request_id: str, rpc: str
+        self,
+        incoming: InferRequest,
+        time_remaining: float | None,
+        request_id: str,
+        rpc: str,
+        max_bytes: int | None = None,
+        streamed: bool = False,
     ) -> Any:
         """One request, start to finish, inside its request_scope; raises ServeError (metrics and the
-        access log are recorded either way)."""
+        access log are recorded either way). `max_bytes`, `streamed`: codec.encode_response's; an answer
+        over the limit is refused inside the call, so it is counted and logged as the failure it is."""
         request = incoming.message
 
         def lookup() -> ServedModel:
@@ -223,7 +239,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             decoded = await decode_request(call.model, incoming, time_remaining, self._ctx.pool, self._shm)
             call.preprocess_s = decoded.preprocess_s
             result = await call.infer(decoded.inputs, decoded.timeout_s, decoded.rows)
-            return encode_response(call.model, decoded, result.outputs, request.id or request_id)
+            response_id = request.id or request_id
+            return encode_response(call.model, decoded, result.outputs, response_id, max_bytes, streamed)
 
     # ------------------------------------------------------------------------------------------ statistics
 
