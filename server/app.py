@@ -137,7 +137,10 @@ class InferenceServer:
         kserve_service = kserve.register(server, self.ctx)
         generic = GenericOnly(server)
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(  # type: ignore[no-untyped-call]
-            ImageClassifierService(self.manager, self.pool, self.ctx.in_flight), generic
+            ImageClassifierService(
+                self.manager, self.pool, self.ctx.in_flight, max_message_bytes(self.config)
+            ),
+            generic,
         )
         self.services = [IMAGE_SERVICE, kserve_service]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, generic)

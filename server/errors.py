@@ -88,6 +88,12 @@ def queue_full(message: str) -> ServeError:
     return ServeError(grpc.StatusCode.UNAVAILABLE, message, outcome=Outcome.QUEUE_FULL)
 
 
+def too_large(message: str) -> ServeError:
+    """RESOURCE_EXHAUSTED for an answer the server will not send: over the gRPC message limit. Counted as
+    the request's fault (outcome invalid_input: the same request fails again, unlike a full queue)."""
+    return ServeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, outcome=Outcome.INVALID_INPUT)
+
+
 def malformed(reason: str, what: str = "request") -> ServeError:
     """A request that did not deserialize (protobuf's DecodeError): INVALID_ARGUMENT, never gRPC's UNKNOWN.
     The one answer for it, wherever it is caught: a unary request (server/inflight.py), an inference

@@ -28,6 +28,7 @@ from resnet_serve.server.app import InferenceServer
 from resnet_serve.server.batching.batcher import DynamicBatcher
 from resnet_serve.server.config import BatchingConfig, ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError
+from resnet_serve.server.image.service import largest_result
 from resnet_serve.server.kserve import service as kserve_service
 from resnet_serve.server.observability.metrics import ServerMetrics
 
@@ -253,3 +254,53 @@ def test_kserve_requests_refused_for_a_full_queue_are_never_decoded(
             assert len(decodes) == (len(answered) if request is images else 0)
 
     flooded(tmp_path, body)
+
+
+def test_a_classify_batch_whose_answer_could_exceed_the_grpc_limit_is_refused_before_any_decoding(
+    tmp_path: Path,
+) -> None:
+    # Each image's result holds top_k labels: many small images at a large top_k make an answer far larger
+    # than the request, which gRPC would fail to send after every image was computed and counted.
+    model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    config = ServerConfig(
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=-1,
+        max_image_bytes=16 * 1024,
+        grpc_max_message_bytes=64 * 1024,
+        models=(ModelSettings(name="tiny", path=str(model_file)),),
+    )
+
+    async def main() -> None:
+        server = InferenceServer(config)
+        await server.start()
+        model = server.manager.get("tiny")
+        decode = model.preprocessor
+        assert decode is not None
+        decodes: list[int] = []
+
+        def counted_decode(data: bytes) -> np.ndarray:
+            decodes.append(1)
+            return decode(data)
+
+        model.preprocessor = counted_decode  # type: ignore[assignment]
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = pb_grpc.ImageClassifierStub(channel)  # type: ignore[no-untyped-call]
+                image = png()
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.ClassifyBatch(pb.ClassifyBatchRequest(images=[image] * 400, top_k=10))
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "the answer to 400 images at top_k=10 could reach" in (info.value.details() or "")
+                assert "grpc_max_message_bytes=65536" in (info.value.details() or "")
+                assert decodes == []
+                # What fits is answered, and its real size is within the bound that admitted it.
+                answer = await stub.ClassifyBatch(pb.ClassifyBatchRequest(images=[image] * 20, top_k=10))
+                assert len(answer.results) == 20 and all(r.HasField("response") for r in answer.results)
+                call_id = answer.results[0].response.request_id.rsplit("/", 1)[0]
+                assert answer.ByteSize() <= 20 * largest_result(model, 10, call_id)
+        finally:
+            await server.stop(5)
+
+    asyncio.run(main())

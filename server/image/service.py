@@ -19,7 +19,14 @@ from resnet_serve.protos import classifier_pb2 as pb
 from resnet_serve.protos import classifier_pb2_grpc as pb_grpc
 from resnet_serve.server.batching.batcher import Ticket
 from resnet_serve.server.decode.budget import preprocess_each, preprocess_images
-from resnet_serve.server.errors import ServeError, boundary, invalid_argument, status_of, stream_boundary
+from resnet_serve.server.errors import (
+    ServeError,
+    boundary,
+    invalid_argument,
+    status_of,
+    stream_boundary,
+    too_large,
+)
 from resnet_serve.server.frontend import CallContext
 from resnet_serve.server.inflight import InFlight
 from resnet_serve.server.models.manager import ModelManager
@@ -47,11 +54,43 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(p[i])) for i in order]
 
 
+def largest_result(model: ServedModel, k: int, request_id: str) -> int:
+    """The most bytes one image's ClassifyResult of `model` can take at top `k` in a ClassifyBatchResponse:
+    the longest labels, the largest numbers, the per-image request id."""
+    longest = max(model.labels, key=lambda label: len(label.encode()), default="")
+    worst = pb.ClassifyResult(
+        response=pb.ClassifyResponse(
+            model=model.name,
+            version=model.version,
+            predictions=[pb.Prediction(index=len(model.labels), label=longest, score=1.0)] * k,
+            timing=pb.Timing(
+                queue_us=2**64 - 1,
+                preprocess_us=2**64 - 1,
+                compute_us=2**64 - 1,
+                total_us=2**64 - 1,
+                batch_size=2**32 - 1,
+            ),
+            request_id=f"{request_id}/{2**32}",
+        )
+    )
+    size = worst.ByteSize()
+    return 1 + (size.bit_length() + 6) // 7 + size  # its tag and length in `results`
+
+
 class ImageClassifierService(pb_grpc.ImageClassifierServicer):
-    def __init__(self, manager: ModelManager, pool: Executor, in_flight: InFlight | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        pool: Executor,
+        in_flight: InFlight | None = None,
+        max_answer_bytes: int | None = None,
+    ) -> None:
+        """`max_answer_bytes`: the largest answer the transport sends (gRPC's max send message length; None:
+        no limit, as over HTTP): a ClassifyBatch whose answer could exceed it is refused before any work."""
         self._manager = manager
         self._pool = pool
         self._in_flight = in_flight or InFlight()
+        self._max_answer = max_answer_bytes
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -128,9 +167,17 @@ class ImageClassifierService(pb_grpc.ImageClassifierServicer):
     ) -> pb.ClassifyBatchResponse:
         def admit() -> ServedModel:  # a request that cannot run is refused before it counts
             model = self._model(request.model, request.version)
-            self._k(model, request.top_k)
+            k = self._k(model, request.top_k)
             if not request.images:
                 raise invalid_argument("ClassifyBatch needs at least one image")
+            if self._max_answer is not None:
+                bound = len(request.images) * largest_result(model, k, request_id)
+                if bound > self._max_answer:
+                    raise too_large(
+                        f"the answer to {len(request.images)} images at top_k={k} could reach {bound} bytes; "
+                        f"the limit is grpc_max_message_bytes={self._max_answer} (send fewer images per "
+                        "call or ask for fewer labels)"
+                    )
             return model
 
         request_id = context.echo_request_id(request.request_id)

@@ -38,7 +38,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import grpc
 import numpy as np
 
 from resnet_serve.formats import bytes_tensor
@@ -47,7 +46,7 @@ from resnet_serve.formats.errors import InvalidInput
 from resnet_serve.protos import grpc_service_pb2 as pb
 from resnet_serve.runtime.base import TensorSpec
 from resnet_serve.server.decode.budget import preprocess_images
-from resnet_serve.server.errors import ServeError, echo, invalid_argument
+from resnet_serve.server.errors import ServeError, echo, invalid_argument, too_large
 from resnet_serve.server.kserve.regions import (
     SharedTensor,
     check_output_room,
@@ -58,7 +57,6 @@ from resnet_serve.server.kserve.regions import (
 from resnet_serve.server.kserve.tensors import from_contents, from_raw, top_k_strings
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
-from resnet_serve.server.outcomes import Outcome
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
 
 UINT8: Final = "UINT8"
@@ -209,19 +207,16 @@ def encode_response(
         if streamed:
             size = _field_bytes(size)  # ModelStreamInferResponse's infer_response field
         if size > max_bytes:
-            raise too_large(size, max_bytes)
+            raise answer_too_large(size, max_bytes)
     response.raw_output_contents.extend(raws)
     return response
 
 
-def too_large(size: int, max_bytes: int) -> ServeError:
-    """An answer the server will not send: over the gRPC message limit. Counted as the request's fault
-    (outcome invalid_input: the same request fails again, unlike a full queue's RESOURCE_EXHAUSTED)."""
-    return ServeError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+def answer_too_large(size: int, max_bytes: int) -> ServeError:
+    """An answer over the gRPC message limit (RESOURCE_EXHAUSTED, the request's fault)."""
+    return too_large(
         f"the response is {size} bytes; the limit is grpc_max_message_bytes={max_bytes} "
-        "(request fewer rows or outputs, or raise the limit)",
-        outcome=Outcome.INVALID_INPUT,
+        "(request fewer rows or outputs, or raise the limit)"
     )
 
 
