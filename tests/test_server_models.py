@@ -19,6 +19,7 @@ from resnet_serve.server.config import ModelSettings, ServerConfig
 from resnet_serve.server.errors import ServeError
 from resnet_serve.server.models.manager import ModelManager
 from resnet_serve.server.models.served import ModelState
+from resnet_serve.server.models.sources import discover_versions
 from resnet_serve.server.observability.metrics import ServerMetrics
 
 T = TypeVar("T")
@@ -95,6 +96,31 @@ def test_specific_versions_and_missing_ones(repo: Path) -> None:
         assert "version(s) 3 not found (available: 1, 2)" in info.value.message
 
     run(main())
+
+
+def test_a_version_of_non_ascii_digits_is_not_a_number(repo: Path) -> None:
+    # str.isdigit takes "１" (fullwidth) and "١" (Arabic-Indic), and int() reads both as 1: they must be
+    # refused as "+1", " 1" and "1_0" are, not served as version 1.
+    async def main() -> None:
+        manager = manager_for(repo, version_policy="all")
+        await manager.start()
+        for version in ("１", "١", "1١", "+1", " 1", "1_0"):
+            with pytest.raises(ServeError) as info:
+                manager.get("tiny", version)
+            assert info.value.message.startswith("failed to get model version from specified version string")
+            assert not manager.is_ready("tiny", version), version
+        assert manager.get("tiny", "01").version == "1"
+        await manager.close(5)
+
+    run(main())
+
+
+def test_a_directory_named_with_non_ascii_digits_is_not_a_version(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "tiny"
+    write_tiny_onnx(model / "1" / "model.onnx")
+    (model / "２").mkdir()
+    write_tiny_onnx(model / "２" / "model.onnx", seed=2)
+    assert discover_versions(model) == {"1": model / "1" / "model.onnx"}
 
 
 def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) -> None:

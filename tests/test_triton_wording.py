@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import numpy as np
@@ -64,6 +65,22 @@ def test_a_version_that_is_not_a_number(kserve_server: KServeServer) -> None:
     for client in _clients(kserve_server):
         message = _refusal(client.infer, "tiny", [_input(_module(client))], model_version="one").message()
         assert message.startswith("failed to get model version from specified version string 'one'"), message
+
+
+def test_a_version_of_non_ascii_digits_is_not_a_number(kserve_server: KServeServer) -> None:
+    # int() reads "１" (fullwidth) and "١" (Arabic-Indic) as 1; Triton's std::stol does not.
+    for client in _clients(kserve_server):
+        for version in ("１", "١"):
+            # tritonclient.http puts the version in the URL as given: percent-encoded, as a browser would
+            sent = version if _module(client) is tc else quote(version)
+            for call in (
+                lambda c, v: c.infer("tiny", [_input(_module(c))], model_version=v),
+                lambda c, v: c.get_model_metadata("tiny", model_version=v),
+            ):
+                message = _refusal(call, client, sent).message()
+                assert message.startswith(
+                    f"failed to get model version from specified version string '{version}'"
+                ), message
 
 
 def test_a_version_of_thousands_of_digits_is_not_a_number_and_the_answer_stays_short(

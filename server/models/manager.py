@@ -34,6 +34,7 @@ from resnet_serve.server.models.builder import ModelBuilder
 from resnet_serve.server.models.overrides import NAME_MAX, LoadOverride, discard, materialize, refused
 from resnet_serve.server.models.served import ModelState, ServedModel, VersionStatus
 from resnet_serve.server.models.sources import (
+    numbered,
     read_source,
     select_versions,
     version_key,
@@ -100,7 +101,7 @@ class ModelManager:
         inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
-        if version.isdigit() and len(version) <= MAX_VERSION_DIGITS:
+        if numbered(version) and len(version) <= MAX_VERSION_DIGITS:
             version = str(int(version))  # Triton reads the version as a number: "01" is version 1
         if not self._accepting:
             if count:
@@ -122,7 +123,7 @@ class ModelManager:
                         f"{UNKNOWN_MODEL} {echo(name)} version {version} is not at ready state "
                         f"({status.state})"
                     )
-                if not version.isdigit() or len(version) > MAX_VERSION_DIGITS:
+                if not numbered(version) or len(version) > MAX_VERSION_DIGITS:
                     raise not_found(
                         f"failed to get model version from specified version string {echo(version)}, "
                         "version should be an integral value > 0"
@@ -231,7 +232,7 @@ class ModelManager:
             and (
                 (p / CONFIG_NAME).is_file()
                 or (p / TRITON_CONFIG_NAME).is_file()
-                or any(c.name.isdigit() for c in p.iterdir())
+                or any(numbered(c.name) for c in p.iterdir())
             )
         )
 

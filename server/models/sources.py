@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 MODEL_FILES = ("model.onnx", "model.plan", "model.engine", "model.pt")
 
 
+def numbered(text: str) -> bool:
+    """Whether a version string or version directory's name is a number: ASCII digits only (str.isdigit also
+    takes "１" and "١", which int() reads as 1)."""
+    return text.isascii() and text.isdigit()
+
+
 def version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (-1, version)
+    return (int(version), "") if numbered(version) else (-1, version)
 
 
 def discover_versions(path: Path, file_names: tuple[str, ...] = MODEL_FILES) -> dict[str, Path]:
@@ -44,7 +50,7 @@ def discover_versions(path: Path, file_names: tuple[str, ...] = MODEL_FILES) -> 
         raise BackendError(f"model path does not exist: {path}")
     found: dict[str, Path] = {}
     for child in path.iterdir():
-        if child.is_dir() and child.name.isdigit():
+        if child.is_dir() and numbered(child.name):
             for file_name in file_names:
                 if (child / file_name).is_file():
                     found[str(int(child.name))] = child / file_name
