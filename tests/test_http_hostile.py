@@ -145,6 +145,42 @@ def test_a_header_length_inside_a_utf8_character_is_invalid_argument() -> None:
     assert "not UTF-8" in refusal(header, cut)
 
 
+def with_data(literal: str, datatype: str = "FP32") -> bytes:
+    """A request whose one input's data is `literal` (JSON text, as sent) and 63 zeros."""
+    return b'{"inputs":[{"name":"input","datatype":"%s","shape":[1,1,8,8],"data":[%s%s]}]}' % (
+        datatype.encode(),
+        literal.encode(),
+        b",0" * 63,
+    )
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ["1e999", "-1e999", "1E+400", "1.8e308", "1" + "0" * 400 + ".5", "9" * 400, "9" * 5000],
+)
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_a_number_beyond_a_double_is_not_valid_json_rather_than_infinity(literal: str, datatype: str) -> None:
+    # Python reads 1e999 as inf (which FP32 and FP64 would take) and refuses 5000-digit integers with a
+    # ValueError of its own (a 500); Triton's parser refuses both: "Number too big to be stored in double".
+    message = refusal(with_data(literal, datatype))
+    assert "not valid JSON" in message and "too big to be stored in a double" in message, message
+    assert len(message) < 300
+    assert "not valid JSON" in refusal(b'{"inputs":[],"x":' + b"9" * 5000 + b"}")  # wherever it is
+
+
+def test_numbers_up_to_a_doubles_range_and_triton_s_nan_and_infinity_tokens_still_parse() -> None:
+    # Triton's parser takes NaN, Infinity and -Infinity (rapidjson's kParseNanAndInfFlag), and writes them.
+    cases = [("1e308", "FP64", 1e308), ("-1.7976931348623157e308", "FP64", -1.7976931348623157e308)]
+    cases += [("1e-999", "FP32", 0.0), ("1" + "0" * 300 + ".5", "FP64", 1e300), ("1E+38", "FP32", 1e38)]
+    cases += [("Infinity", "FP32", float("inf")), ("-Infinity", "FP64", float("-inf"))]
+    for literal, datatype, value in cases:
+        parsed = parse_request(with_data(literal, datatype), None, "tiny", "")
+        first = np.frombuffer(parsed.incoming.raw[0], np.float32 if datatype == "FP32" else np.float64)[0]
+        assert first == np.array(value, first.dtype), literal
+    parsed = parse_request(with_data("NaN"), None, "tiny", "")
+    assert np.isnan(np.frombuffer(parsed.incoming.raw[0], np.float32)[0])
+
+
 # ------------------------------------------------------------------------------ a live in-process server
 
 
@@ -262,6 +298,25 @@ def test_bad_inference_bodies_are_400_with_a_json_error_and_no_traceback(
     clean: Live, body: bytes, headers: dict[str, str], expected: str
 ) -> None:
     assert expected in clean.error(400, "POST", INFER, body, **headers)
+
+
+JSON_ROUTES = [
+    INFER,
+    "/v2/repository/index",
+    "/v2/repository/models/tiny/load",
+    "/v2/repository/models/tiny/unload",
+    "/v2/systemsharedmemory/region/r/register",
+    "/v2/cudasharedmemory/region/r/register",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", JSON_ROUTES)
+def test_a_number_beyond_a_double_is_400_on_every_json_route(clean: Live, path: str) -> None:
+    # A 5000-digit integer was a 500 with a traceback on each (Python's int() limit, not a JSONDecodeError).
+    for number in (b"9" * 5000, b"-1e999"):
+        message = clean.error(400, "POST", path, b'{"inputs":[],"ready":true,"x":' + number + b"}")
+        assert "not valid JSON" in message and "too big to be stored in a double" in message, message
 
 
 @pytest.mark.slow
