@@ -365,6 +365,20 @@ def test_unknown_models_and_versions_are_404_on_every_route(clean: Live, method:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("version", ["abc", "1_0", "%2B1", "%201", "%EF%BC%91", "%D9%A1", "9" * 30])
+def test_a_version_that_is_not_a_number_gets_the_metadata_routes_error_on_the_ready_route(
+    clean: Live, version: str
+) -> None:
+    # The ready route answered 503 (not ready), the others their error; Triton's HandleModelReady returns
+    # GetModelVersionFromString's error. An unknown model or version stays "not ready" (above), as in Triton.
+    path = f"/v2/models/tiny/versions/{version}"
+    status, _, data = clean.call("GET", path)
+    message = json.loads(data)["error"]
+    assert status != 200 and message.startswith("failed to get model version from specified version string")
+    assert clean.error(status, "GET", path + "/ready") == message
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), UNKNOWN)
 def test_a_long_model_name_gets_a_short_answer(clean: Live, method: str, path: str) -> None:
     name = "m" * 7000  # under aiohttp's 8190-byte request line: the route itself answers

@@ -108,8 +108,12 @@ def test_a_version_of_non_ascii_digits_is_not_a_number(repo: Path) -> None:
             with pytest.raises(ServeError) as info:
                 manager.get("tiny", version)
             assert info.value.message.startswith("failed to get model version from specified version string")
-            assert not manager.is_ready("tiny", version), version
+            with pytest.raises(ServeError) as ready:  # ModelReady answers what the other routes answer
+                manager.is_ready("tiny", version)
+            assert (ready.value.code, ready.value.message) == (info.value.code, info.value.message)
         assert manager.get("tiny", "01").version == "1"
+        assert manager.is_ready("tiny", "01") and not manager.is_ready("tiny", "7")  # unknown: not ready
+        assert not manager.is_ready("nope", "1")
         await manager.close(5)
 
     run(main())

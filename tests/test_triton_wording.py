@@ -83,6 +83,20 @@ def test_a_version_of_non_ascii_digits_is_not_a_number(kserve_server: KServeServ
                 ), message
 
 
+def test_model_ready_with_a_version_that_is_not_a_number_is_refused_as_metadata_is(
+    kserve_server: KServeServer,
+) -> None:
+    # It answered ready=false (HTTP 503) where the other RPCs answer the error, and "１" answered true;
+    # Triton's ModelReady returns GetModelVersionFromString's error over gRPC and HTTP.
+    client = tc.InferenceServerClient(kserve_server.url)
+    for version in ("one", "1_0", "+1", "１", "١"):
+        expected = _refusal(client.get_model_metadata, "tiny", model_version=version)
+        refused = _refusal(client.is_model_ready, "tiny", model_version=version)
+        assert (refused.status(), refused.message()) == (expected.status(), expected.message())
+    assert not client.is_model_ready("tiny", model_version="7")  # unknown: not ready, no error (as Triton)
+    assert not client.is_model_ready("nope")
+
+
 def test_a_version_of_thousands_of_digits_is_not_a_number_and_the_answer_stays_short(
     kserve_server: KServeServer,
 ) -> None:

@@ -59,6 +59,17 @@ UNKNOWN_MODEL = "Request for unknown model:"
 MAX_VERSION_DIGITS = 18  # a version is an int64 to Triton; longer digit strings are not versions
 
 
+def _is_version(version: str) -> bool:
+    return numbered(version) and len(version) <= MAX_VERSION_DIGITS
+
+
+def _not_a_version(version: str) -> ServeError:
+    return not_found(
+        f"failed to get model version from specified version string {echo(version)}, "
+        "version should be an integral value > 0"
+    )
+
+
 @dataclass
 class _Entry:
     """A model name: its settings and its versions by version string."""
@@ -101,7 +112,11 @@ class ModelManager:
         inference requests (readiness, metadata)."""
         name = name or self.default_model
         entry = self._entries.get(name)
-        if numbered(version) and len(version) <= MAX_VERSION_DIGITS:
+        if version:  # read first, as Triton reads it (GetModelVersionFromString) before it looks anything up
+            if not _is_version(version):
+                if count:
+                    self._count_refusal(name, entry, version)
+                raise _not_a_version(version)
             version = str(int(version))  # Triton reads the version as a number: "01" is version 1
         if not self._accepting:
             if count:
@@ -122,11 +137,6 @@ class ModelManager:
                     raise unavailable(
                         f"{UNKNOWN_MODEL} {echo(name)} version {version} is not at ready state "
                         f"({status.state})"
-                    )
-                if not numbered(version) or len(version) > MAX_VERSION_DIGITS:
-                    raise not_found(
-                        f"failed to get model version from specified version string {echo(version)}, "
-                        "version should be an integral value > 0"
                     )
                 known = ", ".join(sorted(entry.status, key=version_key)) or "none"
                 raise not_found(
@@ -162,6 +172,11 @@ class ModelManager:
         self.metrics.model(name, version).request_done(Outcome.UNAVAILABLE, 0.0)
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Whether the version (empty: any) is ready. An unknown model or version is not ready, as Triton
+        answers it; a version that is not a number raises what `get` raises for it, as Triton's ModelReady
+        returns GetModelVersionFromString's error (HTTP and gRPC)."""
+        if version and not _is_version(version):
+            raise _not_a_version(version)
         try:
             return self.get(name, version, count=False).state is ModelState.READY
         except ServeError:
