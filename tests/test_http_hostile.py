@@ -374,7 +374,7 @@ def test_a_version_that_is_not_a_number_gets_the_metadata_routes_error_on_the_re
     path = f"/v2/models/tiny/versions/{version}"
     status, _, data = clean.call("GET", path)
     message = json.loads(data)["error"]
-    assert status != 200 and message.startswith("failed to get model version from specified version string")
+    assert status == 400 and message.startswith("failed to get model version from specified version string")
     assert clean.error(status, "GET", path + "/ready") == message
 
 

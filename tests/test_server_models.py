@@ -108,6 +108,7 @@ def test_a_version_of_non_ascii_digits_is_not_a_number(repo: Path) -> None:
             with pytest.raises(ServeError) as info:
                 manager.get("tiny", version)
             assert info.value.message.startswith("failed to get model version from specified version string")
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(ServeError) as ready:  # ModelReady answers what the other routes answer
                 manager.is_ready("tiny", version)
             assert (ready.value.code, ready.value.message) == (info.value.code, info.value.message)

@@ -93,6 +93,7 @@ def test_model_ready_with_a_version_that_is_not_a_number_is_refused_as_metadata_
         expected = _refusal(client.get_model_metadata, "tiny", model_version=version)
         refused = _refusal(client.is_model_ready, "tiny", model_version=version)
         assert (refused.status(), refused.message()) == (expected.status(), expected.message())
+        assert refused.status() == "StatusCode.INVALID_ARGUMENT"  # the client's error, as in Triton
     assert not client.is_model_ready("tiny", model_version="7")  # unknown: not ready, no error (as Triton)
     assert not client.is_model_ready("nope")
 
@@ -103,7 +104,7 @@ def test_a_version_of_thousands_of_digits_is_not_a_number_and_the_answer_stays_s
     # Python refuses to read a 5000-digit integer: the lookup must not try (it would be an INTERNAL error).
     client = tc.InferenceServerClient(kserve_server.url)
     error = _refusal(client.infer, "tiny", [_input(tc)], model_version="9" * 5000)
-    assert error.status() == "StatusCode.NOT_FOUND"
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert error.message().startswith("failed to get model version from specified version string '999")
     assert len(error.message()) < 1000
 

@@ -64,7 +64,8 @@ def _is_version(version: str) -> bool:
 
 
 def _not_a_version(version: str) -> ServeError:
-    return not_found(
+    # The client's error, as Triton's GetModelVersionFromString reports it (TRITONSERVER_ERROR_INVALID_ARG).
+    return invalid_argument(
         f"failed to get model version from specified version string {echo(version)}, "
         "version should be an integral value > 0"
     )
@@ -105,7 +106,8 @@ class ModelManager:
 
     def get(self, name: str, version: str = "", *, count: bool = True) -> ServedModel:
         """The ready model version to send a request to (empty name: the default model, empty version: the
-        highest ready version). Raises ServeError NOT_FOUND or UNAVAILABLE.
+        highest ready version). Raises ServeError NOT_FOUND or UNAVAILABLE, or INVALID_ARGUMENT for a version
+        that is not a number.
 
         A refusal is counted in the metrics as a finished request (`not_found` under the `_unknown` labels,
         `unavailable` under the model version it was meant for); `count=False` is for lookups that are not
