@@ -53,6 +53,22 @@ def test_unknown_model(kserve_server: KServeServer) -> None:
             assert message.startswith("Request for unknown model: 'nope' is not found"), message
 
 
+def test_a_kserve_request_that_names_no_model_is_for_an_unknown_model(kserve_server: KServeServer) -> None:
+    # The default model is the image API's; the KServe protocol names its model, and Triton answers an empty
+    # name as the unknown model it is (over HTTP the route cannot even be formed).
+    client = tc.InferenceServerClient(kserve_server.url)
+    assert client.is_model_ready("tiny")
+    assert not client.is_model_ready("")
+    for call in (
+        lambda c: c.infer("", [_input(tc)]),
+        lambda c: c.get_model_metadata(""),
+        lambda c: c.get_model_config(""),
+    ):
+        error = _refusal(call, client)
+        assert error.message().startswith("Request for unknown model: '' is not found"), error.message()
+        assert error.status() == "StatusCode.NOT_FOUND"
+
+
 def test_unknown_version(kserve_server: KServeServer) -> None:
     for client in _clients(kserve_server):
         message = _refusal(client.infer, "tiny", [_input(_module(client))], model_version="7").message()

@@ -212,7 +212,12 @@ class ServerConfig(BaseModel):
     models: tuple[ModelSettings, ...] = ()
     # The settings a model found in the repository (at start-up or by an explicit load) is served with.
     model_defaults: ModelSettings = ModelSettings(name="")
-    default_model: str = option("", "NAME", "model used when a request names none (none: the first model)")
+    default_model: str = option(
+        "",
+        "NAME",
+        "model used when an image-API request names none (none: the first model); a KServe request names its "
+        "own",
+    )
     preprocess_threads: Int = option(0, "N", "image decoding threads (0: one per core)", ge=0)
     max_image_bytes: Int = option(20 * 1024 * 1024, "BYTES", "largest encoded image accepted, in bytes", ge=1)
     max_image_pixels: Int = option(

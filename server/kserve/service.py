@@ -146,7 +146,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     @boundary
     async def ModelReady(self, request: Any, context: Context) -> Any:
-        return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
+        ready = self._manager.is_ready(request.name, request.version, default=False)  # a model is named
+        return pb.ModelReadyResponse(ready=ready)
 
     @boundary
     async def ServerMetadata(self, request: Any, context: Context) -> Any:
@@ -232,7 +233,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         def lookup() -> ServedModel:
             if incoming.error is not None:
                 raise malformed(incoming.error, "ModelInferRequest")
-            return self._manager.get(request.model_name, request.model_version)
+            return self._manager.get(request.model_name, request.model_version, default=False)
 
         with Call(rpc, request.model_name, request.model_version, lookup) as call:
             call.admit()  # a place in the queue first: a full queue refuses before any tensor is decoded
@@ -345,7 +346,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             raise unavailable(model_control.refusal(mode))  # Triton's status for it
 
     def _get(self, name: str, version: str) -> ServedModel:
-        return self._manager.get(name, version, count=False)  # metadata: not an inference request
+        # metadata: not an inference request; KServe names its model (no default model)
+        return self._manager.get(name, version, count=False, default=False)
 
 
 def _batch_shape(model: ServedModel, spec: TensorSpec) -> list[int]:

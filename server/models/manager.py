@@ -104,15 +104,17 @@ class ModelManager:
             return self.config.default_model
         return next(iter(self._entries), "")
 
-    def get(self, name: str, version: str = "", *, count: bool = True) -> ServedModel:
-        """The ready model version to send a request to (empty name: the default model, empty version: the
-        highest ready version). Raises ServeError NOT_FOUND or UNAVAILABLE, or INVALID_ARGUMENT for a version
-        that is not a number.
+    def get(self, name: str, version: str = "", *, count: bool = True, default: bool = True) -> ServedModel:
+        """The ready model version to send a request to (empty name: the default model, unless `default` is
+        False, as for the KServe protocol, where a model must be named; empty version: the highest ready
+        version). Raises ServeError NOT_FOUND or UNAVAILABLE, or INVALID_ARGUMENT for a version that is not a
+        number.
 
         A refusal is counted in the metrics as a finished request (`not_found` under the `_unknown` labels,
         `unavailable` under the model version it was meant for); `count=False` is for lookups that are not
         inference requests (readiness, metadata)."""
-        name = name or self.default_model
+        if default:
+            name = name or self.default_model
         entry = self._entries.get(name)
         if version:  # read first, as Triton reads it (GetModelVersionFromString) before it looks anything up
             if not _is_version(version):
@@ -173,14 +175,14 @@ class ModelManager:
             version = max(known, key=version_key) if known else UNKNOWN_MODEL_LABEL
         self.metrics.model(name, version).request_done(Outcome.UNAVAILABLE, 0.0)
 
-    def is_ready(self, name: str, version: str = "") -> bool:
+    def is_ready(self, name: str, version: str = "", *, default: bool = True) -> bool:
         """Whether the version (empty: any) is ready. An unknown model or version is not ready, as Triton
         answers it; a version that is not a number raises what `get` raises for it, as Triton's ModelReady
-        returns GetModelVersionFromString's error (HTTP and gRPC)."""
+        returns GetModelVersionFromString's error (HTTP and gRPC). `default`: as `get`'s."""
         if version and not _is_version(version):
             raise _not_a_version(version)
         try:
-            return self.get(name, version, count=False).state is ModelState.READY
+            return self.get(name, version, count=False, default=default).state is ModelState.READY
         except ServeError:
             return False
 
