@@ -152,6 +152,38 @@ def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) 
     run(main())
 
 
+def test_a_model_whose_load_failed_can_be_unloaded_and_the_server_is_ready_again(tmp_path: Path) -> None:
+    # Triton's way out for an operator: unload the model that failed, and the others carry readiness.
+    model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
+    others = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
+    config = ServerConfig(
+        models=(
+            ModelSettings(name="tiny", path=str(model_file)),
+            ModelSettings(name="other", path=str(others)),
+        )
+    )
+    manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+
+    async def main() -> None:
+        await manager.start()
+        model_file.write_bytes(b"no longer onnx")
+        await manager.unload("tiny")
+        with pytest.raises(ServeError):
+            await manager.load("tiny")
+        assert not manager.all_ready()
+        await manager.unload("tiny")
+        assert manager.all_ready()
+        assert [(s.state, s.reason) for s in manager.statuses() if s.name == "tiny"] == [
+            (ModelState.UNAVAILABLE, "unloaded")
+        ]
+        with pytest.raises(ServeError) as info:  # once: it is no longer loaded
+            await manager.unload("tiny")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        await manager.close(5)
+
+    run(main())
+
+
 def refused(manager: ModelManager, name: str, version: str) -> float:
     return manager.metrics.model(name, version).statistics().failures["unavailable"]
 

@@ -432,11 +432,20 @@ class ModelManager:
             self._notify()
 
     async def unload(self, name: str) -> None:
-        """Stop serving a model; its queued and running requests still complete. NOT_FOUND if not loaded."""
+        """Stop serving a model; its queued and running requests still complete. NOT_FOUND if not loaded. A
+        model whose load failed is unloaded too, as Triton does it: nothing is meant to serve it any more, so
+        strict readiness no longer waits for it."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.get(name)
-            if entry is None or not entry.versions:
+            if entry is None or (not entry.versions and entry.unloaded):
                 raise not_found(f"model {echo(name)} is not loaded")
+            if not entry.versions:  # its last load failed
+                entry.unloaded = True
+                for version in entry.status:
+                    entry.status[version] = VersionStatus(name, version, ModelState.UNAVAILABLE, UNLOADED)
+                log.info("model %s unloaded (its load had failed)", name)
+                self._notify()
+                return
             models = list(entry.versions.values())
             entry.versions = {}
             entry.unloaded = True
