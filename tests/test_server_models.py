@@ -128,7 +128,8 @@ def test_a_directory_named_with_non_ascii_digits_is_not_a_version(tmp_path: Path
     assert discover_versions(model) == {"1": model / "1" / "model.onnx"}
 
 
-def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) -> None:
+def tiny_and_other(tmp_path: Path) -> tuple[Path, ModelManager]:
+    """A manager of two configured models, "tiny" and "other", and tiny's file (to break it)."""
     model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
     others = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
     config = ServerConfig(
@@ -138,6 +139,11 @@ def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) 
         )
     )
     manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+    return model_file, manager
+
+
+def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) -> None:
+    model_file, manager = tiny_and_other(tmp_path)
 
     async def main() -> None:
         await manager.start()
@@ -154,15 +160,7 @@ def test_a_failed_load_after_an_unload_makes_the_server_unready(tmp_path: Path) 
 
 def test_a_model_whose_load_failed_can_be_unloaded_and_the_server_is_ready_again(tmp_path: Path) -> None:
     # Triton's way out for an operator: unload the model that failed, and the others carry readiness.
-    model_file = write_tiny_onnx(tmp_path / "tiny.onnx")
-    others = write_tiny_onnx(tmp_path / "other.onnx", seed=1)
-    config = ServerConfig(
-        models=(
-            ModelSettings(name="tiny", path=str(model_file)),
-            ModelSettings(name="other", path=str(others)),
-        )
-    )
-    manager = ModelManager(config, ServerMetrics(registry=CollectorRegistry()))
+    model_file, manager = tiny_and_other(tmp_path)
 
     async def main() -> None:
         await manager.start()
