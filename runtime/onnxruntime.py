@@ -105,7 +105,7 @@ class OrtBackend(Backend):
         }
 
     def close(self) -> None:
-        del self._session
+        self.__dict__.pop("_session", None)  # a second close (start-up's failure path) has nothing to do
 
 
 def _to_ort(array: np.ndarray) -> np.ndarray:

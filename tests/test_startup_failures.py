@@ -58,6 +58,18 @@ def test_a_broken_model_is_fatal_and_named_with_its_file(tmp_path: Path) -> None
     assert "failed to load 'broken'" in line and str(broken) in line
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_broken_model_after_one_that_loaded_is_one_line_too(tmp_path: Path, workers: str) -> None:
+    # What had loaded is released once: the worker processes' engine used to release it a second time and
+    # print two tracebacks instead of the line.
+    write_tiny_onnx(tmp_path / "a_good" / "1" / "model.onnx")
+    broken = tmp_path / "z_broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an onnx model")
+    line = start_fails("--model-repository", str(tmp_path), "--workers", workers, "--log-level", "warning")
+    assert "failed to load 'z_broken'" in line and str(broken) in line
+
+
 def test_a_config_pbtxt_that_does_not_parse_is_fatal_and_names_its_line(tmp_path: Path) -> None:
     write_tiny_onnx(tmp_path / "tiny" / "1" / "model.onnx")
     (tmp_path / "tiny" / "config.pbtxt").write_text('name: "tiny"\nmax_batch_size: 8\ninstances: 2\n')

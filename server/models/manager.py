@@ -94,6 +94,7 @@ class ModelManager:
         self._accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._closed = False
 
     # ------------------------------------------------------------------------------------------- lookup
 
@@ -472,8 +473,12 @@ class ModelManager:
 
     async def close(self, grace_s: float) -> None:
         """Finish queued requests (up to grace_s), answer those still queued then UNAVAILABLE, and release
-        every backend whose batches have ended (one still computing is left to the process's exit)."""
+        every backend whose batches have ended (one still computing is left to the process's exit). A second
+        call (a failed start-up closes what it loaded, then its caller closes everything) does nothing."""
         self._accepting = False
+        if self._closed:
+            return
+        self._closed = True
         models = [m for entry in self._entries.values() for m in entry.versions.values()]
         for model in models:
             model.state = ModelState.UNLOADING
