@@ -215,6 +215,37 @@ def test_a_model_unloaded_through_one_worker_is_unloaded_for_every_connection(se
             c.close()
 
 
+def test_while_a_model_loads_every_worker_says_loading_and_the_server_is_not_ready(model: Path) -> None:
+    # One truth during a load too: the engine tells the workers when a load begins, not only when it ends
+    # (they answered ready, and the index said "unloaded", for the seconds a load took).
+    slow_load = write_tiny_onnx(model.parent / "slow-load.onnx", slow_layers=2500)  # seconds to build
+    server = start_server(
+        "--model", f"tiny={slow_load}", "--workers", "2", "--model-control-mode", "explicit", timeout_s=120
+    )
+    control = client(server.target)
+    others = [client(server.target) for _ in range(CONNECTIONS)]
+    try:
+        control.unload_model("tiny")
+        assert all(other.is_server_ready() for other in others)  # nothing is meant to serve it
+        loading = threading.Thread(target=control.load_model, args=("tiny",))
+        loading.start()
+        wait_for(lambda: not others[0].is_server_ready(), 10, "the load to begin")
+        for other in others:  # every connection, so both workers
+            index = other.get_model_repository_index().models
+            if not loading.is_alive():
+                break
+            assert [(m.name, m.state) for m in index] == [("tiny", "LOADING")]
+            assert not other.is_server_ready()
+            assert not other.is_model_ready("tiny")
+        assert loading.is_alive(), "the load ended before every connection was asked: not slow enough"
+        loading.join(120)
+        assert all(other.is_server_ready() and other.is_model_ready("tiny") for other in others)
+    finally:
+        for c in (control, *others):
+            c.close()
+        assert stop_server(server) == 0, "".join(server.log)
+
+
 def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(model: Path) -> None:
     slow = write_tiny_onnx(model.parent / "slow-kill.onnx", slow_layers=200)
     server = start_server(

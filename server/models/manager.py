@@ -396,6 +396,7 @@ class ModelManager:
             self.metrics.forget(name, UNKNOWN_MODEL_LABEL)  # its versions are known now
             for version in wanted:
                 entry.status[version] = VersionStatus(name, version, ModelState.LOADING)
+            self._notify()  # the load has begun: LOADING in the index, and (worker processes) readiness
             loaded: dict[str, ServedModel] = {}
             try:
                 for version, path in wanted.items():
