@@ -246,6 +246,32 @@ def test_while_a_model_loads_every_worker_says_loading_and_the_server_is_not_rea
         assert stop_server(server) == 0, "".join(server.log)
 
 
+def test_a_request_whose_timeout_passes_in_the_queue_is_answered_then_not_when_its_turn_comes(
+    model: Path,
+) -> None:
+    # The engine checks a deadline when a batch takes the request; the worker tells it when it passes, so a
+    # request behind seconds of work is answered at its deadline, as in one process.
+    slow = write_tiny_onnx(model.parent / "slow-queue.onnx", slow_layers=400)  # ~20 ms a row
+    server = start_server(
+        "--model", f"tiny={slow}", "--workers", "2", "--intra-op-threads", "1", "--max-batch-size", "8"
+    )  # fmt: skip
+    try:
+        rows = np.ones((8, *SHAPE), np.float32)
+        backlog = [threading.Thread(target=infer, args=(server.target, rows)) for _ in range(12)]
+        for thread in backlog:
+            thread.start()
+        time.sleep(0.3)  # queued or running: ~2 s of compute
+        with pytest.raises(InferenceServerException) as info:
+            infer(server.target, np.ones((1, *SHAPE), dtype=np.float32), timeout=100_000)  # µs, Triton's unit
+        assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert info.value.message() == "deadline exceeded while queued for model 'tiny'; not computed"
+        assert any(thread.is_alive() for thread in backlog), "answered only when its turn came"
+        for thread in backlog:
+            thread.join(60)
+    finally:
+        assert stop_server(server) == 0, "".join(server.log)
+
+
 def test_a_worker_killed_mid_load_ends_its_requests_unavailable_and_is_replaced(model: Path) -> None:
     slow = write_tiny_onnx(model.parent / "slow-kill.onnx", slow_layers=200)
     server = start_server(

@@ -433,9 +433,10 @@ class DynamicBatcher:
 
     def _expire(self, pending: _Pending) -> None:
         if self._withdraw(pending) and pending.future is not None and not pending.future.done():
-            pending.future.set_exception(self._expired_error())
+            pending.future.set_exception(self.expired_error())
 
-    def _expired_error(self) -> ServeError:
+    def expired_error(self) -> ServeError:
+        """What a request whose deadline passed while it was queued is answered."""
         return deadline_exceeded(f"deadline exceeded while queued for model {self.name!r}; not computed")
 
     def close(self) -> None:
@@ -516,7 +517,7 @@ class DynamicBatcher:
                 pending = self._queue.popleft()
                 if pending.deadline is not None and pending.deadline <= now:
                     pending.state = _GONE
-                    expired.append((pending, self._expired_error()))
+                    expired.append((pending, self.expired_error()))
                 else:
                     pending.state = _TAKEN
                     batch.append(pending)

@@ -131,6 +131,11 @@ class WorkerLink:
             if entry is not None and entry[0] is not None and entry[1].withdraw(entry[0]):
                 self._requests.pop(message[1], None)
                 self.send((m.ERROR, message[1], "CANCELLED", "the request was cancelled", None))
+        elif kind == m.EXPIRE:
+            entry = self._requests.get(message[1])
+            if entry is not None and entry[0] is not None and entry[1].withdraw(entry[0]):
+                self._requests.pop(message[1], None)
+                self.send((m.ERROR, message[1], *failure_of(entry[1].expired_error())))
         else:
             self._loop.call_soon_threadsafe(self._on_loop_message, message)
 

@@ -7,6 +7,8 @@ worker → engine
                                                   out: (offset, capacity) in the arena for the outputs; slot:
                                                   the version's row of queue places, server/ipc/places.py)
     CANCEL rid                                    the client went away; the engine answers rid all the same
+    EXPIRE rid                                    its deadline passed: withdrawn if still queued and answered
+                                                  with the expiry error (a batch that took it completes)
     CALL rid op args                              model control, shared-memory registry, statistics
     READY grpc_port http_port                     the worker listens (once)
     METRICS rid state                             the answer to PULL_METRICS: its ServerMetrics' export
@@ -25,6 +27,7 @@ from typing import Final
 
 INFER: Final = "infer"
 CANCEL: Final = "cancel"
+EXPIRE: Final = "expire"
 CALL: Final = "call"
 READY: Final = "ready"
 METRICS: Final = "metrics"

@@ -168,6 +168,12 @@ class EngineLink:
                 self.send((m.CANCEL, rid))
         return count
 
+    def expire(self, rid: int) -> None:
+        """Request `rid`'s deadline passed: the engine withdraws it if no batch has taken it yet, and answers
+        it with the expiry error (otherwise its batch's answer comes as usual)."""
+        if rid in self._pending and self.alive:
+            self.send((m.EXPIRE, rid))
+
     async def call(self, op: str, *args: Any) -> Any:
         """One CALL to the engine; its REPLY's value, or the ServeError of its FAIL."""
         if not self.alive:

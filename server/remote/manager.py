@@ -111,10 +111,22 @@ class RemoteBatcher:
                 shared.claim(self._slot, -1)
             raise
         self._waiting += 1
+        # The deadline is the engine's rule too, but it looks only when a batch takes the request: told here
+        # when it passes, the engine answers a request still queued at once, as one process does.
+        timeout_ms = self.config.timeout_ms
+        if timeout_ms > 0:
+            timeout_s = timeout_ms / 1000 if timeout_s is None else min(timeout_s, timeout_ms / 1000)
+        timer = (
+            None
+            if timeout_s is None
+            else asyncio.get_running_loop().call_later(timeout_s, link.expire, sent[0])
+        )
         try:
             return await link.answer(*sent)
         finally:
             self._waiting -= 1
+            if timer is not None:
+                timer.cancel()
 
     def check_rows(self, rows: int) -> None:
         check_rows(self.name, rows, self.max_batch_size)
