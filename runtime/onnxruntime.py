@@ -25,7 +25,11 @@ _ORT_TYPES: dict[str, np.dtype[np.generic]] = {
     "tensor(double)": np.dtype(np.float64),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
+    "tensor(int16)": np.dtype(np.int16),
     "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint16)": np.dtype(np.uint16),
     "tensor(uint8)": np.dtype(np.uint8),
     "tensor(bool)": np.dtype(np.bool_),
     "tensor(string)": np.dtype(object),  # BYTES: object arrays of bytes (formats/bytes_tensor.py)

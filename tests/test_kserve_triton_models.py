@@ -27,6 +27,7 @@ from triton_models import (
     densenet_config,
     densenet_reference,
     write_densenet_like,
+    write_integer_identity,
     write_simple_string,
     write_string_identity,
     write_variable_int32,
@@ -48,6 +49,9 @@ model_warmup [
 """
 
 
+INTEGERS = ("UINT16", "UINT32", "UINT64", "INT16")  # Triton's ONNX Runtime backend serves them all
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
     tmp = tmp_path_factory.mktemp("triton_models")
@@ -58,6 +62,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeServer]:
     write_densenet_like(repository)
     write_densenet_like(repository, "densenet_images", densenet_config("densenet_images"), images=True)
     write_variable_int32(repository)  # dims [-1]: the default warmup must choose a size
+    for datatype in INTEGERS:
+        write_integer_identity(repository, datatype)
     warm = write_variable_int32(repository, "warmed_int32", warmup=WARMUP)
     (warm / "warmup").mkdir()
     (warm / "warmup" / "four_ints").write_bytes(np.arange(4, dtype="<i4").tobytes())
@@ -346,3 +352,27 @@ def test_model_warmup_in_config_pbtxt_is_what_runs_and_model_config_reports_it(
     assert (sample["name"], sample["batch_size"], sample["count"]) == ("from_file", 2, 3)
     given = sample["inputs"]["INPUT0"]
     assert (given["data_type"], given["dims"], given["input_data_file"]) == ("TYPE_INT32", ["4"], "four_ints")
+
+
+@pytest.mark.parametrize("datatype", INTEGERS)
+def test_every_integer_width_round_trips_at_its_limits_on_both_protocols(
+    clients: tuple[tc.InferenceServerClient, th.InferenceServerClient], datatype: str
+) -> None:
+    dtype = np.dtype(datatype.lower())
+    info = np.iinfo(dtype)
+    x = np.array([[info.min, info.max, 0, 1], [2, 3, info.max - 1, info.min + 1]], dtype=dtype)
+    model = f"{datatype.lower()}_identity"
+    for client in clients:
+        module = tc if isinstance(client, tc.InferenceServerClient) else th
+        for binary in (True, False) if module is th else (True,):
+            tensor = module.InferInput("INPUT0", list(x.shape), datatype)
+            if module is th:
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                wanted = [th.InferRequestedOutput("OUTPUT0", binary_data=binary)]
+            else:
+                tensor.set_data_from_numpy(x)
+                wanted = [tc.InferRequestedOutput("OUTPUT0")]
+            result = client.infer(model, [tensor], outputs=wanted)
+            out = result.as_numpy("OUTPUT0")
+            assert out.dtype == dtype and np.array_equal(out, x), (client, binary, out)
+        assert client.get_model_metadata(model) is not None

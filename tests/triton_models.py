@@ -23,6 +23,8 @@ import numpy as np
 from resnet_serve.formats.metadata import PREPROCESS_KEY
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from onnx import ModelProto, OperatorSetIdProto, TensorProto
 
 SIMPLE_STRING_CONFIG = """
@@ -153,10 +155,10 @@ def _one_op_model(
     repository: Path,
     name: str,
     op: str,
-    tensors: tuple[int, list[str]],
+    tensors: tuple[int, Sequence[str | int]],
     config: str,
     initializers: list[TensorProto],
-    output_dims: list[str] | None = None,
+    output_dims: Sequence[str | int] | None = None,
 ) -> Path:
     """A model directory holding INPUT0 → `op` → OUTPUT0 (element type and dims in `tensors`; the output's
     own dims in `output_dims`, if they differ) and `config`."""
@@ -223,3 +225,18 @@ max_batch_size: {max_batch_size}
 input [ {{ name: "INPUT0" data_type: {data_type} dims: [ -1 ] }} ]
 output [ {{ name: "OUTPUT0" data_type: {data_type} dims: [ -1 ] }} ]
 """
+
+
+def write_integer_identity(repository: Path, datatype: str) -> Path:
+    """`<datatype>_identity`: INPUT0 [-1, 4] of Triton's TYPE_<datatype> → Identity → OUTPUT0, batched (8)."""
+    from onnx import TensorProto as T
+
+    name = f"{datatype.lower()}_identity"
+    config = f"""
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_{datatype} dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_{datatype} dims: [ 4 ] }} ]
+"""
+    return _one_op_model(repository, name, "Identity", (getattr(T, datatype), ["batch", 4]), config, [])

@@ -360,6 +360,16 @@ def _typed(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndar
         array = np.array(data)
     except (ValueError, OverflowError, RecursionError) as exc:  # ragged or too deep
         raise invalid_argument(f"{wrong} nested as the shape is ({str(exc)[:120]})") from None
+    if dtype.kind == "u" and dtype.itemsize == 8 and array.dtype.kind in "fO" and array.size:
+        # UINT64's upper half, beyond INT64, comes out of NumPy's inference as float64 (rounded) or objects:
+        # read the values as the Python ints they are, when every one is.
+        flat: list[Any] = []
+        _flatten(data, flat, 0)
+        if all(type(value) is int for value in flat):
+            limits = np.iinfo(dtype)
+            if min(flat) < limits.min or max(flat) > limits.max:
+                raise invalid_argument(f"{wrong}: values must lie in [{limits.min}, {limits.max}]")
+            return np.array(flat, dtype=dtype).reshape(array.shape)
     if array.size and array.dtype.kind not in _KINDS.get(dtype.kind, ""):  # also refuses [true, 1.5]
         found = {"b": "true/false", "U": "strings", "O": "null, objects or numbers too large"}
         raise invalid_argument(f"{wrong}, got {found.get(array.dtype.kind, array.dtype.name)}")
