@@ -323,6 +323,11 @@ def test_statistics_count_http_requests_like_grpc_ones(
     assert int(over_grpc["inference_count"]) == after[0]
     everything = client.get_inference_statistics()["model_stats"]
     assert {(s["name"], s["version"]) for s in everything} >= {("tiny", "1"), ("tiny", "2"), ("half", "1")}
+    # Every field Triton's answer has, zeros included (no response cache: cache_hit and cache_miss are 0)
+    stats = client.get_inference_statistics("tiny", "2")["model_stats"][0]["inference_stats"]
+    durations = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+    assert set(stats) == {*durations, "cache_hit", "cache_miss"}
+    assert stats["cache_hit"] == stats["cache_miss"] == {"count": 0, "ns": 0}
 
 
 def test_repository_unload_and_load_change_what_is_served(client: Any) -> None:

@@ -501,6 +501,10 @@ def _statistics(s: ModelStatistics) -> Any:
             compute_input=duration(s.compute_input),
             compute_infer=duration(s.compute_infer),
             compute_output=duration(s.compute_output),
+            # No response cache: zeros, present as Triton's answers always have them (a script reading
+            # inference_stats.cache_hit.count must not fail on our JSON)
+            cache_hit=pb.StatisticDuration(),
+            cache_miss=pb.StatisticDuration(),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
