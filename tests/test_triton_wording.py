@@ -4,6 +4,9 @@ over gRPC and HTTP where both carry it. Clients and Triton's own examples match 
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -176,3 +179,53 @@ def test_a_model_with_no_ready_version(kserve_server: KServeServer) -> None:
         )
     finally:
         client.load_model("spare")
+
+
+def _post(server: KServeServer, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        ({"triton_enable_empty_final_response": True}, "parameter keys starting with 'triton_' are reserved"),
+        ({"priority": "high"}, "invalid value type for 'priority' parameter, expected int64_param or uint64"),
+        ({"sequence_id": 1.5}, "invalid value type for 'sequence_id' parameter"),
+        (
+            {"sequence_start": "yes"},
+            "invalid value type for 'sequence_start' parameter, expected bool_param.",
+        ),
+        ({"priority": -1}, "the 'priority' parameter must not be negative"),
+    ],
+)
+def test_request_parameters_of_the_wrong_kind_are_refused_in_tritons_words(
+    kserve_server: KServeServer, parameters: dict[str, Any], words: str
+) -> None:
+    x = np.zeros((1, 1, 8, 8), dtype=np.float32)
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": x.ravel().tolist()}
+    body: dict[str, Any] = {"inputs": [tensor], "parameters": parameters}
+    status, answer = _post(kserve_server, "/v2/models/tiny/infer", body)
+    assert status == 400 and words in answer["error"], answer
+    request = service_pb2.ModelInferRequest(model_name="tiny", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    for key, value in parameters.items():
+        field = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}[
+            type(value)
+        ]
+        setattr(request.parameters[key], field, value)
+    with grpc.insecure_channel(kserve_server.url) as channel, pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in str(info.value.details())
+
+
+def test_well_formed_sequence_parameters_are_ignored_for_a_model_without_sequence_batching(
+    kserve_server: KServeServer,
+) -> None:
+    client = tc.InferenceServerClient(kserve_server.url)
+    result = client.infer("tiny", [_input(tc)], sequence_id=7, sequence_start=True, priority=1)
+    assert result.as_numpy("logits").shape == (1, 10)

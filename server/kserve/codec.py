@@ -89,6 +89,8 @@ async def decode_request(
     specs = model.input_specs
     request = incoming.message
     raw = incoming.raw
+    if request.parameters:
+        _check_parameters(request.parameters)
     tensors = list(request.inputs)  # each pass over the repeated field builds its message wrappers again
     # A tensor without parameters is in the message: no region to look for (most requests).
     shared = [
@@ -366,6 +368,41 @@ def _byte_view(data: bytes | np.ndarray) -> memoryview:
     if isinstance(data, bytes):
         return memoryview(data)
     return np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+
+
+# The request parameters Triton defines: the InferParameter kinds each may be, and Triton's words for them.
+_PARAMETER_KINDS: Final = {
+    "priority": (("int64_param", "uint64_param"), "int64_param or uint64_param"),
+    "sequence_id": (
+        ("int64_param", "uint64_param", "string_param"),
+        "int64_param, uint64_param, or string_param",
+    ),
+    "sequence_start": (("bool_param",), "bool_param"),
+    "sequence_end": (("bool_param",), "bool_param"),
+}
+
+
+def _check_parameters(parameters: Any) -> None:
+    """Triton's rules for a request's own parameters (the same over gRPC and HTTP, whose JSON values arrive
+    as InferParameters): keys starting with `triton_` are reserved, and `priority`, `sequence_id`,
+    `sequence_start` and `sequence_end` must have their kinds. Sequence parameters are then ignored, as
+    Triton ignores them for a model without sequence batching; `timeout` is read by `_timeout`."""
+    for key in parameters:
+        if key.startswith("triton_"):
+            raise invalid_argument(
+                "parameter keys starting with 'triton_' are reserved for Triton usage and should not be "
+                "specified."
+            )
+        rule = _PARAMETER_KINDS.get(key)
+        if rule is None:
+            continue
+        kinds, expected = rule
+        param = parameters[key]
+        choice = param.WhichOneof("parameter_choice")
+        if choice not in kinds:
+            raise invalid_argument(f"invalid value type for '{key}' parameter, expected {expected}.")
+        if key in ("priority", "sequence_id") and choice == "int64_param" and param.int64_param < 0:
+            raise invalid_argument(f"the '{key}' parameter must not be negative, got {param.int64_param}")
 
 
 def _timeout(request: Any, time_remaining: float | None) -> float | None:
