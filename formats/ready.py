@@ -27,6 +27,7 @@ FORMAT: Final = "resnet-serve-ready/1"
 ENDPOINTS: Final = ("grpc", "http", "metrics")
 # An endpoint listening on every address is reached on loopback by whoever started the server.
 _ANY_ADDRESS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+WILDCARD_ADDRESSES: Final = frozenset(_ANY_ADDRESS)  # listening on every address
 
 
 @dataclass(frozen=True)

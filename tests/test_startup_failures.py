@@ -86,6 +86,36 @@ def test_a_port_in_use_is_fatal_before_any_model_loads(tmp_path: Path, taken_por
     assert "tiny" not in line
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("option", ["--grpc-port", "--http-port"])
+def test_a_port_another_server_shares_out_with_so_reuseport_is_in_use_too(
+    tmp_path: Path, workers: str, option: str
+) -> None:
+    # Another resnet-serve (its workers bind with SO_REUSEPORT) on the port: joining it would split the
+    # clients between two servers.
+    write_tiny_onnx(tmp_path / "tiny" / "1" / "model.onnx")
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        line = start_fails("--model-repository", str(tmp_path), "--workers", workers, option, str(port))
+    assert f"cannot listen on 127.0.0.1:{port} ({option[2:].replace('-', '_')})" in line, line
+    assert "in use" in line
+
+
+def test_two_endpoints_on_one_port_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    write_tiny_onnx(tmp_path / "tiny" / "1" / "model.onnx")
+    command = serve_command(
+        "--host", "127.0.0.1", "--model-repository", str(tmp_path), "--grpc-port", "46111", "--http-port",
+        "46111", "--metrics-port", "0",
+    )  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=LIMIT_S, check=False)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 2, lines
+    assert len(lines) == 1 and "grpc_port and http_port are both 46111" in lines[0], lines
+
+
 def test_exit_on_error_false_serves_the_models_that_load_and_stays_unready(tmp_path: Path) -> None:
     write_tiny_onnx(tmp_path / "good" / "1" / "model.onnx")
     broken = tmp_path / "broken" / "1" / "model.onnx"

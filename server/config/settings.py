@@ -24,6 +24,7 @@ from pydantic import (
 
 from resnet_serve.formats.decode import ALLOWED_FORMATS, DECODERS, DEFAULT_FORMATS, PILLOW_MAX_PIXELS
 from resnet_serve.formats.environment import TOKEN_ENV
+from resnet_serve.formats.ready import WILDCARD_ADDRESSES
 from resnet_serve.formats.repository import INFERENCE_PRECISIONS, PERFORMANCE_MODES
 from resnet_serve.server.config.options import Alias, Float, Int, IntList, one_of, option
 from resnet_serve.server.observability.logging import LOG_FORMATS, LOG_LEVELS
@@ -422,7 +423,28 @@ class ServerConfig(BaseModel):
             )
         if model_control.polls(self.model_control_mode) and not self.model_repository:
             raise ValueError("model_control_mode poll needs a model repository to poll (--model-repository)")
+        self._distinct_ports()
         return self
+
+    def _distinct_ports(self) -> None:
+        """Two endpoints on one fixed port of one address: refused here, before any model loads. With worker
+        processes both would bind it (SO_REUSEPORT) and the kernel would split the connections between the
+        two protocols: ready, and half the clients answered by the wrong one."""
+        fixed = [
+            (name, self.listen_address(name), port)
+            for name, port, on in (
+                ("grpc", self.grpc_port, self.allow_grpc),
+                ("http", self.http_port, self.allow_http),
+                ("metrics", self.metrics_port, self.allow_metrics),
+            )
+            if on and port > 0
+        ]
+        for i, (first, first_at, port) in enumerate(fixed):
+            for second, second_at, other in fixed[i + 1 :]:
+                if port == other and (first_at == second_at or {first_at, second_at} & WILDCARD_ADDRESSES):
+                    raise ValueError(
+                        f"{first}_port and {second}_port are both {port}: each endpoint needs its own port"
+                    )
 
 
 class LogSettings(BaseModel):

@@ -129,7 +129,11 @@ class Supervisor:
 
     def _hold(self, host: str, port: int, option: str) -> int:
         """Bind host:port with SO_REUSEPORT, not listening, until the workers listen on it: a taken port fails
-        here, before any model loads; port 0 becomes one free port that every worker binds."""
+        here, before any model loads; port 0 becomes one free port that every worker binds. The port is
+        first bound without SO_REUSEPORT: another server of the same user listening with it (another
+        resnet-serve, started twice by mistake) would otherwise let this one join its port, and the kernel
+        would split the clients between them."""
+        check_port_free(host, port, option)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         hold = socket.socket(family, socket.SOCK_STREAM)
         hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
