@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from resnet_serve.cli.commands.entrypoint import EngineSettings
 from resnet_serve.cli.commands.serve import configure_parser
 from resnet_serve.formats.decode import PILLOW_MAX_PIXELS
 from resnet_serve.formats.environment import TOKEN_ENV
@@ -24,7 +25,9 @@ from resnet_serve.server.config import (
     load_config,
     option,
     read_sources,
+    unknown_env,
 )
+from resnet_serve.server.config.options import options_of
 from resnet_serve.server.security import restrict
 from resnet_serve.server.security.restrict import Restriction
 
@@ -365,6 +368,39 @@ def test_options_in_the_wrong_table_and_misspelt_ones_are_named(tmp_path: Path) 
     misspelt = write_toml(tmp_path, "[server]\ngrpc_prot = 1\n")
     with pytest.raises(ConfigError, match="did you mean grpc_port"):
         load_config(parse("--config", misspelt, "--model", "a=a.onnx"), {})
+
+
+def test_a_misspelt_table_an_option_outside_its_table_and_a_binary_file_are_refused(tmp_path: Path) -> None:
+    # Each was ignored (or a traceback): the server started without the settings the file was meant to give.
+    table = write_toml(tmp_path, "[sever]\ngrpc_port = 9000\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown table or key 'sever' in .* \(did you mean \[server\]\?\)"
+    ):
+        load_config(parse("--config", table, "--model", "a=a.onnx"), {})
+    outside = write_toml(tmp_path, "grpc_port = 9000\n")
+    with pytest.raises(
+        ConfigError, match=r"grpc_port is a server option: set it in \[server\], not at the top"
+    ):
+        load_config(parse("--config", outside, "--model", "a=a.onnx"), {})
+    binary = tmp_path / "model.onnx"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="is not valid TOML: it is not UTF-8 text"):
+        load_config(parse("--config", str(binary), "--model", "a=a.onnx"), {})
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
+    env = {
+        "RESNET_SERVE_GRPC_PROT": "1",
+        "RESNET_SERVE_GRPC_PORT": "1",
+        "RESNET_SERVE_AUTH_TOKEN": "x",
+        "HOME": "/",
+    }
+    [line] = unknown_env(env)
+    assert line.startswith("RESNET_SERVE_GRPC_PROT is not a setting of resnet-serve; ignored")
+    assert line.endswith("(did you mean RESNET_SERVE_GRPC_PORT?)")
+    engine = options_of(EngineSettings, "")  # the container entrypoint's own, passed by it
+    assert unknown_env({"RESNET_SERVE_BUILD_ENGINES": "true"}, engine) == []
+    assert unknown_env({"RESNET_SERVE_BUILD_ENGINES": "true"}) != []
 
 
 @pytest.mark.parametrize(

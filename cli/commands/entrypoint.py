@@ -57,12 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.build_engines:
-        return serve.run(args)
+        return serve.run(args, options_of(EngineSettings, ""))
     configure_logging(args.log_level, args.log_format)
     try:
         repository = config.load_config(vars(args)).model_repository
     except config.ConfigError:
-        return serve.run(args)  # which logs the configuration's problem, as it always does
+        return serve.run(args, options_of(EngineSettings, ""))  # which logs the configuration's problem
     if not repository:
         log.error("--build-engines needs --model-repository (the models to build engines for)")
         return 2
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except (UserError, OSError) as exc:
         log.error("cannot build TensorRT engines: %s", exc)
         return 1
-    return serve.run(args)
+    return serve.run(args, options_of(EngineSettings, ""))
 
 
 def _build(repository: Path, args: argparse.Namespace) -> Path:

@@ -26,7 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_triton_flags(parser)  # Triton's flags: aliases, and one line for each one not supported
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, other_options: tuple[config.Option, ...] = ()) -> int:
+    """Serve; `other_options`: the calling command's own settings (the container entrypoint's), whose
+    variables are not misspelt server settings."""
     configure_logging(args.log_level, args.log_format)
     try:
         server_config = config.load_config(vars(args))
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         # start-up failure, rather than through the CLI's plain stderr line.
         log.error("invalid configuration: %s", exc)
         return 2
+    for line in config.unknown_env(os.environ, other_options):
+        log.warning("%s", line)
     quiet_grpc_core()  # before grpc is imported
     workers = config.worker_count(server_config)
     if workers > 1:  # an engine process and the worker processes (server/processes/)

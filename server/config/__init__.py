@@ -25,6 +25,7 @@ from resnet_serve.server.config.load import (
     model_settings,
     option,
     read_sources,
+    unknown_env,
     with_values,
     worker_count,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "model_settings",
     "option",
     "read_sources",
+    "unknown_env",
     "with_values",
     "worker_count",
 ]

@@ -18,12 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from resnet_serve.formats.environment import env_of
+from resnet_serve.formats.environment import ENV_PREFIX, TOKEN_ENV, env_of
 from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config.options import (
     ConfigError,
     Option,
     checked,
+    env_keys,
     first_error,
     flag_of,
     options_of,
@@ -80,6 +81,7 @@ def read_sources(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] 
     config_path = str(flag_inputs.get("config") or env_inputs.get("config") or "")
     toml = _read_toml(Path(config_path)) if config_path else {}
 
+    _check_top_level(toml, config_path)
     layers: dict[str, dict[str, Any]] = {"server": {}, "model_defaults": {}}
     for section, options in (("server", SERVER_OPTIONS), ("model_defaults", MODEL_OPTIONS)):
         table = _table(toml, section, f"[{section}]")
@@ -189,13 +191,49 @@ def _check_keys(table: Mapping[str, Any], options: tuple[Option, ...], where: st
     for key in table:
         if key in known:
             continue
-        other = next((o for o in OPTIONS if o.key == key and o.in_toml), None)
-        if other is not None:
-            home = "[server]" if other.scope == "server" else "[model_defaults] or [models.NAME]"
-            raise ConfigError(f"{key} is a {other.scope} option: set it in {home}, not in {where}")
+        _misplaced(key, f"in {where}")
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown option {key!r} in {where}{hint}")
+
+
+def _misplaced(key: str, where: str) -> None:
+    """Refuse `key` where it was found when it is an option of another table (ConfigError naming its own)."""
+    other = next((o for o in OPTIONS if o.key == key and o.in_toml), None)
+    if other is not None:
+        home = "[server]" if other.scope == "server" else "[model_defaults] or [models.NAME]"
+        raise ConfigError(f"{key} is a {other.scope} option: set it in {home}, not {where}")
+
+
+_TABLES = ("server", "model_defaults", "models")
+
+
+def _check_top_level(toml: Mapping[str, Any], path: str) -> None:
+    """The file holds the three tables and nothing else: a misspelt table or an option outside its table
+    would otherwise be ignored, the server starting without it."""
+    for key in toml:
+        if key in _TABLES:
+            continue
+        _misplaced(key, f"at the top of {path}")
+        close = difflib.get_close_matches(key, _TABLES, n=1)
+        hint = f" (did you mean [{close[0]}]?)" if close else ""
+        raise ConfigError(
+            f"unknown table or key {key!r} in {path}{hint}: it holds [server], "
+            f"[model_defaults] and [models.NAME]"
+        )
+
+
+def unknown_env(env: Mapping[str, str], others: tuple[Option, ...] = ()) -> list[str]:
+    """One line for each `RESNET_SERVE_*` variable in `env` that no setting reads (with `others`, the
+    calling command's own options): a misspelt variable is otherwise ignored without a word."""
+    known = {env_of(key) for key in env_keys(OPTIONS + INPUT_OPTIONS + LOG_OPTIONS + others)} | {TOKEN_ENV}
+    lines = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{name} is not a setting of resnet-serve; ignored{hint}")
+    return lines
 
 
 def _table(toml: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -213,3 +251,5 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
