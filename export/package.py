@@ -13,8 +13,10 @@ examples:
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from google.protobuf import text_format
 
 from resnet_serve.formats.datatypes import config_type, numpy_to_kserve
 from resnet_serve.formats.errors import MetadataError
-from resnet_serve.formats.files import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from resnet_serve.formats.files import sha256_file, write_bytes_atomic, write_json_atomic
 from resnet_serve.formats.metadata import from_props, props_of
 from resnet_serve.formats.repository import (
     BACKENDS,
@@ -194,6 +196,11 @@ def package(
     if version < 1:
         raise RepositoryError(f"version must be ≥ 1, got {version}")
     if version in taken or (model_dir / str(version)).exists():
+        if version not in taken and not any((model_dir / str(version)).glob("model.*")):
+            raise RepositoryError(
+                f"{model_dir / str(version)} exists but holds no model file (an interrupted package?): "
+                "remove it, or choose another --version"
+            )
         raise RepositoryError(f"{model_dir / str(version)} already exists: choose another --version")
     entry = VersionConfig(
         version, "model.onnx", meta.precision, sha256_file(model_file), meta.arch, meta.source_sha256
@@ -216,15 +223,26 @@ def package(
         intra_op_threads=existing.intra_op_threads if existing else None,
     )
     parse_config(cfg.to_json(), "new config")  # the writer never produces what the reader would reject
+    # The version is built in a hidden folder and renamed into place whole: a package killed mid-copy leaves
+    # no numbered folder behind (which a server would try to load, and the next package would refuse).
     version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     try:
-        with atomic_path(version_dir / entry.file) as tmp:
-            shutil.copyfile(model_file, tmp)
+        shutil.copyfile(model_file, partial / entry.file)
+        partial.chmod(0o777 & ~_umask())
+        partial.rename(version_dir)
         if repository_format == "triton":
             _write_triton_config(model_dir, cfg)
         write_json_atomic(model_dir / CONFIG_NAME, cfg.to_json())
     except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(version_dir, ignore_errors=True)
         raise
     return read_model(model_dir), entry
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

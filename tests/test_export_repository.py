@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,37 @@ def test_package_takes_the_queue_delay_in_microseconds_or_as_serve_also_spells_i
     assert main(["package", model, "--repo", str(tmp_path / "both"), "--name", "m", *both]) != 0
     assert "give the queue delay once" in capsys.readouterr().err
     assert not (tmp_path / "both").exists()
+
+
+def test_a_package_killed_mid_copy_leaves_no_version_folder_and_the_next_package_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resnet_serve.export import package as packaging
+
+    repo = tmp_path / "repo"
+    model = _tiny_onnx(tmp_path / "a.onnx")
+
+    def killed(src: str, dst: str) -> None:  # as SIGKILL mid-copy: part of the file, and no clean-up
+        Path(dst).write_bytes(Path(src).read_bytes()[:10])
+        raise SystemExit(137)
+
+    monkeypatch.setattr(shutil, "copyfile", killed)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+    with pytest.raises(SystemExit):
+        packaging.package(model, repo, "tiny")
+    monkeypatch.undo()
+    assert not (repo / "tiny" / "1").exists()  # only a hidden partial folder, which nothing reads
+    assert main(["package", str(model), "--repo", str(repo), "--name", "tiny"]) == 0
+    [packaged] = read_repository(repo)
+    assert [v.version for v in packaged.versions] == [1]
+    assert packaged.version_path(packaged.versions[0]).read_bytes() == model.read_bytes()
+
+
+def test_a_version_folder_without_a_model_file_is_named_as_an_interrupted_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "tiny" / "1").mkdir(parents=True)
+    (repo / "tiny" / "1" / ".model.onnx.x.tmp").write_bytes(b"part")  # what an older version left
+    assert main(["package", str(_tiny_onnx(tmp_path / "a.onnx")), "--repo", str(repo), "--name", "tiny"]) == 1
+    assert "holds no model file (an interrupted package?): remove it" in capsys.readouterr().err
