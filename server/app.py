@@ -150,19 +150,24 @@ class InferenceServer:
             reflection.aio.ReflectionServicer(names),  # type: ignore[attr-defined]  # in its __all__
             generic,
         )
-        address = f"{bracketed(grpc_host)}:{config.grpc_port}"
-        if config.allow_grpc:  # --allow-grpc false: the gRPC server is built but never listens
-            try:
-                self.grpc_port = self.security.add_grpc_port(server, address)
-            except RuntimeError as exc:
-                raise StartupError(f"cannot listen on {address}: {exc}") from None
-            if self.grpc_port == 0:
-                raise StartupError(f"cannot listen on {address} (port in use?)")
         try:
             await self._load_models()
         except StartupError:
             await server.stop(0)
             raise
+        # The port listens once the models are loaded, as Triton's does (and the worker processes'): a client
+        # or probe during a long load is refused at once, where a port bound first accepted its connection
+        # and left it unanswered until its deadline. Taken meanwhile, it fails here, after the load.
+        address = f"{bracketed(grpc_host)}:{config.grpc_port}"
+        if config.allow_grpc:  # --allow-grpc false: the gRPC server is built but never listens
+            try:
+                self.grpc_port = self.security.add_grpc_port(server, address)
+            except RuntimeError as exc:
+                await self.manager.close(0)
+                raise StartupError(f"cannot listen on {address}: {exc}") from None
+            if self.grpc_port == 0:
+                await self.manager.close(0)
+                raise StartupError(f"cannot listen on {address} (port in use?)")
         # Health says what readiness says from the first answer on: with exit_on_error false a model that
         # failed to load leaves the server NOT_SERVING (grpc's servicer starts with "" SERVING).
         self.manager.add_listener(self._readiness_changed)

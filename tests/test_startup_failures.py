@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,32 @@ def test_exit_on_error_false_serves_the_models_that_load_and_stays_unready(tmp_p
         client.close()
     errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "failed to load 'broken'" in errors[0] and str(broken) in errors[0], errors
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_while_the_models_load_the_grpc_port_refuses_connections_rather_than_leave_them_unanswered(
+    tmp_path: Path, workers: str
+) -> None:
+    # Triton's behaviour: its endpoints start once the models are loaded. A port that listened first
+    # accepted a probe's connection and left it to its deadline, for as long as the load took.
+    model = write_tiny_onnx(tmp_path / "slow-load.onnx", slow_layers=2500)  # seconds to load
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "server.log"
+    args = (
+        "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", "-1",
+        "--model", f"slow={model}", "--workers", workers,
+    )  # fmt: skip
+    with log.open("wb") as out, serving(*args, stdout=out, stderr=subprocess.STDOUT):
+        refused = 0
+        while "model slow version 1 ready" not in log.read_text():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+            except ConnectionRefusedError:
+                refused += 1
+            else:  # accepted: the model must have loaded (its line is logged before the port listens)
+                assert "model slow version 1 ready" in log.read_text(), "accepted while loading"
+            time.sleep(0.05)
+        assert refused > 0, "the load ended before a connection was tried: not slow enough"
