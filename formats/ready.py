@@ -16,9 +16,12 @@ Each endpoint has its own address (`--grpc-address`, ... else `--host`); one the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from resnet_serve.formats.files import write_json_atomic
@@ -112,6 +115,18 @@ def _endpoint(key: str, value: object) -> Endpoint | None:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"{key}: port must be an integer in 1..65535, got {port!r}")
     return Endpoint(str(value["host"]), port)
+
+
+def check_ready_path(path: str | os.PathLike[str]) -> None:
+    """Raise OSError now if `write_ready` could not write `path` later (a folder, a folder that cannot be
+    made or written to): a server checks before it loads its models rather than fail once it is ready."""
+    where = Path(path)
+    if where.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "it is a folder", str(where))
+    where.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".{where.name}.", suffix=".check", dir=where.parent)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_ready(path: str | os.PathLike[str], ready: Ready) -> None:

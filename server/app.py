@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, write_ready
+from resnet_serve.formats.ready import Endpoint, Ready, ReadyModel, check_ready_path, write_ready
 from resnet_serve.protos import classifier_pb2, classifier_pb2_grpc
 from resnet_serve.runtime.cpus import default_threads
 from resnet_serve.server.config import ServerConfig
@@ -114,6 +114,8 @@ class InferenceServer:
             self.security = SecurityPolicy(config, self.metrics)  # refusals counted in the metrics
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
+        if not self.worker:
+            check_ready_file(config.ready_file)
         grpc_host, http_host, metrics_host = (config.listen_address(e) for e in ("grpc", "http", "metrics"))
         if config.allow_grpc and not self.worker:
             check_port_free(grpc_host, config.grpc_port, "grpc_port")
@@ -359,6 +361,17 @@ async def load_models(manager: ModelManager, config: ServerConfig) -> None:
         raise StartupError(
             f"default_model {config.default_model!r} is not one of the served models ({served})"
         )
+
+
+def check_ready_file(path: str) -> None:
+    """A ready file that could not be written is a StartupError before any model loads, not a failure once
+    the server is ready."""
+    if not path:
+        return
+    try:
+        check_ready_path(path)
+    except OSError as exc:
+        raise StartupError(f"cannot write the ready file (--ready-file): {path}: {exc.strerror}") from None
 
 
 def bracketed(host: str) -> str:

@@ -168,3 +168,14 @@ def test_while_the_models_load_the_grpc_port_refuses_connections_rather_than_lea
                 assert "model slow version 1 ready" in log.read_text(), "accepted while loading"
             time.sleep(0.05)
         assert refused > 0, "the load ended before a connection was tried: not slow enough"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_ready_file_that_cannot_be_written_is_fatal_before_any_model_loads(
+    tmp_path: Path, workers: str
+) -> None:
+    # It was found only once the server was ready: "ready:" logged, then the failure, and with workers a
+    # stopped worker reported as restarted.
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    line = start_fails("--model", f"tiny={model}", "--workers", workers, "--ready-file", str(tmp_path))
+    assert f"cannot write the ready file (--ready-file): {tmp_path}: it is a folder" in line

@@ -31,7 +31,14 @@ import time
 from pathlib import Path
 
 from resnet_serve.formats.ready import Ready, write_ready
-from resnet_serve.server.app import StartupError, bracketed, check_port_free, load_models, ready_record
+from resnet_serve.server.app import (
+    StartupError,
+    bracketed,
+    check_port_free,
+    check_ready_file,
+    load_models,
+    ready_record,
+)
 from resnet_serve.server.config import ServerConfig
 from resnet_serve.server.engine.host import EngineHost, WorkerLink
 from resnet_serve.server.ipc.arena import DEFAULT_ARENA_BYTES, MappedArena, new_memfd
@@ -95,6 +102,7 @@ class Supervisor:
             self.security = SecurityPolicy(config, self.metrics)
         except SecurityError as exc:
             raise StartupError(str(exc)) from None
+        check_ready_file(config.ready_file)
         try:
             if config.allow_grpc:
                 self.grpc_port = self._hold(config.listen_address("grpc"), config.grpc_port, "grpc_port")
@@ -385,7 +393,8 @@ async def serve_workers(config: ServerConfig, workers: int, log_level: str, log_
             write_ready(ready_file, supervisor.ready())
         except OSError as exc:
             log.error("cannot write the ready file (--ready-file): %s", exc)
-            await supervisor.stop()
+            supervisor.request_stop()  # a drain, as on SIGTERM: the workers it stops are not restarted
+            await supervisor.wait_for_shutdown()
             return 1
     try:
         await supervisor.wait_for_shutdown()
