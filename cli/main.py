@@ -140,21 +140,48 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(rest)
     # here: nothing but the subcommand loads before it runs
-    from resnet_serve.formats.errors import Failure, UserError
+    from resnet_serve.formats.errors import UserError
 
     try:
-        return int(module.run(args))
+        status = int(module.run(args))
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at exit
+        return status
+    except BrokenPipeError as exc:
+        if exc.filename is not None:  # a file's, not stdout's: an error like any other
+            return _failed(name, cmd, exc)
+        return _stdout_closed()
     except (UserError, OSError) as exc:
-        # The one place a user-facing error becomes its line: the layers raise, none of them prints.
-        # Every command's error line has argparse's shape for a usage error: "resnet-serve NAME: error: ...".
-        prefix = f"resnet-serve {name}: error: "
-        hint = cmd.os_hint if isinstance(exc, OSError) else ""
-        print(f"{prefix}{error_line(exc)}{hint}", file=sys.stderr)
-        failed = isinstance(exc, ConnectionError | Failure)  # it ran and failed: 1, never a usage error
-        return 1 if failed else cmd.error_status
+        return _failed(name, cmd, exc)
     except KeyboardInterrupt:
         print(f"resnet-serve {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _failed(name: str, cmd: Command, exc: Exception) -> int:
+    """The one place a user-facing error becomes its line: the layers raise, none of them prints. Every
+    command's error line has argparse's shape for a usage error: "resnet-serve NAME: error: ..."."""
+    from resnet_serve.formats.errors import Failure
+
+    hint = cmd.os_hint if isinstance(exc, OSError) else ""
+    print(f"resnet-serve {name}: error: {error_line(exc)}{hint}", file=sys.stderr)
+    failed = isinstance(exc, ConnectionError | Failure)  # it ran and failed: 1, never a usage error
+    return 1 if failed else cmd.error_status
+
+
+def _stdout_closed() -> int:
+    """stdout's reader went away (`resnet-serve classify ... | head -1`): stop quietly, as a Unix tool does.
+
+    The pattern of Python's documentation (signal module, "Note on SIGPIPE"): point stdout at /dev/null so
+    that the interpreter's final flush cannot fail again, and exit. The status is 141 (128 + SIGPIPE), what
+    the shell reports for a C tool that SIGPIPE ended, rather than the documentation's 1, which `classify`
+    already uses for "an image failed"."""
+    import os
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def error_line(exc: BaseException) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +149,27 @@ def test_demo_refuses_a_count_below_one_before_doing_any_work(
     assert exit_info.value.code == 2
     assert f"argument {flag}: expected a number of at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "digits").exists()
+
+
+@pytest.mark.parametrize("command", ["classify", "health"])
+def test_a_reader_that_closes_stdout_ends_the_command_quietly_with_status_141(
+    command: str, server: FakeServer, tmp_path: Path
+) -> None:
+    """`resnet-serve classify ... | head -1` said "error: [Errno 32] Broken pipe" and exited 1."""
+    for i in range(40):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i:02d}.png")
+    args = [command, "--server", server.target] + (
+        ["--no-progress", str(tmp_path)] if command == "classify" else []
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as `head -1` is after its line
+    with os.fdopen(write_end, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "resnet_serve.cli.main", *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 141, done.stderr
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr and "error" not in done.stderr

@@ -24,7 +24,8 @@ EXAMPLES = """examples:
   resnet-serve classify --server gpu-box:8001 --model resnet50 --concurrency 16 --format csv images/
 
 The summary (count, errors, latency percentiles) goes to stderr; the exit status is 1 if any image failed
-(after all the others were classified), 2 for bad options."""
+(after all the others were classified), 2 for bad options, 141 (quietly) when stdout's reader stops reading
+(`| head -1`)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
