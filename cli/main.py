@@ -62,7 +62,9 @@ COMMANDS: dict[str, Command] = {
         error_status=2,
     ),
     "demo": Command("demo", "train, export, serve and classify the digits end to end"),
-    "health": Command("health", "ask a server's health service whether it serves (exit 0 when SERVING)"),
+    "health": Command(
+        "health", "ask a server's health service whether it serves (exit 0 when SERVING)", error_status=2
+    ),
     "entrypoint": Command(
         "entrypoint",
         "the container entrypoint: build TensorRT engines on this node's GPU (cached), then serve",

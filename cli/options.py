@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig
+from resnet_serve.client.channel import DEFAULT_TARGET, TLSConfig, target_of
 from resnet_serve.formats.environment import TOKEN_ENV
 from resnet_serve.formats.errors import UserError
 
@@ -40,6 +40,16 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"send the bearer token in FILE to the image API (default: env {TOKEN_ENV}, if set)",
     )
+
+
+def server_from_args(args: argparse.Namespace) -> str:
+    """--server, checked before anything is dialled or loaded: HOST:PORT entries (a port in 1-65535; gRPC
+    itself would dial 443 for none, and a wrapped port past 65535) or a gRPC URI (dns:///NAME:PORT, ...)."""
+    try:
+        target_of(args.server)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    return str(args.server)
 
 
 def token_from_args(args: argparse.Namespace) -> str | None:

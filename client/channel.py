@@ -27,6 +27,8 @@ KSERVE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = ""
 
 _URL_SCHEMES = ("http", "https", "grpc", "grpcs")  # typed out of habit; gRPC targets take none of them
+# gRPC's own target URIs, passed through as given (a HOST:PORT is checked before it is dialled).
+_URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:", "google-c2p:")
 
 PemSource: TypeAlias = bytes | str | os.PathLike[str]
 ChannelOptions: TypeAlias = list[tuple[str, str | int]]
@@ -192,6 +194,9 @@ def target_of(servers: str | Sequence[str]) -> str:
                 "TLS is --tls)"
             )
     if len(entries) == 1:
+        if not entries[0].startswith(_URI_SCHEMES):
+            # checked, not split: gRPC would dial port 443 for a missing port, and port % 65536 past 65535
+            _split_host_port(entries[0])
         return entries[0]
     v4: list[str] = []
     v6: list[str] = []
@@ -242,9 +247,19 @@ def _split_host_port(entry: str) -> tuple[str, int]:
     if "://" in entry or entry.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
         raise ValueError(f"{entry}: a URI target cannot be part of a list; give HOST:PORT entries")
     host, sep, port = entry.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{entry}: expected HOST:PORT")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    if (
+        not sep or not port or (host.endswith(":") and not host.startswith("["))
+    ):  # "::1": IPv6 wants [::1]:PORT
+        problem = "no port (the server's gRPC port is 8001 by default)"
+    elif not host:
+        problem = "no host"
+    elif not (port.isascii() and port.isdigit()):
+        problem = f"the port {port!r} is not a number"
+    elif not 0 < int(port) < 65536:
+        problem = f"the port {int(port)} is not in 1-65535"
+    else:
+        return host.removeprefix("[").removesuffix("]"), int(port)
+    raise ValueError(f"{entry}: expected HOST:PORT; {problem}")
 
 
 def _addresses(host: str, port: int, entry: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -173,3 +173,24 @@ def test_a_reader_that_closes_stdout_ends_the_command_quietly_with_status_141(
         )
     assert done.returncode == 141, done.stderr
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr and "error" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["classify", "bench", "health"])
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ("127.0.0.1:99999", "the port 99999 is not in 1-65535"),  # gRPC dialled 99999 % 65536
+        ("127.0.0.1:", "no port"),  # gRPC dialled 443
+        ("nonsense", "no port (the server's gRPC port is 8001 by default)"),
+        ("localhost:80x", "the port '80x' is not a number"),
+    ],
+)
+def test_a_server_address_that_is_not_host_port_is_a_usage_error_before_anything_is_dialled(
+    command: str, server: str, problem: str, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = {"classify": [str(images / "dark.png")], "bench": ["--out", str(images / "out")], "health": []}
+    assert main([command, "--server", server, *args[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"resnet-serve {command}: error: {server}: expected HOST:PORT; {problem}"), err
+    assert "\n" not in err
+    assert not (images / "out").exists()

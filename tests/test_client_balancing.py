@@ -205,3 +205,10 @@ def test_a_balanced_client_spreads_requests_evenly_and_loses_none_when_a_replica
     # The survivors served everything after the signal, and at least two thirds of the whole run.
     assert sum(absorbed) >= 2 * n // 3
     assert all(a > n // 4 for a in absorbed)
+
+
+@pytest.mark.parametrize("server", ["localhost", "127.0.0.1:", "127.0.0.1:65536", ":8001"])
+def test_one_server_that_is_not_host_port_is_refused_rather_than_dialled_at_another_port(server: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        target_of(server)
+    assert target_of("unix:/tmp/resnet-serve.sock") == "unix:/tmp/resnet-serve.sock"  # a URI stays as given

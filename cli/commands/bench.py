@@ -18,6 +18,7 @@ from resnet_serve.cli.options import (
     add_connection_arguments,
     positive_float,
     positive_int,
+    server_from_args,
     tls_from_args,
     token_from_args,
 )
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(
             "-i http benchmarks KServe v2 over HTTP: drop --protocol image (the image API is gRPC)"
         )
-    server = args.server
+    server = server_from_args(args)
     if args.transport == "http" and not getattr(args, "_servers_given", None):
         server = "localhost:8000"  # the HTTP port, as perf_analyzer's default for -i http
     window = args.measurement_interval / 1000 if args.measurement_interval else args.window

@@ -10,6 +10,7 @@ from resnet_serve.cli.options import (
     add_connection_arguments,
     positive_float,
     positive_int,
+    server_from_args,
     tls_from_args,
     token_from_args,
 )
@@ -66,9 +67,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when every image was classified, 1 when any failed (after all the others) or no server answered;
     bad options (e.g. an unreadable certificate file) are errors with exit status 2."""
+    server = server_from_args(args)
     inputs = expand(args.paths)
     options = ClassifyOptions(
-        server=args.server,
+        server=server,
         model=args.model,
         model_version=args.model_version,
         top_k=args.top_k,

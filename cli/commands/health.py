@@ -1,4 +1,5 @@
-"""`resnet-serve health`: exit 0 when the server's grpc.health.v1 service says SERVING, 1 otherwise.
+"""`resnet-serve health`: exit 0 when the server's grpc.health.v1 service says SERVING, 1 otherwise, 2 for bad
+options (a --server that is not HOST:PORT).
 
 The images' HEALTHCHECK runs it; it prints one line (the status, or why the server could not be asked).
 """
@@ -8,7 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from resnet_serve.cli.options import add_connection_arguments, positive_float, tls_from_args
+from resnet_serve.cli.options import (
+    OptionError,
+    add_connection_arguments,
+    positive_float,
+    server_from_args,
+    tls_from_args,
+)
 from resnet_serve.formats.environment import env_of
 
 PORT_ENV = env_of("grpc_port")  # the server's option (server/config/settings.py)
@@ -44,10 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from resnet_serve.client.health import check
     from resnet_serve.client.results import ClassifyError
 
+    server = server_from_args(args)
     try:
-        status = check(args.server, args.service, args.timeout, tls_from_args(args))
+        status = check(server, args.service, args.timeout, tls_from_args(args))
     except ClassifyError as exc:
         print(f"{exc.code.name}: {exc.message}")
         return 1
+    except ValueError as exc:  # e.g. a client certificate without its key
+        raise OptionError(str(exc)) from None
     print(status)
     return 0 if status == "SERVING" else 1
