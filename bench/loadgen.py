@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resnet_serve.bench.senders import OK, Sender, ServerSplit, split_from_counters
+from resnet_serve.bench.senders import OK, UNAVAILABLE, Sender, ServerSplit, split_from_counters
 from resnet_serve.bench.stats import LatencySummary, Window, stable
 
 WINDOWS_KEPT = 3
@@ -56,6 +56,9 @@ class Timing:
     max_s: float = 30.0
     tolerance: float = 0.10
     drain_s: float = 5.0  # how long to wait for requests in flight once a step ends
+    # A step ends at once (StepResult.gone) when every request of its windows failed UNAVAILABLE for this
+    # long (or for max_s, if shorter): the server is gone, and the rest of the step would measure nothing.
+    gone_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class StepResult:
     max_send_lag_ms: float | None = None  # open loop: the latest a request left after its scheduled time
     latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     phase: str = "sweep"
+    gone_s: float = 0.0  # > 0: the step ended after this many seconds in which every request was UNAVAILABLE
+
+    @property
+    def gone(self) -> bool:
+        """Whether the step ended early because the server stopped answering (Timing.gone_s)."""
+        return self.gone_s > 0
 
     @property
     def kept_up(self) -> bool | None:
@@ -171,6 +180,9 @@ async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepR
         block = block_length(load.rate, timing.window_s)
         drivers = [asyncio.create_task(run.open_scheduler(load, start, block))]
         measure_start = start + math.ceil(timing.warmup_s / block - 1e-9) * block
+    drain_s = timing.drain_s
+    unavailable_since: float | None = None  # start of the windows in which every request was UNAVAILABLE
+    gone_s = 0.0
     try:
         await _sleep_until(measure_start)
         windows: list[Window] = []
@@ -187,21 +199,32 @@ async def run_step(sender: Sender, load: Closed | Open, timing: Timing) -> StepR
             windows.append(_window(fresh, w_start, w_end, sender.batch_size))
             in_flight_at.append(len(run.in_flight))
             counters_at.append(await sender.counters())
+            if fresh and all(r.code == UNAVAILABLE for r in fresh):
+                unavailable_since = w_start if unavailable_since is None else unavailable_since
+                if w_end - unavailable_since >= min(timing.gone_s, timing.max_s):
+                    gone_s = w_end - unavailable_since
+                    break
+            else:
+                unavailable_since = None
             if stable(windows, timing.tolerance) or w_end - measure_start >= timing.max_s:
                 break
         kept_from = max(0, len(windows) - WINDOWS_KEPT)
         backlog = (in_flight_at[kept_from], in_flight_at[-1]) if isinstance(load, Open) else None
         counted_split = split_from_counters(counters_at[kept_from], counters_at[-1])
         run.stopping = True
+    except asyncio.CancelledError:
+        drain_s = 0.0  # interrupted (Ctrl-C): no waiting for answers nobody will read
+        raise
     finally:
         run.stopping = True
-        await _finish(drivers, run, timing.drain_s)
+        await _finish(drivers, run, drain_s)
     kept = windows[-WINDOWS_KEPT:]
     result = _summarise(
         run, load, sender.batch_size, kept, backlog, stable(windows, timing.tolerance), len(windows)
     )
     if result.server is None:
         result.server = counted_split
+    result.gone_s = gone_s
     return result
 
 

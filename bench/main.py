@@ -51,8 +51,11 @@ class BenchOptions:
 
 
 async def bench(options: BenchOptions, levels: list[Any]) -> int:
-    """Run the sweep over ``levels`` (concurrencies or rates) and write the report; 0 when any request
-    completed. Raises ConnectionError when the server does not answer, WorkloadError for unusable images."""
+    """Run the sweep over ``levels`` (concurrencies or rates) and write the report; 0 when every request
+    of the measured windows succeeded. Raises Failure when any failed (after writing everything) or when the
+    server went away mid-sweep (every request UNAVAILABLE for Timing.gone_s: the sweep stops there),
+    ConnectionError when the server does not answer at the start, WorkloadError for unusable images; on
+    Ctrl-C, writes the steps already measured (marked interrupted) and re-raises the cancellation."""
     from tqdm import tqdm
 
     from resnet_serve.bench import baseline, plots, report, slo
@@ -75,6 +78,8 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
         else [Closed(int(c)) for c in levels]
     )
     steps: list[StepResult] = []
+    stopped: str | None = None  # why the sweep ended early: "interrupted", "server gone"
+    slo_doc = None
     progress = tqdm(total=len(loads), unit="step", file=sys.stderr, disable=None, leave=False)
     try:
         for load in loads:
@@ -83,23 +88,31 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
             steps.append(step)
             progress.update(1)
             tqdm.write(_step_line(step), file=sys.stderr)
-        slo_doc = None
+            if step.gone:
+                raise _ServerGone
         if options.slo_p99_ms is not None:
             if options.open_loop:
 
                 async def at(rate: float) -> StepResult:
                     step = await run_step(sender, Open(rate, options.seed), timing)
                     tqdm.write(_step_line(step, "slo-search"), file=sys.stderr)
+                    if step.gone:
+                        steps.append(step)
+                        raise _ServerGone
                     return step
 
                 steps += await slo.bisect_rate(at, list(steps), options.slo_p99_ms, options.slo_iterations)
             slo_doc = slo.best(steps, options.slo_p99_ms, "bisection" if options.open_loop else "sweep")
+    except _ServerGone:
+        stopped = "server gone"
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
+        stopped = "interrupted"
     finally:
         progress.close()
         await sender.close()
 
     base_results: list[baseline.BaselineResult] = []
-    if options.baseline is not None:
+    if options.baseline is not None and stopped is None:
         sizes = {sender.batch_size} | {round(s.server["batch_size"]) for s in steps if s.server}
         base_results = await asyncio.to_thread(
             baseline.measure,
@@ -130,24 +143,55 @@ async def bench(options: BenchOptions, levels: list[Any]) -> int:
         "command": "resnet-serve bench "
         + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
     }
-    doc = report.document(config, _environment(), steps, base_results, slo_doc)
+    ended = None if stopped is None else {"reason": stopped, "steps": len(steps), "levels": len(loads)}
+    doc = report.document(config, _environment(), steps, base_results, slo_doc, ended)
     written = report.write(doc, options.out)
     if options.csv is not None:
         written.append(report.write_csv(doc, options.csv))
     print(report.table(doc))
-    if not any(s.requests for s in steps):  # nothing to plot: say why instead of empty plots
+    if stopped is not None or not any(s.requests for s in steps):  # nothing (whole) to plot: say why
         print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-        errors: dict[str, int] = {}
-        for s in steps:
-            for name, count in s.errors.items():
-                errors[name] = errors.get(name, 0) + count
-        found = ", ".join(f"{name} {count}" for name, count in sorted(errors.items())) or "no answer at all"
-        raise Failure(f"no request completed at any load level ({found}); see {options.out / 'bench.json'}")
+        if stopped == "interrupted":
+            raise asyncio.CancelledError  # asyncio.run makes it the KeyboardInterrupt it was (exit 130)
+        see = f"see {options.out / 'bench.json'}"
+        gone = ""
+        if stopped == "server gone":
+            last = steps[-1]
+            gone = (
+                f"the server stopped answering at {last.load.label}: every request failed UNAVAILABLE for "
+                f"{last.gone_s:.1f} s, so the sweep stopped there ({len(steps)} steps measured, {len(loads)} "
+                "planned); "
+            )
+        if not any(s.requests for s in steps):
+            failures = _failures(steps) or "no answer at all"
+            raise Failure(f"no request completed at any load level ({failures}); {gone}{see}")
+        raise Failure(gone + see)
     title = options.title or f"{model or 'default model'} via {options.protocol} API at {options.server}"
     written.append(plots.latency_throughput(doc, options.out / "latency_throughput.png", title))
     written.append(plots.latency_cdf(steps, options.out / "latency_cdf.png", title))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    failed = sum(sum(s.errors.values()) for s in steps)
+    if failed:
+        total = failed + sum(s.requests for s in steps)
+        where = ", ".join(s.load.label for s in steps if s.errors)
+        raise Failure(
+            f"{failed} of {total} requests measured failed ({_failures(steps)}) at {where}; the latencies "
+            f"and throughput count the successful ones only; see {options.out / 'bench.json'}"
+        )
     return 0
+
+
+class _ServerGone(Exception):
+    """A step ended because every request failed UNAVAILABLE for Timing.gone_s: the sweep stops."""
+
+
+def _failures(steps: list[Any]) -> str:
+    """The failed requests of `steps` by status, e.g. "INVALID_ARGUMENT 330, UNAVAILABLE 2"."""
+    errors: dict[str, int] = {}
+    for s in steps:
+        for name, count in s.errors.items():
+            errors[name] = errors.get(name, 0) + count
+    return ", ".join(f"{name} {count}" for name, count in sorted(errors.items()))
 
 
 async def make_sender(options: BenchOptions) -> tuple[Any, str, str]:

@@ -73,9 +73,13 @@ def document(
     steps: list[StepResult],
     baseline: list[BaselineResult],
     slo: dict[str, Any] | None,
+    stopped: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The bench.json document; `stopped` says why a sweep ended before its last level ({"reason":
+    "interrupted" or "server gone", "steps": measured, "levels": planned}), None when it ran to the end."""
     return {
         "format": FORMAT,
+        "stopped": stopped,
         "config": config,
         "environment": environment,
         "steps": [step_dict(s, overhead_ratio(s, baseline)) for s in steps],
@@ -154,6 +158,11 @@ def table(doc: dict[str, Any]) -> str:
                 f"answered, {s['backlog']} requests waiting when measuring stopped, growing by "
                 f"{s['backlog_growth_per_s']:.1f}/s"
             )
+    if doc.get("stopped"):
+        ended = doc["stopped"]
+        lines.append(
+            f"STOPPED EARLY ({ended['reason']}): {ended['steps']} of {ended['levels']} load levels measured"
+        )
     if doc["overhead"]:
         o = doc["overhead"]
         lines.append(

@@ -19,6 +19,7 @@ from resnet_serve.client.channel import TLSConfig, balance, channel_options
 from resnet_serve.client.results import Classification, ClassifyError
 
 OK = "OK"
+UNAVAILABLE = "UNAVAILABLE"  # what every request gets from a server that went away (connection refused)
 
 
 @dataclass(frozen=True)

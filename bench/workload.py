@@ -78,7 +78,40 @@ def _files(source: str, limit: int) -> list[bytes]:
         raise WorkloadError(
             f"--images {source}: no image files found (give a folder, a glob, digits or photos)"
         )
-    return [Path(n).read_bytes() for n in names[:limit]]
+    chosen = names[:limit]
+    images = [Path(n).read_bytes() for n in chosen]
+    # Each file decoded once, here: a file the server cannot decode would make the benchmark measure error
+    # answers, not inference. Refused rather than skipped, so the workload is exactly the files named.
+    bad = [(n, why) for n, data in zip(chosen, images, strict=True) if (why := undecodable(data))]
+    if bad:
+        named = "; ".join(f"{n}: {why}" for n, why in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        raise WorkloadError(
+            f"--images {source}: {len(bad)} of {len(chosen)} files are not images a server can decode "
+            f"(remove them, or name only the images): {named}"
+        )
+    return images
+
+
+def undecodable(data: bytes) -> str:
+    """Why the server's decoder (formats/decode.py, every format it can be configured for) refuses `data`,
+    or "" when it decodes."""
+    from resnet_serve.formats.decode import (
+        ALLOWED_FORMATS,
+        PILLOW_MAX_PIXELS,
+        ImageLimits,
+        load_upright,
+        open_header,
+    )
+    from resnet_serve.formats.errors import ImageError
+
+    limits = ImageLimits(max_bytes=len(data), max_pixels=PILLOW_MAX_PIXELS, formats=ALLOWED_FORMATS)
+    try:
+        load_upright(open_header(data, limits, "RGB", resize=256), "RGB")
+    except ImageError as exc:
+        return str(exc)
+    return ""
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

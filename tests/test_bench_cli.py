@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
-from fake_server import FakeServer
+from fake_server import FakeClassifier, FakeServer
 from PIL import Image
 
 from resnet_serve.cli.main import main
@@ -99,3 +106,101 @@ def test_a_sweep_where_every_request_fails_says_so_in_one_line_and_plots_nothing
     assert "UNAVAILABLE" in err[-1]
     assert (tmp_path / "bench.json").is_file()  # the errors, for whoever looks
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_images_that_do_not_decode_are_refused_before_the_run_naming_them(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with corrupt files mixed in ran, 330 INVALID_ARGUMENT in a step, and exited 0."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (8, 8), 40).save(images / "good.png")
+    (images / "corrupt.png").write_bytes(b"\x89PNG but not really")
+    (images / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    args = ["bench", "--server", server.target, "--images", str(images), "--out", str(out), *QUICK]
+    calls = server.servicer.calls
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"resnet-serve bench: error: --images {images}: 2 of 3 files are not images"), err
+    assert f"{images / 'corrupt.png'}: image bytes are not a decodable image" in err
+    assert f"{images / 'empty.jpg'}: image is empty" in err and "\n" not in err
+    assert server.servicer.calls == calls and not out.exists()  # refused before a request was sent
+
+
+class _Refusing(FakeClassifier):
+    """Refuses every third Classify with RESOURCE_EXHAUSTED, as an overloaded server's admission does."""
+
+    async def Classify(self, request: Any, context: Any) -> Any:
+        if self.calls % 3 == 2:
+            self.calls += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+        return await super().Classify(request, context)
+
+
+def test_a_sweep_with_failed_requests_writes_everything_then_exits_1_naming_the_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeServer(_Refusing(service_time_s=0.002)) as refusing:
+        args = ["bench", "--server", refusing.target, "--concurrency", "1,2", "--out", str(tmp_path), *QUICK]
+        assert main(args) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    failed = sum(s["error_count"] for s in doc["steps"])
+    total = failed + sum(s["requests"] for s in doc["steps"])
+    assert failed > 0 and "c=2" in out and len(list(tmp_path.glob("*.png"))) == 2  # the report is whole
+    assert err.strip().splitlines()[-1] == (
+        f"resnet-serve bench: error: {failed} of {total} requests measured failed (RESOURCE_EXHAUSTED "
+        f"{failed}) at concurrency 1, concurrency 2; the latencies and throughput count the successful ones "
+        f"only; see {tmp_path / 'bench.json'}"
+    )
+
+
+def test_a_server_that_goes_away_mid_sweep_stops_it_with_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every remaining step ran to --max-step-time against a dead server, and bench exited 0."""
+    dying = FakeServer(service_time_s=0.002).start()
+    threading.Timer(0.6, dying.stop).start()  # during the first step's windows: connection refused after
+    levels = "1,2,4,8,16,32"
+    args = ["bench", "--server", dying.target, "--concurrency", levels, "--out", str(tmp_path), *QUICK]
+    start = time.monotonic()
+    assert main(args) == 1
+    elapsed = time.monotonic() - start
+    out, err = capsys.readouterr()
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    measured = len(doc["steps"])
+    assert measured < 6 and doc["stopped"] == {"reason": "server gone", "steps": measured, "levels": 6}
+    assert set(doc["steps"][-1]["errors"]) == {"UNAVAILABLE"} and doc["steps"][-1]["requests"] == 0
+    last, concurrency = err.strip().splitlines()[-1], doc["steps"][-1]["concurrency"]
+    assert last.startswith(
+        f"resnet-serve bench: error: the server stopped answering at concurrency {concurrency}: every "
+        f"request failed UNAVAILABLE for 0.9 s, so the sweep stopped there ({measured} steps measured, 6 "
+        "planned); see "
+    ), last
+    assert f"STOPPED EARLY (server gone): {measured} of 6 load levels measured" in out
+    assert elapsed < 5 * 1.2, elapsed  # six steps of ~1.1 s each ran before
+
+
+def test_ctrl_c_writes_the_steps_already_measured_marked_interrupted_then_exits_130(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    args = ["bench", "--server", server.target, "--concurrency", "1,2,4,8", "--out", str(tmp_path), *QUICK]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "resnet_serve.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert bench.stderr is not None
+    lines = [bench.stderr.readline()]  # the first step's line: concurrency 1 is measured
+    assert lines[0].startswith("concurrency 1: "), lines
+    bench.send_signal(signal.SIGINT)
+    out, err = bench.communicate(timeout=30)
+    assert bench.returncode == 130, err
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    measured = [s["concurrency"] for s in doc["steps"]]
+    assert measured[0] == 1 and len(measured) < 4
+    assert doc["stopped"] == {"reason": "interrupted", "steps": len(measured), "levels": 4}
+    assert "c=1" in out and f"STOPPED EARLY (interrupted): {len(measured)} of 4 load levels measured" in out
+    assert err.strip().splitlines()[-1] == "resnet-serve bench: interrupted" and "Traceback" not in err

@@ -36,6 +36,10 @@ EXAMPLES = """examples:
   resnet-serve bench -i http --server localhost:8000 -m digits --concurrency-range 1:8 \\
       --measurement-interval 5000 -f results.csv
 
+Exit status: 0 when every measured request succeeded; 1 (after writing the report) when any failed, or when
+the server stopped answering (every request UNAVAILABLE for 5 s: the sweep stops there); 2 for bad options or
+--images files that do not decode; 130 on Ctrl-C, after writing the steps already measured.
+
 Run it on the server's machine for the baseline ratio to mean anything; on a small machine the load
 generator competes with the server for CPU (see docs/benchmarking.md)."""
 
@@ -190,8 +194,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 when any request completed; bad options and unusable input files are errors with exit status 2,
-    a server that does not answer (ConnectionError) exits 1."""
+    """0 when every measured request succeeded; bad options and unusable input files are errors with exit
+    status 2; a server that does not answer (ConnectionError) or failed requests (Failure) exit 1."""
     from resnet_serve.bench import extras
     from resnet_serve.bench.loadgen import parse_concurrency, parse_concurrency_range, parse_rates
     from resnet_serve.bench.main import BenchOptions, bench
