@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,11 @@ def json_line(outcome: Outcome) -> str:
             "model": r.model,
             "version": r.version,
             "request_id": r.request_id,
-            "predictions": [{"index": p.index, "label": p.label, "score": p.score} for p in r.predictions],
+            # JSON has no NaN: a score that is not a number (a model that overflowed) is null
+            "predictions": [
+                {"index": p.index, "label": p.label, "score": p.score if math.isfinite(p.score) else None}
+                for p in r.predictions
+            ],
             "latency_ms": round(r.latency_s * 1e3, 3),
             "server_timing_us": {
                 "queue": t.queue_us,
@@ -56,7 +61,7 @@ def json_line(outcome: Outcome) -> str:
                 "batch_size": t.batch_size,
             },
         }
-    return json.dumps(record)
+    return json.dumps(record, allow_nan=False)
 
 
 def csv_header() -> str:

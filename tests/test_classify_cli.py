@@ -194,3 +194,22 @@ def test_a_server_address_that_is_not_host_port_is_a_usage_error_before_anything
     assert err.startswith(f"resnet-serve {command}: error: {server}: expected HOST:PORT; {problem}"), err
     assert "\n" not in err
     assert not (images / "out").exists()
+
+
+def test_json_lines_stay_valid_json_when_a_score_is_not_a_number() -> None:
+    """A NaN score was written as a bare NaN, which no strict JSON reader accepts."""
+    from resnet_serve.client.output import Outcome, json_line
+    from resnet_serve.client.results import Classification, Prediction, Timing
+
+    predictions = (
+        Prediction(0, "a", float("nan")),
+        Prediction(1, "b", float("inf")),
+        Prediction(2, "c", 0.5),
+    )
+    line = json_line(Outcome("x.png", Classification("m", "1", predictions, Timing(), "id")))
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    record = json.loads(line, parse_constant=refuse)
+    assert [p["score"] for p in record["predictions"]] == [None, None, 0.5]

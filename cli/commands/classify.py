@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=output.FORMATS,
         default="human",
-        help="stdout: human lines, JSON lines or CSV (default: human)",
+        help="stdout: human lines, JSON lines (a score that is not a number is null) or CSV (default: human)",
     )
     parser.add_argument(
         "--concurrency",
