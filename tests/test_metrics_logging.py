@@ -94,6 +94,24 @@ def test_text_lines_show_the_request_id_and_the_extra_fields() -> None:
     assert "batch_size" not in line  # fields that were not given are left out
 
 
+@pytest.mark.usefixtures("restore_root_logging")
+def test_a_worker_process_marks_its_lines_with_its_place_in_both_formats() -> None:
+    # Both workers log "received SIGTERM: draining", "stopped": which said what must show.
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out, worker=1)
+    logging.getLogger("resnet_serve.test").info("stopped")
+    [line] = json_lines(out)
+    assert (line["msg"], line["worker"]) == ("stopped", 1)
+    text = io.StringIO()
+    configure_logging("info", "text", stream=text, worker=0)
+    logging.getLogger("resnet_serve.test").info("stopped")
+    assert text.getvalue().rstrip().endswith("stopped worker=0")
+    plain = io.StringIO()
+    configure_logging("info", "text", stream=plain)  # one process, or the engine: no mark
+    logging.getLogger("resnet_serve.test").info("stopped")
+    assert "worker" not in plain.getvalue()
+
+
 def test_client_request_ids_are_used_when_printable_and_short_else_replaced() -> None:
     assert resolve_request_id("from-metadata", "from-field") == "from-metadata"
     assert resolve_request_id(None, "from-field") == "from-field"

@@ -144,15 +144,33 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
-def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+class WorkerFilter(logging.Filter):
+    """Marks every record of a worker process with its place (`worker=N` in text, `"worker": N` in JSON):
+    the workers log the same lines, and an operator must tell which one said what."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "text", stream: TextIO | None = None, worker: int | None = None
+) -> None:
     """Route all logging to one stderr handler in the chosen format; replaces handlers set up before.
-    `level` applies to resnet_serve.* loggers; every other logger stays at WARNING (or `level` if higher)."""
+    `level` applies to resnet_serve.* loggers; every other logger stays at WARNING (or `level` if higher).
+    `worker`: the place of the worker process this is, put on every record."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     if level.lower() not in LOG_LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestIdFilter())
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -105,7 +105,7 @@ def keep_freed_memory() -> None:
 def main(argv: list[str]) -> int:
     keep_freed_memory()
     sock_fd, arena_fd, arena_bytes, places_fd, workers, index = (int(a) for a in argv[:6])
-    configure_logging(argv[6], argv[7])
+    configure_logging(argv[6], argv[7], worker=index)
     quiet_grpc_core()  # before grpc is imported
     config_json = sys.stdin.read()
     return asyncio.run(run(sock_fd, arena_fd, arena_bytes, places_fd, workers, index, config_json))
