@@ -388,6 +388,12 @@ def test_a_misspelt_table_an_option_outside_its_table_and_a_binary_file_are_refu
         load_config(parse("--config", str(binary), "--model", "a=a.onnx"), {})
 
 
+def test_an_empty_host_is_refused_before_anything_starts() -> None:
+    # It passed, and the server failed once its models had loaded ("cannot serve metrics on :0").
+    with pytest.raises(ConfigError, match="host is empty: give the address to listen on"):
+        load_config(parse("--model", "a=a.onnx"), {"RESNET_SERVE_HOST": ""})
+
+
 def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
     env = {
         "RESNET_SERVE_GRPC_PROT": "1",

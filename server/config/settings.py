@@ -423,6 +423,8 @@ class ServerConfig(BaseModel):
             )
         if model_control.polls(self.model_control_mode) and not self.model_repository:
             raise ValueError("model_control_mode poll needs a model repository to poll (--model-repository)")
+        if not self.host.strip():
+            raise ValueError("host is empty: give the address to listen on (0.0.0.0: every IPv4 address)")
         self._distinct_ports()
         return self
 
