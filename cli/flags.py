@@ -36,8 +36,9 @@ def add_flags(
         if env is not None:
             default = opt.shown_default if isinstance(opt.default, bool) else opt.default  # shown as false
             kwargs |= {"type": _checked_by(opt), "default": env.get(opt.env, default)}
+        values = f"; one of {', '.join(opt.choices)}" if opt.choices else ""
         group.add_argument(
-            opt.flag, dest=opt.key, help=f"{opt.help} (default: {shown}; env {opt.env})", **kwargs
+            opt.flag, dest=opt.key, help=f"{opt.help}{values} (default: {shown}; env {opt.env})", **kwargs
         )
         if opt.alias is not None:
             alias = opt.alias

@@ -131,6 +131,11 @@ def test_help_documents_every_option_with_its_default_and_env_var() -> None:
         assert opt.env in text
     assert "(default: 8001; env RESNET_SERVE_GRPC_PORT)" in text
     assert "(default: None)" not in text
+    # An option that takes one of a few values lists them, as a user needs them to pick one
+    chosen = [opt for opt in OPTIONS if opt.choices]
+    assert {"image_decoder", "inference_precision"} <= {opt.key for opt in chosen}
+    for opt in chosen:
+        assert f"one of {', '.join(opt.choices)} (default: {opt.shown_default}; env {opt.env})" in text
 
 
 def test_serve_refuses_bad_input_with_one_line_and_no_traceback(tmp_path: Path) -> None:

@@ -71,16 +71,23 @@ Float = Annotated[float, BeforeValidator(_no_bool), AllowInfNan(False)]
 IntList = Annotated[tuple[Int, ...], BeforeValidator(_split)]
 
 
-def one_of(choices: Sequence[str], fold_case: bool = False) -> AfterValidator:
-    """A validator for a string that must be one of `choices` (lower-cased first with `fold_case`)."""
+class _OneOf:
+    """A string that must be one of `choices` (lower-cased first with `fold_case`); `--help` lists them."""
 
-    def check(value: str) -> str:
-        chosen = value.strip().lower() if fold_case else value
-        if chosen not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
+    def __init__(self, choices: Sequence[str], fold_case: bool) -> None:
+        self.choices = tuple(choices)
+        self.fold_case = fold_case
+
+    def __call__(self, value: str) -> str:
+        chosen = value.strip().lower() if self.fold_case else value
+        if chosen not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
         return chosen
 
-    return AfterValidator(check)
+
+def one_of(choices: Sequence[str], fold_case: bool = False) -> AfterValidator:
+    """A validator for a string that must be one of `choices` (lower-cased first with `fold_case`)."""
+    return AfterValidator(_OneOf(choices, fold_case))
 
 
 # --------------------------------------------------------------------------------------------- declaring
@@ -153,6 +160,14 @@ class Option:
     @property
     def help(self) -> str:
         return self.info.description or ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values a `one_of` option takes (empty for any other)."""
+        for item in self.info.metadata:
+            if isinstance(item, AfterValidator) and isinstance(item.func, _OneOf):
+                return item.func.choices
+        return ()
 
     @property
     def metavar(self) -> str:
