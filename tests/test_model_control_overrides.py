@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,3 +208,38 @@ def test_load_parameters_of_the_wrong_type_or_unknown_name_are_refused_in_triton
             overrides.parse_override("m", parameters)
         assert info.value.message.startswith("failed to load 'm', ") and words in info.value.message
     assert overrides.parse_override("m", _parameters()) is None
+
+
+def test_a_load_or_unload_naming_a_repository_is_unimplemented_and_the_index_ignores_the_name(
+    kserve_server: KServeServer,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    def post(path: str) -> tuple[int, Any]:
+        request = urllib.request.Request(f"http://{kserve_server.http_url}{path}", data=b"{}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, index = post("/v2/repository/elsewhere/index")
+    assert status == 200 and {m["name"] for m in index} >= {"spare"}
+    for action in ("load", "unload"):
+        assert post(f"/v2/repository/elsewhere/models/spare/{action}") == (
+            501,
+            {"error": "'repository_name' specification is not supported"},
+        )
+    import grpc
+
+    from resnet_serve.protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(kserve_server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="spare", repository_name="elsewhere"), timeout=10
+            )
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert tc.InferenceServerClient(kserve_server.url).is_model_ready("spare")

@@ -137,6 +137,10 @@ class HttpServer:
             ("POST", "/v2/repository/index", self._repository_index, True),
             ("POST", "/v2/repository/models/{model}/load", self._load, True),
             ("POST", "/v2/repository/models/{model}/unload", self._unload, True),
+            # Triton's routes that name a repository: the index ignores it, load and unload refuse it (501)
+            ("POST", "/v2/repository/{repository}/index", self._repository_index, True),
+            ("POST", "/v2/repository/{repository}/models/{model}/load", self._load, True),
+            ("POST", "/v2/repository/{repository}/models/{model}/unload", self._unload, True),
             ("POST", "/v1/models/{model}/classify", self._classify, False),
         ]
         for base in (_MODEL, _VERSION):
@@ -332,13 +336,17 @@ class HttpServer:
         return _json(answer["models"])
 
     async def _load(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
-        message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
+        message = pb.RepositoryModelLoadRequest(
+            model_name=request.match_info["model"], repository_name=request.match_info.get("repository", "")
+        )
         _repository_parameters(await _body(request), message.parameters)
         await self._rpc("RepositoryModelLoad", message, call)
         return web.Response()
 
     async def _unload(self, request: web.Request, call: HttpContext) -> web.StreamResponse:
-        message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
+        message = pb.RepositoryModelUnloadRequest(
+            model_name=request.match_info["model"], repository_name=request.match_info.get("repository", "")
+        )
         _repository_parameters(await _body(request), message.parameters)
         await self._rpc("RepositoryModelUnload", message, call)
         return web.Response()

@@ -78,6 +78,13 @@ def implemented(name: str) -> bool:
     return getattr(KServeService, name) is not getattr(pb_grpc.GRPCInferenceServiceServicer, name)
 
 
+def _one_repository(name: str) -> None:
+    """A load or unload that names a repository is UNIMPLEMENTED (HTTP 501), in Triton's words: the server has
+    one repository. (RepositoryIndex ignores the name, as Triton's does.)"""
+    if name:
+        raise ServeError(grpc.StatusCode.UNIMPLEMENTED, "'repository_name' specification is not supported")
+
+
 def unimplemented(name: str) -> ServeError:
     """The answer to an RPC this server does not serve: UNIMPLEMENTED, one line for the client. The
     generated stub raised NotImplementedError, which grpc logged as a 12-line traceback per call."""
@@ -284,6 +291,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     @boundary
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         self._model_control_allowed(context)
+        _one_repository(request.repository_name)
         # `config` and `file:<path>` overrides (Triton's semantics and words: server/models/overrides.py).
         override = parse_override(request.model_name, request.parameters)
         await self._manager.load(request.model_name, override=override)
@@ -292,6 +300,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     @boundary
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         self._model_control_allowed(context)
+        _one_repository(request.repository_name)
         await self._manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
