@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kserve_fixtures import reference_logits
 from support.server import ServerProcess, scrape, start_server, stop_server
 from support.tiny_model import write_tiny_onnx
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from resnet_serve.server.ipc.places import SLOTS, QueuePlaces
@@ -246,21 +247,30 @@ def test_while_a_model_loads_every_worker_says_loading_and_the_server_is_not_rea
         assert stop_server(server) == 0, "".join(server.log)
 
 
+def slow_model(model: Path, name: str, slow_layers: int) -> tuple[str, ...]:
+    """`serve` arguments for a slow "tiny" (one thread, batches of at most 8 rows)."""
+    slow = write_tiny_onnx(model.parent / f"{name}.onnx", slow_layers=slow_layers)
+    return ("--model", f"tiny={slow}", "--intra-op-threads", "1", "--max-batch-size", "8")
+
+
+def queue_a_backlog(server: ServerProcess) -> list[threading.Thread]:
+    """Twelve requests of 8 rows sent at once, each on a thread of its own, 0.3 s after: a backlog queued."""
+    rows = np.ones((8, *SHAPE), np.float32)
+    backlog = [threading.Thread(target=infer, args=(server.target, rows)) for _ in range(12)]
+    for thread in backlog:
+        thread.start()
+    time.sleep(0.3)
+    return backlog
+
+
 def test_a_request_whose_timeout_passes_in_the_queue_is_answered_then_not_when_its_turn_comes(
     model: Path,
 ) -> None:
     # The engine checks a deadline when a batch takes the request; the worker tells it when it passes, so a
     # request behind seconds of work is answered at its deadline, as in one process.
-    slow = write_tiny_onnx(model.parent / "slow-queue.onnx", slow_layers=400)  # ~20 ms a row
-    server = start_server(
-        "--model", f"tiny={slow}", "--workers", "2", "--intra-op-threads", "1", "--max-batch-size", "8"
-    )  # fmt: skip
+    server = start_server(*slow_model(model, "slow-queue", 400), "--workers", "2")
     try:
-        rows = np.ones((8, *SHAPE), np.float32)
-        backlog = [threading.Thread(target=infer, args=(server.target, rows)) for _ in range(12)]
-        for thread in backlog:
-            thread.start()
-        time.sleep(0.3)  # queued or running: ~2 s of compute
+        backlog = queue_a_backlog(server)
         with pytest.raises(InferenceServerException) as info:
             infer(server.target, np.ones((1, *SHAPE), dtype=np.float32), timeout=100_000)  # µs, Triton's unit
         assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -268,6 +278,41 @@ def test_a_request_whose_timeout_passes_in_the_queue_is_answered_then_not_when_i
         assert any(thread.is_alive() for thread in backlog), "answered only when its turn came"
         for thread in backlog:
             thread.join(60)
+    finally:
+        assert stop_server(server) == 0, "".join(server.log)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_client_deadline_passing_in_the_queue_is_counted_as_deadline_exceeded(
+    model: Path, workers: str
+) -> None:
+    # A client's deadline runs from before its request reached the server, so its gRPC cancel arrives a
+    # little before the server's own deadline timer: such a request was counted "cancelled" (CANCELED in
+    # nv_*) where the client saw DEADLINE_EXCEEDED. Here each client cancels 40 ms before its 1 s deadline.
+    server = start_server(*slow_model(model, f"slow-deadline-{workers}", 1200), "--workers", workers)
+    try:
+        backlog = queue_a_backlog(server)
+        request = service_pb2.ModelInferRequest(
+            model_name="tiny", raw_input_contents=[np.ones((1, *SHAPE), np.float32).tobytes()]
+        )
+        request.inputs.add(name="input", datatype="FP32", shape=[1, *SHAPE])
+        with grpc.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            calls = [stub.ModelInfer.future(request, timeout=1.0) for _ in range(4)]
+            time.sleep(0.96)
+            for call in calls:
+                assert call.cancel(), "answered within its deadline: the backlog was too short"
+        for thread in backlog:
+            thread.join(60)
+        counted = {
+            outcome: sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in scrape(server).splitlines()
+                if line.startswith("resnet_serve_requests_total{") and f'outcome="{outcome}"' in line
+            )
+            for outcome in ("deadline_exceeded", "cancelled", "success")
+        }
+        assert counted == {"deadline_exceeded": 4, "cancelled": 0, "success": 12}, counted
     finally:
         assert stop_server(server) == 0, "".join(server.log)
 
