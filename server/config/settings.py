@@ -326,7 +326,13 @@ class ServerConfig(BaseModel):
         "largest gRPC message received or sent (0: 64 MiB or max_image_bytes + 1 MiB, the larger)",
         ge=0,
     )
-    grpc_max_concurrent_streams: Int = option(256, "N", "concurrent calls per client connection", ge=1)
+    grpc_max_concurrent_streams: Int = option(
+        100_000,
+        "N",
+        "concurrent calls per client connection; near the cap gRPC refuses calls (UNAVAILABLE) rather than "
+        "queue them, so it sits above what any client sends (Triton has none)",
+        ge=1,
+    )
     grpc_keepalive_time: Int = option(
         7_200_000, "MS", "ms between the server's keepalive pings to an idle client", ge=1
     )
