@@ -599,3 +599,29 @@ def test_join_waits_for_an_instance_lent_to_a_callers_thread() -> None:
         caller.join(5)
     assert batcher.join(5)
     assert [p.tag for p, _ in sink.outcomes] == ["x"]
+
+
+def test_while_its_instance_is_lent_the_worker_leaves_the_queue_whole_so_the_bound_holds() -> None:
+    # The worker used to take the next request out of the queue and then wait for the lent instance: a place
+    # freed that no compute had freed, so one request more than max_queue_size was admitted.
+    gate = threading.Event()
+    backend = _ThreadRecording(gate=gate)
+    batcher = make(backend, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
+    sink = _Collect()
+    caller = threading.Thread(target=lambda: batcher.enqueue(rows(0), None, sink, 0, inline=True))
+    caller.start()
+    try:
+        assert backend.started.wait(2)  # computing on the caller's thread, held at the gate
+        batcher.enqueue(rows(1), None, sink, 1)
+        batcher.enqueue(rows(2), None, sink, 2)
+        time.sleep(0.2)  # time for the worker to take one out, as it did
+        assert batcher.queue_depth == 2
+        with pytest.raises(ServeError) as info:  # full: two queued, one computing
+            batcher.enqueue(rows(3), None, sink, 3)
+        assert info.value.outcome == "queue_full"
+    finally:
+        gate.set()
+        caller.join(5)
+    assert sorted(sink.wait_for(3)) == [0, 1, 2]  # and the queued ones run once the instance is back
+    batcher.close()
+    assert batcher.join(5)

@@ -27,8 +27,9 @@ Semantics (docs/server.md, "Batching"):
 * A request `enqueue`d from another thread with `inline=True` (the engine process's socket readers, for a
   request that arrived alone) runs on that thread at once when nothing is queued, the model has no queue
   delay and an instance is free: the instance is lent to the caller for that one batch (its lock), which
-  saves waking its worker thread, the largest part of a lone request's hand-off. Its worker, if it takes a
-  batch meanwhile, waits for the instance to come back; `join` waits for a lent instance too.
+  saves waking its worker thread, the largest part of a lone request's hand-off. Its worker takes nothing
+  from the queue until the instance comes back (a batch taken out to wait for it would free places in the
+  queue that no compute freed); `join` waits for a lent instance too.
 * A backend exception fails that batch's requests with INTERNAL; the worker keeps serving.
 * On Linux each worker thread runs under the SCHED_BATCH scheduling policy (`_batch_policy`): woken by a
   request while the event loop thread holds the GIL, it no longer preempts that thread only to find the GIL
@@ -216,6 +217,7 @@ class DynamicBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._running = 0  # batches being computed
+        self._lent = 0  # instances lent to a caller's thread (`enqueue(inline=True)`)
         # Called with the queue's depth whenever it changes, on whichever thread changed it (the engine
         # process publishes it to the workers: server/ipc/places.py).
         self.depth_hook: Callable[[int], None] | None = None
@@ -333,6 +335,10 @@ class DynamicBatcher:
             self._run_guarded(instance, [pending])
         finally:
             instance.lock.release()
+            with self._cond:
+                self._lent -= 1
+                if self._queue:  # the instance's own worker waits for it to take what queued meanwhile
+                    self._cond.notify_all()
         return pending
 
     def _lend(self, pending: _Pending) -> _Instance | None:
@@ -346,6 +352,7 @@ class DynamicBatcher:
                 if instance.lock.acquire(blocking=False):
                     pending.state = _TAKEN
                     self._running += 1
+                    self._lent += 1
                     return instance
         return None
 
@@ -368,7 +375,9 @@ class DynamicBatcher:
             # the queue needed). Otherwise it is waiting for the head's delay to end, which this request
             # does not move: under load with a delay, waking it for every request cost a context switch and
             # a look at the queue each (docs/benchmarking.md).
-            if depth == 1 or self._delay_s <= 0 or self._dispatchable(time.perf_counter()):
+            if self._lent:  # the worker of a lent instance may be the one woken, and it must wait
+                self._cond.notify_all()
+            elif depth == 1 or self._delay_s <= 0 or self._dispatchable(time.perf_counter()):
                 self._cond.notify()
         self._depth_changed(depth)
 
@@ -480,7 +489,7 @@ class DynamicBatcher:
     def _work(self, instance: _Instance) -> None:
         _batch_policy()
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(instance)
             if batch is None:
                 return
             with instance.lock:  # lent to a caller's thread: wait for it to come back
@@ -498,13 +507,19 @@ class DynamicBatcher:
             error = internal(f"model {self.name!r} version {self.version} failed: {exc}")
             self._deliver([(p, error) for p in batch])  # futures already answered are skipped
 
-    def _next_batch(self) -> list[_Pending] | None:
+    def _next_batch(self, instance: _Instance) -> list[_Pending] | None:
         expired: list[Outcome] = []
         with self._cond:
             while True:
                 if not self._queue:
                     if self._closed:
                         return None
+                    self._cond.wait()
+                    continue
+                if instance.lock.locked():
+                    # Lent to a caller's thread: a batch taken now would leave the queue to wait for the
+                    # instance, and its places would go to more requests than max_queue_size (the lender
+                    # notifies when it gives the instance back).
                     self._cond.wait()
                     continue
                 now = time.perf_counter()
