@@ -82,17 +82,25 @@ class _ServerList(argparse.Action):
         setattr(namespace, self.dest, ",".join(given))
 
 
+_TLS_OPTIONS = {"root_certs": "--ca-cert", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
 def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
     """The TLS settings the options ask for, or None for a plaintext channel."""
     wanted = args.tls or args.ca_cert or args.client_cert or args.client_key or args.server_name
     if not wanted:
         return None
-    return TLSConfig(
+    tls = TLSConfig(
         root_certs=args.ca_cert,
         client_cert=args.client_cert,
         client_key=args.client_key,
         server_name=args.server_name,
     )
+    try:  # the files checked before anything is dialled: gRPC's own failure is C-core log lines
+        tls.check(_TLS_OPTIONS)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    return tls
 
 
 def positive_int(text: str) -> int:

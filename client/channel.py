@@ -8,12 +8,20 @@ import ipaddress
 import json
 import os
 import socket
-from collections.abc import Sequence
+import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeAlias
 
 import grpc
+
+from resnet_serve.formats.tlsfiles import (
+    SecurityError,
+    check_ca_bundle,
+    check_key_pair,
+    check_pem,
+    read_small_file,
+)
 
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 30.0
@@ -85,13 +93,51 @@ class TLSConfig:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
+        root, cert, key = self._pems()
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+
+    def check(self, names: Mapping[str, str] | None = None) -> None:
+        """Check the PEM files before anything is dialled, as `credentials` does; a pipe (`<(cat ca.pem)`),
+        which can be read once, is left for `credentials` to read and check. ValueError names the first
+        problem: the field (or `names[field]`, e.g. "--ca-cert") and the path."""
+        self._pems(names, pipes=False)
+
+    def _pems(
+        self, names: Mapping[str, str] | None = None, *, pipes: bool = True
+    ) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The root certificates, client certificate chain and client key, read and checked before gRPC sees
+        them (it would log C-core lines and fail every handshake): each a PEM of its kind, the roots loadable,
+        the key unencrypted and matching its certificate (for files: bytes are checked for PEM only)."""
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("a client certificate needs its private key, and a key its certificate")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.root_certs),
-            private_key=_pem(self.client_key),
-            certificate_chain=_pem(self.client_cert),
-        )
+        given = {
+            field: (
+                (names or {}).get(field, field),
+                "(bytes)" if isinstance(source, bytes) else os.fspath(source),
+            )
+            for field, source in (
+                ("root_certs", self.root_certs),
+                ("client_cert", self.client_cert),
+                ("client_key", self.client_key),
+            )
+            if source is not None
+        }
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            root = _read_pem(self.root_certs, given.get("root_certs"), pipes)
+            cert = _read_pem(self.client_cert, given.get("client_cert"), pipes)
+            key = _read_pem(self.client_key, given.get("client_key"), pipes)
+            if root is not None:
+                check_ca_bundle(context, root, *given["root_certs"])
+            if cert is not None:
+                check_pem(cert, b"CERTIFICATE-----", *given["client_cert"], "certificate")
+            if key is not None:
+                check_pem(key, b"PRIVATE KEY-----", *given["client_key"], "private key")
+            if _regular_file(self.client_cert) and _regular_file(self.client_key):
+                check_key_pair(context, given["client_cert"], given["client_key"])
+        except SecurityError as exc:
+            raise ValueError(str(exc)) from None
+        return root, cert, key
 
 
 Metadata: TypeAlias = tuple[tuple[str, str], ...]
@@ -111,10 +157,18 @@ def auth_metadata(token: str | None) -> Metadata | None:
     return (("authorization", f"Bearer {token}"),)
 
 
-def _pem(source: PemSource | None) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    return Path(source).read_bytes()
+def _read_pem(source: PemSource | None, given: tuple[str, str] | None, pipes: bool) -> bytes | None:
+    """The bytes of a PEM source (None for none, and for a pipe unless `pipes`)."""
+    if source is None or isinstance(source, bytes) or given is None:
+        return source if isinstance(source, bytes) else None
+    path = os.fspath(source)
+    if not pipes and os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        return None
+    return read_small_file(path, given[0], regular=False)[0]
+
+
+def _regular_file(source: PemSource | None) -> bool:
+    return source is not None and not isinstance(source, bytes) and os.path.isfile(source)
 
 
 def channel_options(

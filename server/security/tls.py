@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from resnet_serve.formats.tlsfiles import check_ca_bundle, check_key_pair, check_pem
 from resnet_serve.server.security.files import SecurityError, read_secret_file
 
 
@@ -49,40 +50,18 @@ class TLSMaterial:
         return grpc.ssl_server_certificate_configuration([(self.key, self.cert_chain)], self.root)
 
 
-def _pem_check(data: bytes, marker: bytes, option: str, path: str, what: str) -> None:
-    if b"-----BEGIN " not in data or marker not in data:
-        raise SecurityError(f"{option} {path}: holds no PEM {what}")
-
-
 def read_tls(files: TLSFiles) -> TLSMaterial:
     """Read and check the files; SecurityError names the option and path of the first problem."""
     cert = read_secret_file(files.cert, "--grpc-server-cert")
     key = read_secret_file(files.key, "--grpc-server-key", private=True)
-    _pem_check(cert, b"CERTIFICATE-----", "--grpc-server-cert", files.cert, "certificate")
-    _pem_check(key, b"PRIVATE KEY-----", "--grpc-server-key", files.key, "private key")
+    check_pem(cert, b"CERTIFICATE-----", "--grpc-server-cert", files.cert, "certificate")
+    check_pem(key, b"PRIVATE KEY-----", "--grpc-server-key", files.key, "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        # password=b"": an encrypted key fails here instead of OpenSSL prompting on the terminal.
-        context.load_cert_chain(files.cert, files.key, password=b"")
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise SecurityError(
-                f"--grpc-server-key {files.key} does not match the certificate in --grpc-server-cert "
-                f"{files.cert}"
-            ) from None
-        raise SecurityError(
-            f"--grpc-server-cert {files.cert} / --grpc-server-key {files.key}: not a usable certificate and "
-            f"unencrypted private key ({exc.reason or exc})"
-        ) from None
-    except OSError as exc:  # the file changed between the two reads
-        raise SecurityError(f"--grpc-server-cert {files.cert}: {exc.strerror or exc}") from None
+    check_key_pair(context, ("--grpc-server-cert", files.cert), ("--grpc-server-key", files.key))
     root = None
     if files.root:
         root = read_secret_file(files.root, "--grpc-root-cert")
-        try:
-            context.load_verify_locations(cadata=root.decode("ascii"))
-        except (ssl.SSLError, ValueError, UnicodeDecodeError):
-            raise SecurityError(f"--grpc-root-cert {files.root}: holds no PEM certificate") from None
+        check_ca_bundle(context, root, "--grpc-root-cert", files.root)
     return TLSMaterial(cert, key, root)
 
 
