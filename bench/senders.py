@@ -15,7 +15,7 @@ from typing import Any
 
 from resnet_serve.bench.workload import random_tensors
 from resnet_serve.client.aio import AsyncClient
-from resnet_serve.client.channel import TLSConfig, balance, channel_options
+from resnet_serve.client.channel import TLSConfig, balance, channel_options, connect_reason
 from resnet_serve.client.results import Classification, ClassifyError
 
 OK = "OK"
@@ -261,7 +261,9 @@ async def kserve_sender(
             config = await triton.get_model_config(model, as_json=True)
     except (InferenceServerException, OSError) as exc:  # OSError: aiohttp cannot connect
         await triton.close()
-        raise ConnectionError(f"KServe metadata from {target} over {transport}: {exc}") from None
+        reason = connect_reason(str(exc), tls is not None)
+        detail = f"{reason} ({exc})" if reason else str(exc)
+        raise ConnectionError(f"KServe metadata from {target} over {transport}: {detail}") from None
     config = config.get("config", config)  # gRPC's answer wraps the config, HTTP's is the config
     first_in, first_out = meta["inputs"][0], meta["outputs"][0]
     dims = tuple(int(d) for d in first_in["shape"])

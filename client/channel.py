@@ -282,6 +282,8 @@ _CONNECT_FAILURES: tuple[tuple[str, bool | None, str], ...] = (
      "(--tls)"),
     ("Connection reset", False, "the server reset the connection while it was being set up: it may "
      "expect TLS (--tls)"),
+    ("Failed parsing HTTP/2", None, "that address answered HTTP/1, not gRPC: the gRPC port is 8001 by "
+     "default (HTTP/REST is 8000, metrics 8002)"),
     ("errors resolving", None, "cannot resolve the host name"),
     ("Deadline Exceeded", None, "no answer (a firewall dropping packets, or the wrong host?)"),
 )  # fmt: skip
@@ -291,10 +293,21 @@ def connect_failure(target: str, detail: str, tls: bool) -> str:
     """One line saying why no connection to `target` could be made, from gRPC's `detail` (the status
     details of a call that failed for want of a connection), with gRPC's own words after the reason."""
     detail = " ".join(detail.split())
+    reason = connect_reason(detail, tls)
+    return (
+        f"cannot connect to {target}: {reason} ({detail})"
+        if reason
+        else f"cannot connect to {target}: {detail}"
+    )
+
+
+def connect_reason(detail: str, tls: bool) -> str | None:
+    """What gRPC's `detail` of a failed connection means for someone who typed a server address (a port that
+    answers HTTP/1, a TLS mismatch, ...), or None when it is none of the known failures."""
     for marker, with_tls, reason in _CONNECT_FAILURES:
         if marker in detail and with_tls in (None, tls):
-            return f"cannot connect to {target}: {reason} ({detail})"
-    return f"cannot connect to {target}: {detail}"
+            return reason
+    return None
 
 
 def _split_host_port(entry: str) -> tuple[str, int]:

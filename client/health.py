@@ -11,7 +11,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from resnet_serve.client.channel import KSERVE_SERVICE, SERVICE, TLSConfig
+from resnet_serve.client.channel import KSERVE_SERVICE, SERVICE, TLSConfig, connect_reason
 from resnet_serve.client.results import ClassifyError
 
 
@@ -34,6 +34,8 @@ def check(target: str, service: str = "", timeout: float = 3.0, tls: TLSConfig |
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             detail = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or _reason(code, service)
+            if code == grpc.StatusCode.UNAVAILABLE and (reason := connect_reason(detail, tls is not None)):
+                detail = f"{reason} ({detail})"
             raise ClassifyError(code, f"health check of {target}: {detail}") from None
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
