@@ -92,6 +92,73 @@ def test_a_glob_that_matches_nothing_is_a_failure(
     assert "the pattern matches no files" in capsys.readouterr().err
 
 
+def test_skipped_files_and_unreadable_folders_are_summed_up_in_one_stderr_line(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder walk skipped files without an image extension and folders it could not read, silently."""
+    (images / "locked").mkdir()
+    (images / "locked" / "hidden.png").write_bytes(b"")
+    for name in ("a.json", "b.md", "c.csv"):
+        (images / "sub" / name).write_text("{}")
+    scandir = os.scandir
+
+    def refuse_locked(path: str = ".") -> object:  # chmod 000 stops no one when the tests run as root
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    code = main(classify(server, "--format", "json", str(images / "sub"), str(images)))
+    out, err = capsys.readouterr()
+    assert code == 1  # corrupt.png
+    assert [Path(json.loads(line)["path"]).name for line in out.splitlines()] == [
+        "bright.png",
+        "corrupt.png",
+        "dark.png",
+    ]
+    sub = images / "sub"
+    assert err.splitlines()[0] == (
+        f"skipped 4 files without an image extension: {sub / 'a.json'}, {sub / 'b.md'}, {sub / 'c.csv'}, "
+        "...; "
+        f"1 folder that cannot be read: {images / 'locked'} (Permission denied); "
+        f"1 path given more than once (classified once): {sub / 'bright.png'}"
+    )
+
+
+def test_a_folder_named_that_cannot_be_read_is_a_failure_saying_so(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "the folder holds no image files"."""
+    scandir = os.scandir
+
+    def refuse(path: str = ".") -> object:
+        if Path(path) == images / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    assert main(classify(server, "--format", "json", str(images / "sub"))) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["error"]["message"] == "the folder cannot be read (Permission denied)", record
+
+
+def test_a_file_named_twice_or_by_overlapping_globs_and_folders_is_classified_once_in_first_order(
+    server: FakeServer, images: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(images)
+    args = ["sub/bright.png", "dark.png", "./dark.png", "*.png", "sub/", "sub/../sub/bright.png"]
+    assert main(classify(server, "--format", "json", *args)) == 1  # corrupt.png
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [
+        "sub/bright.png",
+        "dark.png",
+        "corrupt.png",
+    ]
+    assert err.splitlines()[0] == (
+        "skipped 2 paths given more than once (classified once): dark.png, sub/bright.png"
+    )
+
+
 def test_many_images_with_concurrency_keep_input_order(
     server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from resnet_serve.cli.options import (
     OptionError,
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     """0 when every image was classified, 1 when any failed (after all the others) or no server answered;
     bad options (e.g. an unreadable certificate file) are errors with exit status 2."""
     server = server_from_args(args)
-    inputs = expand(args.paths)
+    expansion = expand(args.paths)
+    if skipped := expansion.summary():
+        print(skipped, file=sys.stderr)
     options = ClassifyOptions(
         server=server,
         model=args.model,
@@ -82,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         token=token_from_args(args),
     )
     try:
-        return asyncio.run(classify_all(options, inputs))
+        return asyncio.run(classify_all(options, expansion.inputs))
     except ValueError as exc:  # e.g. a certificate file that holds no PEM
         raise OptionError(str(exc)) from None
