@@ -140,6 +140,7 @@ class KServeSender(Sender):
         self._cycle = itertools.cycle(self._inputs)
         self._outputs = [module.InferRequestedOutput(model.output_name)]
         self.description = f"{model.datatype} tensors of shape {list(shape)} via tritonclient ({transport})"
+        self._lost, self._failed = _connection_errors(transport)
 
     async def send(self) -> Reply:
         from tritonclient.utils import InferenceServerException
@@ -155,8 +156,12 @@ class KServeSender(Sender):
                 )
         except InferenceServerException as exc:
             return Reply(_status_name(exc.status()))
-        except TimeoutError:
+        except TimeoutError:  # before the connection errors: asyncio's TimeoutError is an OSError
             return Reply("DEADLINE_EXCEEDED")
+        except self._lost:  # no connection (refused, reset, closed): what gRPC calls UNAVAILABLE
+            return Reply(UNAVAILABLE)
+        except self._failed:  # the HTTP client's other failures (a body cut short)
+            return Reply("UNKNOWN")
         return Reply(OK)
 
     async def counters(self) -> dict[str, float] | None:
@@ -170,7 +175,7 @@ class KServeSender(Sender):
                 stats = await self._triton.get_inference_statistics(
                     self._model.name, as_json=True, client_timeout=5
                 )
-        except InferenceServerException:
+        except (InferenceServerException, *self._lost, *self._failed):
             return None
         totals: dict[str, float] = {}
         for version in stats.get("model_stats", []):
@@ -218,6 +223,19 @@ def _status_name(status: str | None) -> str:
     return f"HTTP {status}" if status.isdigit() else status.removeprefix("StatusCode.")
 
 
+def _connection_errors(
+    transport: str,
+) -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """What tritonclient raises, besides InferenceServerException, when the connection fails (counted as
+    UNAVAILABLE, so a server gone away ends the sweep as over gRPC) and when the request fails otherwise.
+    tritonclient.grpc reports both as InferenceServerException; tritonclient.http lets aiohttp's through."""
+    if transport != "http":
+        return (OSError,), ()
+    import aiohttp
+
+    return (OSError, aiohttp.ClientConnectionError), (aiohttp.ClientError,)
+
+
 def _triton_module(transport: str) -> Any:
     if transport == "http":
         from tritonclient.http import aio as http_aio
@@ -240,6 +258,7 @@ async def kserve_sender(
     from tritonclient.utils import InferenceServerException
 
     http = transport == "http"
+    lost, failed = _connection_errors(transport)
     triton = _triton_http_client(target, tls) if http else _triton_client(_triton_module("grpc"), target, tls)
     try:
         if not model:
@@ -259,11 +278,11 @@ async def kserve_sender(
         else:
             meta = await triton.get_model_metadata(model, as_json=True)
             config = await triton.get_model_config(model, as_json=True)
-    except (InferenceServerException, OSError) as exc:  # OSError: aiohttp cannot connect
+    except (InferenceServerException, *lost, *failed) as exc:  # aiohttp's: it cannot connect, or no HTTP/1
         await triton.close()
-        reason = connect_reason(str(exc), tls is not None)
-        detail = f"{reason} ({exc})" if reason else str(exc)
-        raise ConnectionError(f"KServe metadata from {target} over {transport}: {detail}") from None
+        raise ConnectionError(
+            f"KServe metadata from {target} over {transport}: {_why(exc, http, tls)}"
+        ) from None
     config = config.get("config", config)  # gRPC's answer wraps the config, HTTP's is the config
     first_in, first_out = meta["inputs"][0], meta["outputs"][0]
     dims = tuple(int(d) for d in first_in["shape"])
@@ -276,6 +295,18 @@ async def kserve_sender(
         model, first_in["name"], first_in["datatype"], shape, batches, first_out["name"]
     )
     return KServeSender(triton, tensor_model, batch_size if batches else 1, timeout_s, transport)
+
+
+def _why(exc: BaseException, http: bool, tls: TLSConfig | None) -> str:
+    """One line saying why the metadata could not be read: a known connection failure's reason first."""
+    detail = " ".join(str(exc).split())  # aiohttp's messages span lines
+    if http and "Bad status line" in detail:  # gRPC's HTTP/2 SETTINGS frame where an HTTP/1 status was due
+        return (
+            "that address does not answer HTTP/1 (a gRPC port?): the HTTP/REST port is 8000 by default (gRPC "
+            "is 8001, metrics 8002)"
+        )
+    reason = None if http else connect_reason(detail, tls is not None)
+    return f"{reason} ({detail})" if reason else detail
 
 
 def _triton_http_client(target: str, tls: TLSConfig | None) -> Any:

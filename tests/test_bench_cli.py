@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -204,3 +205,76 @@ def test_ctrl_c_writes_the_steps_already_measured_marked_interrupted_then_exits_
     assert doc["stopped"] == {"reason": "interrupted", "steps": len(measured), "levels": 4}
     assert "c=1" in out and f"STOPPED EARLY (interrupted): {len(measured)} of 4 load levels measured" in out
     assert err.strip().splitlines()[-1] == "resnet-serve bench: interrupted" and "Traceback" not in err
+
+
+def _dead_http_sender() -> Any:
+    """A KServe sender over tritonclient.http to a port nothing listens on."""
+    from resnet_serve.bench.senders import KServeSender, TensorModel, _triton_http_client
+
+    model = TensorModel("m", "INPUT", "FP32", (3,), True, "OUTPUT")
+    return KServeSender(_triton_http_client("127.0.0.1:1", None), model, 1, 2.0, "http")
+
+
+def test_http_requests_to_a_dead_server_count_as_unavailable_not_a_traceback() -> None:
+    """tritonclient.http let aiohttp's ClientConnectorError out of KServeSender.send and .counters."""
+    pytest.importorskip("tritonclient.http")
+
+    async def ask() -> tuple[Any, Any]:
+        sender = _dead_http_sender()
+        try:
+            return await sender.send(), await sender.counters()
+        finally:
+            await sender.close()
+
+    reply, counters = asyncio.run(ask())
+    assert reply.code == "UNAVAILABLE" and counters is None
+
+
+def test_an_http_sweep_against_a_dead_server_stops_as_a_grpc_one_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-i http: every request UNAVAILABLE for the step's windows ends the sweep, exit 1 in one line."""
+    pytest.importorskip("tritonclient.http")
+    from resnet_serve.bench import main as bench_main
+
+    async def dead(options: Any) -> tuple[Any, str, str]:  # the metadata was read; then the server died
+        return _dead_http_sender(), "FP32 tensors", "m"
+
+    monkeypatch.setattr(bench_main, "make_sender", dead)
+    args = [
+        "bench",
+        "-i",
+        "http",
+        "--server",
+        "127.0.0.1:1",
+        "--concurrency",
+        "1,2,4",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*args, *QUICK]) == 1
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["stopped"] == {"reason": "server gone", "steps": 1, "levels": 3}
+    assert set(doc["steps"][0]["errors"]) == {"UNAVAILABLE"}
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(
+        "resnet-serve bench: error: no request completed at any load level (UNAVAILABLE "
+    ), last
+    assert (
+        "the server stopped answering at concurrency 1: every request failed UNAVAILABLE for 0.9 s, so the "
+        "sweep stopped there (1 steps measured, 3 planned)"
+    ) in last
+
+
+def test_http_pointed_at_the_grpc_port_says_so_in_one_line(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """aiohttp's 'Bad status line' (gRPC's HTTP/2 frames) came out as a traceback."""
+    pytest.importorskip("tritonclient.http")
+    args = ["bench", "-i", "http", "-m", "m", "--server", server.target, "--out", str(tmp_path), *QUICK]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"resnet-serve bench: error: KServe metadata from {server.target} over http: that address does not "
+        "answer HTTP/1 (a gRPC port?): the HTTP/REST port is 8000 by default (gRPC is 8001, metrics 8002)\n"
+    )
