@@ -119,9 +119,9 @@ def test_requests_sent_through_a_sigterm_shutdown_are_answered_or_unavailable(
 def test_requests_still_waiting_when_the_grace_period_ends_are_answered_unavailable(
     tmp_path: Path, workers: str
 ) -> None:
-    # ~2 s of queued compute against a 0.3 s grace period: what has not run by then is answered UNAVAILABLE
+    # ~1.5 s of queued compute against a 0.3 s grace period: what has not run by then is answered UNAVAILABLE
     # (gRPC) or 503 (HTTP) with a message saying why, not cut off by the closing connections.
-    model = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=200)
+    model = write_tiny_onnx(tmp_path / "slow.onnx", slow_layers=600)
     server = start_server(
         "--model", f"slow={model}", "--max-batch-size", "1", "--intra-op-threads", "1",
         "--grace-period-s", "0.3", "--workers", workers,
