@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 _MB = 1024 * 1024
 
 
+def field_bytes(length: int) -> int:
+    """The bytes a length-delimited protobuf field numbered below 16 (a one-byte tag) takes with `length`
+    bytes of content: what a repeated entry or a nested message adds to a message's size on the wire."""
+    return 1 + max(1, (length.bit_length() + 6) // 7) + length
+
+
 def max_message_bytes(config: ServerConfig) -> int:
     """The configured limit, or (0) the larger of 64 MiB and the largest image plus 1 MiB of envelope."""
     return config.grpc_max_message_bytes or max(64 * _MB, config.max_image_bytes + _MB)

@@ -35,6 +35,7 @@ from resnet_serve.server.observability.logging import request_scope, resolve_req
 from resnet_serve.server.outcomes import Outcome
 from resnet_serve.server.request import Call
 from resnet_serve.server.streams import answer_concurrently
+from resnet_serve.server.transport import field_bytes
 
 DEFAULT_TOP_K = 5
 Context = CallContext
@@ -73,8 +74,7 @@ def largest_result(model: ServedModel, k: int, request_id: str) -> int:
             request_id=f"{request_id}/{2**32}",
         )
     )
-    size = worst.ByteSize()
-    return 1 + (size.bit_length() + 6) // 7 + size  # its tag and length in `results`
+    return field_bytes(worst.ByteSize())  # with its tag and length in `results`
 
 
 class ImageClassifierService(pb_grpc.ImageClassifierServicer):

@@ -58,6 +58,7 @@ from resnet_serve.server.kserve.tensors import from_contents, from_raw, top_k_st
 from resnet_serve.server.kserve.wire import InferRequest
 from resnet_serve.server.models.served import ServedModel
 from resnet_serve.server.shm.registry import SharedMemoryRegistry
+from resnet_serve.server.transport import field_bytes
 
 UINT8: Final = "UINT8"
 _US: Final = 1e-6
@@ -205,9 +206,9 @@ def encode_response(
         # raw entry adds its tag, length and bytes.
         size = response.ByteSize()
         for raw in raws:
-            size += _field_bytes(len(raw))
+            size += field_bytes(len(raw))
         if streamed:
-            size = _field_bytes(size)  # ModelStreamInferResponse's infer_response field
+            size = field_bytes(size)  # ModelStreamInferResponse's infer_response field
         if size > max_bytes:
             raise answer_too_large(size, max_bytes)
     response.raw_output_contents.extend(raws)
@@ -220,11 +221,6 @@ def answer_too_large(size: int, max_bytes: int) -> ServeError:
         f"the response is {size} bytes; the limit is grpc_max_message_bytes={max_bytes} "
         "(request fewer rows or outputs, or raise the limit)"
     )
-
-
-def _field_bytes(length: int) -> int:
-    """The bytes a length-delimited field numbered below 16 (a one-byte tag) takes with `length` bytes."""
-    return 1 + max(1, (length.bit_length() + 6) // 7) + length
 
 
 def _describe(specs: dict[str, TensorSpec]) -> str:
